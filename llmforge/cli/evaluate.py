@@ -68,6 +68,7 @@ def evaluate(
 
 
 def show(report: dict, folder: str) -> None:
+    """One row per metric, one column per target (a table stays readable in 80 columns with several targets)."""
     from rich.table import Table
 
     keys = ["perplexity", "loss", "bleu", "rouge1", "rouge2", "rougeL", "chrf", "exact_match", "f1", "latency_s",
@@ -75,31 +76,33 @@ def show(report: dict, folder: str) -> None:
     keys += sorted({k for ms in report["metrics"].values() for k in ms if k.startswith("judge_")})
     keys = [k for k in keys if any(ms.get(k) is not None for ms in report["metrics"].values())]
     table = Table(title=f"eval {report['stamp']}: {report['data']['examples']} examples", header_style="bold")
-    table.add_column("target")
-    for k in keys:
-        table.add_column(k, justify="right")
+    table.add_column("metric")
+    targets = report["targets"]
+    for t in targets:
+        table.add_column(escape(t["label"]), justify="right", overflow="fold")
     deltas = report.get("deltas", {})
-    for t in report["targets"]:
-        if t["error"]:
-            table.add_row(escape(t["label"]), f"[red]failed: {escape(t['error'])}[/]", *[""] * (len(keys) - 1))
-            continue
-        ms = report["metrics"][t["label"]]
+    for k in keys:
         cells = []
-        for k in keys:
-            cell = _fmt(ms.get(k))
+        for t in targets:
+            if t["error"]:
+                cells.append("[red]failed[/]")
+                continue
+            cell = _fmt(report["metrics"][t["label"]].get(k))
             d = deltas.get(t["label"], {}).get(k)
             if d and d.get("low") is not None:
                 significant = d["low"] > 0 or d["high"] < 0
-                cell += f" ({'[bold]' if significant else '[dim]'}{d['delta']:+.3g}{'[/]'})"
+                cell += f" ({'[bold]' if significant else '[dim]'}{d['delta']:+.3g}[/])"
             cells.append(cell)
-        table.add_row(escape(t["label"]), *cells)
+        table.add_row(k, *cells)
+    if not keys:
+        table.add_row("(no metrics)", *["[red]failed[/]" if t["error"] else "" for t in targets])
     console.print(table)
     if deltas:
         console.print(f"[dim](deltas against {escape(report['reference'])}; bold = 95% interval excludes 0)[/]")
     for label, f in report["failed"].items():
         console.print(f"[red]{escape(label)} failed:[/] {escape(f['error'])}"
                       + (f"\n  [yellow]hint:[/] {escape(f['hint'])}" if f.get("hint") else ""))
-    console.print(f"report: {escape(folder)}/report.md")
+    console.print(f"report: {escape(folder)}/report.md", soft_wrap=True)
 
 
 def _fmt(value) -> str:

@@ -98,7 +98,7 @@ def evaluate(
         atomic.write_json(tmp / "manifest.json", build(
             "eval", inputs, timer, targets=[r.summary() for r in results],
             failed=sorted(report["failed"])))
-    registry.record(ws.registry_file, "eval", f"eval-{stamp}", parent=run, path=str(folder),
+    registry.record(ws.registry_file, "eval", f"eval-{stamp}", parent=run, folder=str(folder),
                     targets=[r.label for r in results], failed=sorted(report["failed"]),
                     metrics=report["metrics"])
     return EvalResult(report=report, folder=folder, failed=[r.label for r in results if not r.ok])
