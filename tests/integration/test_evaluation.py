@@ -184,13 +184,15 @@ def test_f16_gguf_perplexity_is_close_to_hf(workspace, tiny_llama_dir, export_pr
     run = "gguf-base"
     out = workspace.export_dir(run)
     out.mkdir(parents=True, exist_ok=True)
-    produce(tiny_llama_dir, out, "tiny", [quant_types["f16"]], verify_files=False)
+    produce(tiny_llama_dir, out, "tiny", [quant_types["f16"], quant_types["q8_0"]], verify_files=False)
     (out / "manifest.json").write_text(json.dumps({"finished_at": "2026-11-22T05:00"}))
-    result = evaluate(ModelConfig(name=str(tiny_llama_dir)), config(), workspace, compare="base,gguf:f16")
+    result = evaluate(ModelConfig(name=str(tiny_llama_dir)), config(), workspace, compare="base,gguf:f16,gguf:q8_0")
     assert result.exit_code == 0, result.report["failed"]
     hf, gguf = result.report["metrics"]["base"], result.report["metrics"]["gguf:f16"]
     assert gguf["perplexity"] == pytest.approx(hf["perplexity"], rel=1e-2)
     assert gguf["loss"] == pytest.approx(hf["loss"], abs=1e-2)
+    # q8_0 runs llama.cpp's quantized kernels (AMX on CPUs that advertise it: see gguf_engine.extra_buffers_work)
+    assert result.report["metrics"]["gguf:q8_0"]["perplexity"] == pytest.approx(hf["perplexity"], rel=5e-2)
     target = result.report["targets"][1]
     assert target["kind"] == "gguf" and target["generated"] + target["cached"] == len(QA)
     assert target["mask"] == "generation markers"
