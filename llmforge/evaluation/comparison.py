@@ -144,8 +144,14 @@ def evaluate_target(
         gc.collect()
 
 
-def summarise(result: TargetResult, items: list[Example]) -> None:
-    """Fill result.metrics from the per-example rows."""
+def reported(config: EvalConfig) -> set[str]:
+    """The report keys eval.metrics asks for (perplexity brings loss; rouge brings rouge1/2/L)."""
+    expand = {"perplexity": ["perplexity", "loss"], "rouge": ["rouge1", "rouge2", "rougeL"]}
+    return {key for name in config.metrics for key in expand.get(name, [name])}
+
+
+def summarise(result: TargetResult, items: list[Example], keep: set[str] | None = None) -> None:
+    """Fill result.metrics from the per-example rows (metrics outside `keep` stay None)."""
     metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     if result.nll:
         total = sum(n for _, n in result.nll)
@@ -169,6 +175,10 @@ def summarise(result: TargetResult, items: list[Example]) -> None:
         for criterion in result.judge_scores[0]:
             values = [s[criterion] for s in result.judge_scores]
             metrics[f"judge_{criterion}"] = sum(values) / len(values)
+    if keep is not None:
+        for key in METRIC_KEYS:
+            if key not in keep:
+                metrics[key] = None
     result.metrics = metrics
 
 
@@ -260,5 +270,5 @@ def compare(
         run_judge(results, items, config, cache_dir, progress)
     for r in results:
         if r.ok:
-            summarise(r, items)
+            summarise(r, items, reported(config))
     return results, items, data

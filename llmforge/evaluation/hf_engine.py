@@ -39,7 +39,7 @@ def chat_tokens(tokenizer, example: Example, max_length: int) -> tuple[list[int]
     """Token ids of a scored example and the mask of tokens that count (1 = trained/assistant token).
 
     The chat template's {% generation %} markers decide which tokens are the assistant's, exactly as in training.
-    A template without them falls back to the last assistant turn: the tokens after its generation prompt.
+    A template without them falls back to rendering prefixes (see _assistant_spans).
     Plain-text records count every token. Returns (ids, mask, how the mask was made)."""
     if example.text is not None:
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
@@ -56,13 +56,35 @@ def chat_tokens(tokenizer, example: Example, max_length: int) -> tuple[list[int]
     mask = [int(m) for m in out.get("assistant_masks") or []]
     how = "generation markers"
     if not any(mask):
-        how = "last assistant turn"
-        prompt = tokenizer.apply_chat_template(
-            example.prompt or [], tokenize=True, return_dict=True, add_generation_prompt=True
-        )["input_ids"]
-        start = len(prompt) if list(prompt) == ids[: len(prompt)] else len(ids)
-        mask = [0] * start + [1] * (len(ids) - start)
+        mask, how = _assistant_spans(tokenizer, example.messages, ids)
     return ids[:max_length], mask[:max_length], how
+
+
+def _render(tokenizer, messages: list[dict[str, str]], prompt: bool) -> list[int]:
+    if not messages:
+        return []
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=prompt)
+    return list(out["input_ids"])
+
+
+def _assistant_spans(tokenizer, messages: list[dict[str, str]], ids: list[int]) -> tuple[list[int], str]:
+    """Without generation markers: each assistant turn spans from the end of its generation prompt to the end of
+    the conversation rendered up to and including it. Templates that rewrite earlier turns (so a prefix does not
+    render as a prefix) fall back to the last assistant turn only."""
+    mask = [0] * len(ids)
+    for j, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:j], prompt=True)
+        upto = _render(tokenizer, messages[: j + 1], prompt=False)
+        if ids[: len(before)] != before or ids[: len(upto)] != upto:
+            last = max(i for i, msg in enumerate(messages) if msg["role"] == "assistant")
+            prompt = _render(tokenizer, messages[:last], prompt=True)
+            start = len(prompt) if ids[: len(prompt)] == prompt else len(ids)
+            return [0] * start + [1] * (len(ids) - start), "last assistant turn"
+        for i in range(len(before), len(upto)):
+            mask[i] = 1
+    return mask, "assistant turns"
 
 
 def nll_of(logits: torch.Tensor, ids: list[int], mask: list[int]) -> tuple[float, int]:

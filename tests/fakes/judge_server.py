@@ -3,7 +3,8 @@
 It answers `POST /v1/chat/completions` in two roles: as a judge (when the system prompt asks for rubric scores it
 returns a JSON object: every criterion 5 when the ANSWER equals the REFERENCE, else 1), and as a model under test
 (it looks the last user message up in `answers`, else says "I do not know"). `GET /v1/models` lists one model.
-Every request is counted and kept, so tests can check what was (not) sent.
+The same answers come from Ollama's `GET /api/tags` and `POST /api/chat` (non-streaming), as the real server
+shapes them, for `ollama:NAME` targets. Every request is counted and kept, so tests can check what was (not) sent.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FakeOpenAIServer:
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                elif self.path == "/api/tags":
+                    tag = f"{server.model}:latest"
+                    self._send(200, {"models": [{"name": tag, "model": tag, "digest": "ab" * 32, "size": 1234,
+                                                 "modified_at": "2026-11-22T04:00:00Z"}]})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
@@ -51,6 +56,12 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.requests.append({"path": self.path, "body": body,
                                             "auth": self.headers.get("Authorization")})
+                if self.path == "/api/chat":
+                    if body.get("model") not in (server.model, f"{server.model}:latest"):
+                        self._send(404, {"error": f"model '{body.get('model')}' not found"})
+                        return
+                    self._send(200, server.ollama_reply(body))
+                    return
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
@@ -99,6 +110,14 @@ class FakeOpenAIServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)},
         }
+
+    def ollama_reply(self, body: dict) -> dict:
+        options = body.get("options") or {}
+        out = self.reply({"messages": body.get("messages"), "max_tokens": options.get("num_predict")})
+        text = out["choices"][0]["message"]["content"]
+        return {"model": body["model"], "created_at": "2026-11-22T04:00:00Z",
+                "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
+                "eval_count": out["usage"]["completion_tokens"], "eval_duration": 1_000_000}
 
     def __enter__(self) -> FakeOpenAIServer:
         self.thread.start()

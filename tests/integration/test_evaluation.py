@@ -197,3 +197,26 @@ def test_f16_gguf_perplexity_is_close_to_hf(workspace, tiny_llama_dir, export_pr
     assert target["kind"] == "gguf" and target["generated"] + target["cached"] == len(QA)
     assert target["mask"] == "generation markers"
 
+
+
+def test_template_without_generation_markers_scores_every_assistant_turn(tiny_tokenizer_dir, tmp_path):
+    import shutil
+
+    from llmforge.evaluation.examples import parse
+    from llmforge.evaluation.hf_engine import chat_tokens, load_tokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_tokenizer_dir, plain)
+    template = (plain / "chat_template.jinja").read_text()
+    (plain / "chat_template.jinja").write_text(
+        template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    marked_tok, plain_tok = load_tokenizer(str(tiny_tokenizer_dir)), load_tokenizer(str(plain))
+    example = parse(MULTI_TURN, 0, "x", 1)
+    ids, marked, how = chat_tokens(marked_tok, example, 4096)
+    plain_ids, spans, plain_how = chat_tokens(plain_tok, example, 4096)
+    assert (how, plain_how) == ("generation markers", "assistant turns") and plain_ids == ids
+    newline = marked_tok("\n", add_special_tokens=False)["input_ids"]
+    # the same tokens, plus the newline each turn's template adds after <|im_end|>
+    extra = [i for i, (a, b) in enumerate(zip(marked, spans)) if a != b]
+    assert len(extra) == 2 and all(ids[i] in newline and ids[i - 1] == marked_tok.eos_token_id for i in extra)
+    assert all(b for a, b in zip(marked, spans) if a)

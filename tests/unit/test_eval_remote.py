@@ -76,6 +76,18 @@ def test_served_model_scores_and_dead_targets_fail_alone(ws, monkeypatch):
     assert entry["kind"] == "eval" and set(entry["failed"]) == set(result.failed)
 
 
+def test_ollama_target_through_the_official_client(ws, monkeypatch):
+    with FakeOpenAIServer(three_right(), model="tuned") as server:
+        monkeypatch.setenv("OLLAMA_HOST", server.url.removesuffix("/v1"))
+        result = evaluate(ModelConfig(), _config(), ws, compare="ollama:tuned,ollama:absent")
+        chats = [r["body"] for r in server.requests if r["path"] == "/api/chat"]
+    assert result.report["metrics"]["ollama:tuned"]["exact_match"] == pytest.approx(0.75)
+    assert len(chats) == 4 and chats[0]["options"] == {"temperature": 0.0, "seed": 0, "num_predict": 32, "top_k": 1}
+    assert chats[0]["messages"] == [{"role": "user", "content": next(iter(QA))}]
+    absent = result.report["failed"]["ollama:absent"]
+    assert "has no model 'absent'" in absent["error"] and "tuned:latest" in absent["hint"]
+
+
 def test_rerun_and_added_target_compute_only_what_is_new(ws):
     with FakeOpenAIServer(QA) as right, FakeOpenAIServer({}, model="other") as wrong:
         first = evaluate(ModelConfig(), _config(), ws, targets=right.url)
