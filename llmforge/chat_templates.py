@@ -554,8 +554,21 @@ def render(template: str, messages: Sequence[Mapping[str, Any]], *, add_generati
     `special` carries the other variables transformers passes (unk_token, pad_token, date_string, ...).
     A template that refuses the conversation (raise_exception, a type error) raises UsageError.
     """
-    return render_with_spans(template, messages, add_generation_prompt=add_generation_prompt,
-                             bos_token=bos_token, eos_token=eos_token, **special).text
+    variables = _template_vars(messages, add_generation_prompt, bos_token, eos_token, special)
+    return "".join(_generate(_compile(template), variables))
+
+
+def _generate(compiled: jinja2.Template, variables: dict[str, Any]) -> Iterable[str]:
+    """The template's output chunks in order, with its refusals and failures turned into UsageError."""
+    try:
+        yield from compiled.generate(**variables)
+    except jinja2.TemplateError as e:
+        raise UsageError(f"the chat template refused the conversation: {e.message or e}",
+                         hint="llmforge supports an optional first system message, then user/assistant turns"
+                         ) from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise UsageError(f"the chat template failed on the conversation: {type(e).__name__}: {e}",
+                         hint="check that every message has a string 'role' and 'content'") from e
 
 
 @dataclass(frozen=True)
@@ -582,15 +595,8 @@ def render_with_spans(template: str, messages: Sequence[Mapping[str, Any]], *, a
     spans: list[tuple[int, int, str]] = []
     token = _recorder.set((chunks, spans))
     try:
-        for chunk in compiled.generate(**variables):
+        for chunk in _generate(compiled, variables):
             chunks.append(chunk)
-    except jinja2.TemplateError as e:
-        raise UsageError(f"the chat template refused the conversation: {e.message or e}",
-                         hint="llmforge supports an optional first system message, then user/assistant turns"
-                         ) from e
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise UsageError(f"the chat template failed on the conversation: {type(e).__name__}: {e}",
-                         hint="check that every message has a string 'role' and 'content'") from e
     finally:
         _recorder.reset(token)
     text = "".join(chunks)
