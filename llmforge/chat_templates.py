@@ -482,8 +482,9 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     # Like HF: plain json.dumps, no HTML escaping (Jinja's own tojson escapes <, >, & and ').
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -530,8 +531,13 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _template_vars(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, bos_token: str | None,
-                   eos_token: str | None, special: Mapping[str, Any]) -> dict[str, Any]:
+def _template_vars(
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool,
+    bos_token: str | None,
+    eos_token: str | None,
+    special: Mapping[str, Any],
+) -> dict[str, Any]:
     if not messages:
         raise UsageError("cannot render an empty conversation", hint="give at least one message")
     # transformers drops keys whose value is None (OpenAI clients send content=None) and always passes
@@ -547,8 +553,15 @@ def _template_vars(messages: Sequence[Mapping[str, Any]], add_generation_prompt:
     return variables
 
 
-def render(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
-           bos_token: str | None = None, eos_token: str | None = None, **special: Any) -> str:
+def render(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    **special: Any,
+) -> str:
     """Render `messages` with a Jinja chat template exactly as transformers' apply_chat_template(tokenize=False).
 
     `special` carries the other variables transformers passes (unk_token, pad_token, date_string, ...).
@@ -563,12 +576,15 @@ def _generate(compiled: jinja2.Template, variables: dict[str, Any]) -> Iterable[
     try:
         yield from compiled.generate(**variables)
     except jinja2.TemplateError as e:
-        raise UsageError(f"the chat template refused the conversation: {e.message or e}",
-                         hint="llmforge supports an optional first system message, then user/assistant turns"
-                         ) from e
+        raise UsageError(
+            f"the chat template refused the conversation: {e.message or e}",
+            hint="llmforge supports an optional first system message, then user/assistant turns",
+        ) from e
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise UsageError(f"the chat template failed on the conversation: {type(e).__name__}: {e}",
-                         hint="check that every message has a string 'role' and 'content'") from e
+        raise UsageError(
+            f"the chat template failed on the conversation: {type(e).__name__}: {e}",
+            hint="check that every message has a string 'role' and 'content'",
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -582,8 +598,15 @@ class RenderedChat:
         return [self.text[a:b] for a, b in self.spans]
 
 
-def render_with_spans(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
-                      bos_token: str | None = None, eos_token: str | None = None, **special: Any) -> RenderedChat:
+def render_with_spans(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    **special: Any,
+) -> RenderedChat:
     """Render like `render` and return where each {% generation %} block landed (the assistant-only loss mask).
 
     Offsets are in characters of `text`; map them to tokens with the tokenizer's offset mapping
@@ -651,43 +674,74 @@ PROBES: tuple[Probe, ...] = (
     Probe("system-user", (_S, _U1), True),
     Probe("system-exchanges", (_S, _U1, _A1, _U2, _A2), False),
     Probe("system-exchanges-open", (_S, _U1, _A1, _U2), True),
-    Probe("unicode", (
-        _m("system", "Réponds en français. 日本語でもよい。"),
-        _m("user", "Grüße — naïve café? 🙂 Ωμέγα «quote» Привет"),
-        _m("assistant", "Ça va ☕ — 你好！ 👍🏽"),
-        _m("user", "ok → next"),
-    ), True),
-    Probe("template-syntax-in-content", (
-        _m("user", "{{ .Content }} {{- .System -}} {% if x %}{{ \"q\" }}{% endif %} {# c #} {\"a\": [1, 2]} "
-                   "'single' \"double\" back\\slash `tick` $.Messages"),
-        _m("assistant", "}} {{ {% %} end }}{{ {{/* go comment */}} <s> [INST]"),
-        _m("user", "{{"),
-    ), True),
-    Probe("template-syntax-closed", (
-        _m("user", "}}"),
-        _m("assistant", "{{ raise_exception('x') }}\"\"\""),
-    ), False),
+    Probe(
+        "unicode",
+        (
+            _m("system", "Réponds en français. 日本語でもよい。"),
+            _m("user", "Grüße — naïve café? 🙂 Ωμέγα «quote» Привет"),
+            _m("assistant", "Ça va ☕ — 你好！ 👍🏽"),
+            _m("user", "ok → next"),
+        ),
+        True,
+    ),
+    Probe(
+        "template-syntax-in-content",
+        (
+            _m(
+                "user",
+                '{{ .Content }} {{- .System -}} {% if x %}{{ "q" }}{% endif %} {# c #} {"a": [1, 2]} '
+                "'single' \"double\" back\\slash `tick` $.Messages",
+            ),
+            _m("assistant", "}} {{ {% %} end }}{{ {{/* go comment */}} <s> [INST]"),
+            _m("user", "{{"),
+        ),
+        True,
+    ),
+    Probe(
+        "template-syntax-closed",
+        (
+            _m("user", "}}"),
+            _m("assistant", '{{ raise_exception(\'x\') }}"""'),
+        ),
+        False,
+    ),
     Probe("empty", (_m("system", ""), _m("user", ""), _m("assistant", ""), _m("user", "")), True),
     Probe("empty-no-system", (_m("user", ""), _m("assistant", "")), False),
-    Probe("multiline", (
-        _m("user", "line one\nline two\n\nline four\ttabbed"),
-        _m("assistant", "- a\n- b\n\n```\ncode\n```"),
-    ), False),
-    Probe("whitespace", (
-        _m("user", "\n  padded question  \n"),
-        _m("assistant", "  padded answer \n\n"),
-        _m("user", " next "),
-    ), True, padded=True),
+    Probe(
+        "multiline",
+        (
+            _m("user", "line one\nline two\n\nline four\ttabbed"),
+            _m("assistant", "- a\n- b\n\n```\ncode\n```"),
+        ),
+        False,
+    ),
+    Probe(
+        "whitespace",
+        (
+            _m("user", "\n  padded question  \n"),
+            _m("assistant", "  padded answer \n\n"),
+            _m("user", " next "),
+        ),
+        True,
+        padded=True,
+    ),
     Probe("whitespace-system", (_m("system", "  sys  \n"), _m("user", "q ")), True, padded=True),
 )
 
 
-def _outcome(template: str, probe: Probe, bos_token: str | None, eos_token: str | None,
-             special: Mapping[str, Any]) -> tuple[str, str]:
+def _outcome(
+    template: str, probe: Probe, bos_token: str | None, eos_token: str | None, special: Mapping[str, Any]
+) -> tuple[str, str]:
     """('text', rendering) or ('refused', ''): two templates agree on a probe when both outcomes are equal."""
     try:
-        return "text", render(template, probe.messages, add_generation_prompt=probe.add_generation_prompt,
-                              bos_token=bos_token, eos_token=eos_token, **special)
+        return "text", render(
+            template,
+            probe.messages,
+            add_generation_prompt=probe.add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **special,
+        )
     except UsageError:
         _compile(template)  # a template that does not parse is an error, not a refusal
         return "refused", ""
@@ -696,12 +750,15 @@ def _outcome(template: str, probe: Probe, bos_token: str | None, eos_token: str 
 def _family_tokens(family: Family, bos_token: str | None, eos_token: str | None) -> tuple[str | None, str | None]:
     # A family renders with the tokens it is written for, so a template only matches when the tokenizer's
     # BOS/EOS are those tokens too (the Ollama template writes them literally).
-    return (family.bos_token if family.bos_token is not None else bos_token,
-            family.eos_token if family.eos_token is not None else eos_token)
+    return (
+        family.bos_token if family.bos_token is not None else bos_token,
+        family.eos_token if family.eos_token is not None else eos_token,
+    )
 
 
-def _first_difference(template: str, family: Family, bos_token: str | None, eos_token: str | None,
-                      special: Mapping[str, Any]) -> tuple[Probe, tuple[str, str], tuple[str, str]] | None:
+def _first_difference(
+    template: str, family: Family, bos_token: str | None, eos_token: str | None, special: Mapping[str, Any]
+) -> tuple[Probe, tuple[str, str], tuple[str, str]] | None:
     fam_bos, fam_eos = _family_tokens(family, bos_token, eos_token)
     for probe in PROBES:
         got = _outcome(template, probe, bos_token, eos_token, special)
@@ -742,10 +799,13 @@ def explain_unknown(template: str, *, bos_token: str | None, eos_token: str | No
             if got[0] != want[0]:
                 what = f"{family.name} {'refuses' if want[0] == 'refused' else 'renders'} it, this template does not"
             else:
-                at = next((i for i, (a, b) in enumerate(zip(got[1], want[1])) if a != b),
-                          min(len(got[1]), len(want[1])))
-                what = (f"this template renders ...{got[1][max(0, at - 30):at + 30]!r}, "
-                        f"{family.name} renders ...{want[1][max(0, at - 30):at + 30]!r}")
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(got[1], want[1])) if a != b), min(len(got[1]), len(want[1]))
+                )
+                what = (
+                    f"this template renders ...{got[1][max(0, at - 30) : at + 30]!r}, "
+                    f"{family.name} renders ...{want[1][max(0, at - 30) : at + 30]!r}"
+                )
             best = (ratio, f"closest family: {family.name}; first difference on probe '{probe.name}': {what}")
     if best is not None:
         reasons.append(best[1])
@@ -766,8 +826,13 @@ class TrainingTemplate:
     source: str  # "tokenizer" (already marked), "family" (tokenizer's, marked by us), "configured"
 
 
-def resolve_training_template(tokenizer_template: str | None, configured: str = "auto", *,
-                              bos_token: str | None = None, eos_token: str | None = None) -> TrainingTemplate:
+def resolve_training_template(
+    tokenizer_template: str | None,
+    configured: str = "auto",
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+) -> TrainingTemplate:
     """Choose the chat template to train with (model.chat_template is `configured`).
 
     - a family name: that family's marked template (the user asked for it);
@@ -814,8 +879,10 @@ def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str]
     """
     tokens = tuple(t for t in end_of_turn if t)
     if not tokens:
-        raise UsageError("no end-of-turn token is known for this chat template",
-                         hint="the tokenizer needs an eos_token, or set model.chat_template: <family>")
+        raise UsageError(
+            "no end-of-turn token is known for this chat template",
+            hint="the tokenizer needs an eos_token, or set model.chat_template: <family>",
+        )
     if len(rendered.spans) != assistant_turns:
         raise UsageError(
             f"the chat template marks {len(rendered.spans)} {{% generation %}} spans for {assistant_turns} "
@@ -825,7 +892,7 @@ def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str]
     for start, end in rendered.spans:
         trained = rendered.text[start:end]
         if not any(t in trained for t in tokens):
-            after = rendered.text[end:end + 40]
+            after = rendered.text[end : end + 40]
             raise UsageError(
                 f"the end-of-turn token ({' or '.join(tokens)}) is outside the trained span: the span "
                 f"{trained[-40:]!r} is followed by {after!r}, so the model would never learn to stop",
@@ -834,8 +901,9 @@ def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str]
             )
 
 
-def check_template_trains_stop(template: str, *, bos_token: str | None, eos_token: str | None,
-                               end_of_turn: Iterable[str] | None = None) -> None:
+def check_template_trains_stop(
+    template: str, *, bos_token: str | None, eos_token: str | None, end_of_turn: Iterable[str] | None = None
+) -> None:
     """`check_end_of_turn_trained` over every probe with an assistant turn that the template accepts."""
     family = identify(template, bos_token=bos_token, eos_token=eos_token)
     tokens = tuple(end_of_turn) if end_of_turn is not None else end_of_turn_tokens_for(family, eos_token)
@@ -845,19 +913,23 @@ def check_template_trains_stop(template: str, *, bos_token: str | None, eos_toke
         if not assistant_turns:
             continue
         try:
-            rendered = render_with_spans(template, probe.messages, add_generation_prompt=False,
-                                         bos_token=bos_token, eos_token=eos_token)
+            rendered = render_with_spans(
+                template, probe.messages, add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token
+            )
         except UsageError:
             continue
         check_end_of_turn_trained(rendered, tokens, assistant_turns=assistant_turns)
         checked += 1
     if not checked:
-        raise UsageError("the chat template refused every probe conversation with an assistant turn",
-                         hint="set model.chat_template: <family>")
+        raise UsageError(
+            "the chat template refused every probe conversation with an assistant turn",
+            hint="set model.chat_template: <family>",
+        )
 
 
-def stop_tokens_for(template: str, *, bos_token: str | None, eos_token: str | None,
-                    extra_eos: Iterable[str] = ()) -> tuple[str, ...]:
+def stop_tokens_for(
+    template: str, *, bos_token: str | None, eos_token: str | None, extra_eos: Iterable[str] = ()
+) -> tuple[str, ...]:
     """Every stop string for a model with this template: the family's, the tokenizer's EOS, and `extra_eos`
     (end-of-text tokens that generation_config.json declares). Unknown template: only the EOS tokens."""
     family = identify(template, bos_token=bos_token, eos_token=eos_token)

@@ -42,6 +42,7 @@ CONVERSATION = [
 
 # --- identify ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(UPSTREAM))
 def test_upstream_templates_are_identified_or_refused(name):
     bos, eos, expected = UPSTREAM[name]
@@ -53,15 +54,16 @@ def test_upstream_templates_are_identified_or_refused(name):
 def test_identified_family_renders_every_probe_like_the_upstream_template(name):
     bos, eos, expected = UPSTREAM[name]
     family = ct.get_family(expected)
+
+    def outcome(template, probe, gen):
+        try:
+            return ct.render(template, probe.messages, add_generation_prompt=gen, bos_token=bos, eos_token=eos)
+        except UsageError:
+            return "refused"
+
     for probe in ct.PROBES:
         for gen in (True, False):
-            def outcome(template):
-                try:
-                    return ct.render(template, probe.messages, add_generation_prompt=gen, bos_token=bos,
-                                     eos_token=eos)
-                except UsageError:
-                    return "refused"
-            assert outcome(family.jinja) == outcome(upstream(name)), (probe.name, gen)
+            assert outcome(family.jinja, probe, gen) == outcome(upstream(name), probe, gen), (probe.name, gen)
 
 
 def test_each_family_is_identified_as_itself_and_only_itself():
@@ -89,11 +91,14 @@ def test_identify_rejects_a_template_that_renders_one_character_differently(name
 
 
 def test_identify_rejects_a_chatml_that_differs_only_on_padded_or_empty_content():
-    trimming = ct.CHATML.jinja.replace("message['content'] + '<|im_end|>\\n'", "message['content'] | trim + '<|im_end|>\\n'")
+    trimming = ct.CHATML.jinja.replace(
+        "message['content'] + '<|im_end|>\\n'", "message['content'] | trim + '<|im_end|>\\n'"
+    )
     assert trimming != ct.CHATML.jinja
     assert ct.identify(trimming, bos_token=None, eos_token=None) is None
     phi_always_system = upstream("microsoft-Phi-3.5-mini-instruct").replace(
-        "message['role'] == 'system' and message['content']", "message['role'] == 'system'")
+        "message['role'] == 'system' and message['content']", "message['role'] == 'system'"
+    )
     assert ct.identify(phi_always_system, bos_token="<s>", eos_token="<|endoftext|>") is None
 
 
@@ -110,12 +115,14 @@ def test_identify_refuses_a_template_that_does_not_parse():
 def test_explain_unknown_names_the_obstacles():
     qwen = ct.explain_unknown(upstream("Qwen-Qwen3-0.6B"), bos_token=None, eos_token="<|im_end|>")
     assert "<think>" in qwen and "closest family: chatml" in qwen
-    granite = ct.explain_unknown(upstream("ibm-granite-granite-3.3-2B-Instruct"), bos_token=None,
-                                 eos_token="<|end_of_text|>")
+    granite = ct.explain_unknown(
+        upstream("ibm-granite-granite-3.3-2B-Instruct"), bos_token=None, eos_token="<|end_of_text|>"
+    )
     assert "strftime_now" in granite
 
 
 # --- render -----------------------------------------------------------------------------------------------------
+
 
 def test_render_chatml_literal():
     text = ct.render(ct.CHATML.jinja, CONVERSATION, add_generation_prompt=True)
@@ -144,8 +151,10 @@ def test_render_without_generation_prompt_and_llama31_date_string():
     closed = CONVERSATION[:3]
     assert ct.render(ct.CHATML.jinja, closed).endswith("<|im_start|>assistant\nHello!<|im_end|>\n")
     text = ct.render(ct.LLAMA3_1.jinja, closed[1:], bos_token="<|begin_of_text|>", date_string="01 Jan 2030")
-    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-                           "Cutting Knowledge Date: December 2023\nToday Date: 01 Jan 2030\n\n<|eot_id|>")
+    assert text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 01 Jan 2030\n\n<|eot_id|>"
+    )
 
 
 def test_render_behaves_like_transformers_environment():
@@ -175,6 +184,7 @@ def test_render_refusals_are_usage_errors():
 
 # --- generation spans and the end-of-turn token --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(ct.FAMILIES))
 def test_family_end_of_turn_is_inside_every_generation_span(name):
     family = ct.FAMILIES[name]
@@ -192,8 +202,9 @@ def test_family_end_of_turn_is_inside_every_generation_span(name):
 
 
 def test_spans_hold_exactly_the_answers_and_their_end_token():
-    rendered = ct.render_with_spans(ct.CHATML.jinja, CONVERSATION[:3] + [CONVERSATION[3],
-                                    {"role": "assistant", "content": "4"}])
+    rendered = ct.render_with_spans(
+        ct.CHATML.jinja, CONVERSATION[:3] + [CONVERSATION[3], {"role": "assistant", "content": "4"}]
+    )
     assert rendered.trained_text() == ["Hello!<|im_end|>", "4<|im_end|>"]
     text = rendered.text
     assert all(text[s:e] in ("Hello!<|im_end|>", "4<|im_end|>") for s, e in rendered.spans)
@@ -224,6 +235,7 @@ def test_generation_block_inside_a_set_block_is_detected():
 
 # --- resolve_training_template, stop tokens ------------------------------------------------------------------------
 
+
 def test_resolve_training_template():
     marked = ct.resolve_training_template(ct.CHATML.jinja, bos_token=None, eos_token="<|im_end|>")
     assert (marked.template, marked.family, marked.source) == (ct.CHATML.jinja, ct.CHATML, "tokenizer")
@@ -247,14 +259,19 @@ def test_resolve_training_template():
 
 
 def test_stop_tokens_for():
-    stops = ct.stop_tokens_for(upstream("meta-llama-Llama-3.1-8B-Instruct"), bos_token="<|begin_of_text|>",
-                               eos_token="<|eot_id|>", extra_eos=["<|end_of_text|>", "<|eom_id|>"])
+    stops = ct.stop_tokens_for(
+        upstream("meta-llama-Llama-3.1-8B-Instruct"),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        extra_eos=["<|end_of_text|>", "<|eom_id|>"],
+    )
     assert stops[0] == "<|eot_id|>" and len(stops) == len(set(stops))
     assert {"<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|start_header_id|>"} <= set(stops)
     alpaca = ct.stop_tokens_for(ct.ALPACA.jinja, bos_token=None, eos_token="<|endoftext|>")
     assert alpaca == ("### Instruction:", "<|endoftext|>")
-    unknown = ct.stop_tokens_for(upstream("Qwen-Qwen3-0.6B"), bos_token=None, eos_token="<|im_end|>",
-                                 extra_eos=["<|endoftext|>"])
+    unknown = ct.stop_tokens_for(
+        upstream("Qwen-Qwen3-0.6B"), bos_token=None, eos_token="<|im_end|>", extra_eos=["<|endoftext|>"]
+    )
     assert unknown == ("<|im_end|>", "<|endoftext|>")
 
 
@@ -275,6 +292,7 @@ def test_get_family():
 
 
 # --- Modelfile quoting ------------------------------------------------------------------------------------------
+
 
 def test_modelfile_quote():
     text = 'Say "hi" {{ .Content }}\n\tünï 🙂 end"'
