@@ -57,7 +57,9 @@ __all__ = [
     "RenderedChat",
     "TrainingTemplate",
     "check_end_of_turn_trained",
+    "check_template_trains_stop",
     "end_of_turn_tokens_for",
+    "explain_unknown",
     "get_family",
     "has_generation_markers",
     "identify",
@@ -66,6 +68,7 @@ __all__ = [
     "render_with_spans",
     "resolve_training_template",
     "stop_tokens_for",
+    "template_writes_bos",
 ]
 
 
@@ -403,7 +406,7 @@ ALPACA = Family(
         "{{ end }}"
     ),
     end_of_turn=(),  # the tokenizer's EOS: see end_of_turn_tokens_for
-    stop_tokens=("### Instruction:",),  # plus the tokenizer's EOS: see stop_tokens_for
+    stop_tokens=("### Instruction:", "### Response:"),  # plus the tokenizer's EOS: see stop_tokens_for
     supports_system=True,
     bos_token=None,
     eos_token=None,
@@ -937,6 +940,16 @@ def stop_tokens_for(
     found += [eos_token] if eos_token else []
     found += list(extra_eos)
     return tuple(dict.fromkeys(t for t in found if t))
+
+
+def template_writes_bos(template: str, *, bos_token: str | None, eos_token: str | None = None) -> bool:
+    """Whether the rendered text starts with the BOS token. Training tokenizes the rendered text without adding
+    special tokens, so llama.cpp must add BOS itself (GGUF add_bos_token) exactly when this is true."""
+    if not bos_token:
+        return False
+    probe = PROBES[0]
+    text = render(template, probe.messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+    return text.startswith(bos_token)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,7 +270,7 @@ def test_stop_tokens_for():
     assert stops[0] == "<|eot_id|>" and len(stops) == len(set(stops))
     assert {"<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|start_header_id|>"} <= set(stops)
     alpaca = ct.stop_tokens_for(ct.ALPACA.jinja, bos_token=None, eos_token="<|endoftext|>")
-    assert alpaca == ("### Instruction:", "<|endoftext|>")
+    assert alpaca == ("### Instruction:", "### Response:", "<|endoftext|>")
     unknown = ct.stop_tokens_for(
         upstream("Qwen-Qwen3-0.6B"), bos_token=None, eos_token="<|im_end|>", extra_eos=["<|endoftext|>"]
     )
@@ -305,3 +307,22 @@ def test_modelfile_quote():
         ct.modelfile_quote("no\u00a0break")
     with pytest.raises(UsageError, match="U\\+0000"):
         ct.modelfile_quote("nul\x00")
+
+
+def test_template_writes_bos():
+    assert ct.template_writes_bos(ct.LLAMA3.jinja, bos_token="<|begin_of_text|>")
+    assert ct.template_writes_bos(upstream("google-gemma-2-2b-it"), bos_token="<bos>", eos_token="<eos>")
+    assert not ct.template_writes_bos(ct.CHATML.jinja, bos_token="<|endoftext|>")
+    assert not ct.template_writes_bos(upstream("microsoft-Phi-3.5-mini-instruct"), bos_token="<s>")
+    assert not ct.template_writes_bos(ct.LLAMA3.jinja, bos_token=None)
+
+
+def test_module_imports_only_the_standard_library_and_jinja2():
+    code = (
+        "import sys; before = set(sys.modules); import llmforge.chat_templates; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(' '.join(sorted(new - set(sys.stdlib_module_names))))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert set(out.stdout.split()) == {"jinja2", "markupsafe", "llmforge"}
