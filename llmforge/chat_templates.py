@@ -25,7 +25,18 @@ The contract:
     function in Ollama, so content with leading/trailing whitespace renders with it there.
   * A family without a system role (gemma) refuses a system message in Jinja; its Ollama template cannot
     refuse, so it drops system messages: deploy must refuse a SYSTEM prompt for such a family.
+- What the Ollama templates rely on (ollama/ollama template/template.go, server/routes.go, server/prompt.go):
+  a template that mentions .Messages is executed once over {System, Messages, Tools, Response: "", ...};
+  .Messages includes the system messages, with consecutive same-role messages merged ("\n\n"); .System joins
+  all system texts; the Modelfile SYSTEM is prepended as a system message unless the request starts with one;
+  MESSAGE few-shots come before the request's messages (so a request's own system message then lands after
+  them); the only template function is `json`. tests/tools/gorender/main.go mirrors exactly this.
+- Stop tokens: ``stop_tokens_for`` gives every end-of-turn, end-of-text and next-turn-header string; deploy
+  writes one PARAMETER stop each, serve stops on them, and a reply containing any of them leaked a token.
 
+Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown,
+resolve_training_template, check_end_of_turn_trained, check_template_trains_stop, end_of_turn_tokens_for,
+stop_tokens_for, template_writes_bos, Family.ollama_template_for, modelfile_quote.
 Only the standard library and jinja2 are imported here, so the CLI, deploy and serve can use it cheaply.
 """
 
@@ -520,7 +531,7 @@ def _compile(template: str) -> jinja2.Template:
 
 
 def _plain(value: Any) -> Any:
-    """Messages as plain JSON-like data (what transformers hands the template), None-valued keys dropped."""
+    """Plain JSON-like data (what transformers hands a template): no objects with methods reach the sandbox."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, Mapping):
