@@ -12,9 +12,21 @@ import pytest
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
-FIXTURES = Path("/work/shared/fixtures/chat_templates")
-if not FIXTURES.is_dir():  # the repository copy, once the lead vendors the fixtures
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+
+def _find_fixtures() -> Path | None:
+    """The real upstream templates: vendored in the repository if they are, else the shared fixtures folder."""
+    root = Path(__file__).resolve().parents[2]
+    candidates = [
+        root / "tests" / "fixtures" / "chat_templates",
+        root.parent / "shared" / "fixtures" / "chat_templates",
+    ]
+    candidates.append(Path("/work/shared/fixtures/chat_templates"))
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+FIXTURES = _find_fixtures()
+MISSING = "upstream chat templates not found: copy shared/fixtures/chat_templates to tests/fixtures/chat_templates"
+
 
 # Each upstream template with the BOS/EOS its tokenizer declares, and what identify() must say about it.
 UPSTREAM = {
@@ -31,6 +43,8 @@ UPSTREAM = {
 
 
 def upstream(name: str) -> str:
+    if FIXTURES is None:
+        pytest.skip(MISSING)
     return (FIXTURES / f"{name}.jinja").read_text()
 
 
