@@ -139,6 +139,7 @@ def test_end_of_turn_token_is_in_the_assistant_mask_with_real_token_ids(name):
     ids, mask = out["input_ids"], out["assistant_masks"]
     trained_ends = [i for i, (t, m) in enumerate(zip(ids, mask)) if t == end_id and m]
     assert len(trained_ends) == 2  # one per assistant turn
+    ct.check_end_of_turn_ids_trained(ids, mask, [end_id], assistant_turns=2)
     # The character spans of render_with_spans select exactly the tokens transformers masks.
     rendered = ct.render_with_spans(family.jinja, messages, bos_token=family.bos_token, eos_token=eos)
     encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -155,3 +156,19 @@ def test_tiny_tokenizer_template_is_chatml_and_trains_its_stop_token(tiny_tokeni
     assert (resolved.template, resolved.family, resolved.source) == (template, ct.CHATML, "tokenizer")
     ct.check_template_trains_stop(template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
     assert ct.stop_tokens_for(template, bos_token=None, eos_token=tokenizer.eos_token) == ct.CHATML.stop_tokens
+
+
+def test_end_of_turn_outside_the_span_is_caught_with_real_token_ids():
+    outside = ct.CHATML.jinja.replace(
+        "{{- message['content'] + '<|im_end|>' }}\n        {%- endgeneration %}\n        {{- '\\n' }}",
+        "{{- message['content'] }}\n        {%- endgeneration %}\n        {{- '<|im_end|>\\n' }}",
+    )
+    assert outside != ct.CHATML.jinja
+    tokenizer = _bpe_tokenizer(ct.CHATML, "<|im_end|>")
+    messages = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
+    out = tokenizer.apply_chat_template(
+        messages, chat_template=outside, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with pytest.raises(UsageError, match="never learn to stop"):
+        ct.check_end_of_turn_ids_trained(out["input_ids"], out["assistant_masks"], [end_id], assistant_turns=1)

@@ -242,6 +242,16 @@ def test_end_of_turn_outside_the_span_is_caught():
         ct.check_end_of_turn_trained(rendered, ["<|im_end|>"], assistant_turns=2)
 
 
+def test_end_of_turn_ids_check():
+    # ids:  user  hi  eot | asst  4   eot | user  x  eot | asst  5   eot
+    ids = [1, 10, 2, 3, 11, 2, 1, 12, 2, 3, 13, 2]
+    ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1], [2], assistant_turns=2)
+    with pytest.raises(UsageError, match="assistant turn 2: no end-of-turn token id"):
+        ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0], [2], assistant_turns=2)
+    with pytest.raises(UsageError, match="trains 1 stretches of tokens for 2 assistant turns"):
+        ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], [2], assistant_turns=2)
+
+
 def test_generation_block_inside_a_set_block_is_detected():
     template = "{% for m in messages %}{% set x %}pre{% generation %}{{ m.content }}{% endgeneration %}{% endset %}{{ x }}{% endfor %}"
     assert ct.render(template, CONVERSATION[:1]) == "preBe brief."
