@@ -98,9 +98,17 @@ def evaluate(
         atomic.write_json(tmp / "manifest.json", build(
             "eval", inputs, timer, targets=[r.summary() for r in results],
             failed=sorted(report["failed"])))
-    registry.record(ws.registry_file, "eval", f"eval-{stamp}", parent=run, folder=str(folder),
-                    targets=[r.label for r in results], failed=sorted(report["failed"]),
-                    metrics=report["metrics"])
+    # `llmforge runs` shows a flat metrics dict: the run's own numbers (else the first target that reported).
+    headline = next((r for r in ok if r.run and r.kind == "hf"), next((r for r in ok if r is not reference),
+                                                                      reference))
+    flat = {} if headline is None else {
+        k: headline.metrics.get(k) for k in ("exact_match", "f1", "perplexity", "bleu", "rougeL", "chrf")
+        if headline.metrics.get(k) is not None}
+    failed = sorted(report["failed"])
+    registry.record(ws.registry_file, "eval", f"eval-{stamp}", parent=run, path=str(folder),
+                    status=f"{len(failed)} of {len(results)} targets failed" if failed else "complete",
+                    metrics=flat, metrics_of=headline.label if headline else None,
+                    targets=[r.label for r in results], failed=failed)
     return EvalResult(report=report, folder=folder, failed=[r.label for r in results if not r.ok])
 
 

@@ -158,6 +158,7 @@ def test_lora_run_beats_base_and_dead_targets_fail_alone(workspace, tiny_llama_d
     assert report["run"] == RUN
     entry = registry.find(workspace.registry_file, f"eval-{folder.name}")
     assert entry["kind"] == "eval" and entry["parent"] == RUN
+    assert entry["metrics_of"] == f"run:{RUN}" and entry["metrics"]["exact_match"] == 1.0
     preds = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
     assert [p["targets"][f"run:{RUN}"]["prediction"] for p in preds] == [a for _, a in QA]
 

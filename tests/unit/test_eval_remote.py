@@ -74,6 +74,8 @@ def test_served_model_scores_and_dead_targets_fail_alone(ws, monkeypatch):
     assert preds[3]["targets"][good.url]["prediction"] == "Nobody at all."
     entry = registry.find(ws.registry_file, f"eval-{folder.name}")
     assert entry["kind"] == "eval" and set(entry["failed"]) == set(result.failed)
+    assert entry["status"] == "3 of 4 targets failed" and entry["path"] == str(folder)
+    assert entry["metrics"]["exact_match"] == pytest.approx(0.75)
 
 
 def test_ollama_target_through_the_official_client(ws, monkeypatch):
