@@ -72,12 +72,12 @@ def open_engine(target: Target, model: ModelConfig, config: EvalConfig):
         from llmforge.evaluation.hf_engine import HFEngine
 
         return HFEngine(target.model, target.tokenizer, target.adapter, revision=target.revision, dtype=model.dtype,
-                        trust_remote_code=model.trust_remote_code)
+                        trust_remote_code=model.trust_remote_code, chat_template=model.chat_template)
     if target.kind == "gguf":
         from llmforge.evaluation.gguf_engine import GGUFEngine
 
         return GGUFEngine(target.model, target.tokenizer, n_ctx=config.max_length + config.max_new_tokens,
-                          seed=config.seed)
+                          seed=config.seed, chat_template=model.chat_template)
     from llmforge.evaluation.remote import HTTPEngine, OllamaEngine
 
     if target.kind == "ollama":

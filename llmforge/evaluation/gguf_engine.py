@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class GGUFEngine:
-    def __init__(self, path: str, tokenizer: str | None, *, n_ctx: int, seed: int):
+    def __init__(self, path: str, tokenizer: str | None, *, n_ctx: int, seed: int, chat_template: str = "auto"):
         require_extra("evaluating a GGUF file", "llamacpp", "llama_cpp")
         from llama_cpp import Llama
 
@@ -29,9 +29,10 @@ class GGUFEngine:
         # shares its vocabulary id for id, so ids go to llama.cpp directly and both engines see the same tokens.
         self.tokenizer = None
         if tokenizer is not None:
-            from llmforge.evaluation.hf_engine import load_tokenizer
+            from llmforge.evaluation.hf_engine import load_tokenizer, use_training_template
 
             self.tokenizer = load_tokenizer(tokenizer)
+            use_training_template(self.tokenizer, chat_template)
         with _model_params(extra_buffers=extra_buffers_work(str(path))):
             self.llm = Llama(model_path=str(Path(path)), n_ctx=n_ctx, logits_all=True, seed=seed, verbose=False)
         self.n_ctx = n_ctx

@@ -35,6 +35,27 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
 
 
+def use_training_template(tokenizer, configured: str = "auto") -> str:
+    """Score and prompt with the template training used (chat_templates.resolve_training_template): the
+    tokenizer's own when it has {% generation %} markers, else its family's marked twin, or the family named in
+    model.chat_template. A template no family reproduces is kept as it is (assistant spans then come from
+    rendering prefixes). Returns where the template came from."""
+    from llmforge.chat_templates import resolve_training_template
+    from llmforge.errors import UsageError
+
+    try:
+        chosen = resolve_training_template(
+            getattr(tokenizer, "chat_template", None), configured,
+            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+        )
+    except UsageError:
+        if getattr(tokenizer, "chat_template", None):
+            return "tokenizer (no generation markers)"
+        raise
+    tokenizer.chat_template = chosen.template
+    return chosen.source
+
+
 def chat_tokens(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int], str]:
     """Token ids of a scored example and the mask of tokens that count (1 = trained/assistant token).
 
@@ -102,12 +123,13 @@ class HFEngine:
     """One transformers model in memory, on CUDA when there is one."""
 
     def __init__(self, model: str, tokenizer: str | None, adapter: Path | None = None, *, revision: str | None = None,
-                 dtype: str = "auto", trust_remote_code: bool = False):
+                 dtype: str = "auto", trust_remote_code: bool = False, chat_template: str = "auto"):
         from transformers import AutoModelForCausalLM
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
                                         trust_remote_code)
+        self.template_source = use_training_template(self.tokenizer, chat_template)
         torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
         if self.device == "cpu" and dtype == "auto":
             torch_dtype = torch.float32  # half precision on CPU is slow and loses accuracy

@@ -221,3 +221,8 @@ def test_template_without_generation_markers_scores_every_assistant_turn(tiny_to
     extra = [i for i, (a, b) in enumerate(zip(marked, spans)) if a != b]
     assert len(extra) == 2 and all(ids[i] in newline and ids[i - 1] == marked_tok.eos_token_id for i in extra)
     assert all(b for a, b in zip(marked, spans) if a)
+    # and eval scores what training trains: the unmarked ChatML template is swapped for the family's marked twin
+    from llmforge.evaluation.hf_engine import use_training_template
+
+    assert use_training_template(plain_tok) == "family"
+    assert chat_tokens(plain_tok, example, 4096) == (ids, marked, "generation markers")
