@@ -66,7 +66,7 @@ def wanted(config: EvalConfig) -> tuple[bool, bool]:
     return "perplexity" in chosen, bool(chosen - {"perplexity"})
 
 
-def open_engine(target: Target, model: ModelConfig, config: EvalConfig):
+def open_engine(target: Target, model: ModelConfig, config: EvalConfig, items: list[Example]):
     """The engine for one target: a plain `if` over its kind (architecture.md rule 4)."""
     if target.kind == "hf":
         from llmforge.evaluation.hf_engine import HFEngine
@@ -76,8 +76,9 @@ def open_engine(target: Target, model: ModelConfig, config: EvalConfig):
     if target.kind == "gguf":
         from llmforge.evaluation.gguf_engine import GGUFEngine
 
-        return GGUFEngine(target.model, target.tokenizer, n_ctx=config.max_length + config.max_new_tokens,
-                          seed=config.seed, chat_template=model.chat_template)
+        return GGUFEngine(target.model, target.tokenizer, max_length=config.max_length,
+                          max_new_tokens=config.max_new_tokens, seed=config.seed, chat_template=model.chat_template,
+                          examples=items)
     from llmforge.evaluation.remote import HTTPEngine, OllamaEngine
 
     if target.kind == "ollama":
@@ -106,7 +107,7 @@ def evaluate_target(
     progress: Progress,
 ) -> None:
     score_ppl, generate = wanted(config)
-    engine = open_engine(target, model, config)
+    engine = open_engine(target, model, config, items)
     result.fingerprint = target.fingerprint()
     try:
         if score_ppl and hasattr(engine, "score"):

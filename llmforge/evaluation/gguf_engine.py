@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class GGUFEngine:
-    def __init__(self, path: str, tokenizer: str | None, *, n_ctx: int, seed: int, chat_template: str = "auto"):
+    def __init__(self, path: str, tokenizer: str | None, *, max_length: int, max_new_tokens: int, seed: int,
+                 chat_template: str = "auto", examples: list[Example] | None = None):
         require_extra("evaluating a GGUF file", "llamacpp", "llama_cpp")
         from llama_cpp import Llama
 
@@ -33,6 +34,14 @@ class GGUFEngine:
 
             self.tokenizer = load_tokenizer(tokenizer)
             use_training_template(self.tokenizer, chat_template)
+        # llama.cpp keeps (n_ctx x vocabulary) logits with logits_all: size the context to the longest example,
+        # not to max_length (2048 x 150k float32 would be 1.2 GB for nothing).
+        n_ctx = max_length + max_new_tokens
+        if self.tokenizer is not None and examples:
+            from llmforge.evaluation.hf_engine import chat_tokens
+
+            longest = max(len(chat_tokens(self.tokenizer, ex, max_length)[0]) for ex in examples)
+            n_ctx = min(n_ctx, -(-(longest + max_new_tokens + 1) // 64) * 64)
         with _model_params(extra_buffers=extra_buffers_work(str(path))):
             self.llm = Llama(model_path=str(Path(path)), n_ctx=n_ctx, logits_all=True, seed=seed, verbose=False)
         self.n_ctx = n_ctx
