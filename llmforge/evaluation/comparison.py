@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -232,6 +233,17 @@ def deltas(reference: TargetResult, other: TargetResult, config: EvalConfig) -> 
     return out
 
 
+def _unique(label: str, spec: str, taken: set[str]) -> str:
+    """`run` and `run:NAME` may name the same run: keep report keys distinct."""
+    for candidate in (label, spec):
+        if candidate not in taken:
+            return candidate
+    n = 2
+    while f"{label}#{n}" in taken:
+        n += 1
+    return f"{label}#{n}"
+
+
 def compare(
     targets: list[str],
     model: ModelConfig,
@@ -250,16 +262,19 @@ def compare(
         started = time.perf_counter()
         try:
             target = resolve(spec, workspace, model.name, model.revision, config.ollama_host)
-            result.label, result.kind, result.run = target.label, target.kind, target.run
+            result.label = _unique(target.label, spec, {r.label for r in results})
+            result.kind, result.run = target.kind, target.run
             progress(result.label, "load", 0, 1)
             evaluate_target(target, result, items, model, config, cache_dir, progress)
         except LlmforgeError as exc:
             result.error, result.hint = exc.message, exc.hint
             log.info("target %s failed: %s", spec, exc.message)
         except Exception as exc:  # a broken model or server must not take the other targets down
+            if os.environ.get("LLMFORGE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+                raise
             log.debug("target %s failed", spec, exc_info=True)
             result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            result.hint = "rerun with LLMFORGE_DEBUG=1 and -v for details"
+            result.hint = "rerun with LLMFORGE_DEBUG=1 for the traceback"
         result.seconds = round(time.perf_counter() - started, 3)
         progress(result.label, "done", 1, 1)
         results.append(result)

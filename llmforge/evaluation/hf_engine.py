@@ -158,19 +158,23 @@ class HFEngine:
         tok = self.tokenizer
         ids = tok.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
         stops = [t for t in {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} if t is not None]
+        # A fresh generation config: the checkpoint's own (sampling, repetition penalty ...) would make this
+        # target decode differently from the others.
+        from transformers import GenerationConfig
+
+        decoding = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=temperature > 0, repetition_penalty=1.0,
+            eos_token_id=stops or None,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0],
+            **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}),
+        )
         torch.manual_seed(seed)
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
         started = time.perf_counter()
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=torch.tensor([list(ids)], device=self.device),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stops or None,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0],
-                **kwargs,
+                generation_config=decoding,
             )
         seconds = time.perf_counter() - started
         new = out[0, len(ids):].tolist()

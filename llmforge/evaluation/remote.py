@@ -108,7 +108,9 @@ class OllamaEngine:
         self.digest = names[found]
 
     def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
-        options: dict[str, Any] = {"temperature": temperature, "seed": seed, "num_predict": max_new_tokens}
+        # repeat_penalty 1.0: Ollama's default (1.1) would decode differently from every other target
+        options: dict[str, Any] = {"temperature": temperature, "seed": seed, "num_predict": max_new_tokens,
+                                   "repeat_penalty": 1.0}
         if temperature == 0:
             options["top_k"] = 1
         started = time.perf_counter()

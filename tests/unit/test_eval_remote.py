@@ -84,7 +84,8 @@ def test_ollama_target_through_the_official_client(ws, monkeypatch):
         result = evaluate(ModelConfig(), _config(), ws, compare="ollama:tuned,ollama:absent")
         chats = [r["body"] for r in server.requests if r["path"] == "/api/chat"]
     assert result.report["metrics"]["ollama:tuned"]["exact_match"] == pytest.approx(0.75)
-    assert len(chats) == 4 and chats[0]["options"] == {"temperature": 0.0, "seed": 0, "num_predict": 32, "top_k": 1}
+    assert len(chats) == 4 and chats[0]["options"] == {"temperature": 0.0, "seed": 0, "num_predict": 32, "repeat_penalty": 1.0,
+                                                 "top_k": 1}
     assert chats[0]["messages"] == [{"role": "user", "content": next(iter(QA))}]
     absent = result.report["failed"]["ollama:absent"]
     assert "has no model 'absent'" in absent["error"] and "tuned:latest" in absent["hint"]
