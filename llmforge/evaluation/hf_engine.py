@@ -125,7 +125,9 @@ class HFEngine:
     def __init__(self, model: str, tokenizer: str | None, adapter: Path | None = None, *, revision: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False, chat_template: str = "auto"):
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own progress bar is the one on screen
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
                                         trust_remote_code)

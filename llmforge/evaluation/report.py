@@ -173,9 +173,9 @@ def plots(folder: Path, report: dict[str, Any], results: list[TargetResult], wor
     if reference is not None and others:
         panels = []
         if reference.predictions and any(r.predictions for r in others):
-            panels.append(("per-example token F1 minus reference", "f1"))
+            panels.append((f"per-example token F1 minus {reference.label}", "f1"))
         if reference.nll and any(r.nll for r in others):
-            panels.append(("per-example loss minus reference", "loss"))
+            panels.append((f"per-example loss (nats/token) minus {reference.label}", "loss"))
         if panels:
             fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), squeeze=False)
             for ax, (title, kind) in zip(axes[:, 0], panels):
