@@ -160,7 +160,7 @@ def summarise(result: TargetResult, items: list[Example], keep: set[str] | None 
         nll = sum(s for s, _ in result.nll)
         metrics["loss"] = nll / total if total else None
         metrics["perplexity"] = m.perplexity(nll, total) if total else None
-    if result.predictions is not None:
+    if result.predictions:  # none when the data has no record ending in an assistant turn
         refs = {ex.index: ex.reference for ex in items}
         preds = result.predictions
         scores = m.score_texts([p["text"] for p in preds], [refs[p["index"]] for p in preds])

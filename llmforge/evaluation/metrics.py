@@ -54,7 +54,7 @@ def token_f1(prediction: str, reference: str) -> float:
 class TextScores:
     """Corpus scores plus the per-example rows that reproduce them (for deltas and bootstrap)."""
 
-    corpus: dict[str, float]
+    corpus: dict[str, float | None]
     per_example: dict[str, list[float]]
     bleu_stats: np.ndarray  # (n, k) sacrebleu segment statistics
     chrf_stats: np.ndarray
@@ -74,6 +74,10 @@ def score_texts(predictions: Sequence[str], references: Sequence[str]) -> TextSc
     if len(predictions) != len(references):
         raise ValueError("predictions and references differ in length")
     predictions = [p or "" for p in predictions]
+    if not predictions:
+        empty = np.zeros((0, 0))
+        return TextScores(corpus=dict.fromkeys(TEXT_METRICS), per_example={k: [] for k in TEXT_METRICS},
+                          bleu_stats=empty, chrf_stats=empty)
     bleu, chrf, sentence_bleu = _scorers()
     refs = [list(references)]
     n = len(predictions)
@@ -90,12 +94,9 @@ def score_texts(predictions: Sequence[str], references: Sequence[str]) -> TextSc
         per["f1"].append(token_f1(pred, ref))
         per["bleu"].append(sentence_bleu.sentence_score(pred, [ref]).score)
         per["chrf"].append(chrf.sentence_score(pred, [ref]).score)
-    corpus = {
-        "bleu": corpus_bleu(bleu_stats) if n else None,
-        "chrf": corpus_chrf(chrf_stats) if n else None,
-    }
+    corpus: dict[str, float | None] = {"bleu": corpus_bleu(bleu_stats), "chrf": corpus_chrf(chrf_stats)}
     for name in ("rouge1", "rouge2", "rougeL", "exact_match", "f1"):
-        corpus[name] = float(np.mean(per[name])) if n else None
+        corpus[name] = float(np.mean(per[name]))
     return TextScores(corpus=corpus, per_example=per, bleu_stats=bleu_stats, chrf_stats=chrf_stats)
 
 

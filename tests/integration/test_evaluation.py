@@ -226,3 +226,22 @@ def test_template_without_generation_markers_scores_every_assistant_turn(tiny_to
 
     assert use_training_template(plain_tok) == "family"
     assert chat_tokens(plain_tok, example, 4096) == (ids, marked, "generation markers")
+
+
+def test_plain_text_records_score_every_token(workspace, tiny_llama_dir, tmp_path):
+    texts = ["The lighthouse keeper of Gull Point wrote three lines.", "Ships called on Mondays and Thursdays."]
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    result = evaluate(ModelConfig(name=str(tiny_llama_dir)), config(data=str(data)), workspace, targets="base")
+    tok = load_tokenizer(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([tok(t)["input_ids"]])
+        with torch.no_grad():
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    metrics = result.report["metrics"]["base"]
+    assert metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert metrics["exact_match"] is None  # nothing to answer in plain text
+    assert result.report["targets"][0]["mask"] == "all tokens" and result.exit_code == 0

@@ -132,3 +132,8 @@ def test_metrics_module_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is False
+
+
+def test_no_pairs_gives_no_scores():
+    scores = m.score_texts([], [])
+    assert scores.corpus == dict.fromkeys(m.TEXT_METRICS) and scores.per_example["f1"] == []
