@@ -75,3 +75,13 @@ def lineage(path: Path, id: str) -> list[dict[str, Any]]:
 
 def children(path: Path, id: str) -> list[dict[str, Any]]:
     return [e for e in read(path) if e.get("parent") == id]
+
+
+def forget(path: Path, kind: Kind, id: str) -> bool:
+    """Remove the entry (kind, id), e.g. a deployment that was removed; True if there was one."""
+    with _locked(path):
+        entries = read(path)
+        kept = [e for e in entries if not (e["kind"] == kind and e["id"] == id)]
+        if len(kept) != len(entries):
+            atomic.write_json(path, {"version": 1, "entries": kept})
+    return len(kept) != len(entries)
