@@ -25,8 +25,9 @@ def build_gguf(
     chat_template: str | None = None,
     end_of_turn: str = "<|im_end|>",
     context_length: int = 256,
+    f16: bool = False,
 ) -> Path:
-    """Write the bigram GGUF; `chat_template` replaces the tokenizer's (None: keep the tokenizer's own)."""
+    """Write the bigram GGUF (f32, or f16 matrices); `chat_template` replaces the tokenizer's (None: keep its own)."""
     import gguf
     import numpy as np
     from tokenizers import Tokenizer
@@ -82,7 +83,7 @@ def build_gguf(
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(hidden // n_head)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
@@ -94,7 +95,9 @@ def build_gguf(
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
 
-    small = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(np.float32)  # noqa: E731
+    matrix = np.float16 if f16 else np.float32
+    small = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(matrix)  # noqa: E731
+    embed, output = embed.astype(matrix), output.astype(matrix)
     writer.add_tensor("token_embd.weight", embed)
     writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
     writer.add_tensor("output.weight", output)
@@ -102,11 +105,11 @@ def build_gguf(
     writer.add_tensor("blk.0.attn_q.weight", small(hidden, hidden))
     writer.add_tensor("blk.0.attn_k.weight", small(hidden, hidden))
     writer.add_tensor("blk.0.attn_v.weight", small(hidden, hidden))
-    writer.add_tensor("blk.0.attn_output.weight", np.zeros((hidden, hidden), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_output.weight", np.zeros((hidden, hidden), dtype=matrix))
     writer.add_tensor("blk.0.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
     writer.add_tensor("blk.0.ffn_gate.weight", small(n_ff, hidden))
     writer.add_tensor("blk.0.ffn_up.weight", small(n_ff, hidden))
-    writer.add_tensor("blk.0.ffn_down.weight", np.zeros((hidden, n_ff), dtype=np.float32))
+    writer.add_tensor("blk.0.ffn_down.weight", np.zeros((hidden, n_ff), dtype=matrix))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

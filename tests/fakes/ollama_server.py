@@ -151,8 +151,14 @@ class StandIn:
 
     # chat ------------------------------------------------------------------------------------------------------
     def _llama(self, digest: str, n_ctx: int):
+        import gguf
         import llama_cpp
 
+        fields = gguf.GGUFReader(str(self.blob_path(digest))).fields
+        arch = fields["general.architecture"].contents()
+        trained = fields.get(f"{arch}.context_length")
+        if trained is not None:  # keep llama.cpp from warning about a context longer than the model's
+            n_ctx = min(n_ctx, int(trained.contents()))
         key = (digest, n_ctx)
         if key not in self._llamas:
             self._llamas[key] = llama_cpp.Llama(
