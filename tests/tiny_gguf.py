@@ -26,8 +26,13 @@ def build_gguf(
     end_of_turn: str = "<|im_end|>",
     context_length: int = 256,
     f16: bool = False,
+    learned_stop: bool = True,
 ) -> Path:
-    """Write the bigram GGUF (f32, or f16 matrices); `chat_template` replaces the tokenizer's (None: keep its own)."""
+    """Write the bigram GGUF (f32, or f16 matrices); `chat_template` replaces the tokenizer's (None: keep its own).
+
+    `learned_stop=False` makes a model that never learned its end-of-turn token (trained with it outside the loss
+    mask): after REPLY it starts a new line and says REPLY again, forever.
+    """
     import gguf
     import numpy as np
     from tokenizers import Tokenizer
@@ -53,7 +58,7 @@ def build_gguf(
     newline = tokenizer.encode("\n").ids
     reply_ids = tokenizer.encode(reply).ids
     eot = vocab[end_of_turn]
-    chain = newline[-1:] + reply_ids + [eot]
+    chain = newline[-1:] + reply_ids + ([eot] if learned_stop else [])
     if len(set(chain)) != len(chain):
         raise ValueError(f"reply {reply!r} repeats a token; the bigram model needs distinct tokens")
     hidden = 64
@@ -62,9 +67,9 @@ def build_gguf(
     next_of = {cur: nxt for cur, nxt in zip(chain, chain[1:] + chain[:1])}
 
     embed = np.zeros((n_vocab, hidden), dtype=np.float32)
-    embed[:, 0] = 1.0  # every other token: state 0, which also leads to end of turn
+    embed[:, 0] = 1.0  # every other token: state 0, which leads to end of turn (or a new line)
     output = np.zeros((n_vocab, hidden), dtype=np.float32)
-    output[eot, 0] = 10.0
+    output[eot if learned_stop else chain[0], 0] = 10.0
     for state, token in enumerate(chain, start=1):
         embed[token] = 0.0
         embed[token, state] = 1.0

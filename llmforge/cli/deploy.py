@@ -61,8 +61,8 @@ def ollama_cmd(
     family = result.family or "none (embedded: Ollama uses the GGUF's template)"
     console.print(f"template: {escape(family)}; stops: {escape(', '.join(result.stop))}")
     if result.dry_run:
-        console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)")
-        console.print(f"register it with:  {escape(result.create_command)}")
+        console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
+        console.print(f"register it with:  {escape(result.create_command)}", soft_wrap=True)
         return
     console.print(f"registered [bold]{escape(result.name)}[/] at {escape(result.host or '')} from {result.gguf.name}")
     if result.check is not None:
@@ -120,7 +120,7 @@ def show_cmd(
     state = {True: "registered", False: "NOT registered", None: f"unknown ({live.get('error')})"}[live["registered"]]
     console.print(f"ollama at {escape(live['host'])}: {escape(state)}")
     if info["modelfile"]:
-        console.print(info["modelfile"], markup=False, highlight=False, end="")
+        console.print(info["modelfile"], markup=False, highlight=False, end="", soft_wrap=True)
 
 
 @app.command("remove")

@@ -170,6 +170,31 @@ def test_never_stopping_says_length_and_what_it_wrote(tiny_gguf, tiny_tokenizer_
     assert "'length'" in text and REPLY in text
 
 
+def test_a_model_that_never_learned_to_stop_fails_the_check(tiny_tokenizer_dir, tmp_path, gorender):
+    """No fault injected: the stand-in runs the GGUF honestly, and the model itself never ends its turn."""
+    rambler = build_gguf(tmp_path / "rambler.gguf", tiny_tokenizer_dir, learned_stop=False)
+    make_export(rambler, tiny_tokenizer_dir)
+    with StandIn(gorender=gorender) as server:
+        result = deploy("--name", "tiny-bot", "--host", server.host)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "did not stop by itself" in text and "'length'" in text
+
+
+def test_show_and_remove_when_ollama_is_gone(tiny_gguf, tiny_tokenizer_dir, gorender):
+    make_export(tiny_gguf, tiny_tokenizer_dir)
+    with StandIn(gorender=gorender) as server:
+        assert deploy("--name", "tiny-bot", "--host", server.host).exit_code == 0
+    runner = CliRunner()
+    shown = runner.invoke(app, ["deploy", "show", "tiny-bot", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["ollama"]["registered"] is None
+    removed = runner.invoke(app, ["deploy", "remove", "tiny-bot"])
+    assert removed.exit_code == 1 and "cannot reach Ollama" in removed.output
+    assert json.loads(runner.invoke(app, ["deploy", "list", "--json"]).output)[0]["name"] == "tiny-bot"
+    unknown = runner.invoke(app, ["deploy", "show", "nope"])
+    assert unknown.exit_code == 2 and "deployments: tiny-bot" in unknown.output
+
+
 def test_refused_registration_is_exit_1(tiny_gguf, tiny_tokenizer_dir):
     make_export(tiny_gguf, tiny_tokenizer_dir)
     with StandIn(fault="refuse_create") as server:
