@@ -316,6 +316,7 @@ def deploy_ollama(
             hint=f"try `{result.create_command}` by hand",
         )
     log.info("registered %s at %s (%s)", name, result.host, ", ".join(statuses))
+    _check_registered_template(client, name, spec, result.host)
 
     if deploy.check:
         result.check = check_deployment(client, name, spec, facts["leak_markers"])
@@ -384,6 +385,25 @@ def _registered_names(client, host: str) -> set[str]:
     except ollama.ResponseError as e:
         raise LlmforgeError(f"Ollama at {host} answered GET /api/tags with an error: {e.error}") from None
     return {m.model for m in listing.models if m.model}
+
+
+def _check_registered_template(client, name: str, spec: mf.ModelfileSpec, host: str) -> None:
+    """Ollama must hold the TEMPLATE we sent (a server that ignores the field would silently guess its own)."""
+    import ollama
+
+    if spec.template is None:
+        return
+    try:
+        registered = client.show(name).template or ""
+    except ollama.ResponseError as e:
+        raise LlmforgeError(f"Ollama at {host} cannot show the model it just registered: {e.error}") from None
+    if registered != spec.template:
+        raise LlmforgeError(
+            f"Ollama at {host} registered '{name}' with a different TEMPLATE than the one sent "
+            f"({len(registered)} characters instead of {len(spec.template)})",
+            hint="the server may predate the template field of /api/create: upgrade Ollama, or register by hand "
+            f"with `ollama create {name} -f <the Modelfile>`; `llmforge deploy remove {name}` cleans up",
+        )
 
 
 def check_deployment(client, name: str, spec: mf.ModelfileSpec, markers: list[str]) -> dict[str, Any]:

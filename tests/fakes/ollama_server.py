@@ -21,6 +21,7 @@ Faults the tests switch on (`StandIn.fault`):
 - "leak_template_tokens": special tokens are rendered into the text, the end-of-turn token included.
 - "never_stop": end-of-generation tokens and stop strings are ignored: every answer ends with "length".
 - "refuse_create": /api/create answers 400.
+- "ignore_template": /api/create drops the template field (as a server that does not know it would).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("leak_template_tokens", "never_stop", "refuse_create")
+FAULTS = ("leak_template_tokens", "never_stop", "refuse_create", "ignore_template")
 DEFAULT_NUM_PREDICT = 128
 
 
@@ -112,7 +113,7 @@ class StandIn:
                 statuses.append({"status": f"creating new layer sha256:{layer}"})
         self.models[_full(name)] = {
             "digest": digest,
-            "template": body.get("template") or "",
+            "template": "" if self.fault == "ignore_template" else body.get("template") or "",
             "system": body.get("system") or "",
             "parameters": dict(body.get("parameters") or {}),
             "messages": list(body.get("messages") or []),

@@ -203,6 +203,14 @@ def test_refused_registration_is_exit_1(tiny_gguf, tiny_tokenizer_dir):
     assert "refused to register 'tiny-bot'" in result.output and "create refused" in result.output
 
 
+def test_a_server_that_drops_the_template_is_caught(tiny_gguf, tiny_tokenizer_dir):
+    make_export(tiny_gguf, tiny_tokenizer_dir)
+    with StandIn(fault="ignore_template") as server:
+        result = deploy("--name", "tiny-bot", "--host", server.host)
+    assert result.exit_code == 1
+    assert "with a different TEMPLATE than the one sent" in " ".join(result.output.split())
+
+
 def test_unreachable_ollama_names_the_host_and_how_to_start_it(tiny_gguf, tiny_tokenizer_dir, monkeypatch):
     make_export(tiny_gguf, tiny_tokenizer_dir)
     with socket.socket() as s:
