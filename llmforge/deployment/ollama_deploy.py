@@ -337,6 +337,7 @@ def deploy_ollama(
             parameters=result.parameters,
             check=result.check,
             warnings=result.warnings,
+            config={"deploy": deploy.model_dump(mode="json")},
         ),
     )
     registry.record(

@@ -90,9 +90,12 @@ def modelfile_template(text: str) -> str:
     return text[start : text.index('"""', start)]
 
 
-def test_deploy_registers_checks_and_records_lineage(tiny_gguf, tiny_tokenizer_dir, gorender):
+@pytest.mark.parametrize("renderer", ["go", "jinja-twin"])
+def test_deploy_registers_checks_and_records_lineage(tiny_gguf, tiny_tokenizer_dir, gorender, renderer):
+    if renderer == "go" and gorender is None:
+        pytest.skip("Go is not installed: the stand-in renders with the Jinja twin")
     ws = make_export(tiny_gguf, tiny_tokenizer_dir)
-    with StandIn(gorender=gorender) as server:
+    with StandIn(gorender=gorender if renderer == "go" else None) as server:
         result = deploy("--name", "tiny-bot", "--host", server.host, "--system", "Answer briefly.", "--json")
         assert result.exit_code == 0, result.output
         out = json.loads(result.output)
@@ -126,6 +129,7 @@ def test_deploy_registers_checks_and_records_lineage(tiny_gguf, tiny_tokenizer_d
         ]
         manifest = json.loads((ws.deploy_dir("tiny-bot") / "manifest.json").read_text())
         assert manifest["finished_at"] and manifest["check"]["ok"] and manifest["export"] == f"{RUN}/f32"
+        assert manifest["config"]["deploy"]["template"] == "auto" and manifest["inputs"]["modelfile"]["sha256"]
 
         runner = CliRunner()
         listed = json.loads(runner.invoke(app, ["deploy", "list", "--json"]).output)
