@@ -35,7 +35,7 @@ The contract:
   writes one PARAMETER stop each, serve stops on them, and a reply containing any of them leaked a token.
 
 Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown,
-resolve_training_template, check_end_of_turn_trained, check_template_trains_stop, end_of_turn_tokens_for,
+resolve_training_template, check_end_of_turn_trained, check_end_of_turn_ids_trained, check_template_trains_stop, end_of_turn_tokens_for,
 stop_tokens_for, template_writes_bos, Family.ollama_template_for, modelfile_quote.
 Only the standard library and jinja2 are imported here, so the CLI, deploy and serve can use it cheaply.
 """
@@ -67,6 +67,7 @@ __all__ = [
     "Probe",
     "RenderedChat",
     "TrainingTemplate",
+    "check_end_of_turn_ids_trained",
     "check_end_of_turn_trained",
     "check_template_trains_stop",
     "end_of_turn_tokens_for",
@@ -912,6 +913,40 @@ def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str]
                 f"{trained[-40:]!r} is followed by {after!r}, so the model would never learn to stop",
                 hint="move the end-of-turn token inside {% generation %}...{% endgeneration %}, or set "
                 "model.chat_template: <family> to use llmforge's marked template",
+            )
+
+
+def check_end_of_turn_ids_trained(
+    input_ids: Sequence[int], assistant_mask: Sequence[int], end_of_turn_ids: Iterable[int], *, assistant_turns: int
+) -> None:
+    """Token-level twin of `check_end_of_turn_trained`, for a tokenized sample and its assistant-only loss mask.
+
+    Each run of consecutive masked tokens is one trained assistant turn; there must be `assistant_turns` runs and
+    each must contain one of `end_of_turn_ids` (the ids of the end-of-turn tokens, e.g. from
+    tokenizer.convert_tokens_to_ids(end_of_turn_tokens_for(...))). Raises UsageError otherwise.
+    """
+    if len(input_ids) != len(assistant_mask):
+        raise ValueError(f"{len(input_ids)} token ids but {len(assistant_mask)} mask entries")
+    ends = set(end_of_turn_ids)
+    runs: list[list[int]] = []
+    previous = 0
+    for token, masked in zip(input_ids, assistant_mask):
+        if masked and not previous:
+            runs.append([])
+        if masked:
+            runs[-1].append(token)
+        previous = masked
+    if len(runs) != assistant_turns:
+        raise UsageError(
+            f"the loss mask trains {len(runs)} stretches of tokens for {assistant_turns} assistant turns",
+            hint="every assistant turn needs exactly one {% generation %}...{% endgeneration %} block",
+        )
+    for number, run in enumerate(runs, start=1):
+        if not ends & set(run):
+            raise UsageError(
+                f"assistant turn {number}: no end-of-turn token id ({sorted(ends)}) among its {len(run)} trained "
+                "tokens, so the model would never learn to stop",
+                hint="check that the end-of-turn token is a single special token inside {% generation %}",
             )
 
 

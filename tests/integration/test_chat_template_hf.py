@@ -10,9 +10,21 @@ from tiny_models import CHATML_TEMPLATE, load_tokenizer
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
-FIXTURES = Path("/work/shared/fixtures/chat_templates")
-if not FIXTURES.is_dir():
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+
+def _find_fixtures() -> Path | None:
+    """The real upstream templates: vendored in the repository if they are, else the shared fixtures folder."""
+    root = Path(__file__).resolve().parents[2]
+    candidates = [
+        root / "tests" / "fixtures" / "chat_templates",
+        root.parent / "shared" / "fixtures" / "chat_templates",
+    ]
+    candidates.append(Path("/work/shared/fixtures/chat_templates"))
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+FIXTURES = _find_fixtures()
+MISSING = "upstream chat templates not found: copy shared/fixtures/chat_templates to tests/fixtures/chat_templates"
+
 
 UPSTREAM_TOKENS = {
     "google-gemma-2-2b-it": ("<bos>", "<eos>"),
@@ -26,7 +38,10 @@ UPSTREAM_TOKENS = {
 
 def _cases():
     for name, (bos, eos) in UPSTREAM_TOKENS.items():
-        yield pytest.param((FIXTURES / f"{name}.jinja").read_text(), bos, eos, id=name)
+        if FIXTURES is None:
+            yield pytest.param(None, bos, eos, id=name, marks=pytest.mark.skip(reason=MISSING))
+        else:
+            yield pytest.param((FIXTURES / f"{name}.jinja").read_text(), bos, eos, id=name)
     for family in ct.FAMILIES.values():
         yield pytest.param(family.jinja, family.bos_token, family.eos_token or "</s>", id=f"family-{family.name}")
     yield pytest.param(CHATML_TEMPLATE, None, "<|im_end|>", id="tiny-tokenizer-chatml")
@@ -124,6 +139,7 @@ def test_end_of_turn_token_is_in_the_assistant_mask_with_real_token_ids(name):
     ids, mask = out["input_ids"], out["assistant_masks"]
     trained_ends = [i for i, (t, m) in enumerate(zip(ids, mask)) if t == end_id and m]
     assert len(trained_ends) == 2  # one per assistant turn
+    ct.check_end_of_turn_ids_trained(ids, mask, [end_id], assistant_turns=2)
     # The character spans of render_with_spans select exactly the tokens transformers masks.
     rendered = ct.render_with_spans(family.jinja, messages, bos_token=family.bos_token, eos_token=eos)
     encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -140,3 +156,19 @@ def test_tiny_tokenizer_template_is_chatml_and_trains_its_stop_token(tiny_tokeni
     assert (resolved.template, resolved.family, resolved.source) == (template, ct.CHATML, "tokenizer")
     ct.check_template_trains_stop(template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
     assert ct.stop_tokens_for(template, bos_token=None, eos_token=tokenizer.eos_token) == ct.CHATML.stop_tokens
+
+
+def test_end_of_turn_outside_the_span_is_caught_with_real_token_ids():
+    outside = ct.CHATML.jinja.replace(
+        "{{- message['content'] + '<|im_end|>' }}\n        {%- endgeneration %}\n        {{- '\\n' }}",
+        "{{- message['content'] }}\n        {%- endgeneration %}\n        {{- '<|im_end|>\\n' }}",
+    )
+    assert outside != ct.CHATML.jinja
+    tokenizer = _bpe_tokenizer(ct.CHATML, "<|im_end|>")
+    messages = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
+    out = tokenizer.apply_chat_template(
+        messages, chat_template=outside, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with pytest.raises(UsageError, match="never learn to stop"):
+        ct.check_end_of_turn_ids_trained(out["input_ids"], out["assistant_masks"], [end_id], assistant_turns=1)

@@ -12,9 +12,21 @@ import pytest
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
-FIXTURES = Path("/work/shared/fixtures/chat_templates")
-if not FIXTURES.is_dir():  # the repository copy, once the lead vendors the fixtures
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+
+def _find_fixtures() -> Path | None:
+    """The real upstream templates: vendored in the repository if they are, else the shared fixtures folder."""
+    root = Path(__file__).resolve().parents[2]
+    candidates = [
+        root / "tests" / "fixtures" / "chat_templates",
+        root.parent / "shared" / "fixtures" / "chat_templates",
+    ]
+    candidates.append(Path("/work/shared/fixtures/chat_templates"))
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+FIXTURES = _find_fixtures()
+MISSING = "upstream chat templates not found: copy shared/fixtures/chat_templates to tests/fixtures/chat_templates"
+
 
 # Each upstream template with the BOS/EOS its tokenizer declares, and what identify() must say about it.
 UPSTREAM = {
@@ -31,6 +43,8 @@ UPSTREAM = {
 
 
 def upstream(name: str) -> str:
+    if FIXTURES is None:
+        pytest.skip(MISSING)
     return (FIXTURES / f"{name}.jinja").read_text()
 
 
@@ -226,6 +240,16 @@ def test_end_of_turn_outside_the_span_is_caught():
         ct.check_end_of_turn_trained(rendered, ["<|im_end|>"], assistant_turns=1)
     with pytest.raises(UsageError, match="spans for 2 assistant turns"):
         ct.check_end_of_turn_trained(rendered, ["<|im_end|>"], assistant_turns=2)
+
+
+def test_end_of_turn_ids_check():
+    # ids:  user  hi  eot | asst  4   eot | user  x  eot | asst  5   eot
+    ids = [1, 10, 2, 3, 11, 2, 1, 12, 2, 3, 13, 2]
+    ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1], [2], assistant_turns=2)
+    with pytest.raises(UsageError, match="assistant turn 2: no end-of-turn token id"):
+        ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0], [2], assistant_turns=2)
+    with pytest.raises(UsageError, match="trains 1 stretches of tokens for 2 assistant turns"):
+        ct.check_end_of_turn_ids_trained(ids, [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], [2], assistant_turns=2)
 
 
 def test_generation_block_inside_a_set_block_is_detected():
