@@ -349,6 +349,8 @@ def deploy_ollama(
         family=result.family,
         quant=chosen.quant,
         modelfile=str(modelfile_path),
+        path=str(folder),
+        status="unchecked" if result.check is None else "complete" if result.check["ok"] else "check failed",
         check_ok=None if result.check is None else result.check["ok"],
     )
     if result.check is not None and not result.check["ok"]:

@@ -163,6 +163,11 @@ def test_a_broken_deployment_fails_with_exit_1(tiny_gguf, tiny_tokenizer_dir, go
     assert "llmforge deploy remove tiny-bot" in result.output
     entry = registry.find(ws.registry_file, "tiny-bot")
     assert entry is not None and entry["check_ok"] is False  # recorded, so `deploy remove` can clean it up
+    assert entry["status"] == "check failed" and entry["path"] == str(ws.deploy_dir("tiny-bot"))
+    shown = CliRunner().invoke(app, ["runs", "list", "--kind", "deployment", "--json"])
+    assert [(e["id"], e["status"], e["size_bytes"] > 0) for e in json.loads(shown.output)["entries"]] == [
+        ("tiny-bot", "check failed", True)
+    ]
 
 
 def test_never_stopping_says_length_and_what_it_wrote(tiny_gguf, tiny_tokenizer_dir, gorender):
