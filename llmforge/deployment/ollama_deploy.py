@@ -286,6 +286,7 @@ def deploy_ollama(
         atomic.write_text(modelfile_path, text)
         return result
 
+    import httpx
     import ollama
 
     result.host = resolve_host(host or deploy.host)
@@ -308,7 +309,7 @@ def deploy_ollama(
             f"Ollama at {result.host} refused to register '{name}': {e.error} (HTTP {e.status_code})",
             hint=f"the Modelfile is at {modelfile_path}; try `{result.create_command}` to see Ollama's own message",
         ) from None
-    except (ConnectionError, OSError) as e:
+    except (ConnectionError, OSError, httpx.TransportError) as e:
         raise _unreachable(result.host, e) from None
     if not statuses or statuses[-1] != "success":
         raise LlmforgeError(
