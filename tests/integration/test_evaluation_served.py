@@ -52,3 +52,17 @@ def test_gguf_and_its_ollama_deployment_answer_and_score_alike(tmp_path, tiny_to
     assert {r["targets"]["gguf:f32"]["prediction"] for r in rows} == {REPLY}
     assert [r["targets"]["ollama:tiny"]["prediction"] for r in rows] == [REPLY] * 4
     assert len(chats) == 4 and chats[0]["options"]["num_predict"] == 16
+
+
+def test_a_lone_gguf_file_uses_its_embedded_template(tmp_path, tiny_tokenizer_dir):
+    """No HF tokenizer anywhere near it: llama.cpp renders the GGUF's own chat template; no loss without a mask."""
+    ws = Workspace(tmp_path / "ws")
+    ws.data_dir.mkdir(parents=True)
+    ws.split_file("test").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": REPLY}]}) + "\n"
+        for q in QUESTIONS[:2]))
+    gguf = build_gguf(tmp_path / "lone" / "model.gguf", tiny_tokenizer_dir)
+    result = evaluate(ModelConfig(), EvalConfig(max_new_tokens=16, bootstrap=0), ws, targets=str(gguf))
+    assert result.exit_code == 0, result.report["failed"]
+    metrics = result.report["metrics"][str(gguf)]
+    assert metrics["exact_match"] == 1.0 and metrics["perplexity"] is None
