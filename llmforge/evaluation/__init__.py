@@ -46,6 +46,9 @@ def evaluate(
     Each target is one of base, run[:NAME], gguf:QUANT, ollama:NAME, http://... or a model folder / .gguf file.
     A target that fails is reported with its error while the others still run. `progress(target, phase, done,
     total)` is called as work proceeds (phases: load, loss, generate, judge, done)."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge eval", "eval", "sacrebleu", "rouge_score", "numpy")
     from llmforge import atomic, registry
     from llmforge.evaluation import report as report_io
     from llmforge.evaluation.comparison import compare as run_compare

@@ -17,7 +17,7 @@ from typing import Any
 
 from llmforge.config.eval import EvalConfig
 from llmforge.config.model import ModelConfig
-from llmforge.errors import LlmforgeError
+from llmforge.errors import LlmforgeError, require_extra
 from llmforge.evaluation import examples as example_io
 from llmforge.evaluation import metrics as m
 from llmforge.evaluation.cache import GenerationCache, entry_key
@@ -70,6 +70,8 @@ def wanted(config: EvalConfig) -> tuple[bool, bool]:
 def open_engine(target: Target, model: ModelConfig, config: EvalConfig, items: list[Example]):
     """The engine for one target: a plain `if` over its kind (architecture.md rule 4)."""
     if target.kind == "hf":
+        require_extra("evaluating a transformers model", "train", "torch", "transformers",
+                      *(["peft"] if target.adapter is not None else []))
         from llmforge.evaluation.hf_engine import HFEngine
 
         return HFEngine(target.model, target.tokenizer, target.adapter, revision=target.revision, dtype=model.dtype,
