@@ -94,10 +94,12 @@ def evaluate(
         atomic.write_text(tmp / "predictions.jsonl", report_io.predictions_jsonl(results, items))
         atomic.write_text(tmp / "config.yaml", yaml.safe_dump(
             {"model": model.model_dump(mode="json"), "eval": eval.model_dump(mode="json")}, sort_keys=False))
+        # Hash the data and the adapters (small); weights are identified by each target's fingerprint instead,
+        # since re-reading gigabytes of checkpoints and GGUFs on every eval would cost more than the eval.
         inputs: dict[str, Path | str] = {"data": data}
         for r in results:
-            if r.ok and r.kind in ("hf", "gguf") and r.run:
-                inputs[r.label] = ws.run_dir(r.run) if r.kind == "hf" else ws.export_dir(r.run)
+            if r.ok and r.adapter:
+                inputs[f"{r.label} adapter"] = r.adapter
         atomic.write_json(tmp / "manifest.json", build(
             "eval", inputs, timer, targets=[r.summary() for r in results],
             failed=sorted(report["failed"])))

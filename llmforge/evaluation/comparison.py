@@ -37,6 +37,8 @@ class TargetResult:
     label: str
     kind: str | None = None
     run: str | None = None
+    source: str | None = None  # the adapter, model folder or hub id, GGUF file, or server behind the target
+    adapter: str | None = None
     fingerprint: str | None = None
     error: str | None = None
     hint: str | None = None
@@ -266,6 +268,8 @@ def compare(
             target = resolve(spec, workspace, model.name, model.revision, config.ollama_host)
             result.label = _unique(target.label, spec, {r.label for r in results})
             result.kind, result.run = target.kind, target.run
+            result.source = target.url if target.kind in ("ollama", "http") else target.model
+            result.adapter = str(target.adapter) if target.adapter is not None else None
             progress(result.label, "load", 0, 1)
             evaluate_target(target, result, items, model, config, cache_dir, progress)
         except LlmforgeError as exc:

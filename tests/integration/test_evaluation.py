@@ -156,6 +156,8 @@ def test_lora_run_beats_base_and_dead_targets_fail_alone(workspace, tiny_llama_d
     assert {"report.md", "report.json", "metrics.png", "loss_curves.png", "per_example.png", "predictions.jsonl",
             "manifest.json", "config.yaml"} <= {p.name for p in folder.iterdir()}
     assert report["run"] == RUN
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"][f"run:{RUN} adapter"]["sha256"] and manifest["inputs"]["data"]["sha256"]
     entry = registry.find(workspace.registry_file, f"eval-{folder.name}")
     assert entry["kind"] == "eval" and entry["parent"] == RUN
     assert entry["metrics_of"] == f"run:{RUN}" and entry["metrics"]["exact_match"] == 1.0
