@@ -145,6 +145,12 @@ class HFEngine:
         if adapter is not None:
             from peft import PeftModel
 
+            # training may have added tokens (a pad token, a template's specials) and saved the resized embeddings
+            # with the adapter: the base must have the same rows before the adapter loads
+            rows = net.get_input_embeddings().weight.shape[0]
+            if len(self.tokenizer) > rows:
+                net.resize_token_embeddings(len(self.tokenizer))
+
             net = PeftModel.from_pretrained(net, str(adapter))
         self.model = net.to(self.device).eval()
         self.mask_how: set[str] = set()
