@@ -102,6 +102,9 @@ def show(report: dict, folder: str) -> None:
     for label, f in report["failed"].items():
         console.print(f"[red]{escape(label)} failed:[/] {escape(f['error'])}"
                       + (f"\n  [yellow]hint:[/] {escape(f['hint'])}" if f.get("hint") else ""))
+    for t in targets:
+        if t.get("judge_error"):
+            console.print(f"[yellow]judge failed for {escape(t['label'])}:[/] {escape(t['judge_error'])}")
     console.print(f"report: {escape(folder)}/report.md", soft_wrap=True)
 
 
