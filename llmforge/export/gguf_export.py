@@ -1,0 +1,164 @@
+"""Produce the requested GGUF files from a HF model folder and verify each one against HF.
+
+Float and simple block types come from our converter; K-quants from llama.cpp's quantizer, starting from an f16
+file (a requested one, or a temporary one removed afterwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+from llmforge.atomic import refuse_overwrite
+from llmforge.errors import MissingExtraError, UsageError
+from llmforge.export import gguf_convert, llama_cpp_converter, llama_cpp_quantize, verify
+from llmforge.export.quant_types import QUANT_TYPES, QUANTIZE_SOURCE, QuantType, gguf_file_name
+
+log = logging.getLogger(__name__)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def has_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None) -> str:
+    """'native' or 'llama.cpp' for this model; a clear error when neither can do it."""
+    config = gguf_convert.read_config(model_dir)
+    arch = gguf_convert.architecture_of(config, model_dir)
+    supported = arch in gguf_convert.ARCHITECTURES
+    if converter == "native" or (converter == "auto" and supported):
+        gguf_convert.arch_spec(config, model_dir)  # raises the listing error when unsupported
+        return "native"
+    if converter not in ("auto", "llama.cpp"):
+        raise UsageError(f"export.converter: unknown value {converter!r}", hint="use auto, native or llama.cpp")
+    if llama_cpp_dir is None:
+        if converter == "llama.cpp":
+            raise UsageError("export.converter is llama.cpp but export.llama_cpp_dir is not set",
+                             hint="set export.llama_cpp_dir to a llama.cpp checkout")
+        gguf_convert.arch_spec(config, model_dir)  # raises: unsupported, with the list and the hint
+    llama_cpp_converter.converter_script(llama_cpp_dir)
+    return "llama.cpp"
+
+
+def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
+            force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
+            backend: str = "auto", reference_adapters: list[Path] | None = None, _convert_options=None) -> dict:
+    """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
+    reported in the result (`failures`), not raised, so the caller can write the manifest first."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    how = choose_converter(model_dir, converter, llama_cpp_dir)
+    llama_ok = has_llama_cpp()
+    targets = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
+    for path in targets.values():
+        refuse_overwrite(path, force, "GGUF file")
+
+    def by_llama_cpp(q: QuantType) -> bool:
+        if q.numpy is None:
+            return True
+        if q.numpy in ("F32", "F16", "BF16"):
+            return False
+        return backend == "llama.cpp" or (backend == "auto" and llama_ok)
+
+    k_quants = [q for q in quants if by_llama_cpp(q)]
+    if k_quants and not llama_ok:
+        raise MissingExtraError(f"llmforge export gguf --quant {','.join(q.name for q in k_quants)}", "llamacpp",
+                                ["llama_cpp"])
+
+    files: dict[str, dict] = {}
+    convert_info: dict = {}
+    source_float: Path | None = None
+    temp_float: Path | None = None
+    try:
+        for q in quants:
+            if by_llama_cpp(q):
+                continue
+            started = time.perf_counter()
+            if how == "native":
+                convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
+                                                    **(_convert_options or {}))
+            else:
+                if q.name not in llama_cpp_converter.OUTTYPES:
+                    raise UsageError(f"llama.cpp's converter cannot write {q.name}",
+                                     hint=f"use one of {', '.join(llama_cpp_converter.OUTTYPES)}")
+                convert_info = llama_cpp_converter.convert(llama_cpp_dir, model_dir, targets[q.name], q.name)
+            files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": how}
+        if k_quants:
+            for float_name in (QUANTIZE_SOURCE, "f32"):
+                if float_name in files:
+                    source_float = targets[float_name]
+                    break
+            else:
+                q16 = QUANT_TYPES[QUANTIZE_SOURCE]
+                temp_float = out_dir / f".{name}-{q16.name}.for-quantize.gguf"
+                if how == "native":
+                    convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
+                                                        **(_convert_options or {}))
+                else:
+                    convert_info = llama_cpp_converter.convert(llama_cpp_dir, model_dir, temp_float, q16.name)
+                source_float = temp_float
+            for q in k_quants:
+                started = time.perf_counter()
+                llama_cpp_quantize.quantize(source_float, targets[q.name], q)
+                files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": "llama.cpp quantize"}
+    finally:
+        if temp_float is not None:
+            temp_float.unlink(missing_ok=True)
+
+    ordered = [q for q in quants]
+    for q in ordered:
+        path = targets[q.name]
+        files[q.name].update({"quant": q.name, "path": path.name, "bytes": path.stat().st_size,
+                              "sha256": sha256_of(path), "verified": False})
+
+    failures: list[str] = []
+    if not verify_files:
+        for f in files.values():
+            f["verification"] = "skipped (--no-verify)"
+    elif not llama_ok:
+        log.warning("llama-cpp-python is not installed: GGUF files written but NOT verified "
+                    "(install the 'llamacpp' extra; `llmforge doctor` explains)")
+        for f in files.values():
+            f["verification"] = "skipped: llama-cpp-python not installed"
+    else:
+        ref = verify.load_reference(model_dir, reference_adapters)
+        prompts = verify.prompt_ids(ref)
+        ref_logits = verify.hf_logits(ref, prompts)
+        for q in ordered:
+            f = files[q.name]
+            path = targets[q.name]
+            tok = verify.check_tokenization(path, ref)
+            logits = verify.compare_logits(path, prompts, ref_logits)
+            f["tokenization"] = tok
+            f["logits"] = logits
+            problems = []
+            if not tok["ok"]:
+                first = tok["mismatches"][0]
+                problems.append(f"tokenizes {len(tok['mismatches'])} of {tok['texts']} probe texts differently "
+                                f"from HF (first: {first['text'][:40]!r}: HF {first['hf'][:12]} vs GGUF "
+                                f"{first['gguf'][:12]})")
+            if q.strict and logits["top1_agreement_decisive"] < verify.MIN_AGREEMENT:
+                problems.append(f"top-1 agreement with HF {logits['top1_agreement_decisive']:.3f} "
+                                f"< {verify.MIN_AGREEMENT} (near-ties excluded)")
+            f["verified"] = not problems
+            if problems:
+                f["problems"] = problems
+                failures.append(f"{path.name}: " + "; ".join(problems))
+    return {
+        "source": str(model_dir),
+        "converter": how,
+        "conversion": convert_info,
+        "files": [files[q.name] for q in ordered],
+        "verified": bool(files) and all(f["verified"] for f in files.values()),
+        "failures": failures,
+    }
