@@ -1,0 +1,84 @@
+"""The root `llmforge` command: registers each stage's commands and turns LlmforgeError into a message and exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from llmforge import __version__
+from llmforge.cli import config as config_cmd
+from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli.output import error
+from llmforge.errors import EXIT_FAILED, LlmforgeError
+
+DEBUG_ENV = "LLMFORGE_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class LlmforgeGroup(TyperGroup):
+    """Maps the errors a user can fix to one line, a hint and an exit code; LLMFORGE_DEBUG=1 shows tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LlmforgeError as exc:
+            if debug_enabled():
+                raise
+            error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    name="llmforge",
+    cls=LlmforgeGroup,
+    help="Fine-tune language models from one YAML file: data, train, eval, export (GGUF), deploy (Ollama), serve.\n\n"
+    "Example:  llmforge config init && llmforge doctor",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Fine-tune language models from one YAML file."""
+
+
+app.add_typer(config_cmd.app, name="config")
+app.command("doctor")(doctor_cmd.doctor)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except LlmforgeError as exc:  # raised outside a command (e.g. in a callback)
+        error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except Exception:
+        if debug_enabled():
+            raise
+        import traceback
+
+        error("unexpected internal error (a bug in llmforge)", hint=f"rerun with {DEBUG_ENV}=1 for the traceback")
+        traceback.print_exc(limit=1, file=sys.stderr)
+        sys.exit(EXIT_FAILED)

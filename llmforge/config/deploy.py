@@ -1,0 +1,22 @@
+"""`deploy:` registering the exported model with Ollama."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from llmforge.config.base import Section
+
+
+class DeployConfig(Section):
+    name: str | None = Field(None, description="Ollama model name (default: the project name).")
+    host: str | None = Field(None, description="Ollama address (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
+    system: str | None = Field(None, description="System prompt baked into the Modelfile.")
+    template: str = Field(
+        "auto", description="'auto' identifies the model's chat-template family; or a family name; or 'embedded'."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Extra Modelfile PARAMETERs (temperature, top_p, num_ctx, ...)."
+    )
+    quant: str | None = Field(None, description="Which exported GGUF to deploy (default: the smallest).")

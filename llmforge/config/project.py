@@ -1,0 +1,20 @@
+"""`project:` what this project is called and where its workspace lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from llmforge.config.base import Section
+
+
+class ProjectConfig(Section):
+    name: str = Field("llmforge-project", description="Project name; names the workspace folder.", min_length=1)
+    workdir: Path | None = Field(
+        None, description="Workspace folder for every stage's outputs (default ./llmforge-work/<project.name>)."
+    )
+
+    @property
+    def workspace_root(self) -> Path:
+        return self.workdir if self.workdir is not None else Path("llmforge-work") / self.name

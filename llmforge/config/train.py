@@ -1,0 +1,104 @@
+"""`train:` how a model is trained (method, backend, hyperparameters, LoRA/QLoRA/DPO/scratch settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmforge.config.base import Section
+
+Method = Literal["scratch", "sft", "lora", "qlora", "dpo"]
+
+
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement (off when unset)."
+    )
+    threshold: float = Field(0.0, ge=0, description="Minimum eval-loss improvement that counts.")
+
+
+class LoraConfig(Section):
+    rank: int = Field(16, ge=1, description="LoRA rank r.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names."
+    )
+    dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
+
+
+class QloraConfig(Section):
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantization type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Dtype of the 4-bit layers' matmuls ('auto': bf16 where supported, else fp32)."
+    )
+
+
+class DpoConfig(Section):
+    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type (sigmoid, ipo, hinge, ...).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing for noisy preferences.")
+    reference_model: str | None = Field(
+        None, description="Reference model (default: the base model, via the adapter switched off)."
+    )
+
+
+class ScratchConfig(Section):
+    architecture: Literal["llama", "qwen2"] = Field(
+        "llama", description="Architecture of the model built from scratch."
+    )
+    hidden_size: int = Field(256, ge=8, description="Hidden size.")
+    layers: int = Field(4, ge=1, description="Number of transformer layers.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    kv_heads: int | None = Field(None, ge=1, description="Key/value heads (default: same as heads).")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP width (default: 4 x hidden_size, rounded).")
+    vocab_size: int = Field(
+        8000, ge=300, description="Vocabulary size of the byte-level BPE tokenizer trained on the data."
+    )
+    tokenizer: str | None = Field(None, description="Use this tokenizer folder instead of training one.")
+
+
+class TrainConfig(Section):
+    method: Method = Field("lora", description="Training method: scratch, sft, lora, qlora or dpo.")
+    backend: Literal["auto", "trl", "unsloth"] = Field(
+        "auto", description="'auto' uses Unsloth with a CUDA GPU when installed, else TRL + PEFT."
+    )
+    run_name: str | None = Field(None, description="Run folder name (default <method>-<YYYYmmdd-HHMMSS>).")
+    data: str | None = Field(None, description="Dataset file or folder (default: the workspace's prepared data).")
+    epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate (default by method: lora/qlora 2e-4, sft 2e-5, dpo 5e-6, scratch 1e-3).",
+    )
+    batch_size: int = Field(4, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(1024, ge=8, description="Maximum sequence length in tokens.")
+    packing: bool = Field(False, description="Pack several examples into each sequence.")
+    optimizer: str = Field(
+        "adamw_torch", description="Optimizer name as transformers knows it (adamw_torch, adamw_8bit, ...)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training precision ('auto': bf16 on GPUs that support it, else fp32)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps for learning-rate warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    scheduler: str = Field("cosine", description="Learning-rate schedule (linear, cosine, constant, ...).")
+    seed: int = Field(42, description="Random seed.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation split every N steps.")
+    save_every: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N steps (default: end of each epoch)."
+    )
+    save_total_limit: int | None = Field(3, ge=1, description="Keep at most this many checkpoints.")
+    logging_steps: int = Field(10, ge=1, description="Log loss, lr and tokens/s every N steps.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping.")
+    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Experiment tracker.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings (lora, qlora, dpo).")
+    qlora: QloraConfig = Field(default_factory=QloraConfig, description="4-bit quantization settings (qlora).")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="Preference optimisation settings (dpo).")
+    scratch: ScratchConfig = Field(default_factory=ScratchConfig, description="Model built from scratch (scratch).")

@@ -1,0 +1,43 @@
+"""`llmforge --help` must not import heavy libraries: proven in a fresh interpreter, not by memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = [
+    "torch", "transformers", "peft", "trl", "unsloth", "bitsandbytes", "datasets", "accelerate", "llama_cpp",
+    "gguf", "ollama", "fastapi", "uvicorn", "numpy", "pyarrow", "matplotlib", "pydantic_settings",
+]  # fmt: skip
+STAGE_PACKAGES = ["data", "training", "evaluation", "export", "deployment", "serving"]
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cli_app_imports_no_heavy_module():
+    assert _loaded_after("import llmforge.cli.app") == []
+
+
+def test_stage_packages_and_config_import_no_heavy_module():
+    imports = "\n".join(f"import llmforge.{name}" for name in STAGE_PACKAGES)
+    assert _loaded_after(imports + "\nimport llmforge.config, llmforge.workspace, llmforge.registry") == []
+
+
+def test_every_help_page_imports_no_heavy_module():
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom llmforge.cli.app import app\n"
+        "import typer.main\ncmd = typer.main.get_command(app)\n"
+        "def walk(c, path):\n"
+        "    yield path\n"
+        "    for name, sub in getattr(c, 'commands', {}).items():\n"
+        "        yield from walk(sub, path + [name])\n"
+        "for path in walk(cmd, []):\n"
+        "    r = CliRunner().invoke(app, path + ['--help'])\n"
+        "    assert r.exit_code == 0, (path, r.output)\n"
+    )
+    assert _loaded_after(code) == []
