@@ -78,11 +78,11 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import atomic_dir
-    from llmforge.export.merge import merge_adapters
+    from llmforge.export.merging import merge_adapters
 
     timer = manifests.Timer()
     resolved = [resolve_source(workspace, s) for s in (sources or [None])]
-    for kind, name, path in resolved:
+    for kind, _name, path in resolved:
         if kind != "adapter":
             raise UsageError(f"{path} is a full model, not an adapter: nothing to merge",
                              hint="convert it directly: llmforge export gguf " + str(path))
@@ -155,11 +155,12 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False) -> dict[str, Any]:
-    """Write the adapter of a run as a GGUF LoRA adapter (export/<run>/<run>-lora-f32.gguf... see lora_gguf)."""
+                     force: bool = False, _options: dict | None = None) -> dict[str, Any]:
+    """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
+    on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
     from llmforge.export.lora_gguf import export_adapter
 
     kind, run, path = resolve_source(workspace, source)
     if kind != "adapter":
         raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force)
+    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options)

@@ -118,7 +118,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     ordered = [q for q in quants]
     for q in ordered:
         path = targets[q.name]
-        files[q.name].update({"quant": q.name, "path": path.name, "bytes": path.stat().st_size,
+        files[q.name].update({"kind": "model", "quant": q.name, "path": path.name, "bytes": path.stat().st_size,
                               "sha256": sha256_of(path), "verified": False})
 
     failures: list[str] = []
