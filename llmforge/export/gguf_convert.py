@@ -278,16 +278,31 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
             writer.write_header_to_file(path=tmp)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for i, p in enumerate(plan):
-                data = extra[p.gguf_name] if p.entry is None else safetensors_stream.load(p.entry)
-                if p.permute_heads:
-                    data = permute_qk(data, p.permute_heads)
-                writer.write_tensor_data(_encode(data, p.qtype))
-                del data
-                if _after_tensor is not None:
-                    _after_tensor(i)
         finally:
             writer.close()
+        # Tensor data: appended block by block (GGUFWriter wants each tensor whole in memory). Layout: the data
+        # section starts aligned, and each tensor is padded to the alignment, matching the offsets written above.
+        align = writer.data_alignment
+        with open(tmp, "ab") as out:
+            _pad(out, align)
+            for i, p in enumerate(plan):
+                written = 0
+                if p.entry is None:
+                    blocks = [extra[p.gguf_name]]
+                elif p.permute_heads:  # a head's rows must be together to permute; q/k are hidden x hidden at most
+                    blocks = [permute_qk(safetensors_stream.load(p.entry), p.permute_heads)]
+                else:
+                    blocks = safetensors_stream.iter_rows(p.entry)
+                for block in blocks:
+                    data = _encode(block, p.qtype)
+                    data.tofile(out)
+                    written += data.nbytes
+                    del data, block
+                if written != _nbytes(p.shape, p.qtype):
+                    raise RuntimeError(f"{p.gguf_name}: wrote {written} bytes, planned {_nbytes(p.shape, p.qtype)}")
+                _pad(out, align)
+                if _after_tensor is not None:
+                    _after_tensor(i)
     return {
         "architecture": architecture_of(config, model_dir),
         "gguf_architecture": arch_name,
@@ -297,6 +312,10 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
         "rope_theta": theta,
         "tied_embeddings": "output.weight" not in {p.gguf_name for p in plan},
     }
+
+
+def _pad(f, align: int) -> None:
+    f.write(b"\0" * (-f.tell() % align))
 
 
 def _encode(data, qtype: str):

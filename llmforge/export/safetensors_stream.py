@@ -107,3 +107,31 @@ def load(entry: TensorEntry, as_float32: bool = True):
     elif as_float32 and arr.dtype.kind == "f" and arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     return arr
+
+
+def iter_rows(entry: TensorEntry, max_bytes: int = 16 * 2**20):
+    """A tensor as float32 blocks of whole rows (first axis), each about max_bytes once widened, so converting a
+    large embedding never holds it whole in several dtypes at once."""
+    import numpy as np
+
+    if len(entry.shape) < 2:
+        yield load(entry)
+        return
+    rows = entry.shape[0]
+    row_items = entry.nbytes // _DTYPES[entry.dtype][1] // rows
+    step = max(1, max_bytes // (row_items * 4))
+    np_dtype = np.dtype(_DTYPES[entry.dtype][0]).newbyteorder("<")
+    item = _DTYPES[entry.dtype][1]
+    with open(entry.file, "rb") as f:
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            f.seek(entry.offset + start * row_items * item)
+            arr = np.fromfile(f, dtype=np_dtype, count=n * row_items)
+            if arr.size != n * row_items:
+                raise InputError(f"{entry.file}: truncated while reading tensor {entry.name}", hint="re-save the model")
+            arr = arr.reshape((n, *entry.shape[1:]))
+            if entry.dtype == "BF16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            elif arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            yield arr
