@@ -1,0 +1,75 @@
+"""Architectures and rope variants beyond the shared fixtures: Qwen3 (q/k norms, explicit head_dim), Mistral,
+Llama 3.1 rope scaling (rope_freqs tensor), linear rope scaling. Each is built tiny here and verified in llama.cpp."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmforge.export import gguf_export
+from llmforge.export.quant_types import parse_quants
+
+pytestmark = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
+
+
+def build(out: Path, tokenizer_dir: Path, kind: str) -> Path:
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    if kind == "qwen3":
+        config = transformers.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        cls = transformers.Qwen3ForCausalLM
+    elif kind == "mistral":
+        config = transformers.MistralConfig(**common, sliding_window=None,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        cls = transformers.MistralForCausalLM
+    elif kind == "llama3-rope":
+        config = transformers.LlamaConfig(**common, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+        cls = transformers.LlamaForCausalLM
+    elif kind == "linear-rope":
+        config = transformers.LlamaConfig(**common, rope_parameters={
+            "rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
+        cls = transformers.LlamaForCausalLM
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(0)
+    model = cls(config)
+    with torch.no_grad():  # sharp weights: position handling (rope) must matter for the logits
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    model.save_pretrained(str(out))
+    for item in tokenizer_dir.iterdir():
+        shutil.copy(item, out / item.name)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "mistral", "llama3-rope", "linear-rope"])
+def test_architecture_converts_and_agrees_with_hf(kind, tiny_tokenizer_dir, tmp_path):
+    import gguf
+
+    model_dir = build(tmp_path / kind, tiny_tokenizer_dir, kind)
+    result = gguf_export.produce(model_dir, tmp_path / "out", "m", parse_quants("f32,f16"))
+    files = {f["quant"]: f for f in result["files"]}
+    assert files["f32"]["verified"] and files["f16"]["verified"], [f.get("problems") for f in files.values()]
+    assert files["f32"]["logits"]["top1_agreement"] == 1.0
+    assert files["f32"]["logits"]["max_abs_diff"] < 1e-2
+    reader = gguf.GGUFReader(str(tmp_path / "out" / "m-f32.gguf"))
+    names = {t.name for t in reader.tensors}
+    if kind == "qwen3":
+        assert reader.fields["general.architecture"].contents() == "qwen3"
+        assert "blk.0.attn_q_norm.weight" in names and reader.fields["qwen3.attention.key_length"].contents() == 32
+    if kind == "llama3-rope":
+        assert "rope_freqs.weight" in names
+    if kind == "linear-rope":
+        assert reader.fields["llama.rope.scaling.type"].contents() == "linear"
