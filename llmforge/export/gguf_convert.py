@@ -244,7 +244,7 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
 
 def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
             _permute: bool = True, _tie_embeddings: bool = True, _write_rope_theta: bool = True,
-            _after_tensor=None) -> dict:
+            _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
     The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
@@ -260,6 +260,8 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
     plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute, _tie_embeddings=_tie_embeddings)
     n_vocab = next(p.shape[0] for p in plan if p.gguf_name == "token_embd.weight")
     vocab = gguf_vocab.load_vocab(model_dir, n_vocab)
+    if _pre_tokenizer is not None:
+        vocab.pre = _pre_tokenizer
     theta, scaling = rope_settings(config)
     extra = {}
     if scaling.get("rope_type") == "llama3" and spec.gguf_arch == "LLAMA":

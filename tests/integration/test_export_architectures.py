@@ -73,3 +73,53 @@ def test_architecture_converts_and_agrees_with_hf(kind, tiny_tokenizer_dir, tmp_
         assert "rope_freqs.weight" in names
     if kind == "linear-rope":
         assert reader.fields["llama.rope.scaling.type"].contents() == "linear"
+
+
+def build_sentencepiece_style_tokenizer(out: Path) -> Path:
+    """A Llama-2/Mistral style tokenizer.json: BPE with byte fallback, <unk> <s> </s>, the 256 <0xXX> byte tokens,
+    a Prepend("▁") + Replace(" ", "▁") normalizer and a post-processor that adds <s>."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = (Path(__file__).resolve().parents[1] / "fixtures" / "corpus.txt").read_text().splitlines()
+    specials = ["<unk>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581"), behavior="merged_with_next")  # train within words
+    trainer = trainers.BpeTrainer(vocab_size=600, min_frequency=1, show_progress=False,
+                                  special_tokens=specials + [f"<0x{i:02X}>" for i in range(256)])
+    tok.train_from_iterator(corpus, trainer)
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [a for a in data["added_tokens"] if a["content"] in specials]  # bytes are vocab entries
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(out))
+    return out
+
+
+def test_sentencepiece_style_tokenizer_converts_to_llama_vocab(tmp_path):
+    import sys
+
+    import gguf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import build_model
+
+    tok_dir = build_sentencepiece_style_tokenizer(tmp_path / "tok")
+    model_dir = build_model(tmp_path / "llama2", tok_dir, "llama")
+    result = gguf_export.produce(model_dir, tmp_path / "out", "m", parse_quants("f16"))
+    f = result["files"][0]
+    assert f["tokenization"]["ok"], f["tokenization"]["mismatches"][:2]
+    assert f["verified"] and result["conversion"]["tokenizer_model"] == "llama"
+    reader = gguf.GGUFReader(str(tmp_path / "out" / "m-f16.gguf"))
+    assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is True  # the post-processor adds <s>
+    assert reader.fields["tokenizer.ggml.add_space_prefix"].contents() is True
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert types[0] == 2 and types[1] == 3 and types[3 + 0xE6] == 6  # unknown, control, byte

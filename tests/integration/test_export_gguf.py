@@ -261,3 +261,13 @@ def test_a_failed_verification_is_exit_1_and_marked_in_the_manifest(sharp_llama_
     manifest = json.loads(ws.export_manifest(run).read_text())
     assert manifest["verified"] is False and manifest["files"][0]["verified"] is False
     assert (ws.export_dir(run) / f"{run}-f16.gguf").is_file()  # kept, marked unverified
+
+
+@needs_llama_cpp
+def test_a_wrong_pre_tokenizer_is_caught_by_the_tokenization_check(tiny_llama_dir, tmp_path):
+    # llama-bpe groups digits in threes where the fixture's gpt-2 regex keeps a digit run whole
+    result = produce(tiny_llama_dir, tmp_path, "f16", _convert_options={"_pre_tokenizer": "llama-bpe"})
+    f = result["files"][0]
+    assert not f["verified"] and not f["tokenization"]["ok"]
+    assert any("1234567890" in m["text"] for m in f["tokenization"]["mismatches"])
+    assert "tokenizes" in result["failures"][0]
