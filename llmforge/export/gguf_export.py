@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from llmforge.atomic import refuse_overwrite
-from llmforge.errors import MissingExtraError, UsageError
+from llmforge.errors import MissingExtraError, UsageError, require_extra
 from llmforge.export import gguf_convert, llama_cpp_converter, llama_cpp_quantize, verify
 from llmforge.export.quant_types import QUANT_TYPES, QUANTIZE_SOURCE, QuantType, gguf_file_name
 
@@ -30,6 +30,11 @@ def sha256_of(path: Path) -> str:
 
 def has_llama_cpp() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def missing_for_verification() -> list[str]:
+    """What verification needs beyond the converter: llama.cpp to load the file, transformers to compare with."""
+    return [m for m in ("llama_cpp", "torch", "transformers") if importlib.util.find_spec(m) is None]
 
 
 def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None) -> str:
@@ -57,6 +62,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
     reported in the result (`failures`), not raised, so the caller can write the manifest first."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    require_extra("llmforge export gguf", "gguf", "gguf", "numpy", "tokenizers")
     how = choose_converter(model_dir, converter, llama_cpp_dir)
     llama_ok = has_llama_cpp()
     targets = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
@@ -125,11 +131,12 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     if not verify_files:
         for f in files.values():
             f["verification"] = "skipped (--no-verify)"
-    elif not llama_ok:
-        log.warning("llama-cpp-python is not installed: GGUF files written but NOT verified "
-                    "(install the 'llamacpp' extra; `llmforge doctor` explains)")
+    elif missing := missing_for_verification():
+        names = {"llama_cpp": "llama-cpp-python (the 'llamacpp' extra)", "torch": "torch", "transformers": "transformers"}
+        what = ", ".join(names[m] for m in missing)
+        log.warning("GGUF files written but NOT verified: %s not installed (`llmforge doctor` explains)", what)
         for f in files.values():
-            f["verification"] = "skipped: llama-cpp-python not installed"
+            f["verification"] = f"skipped: {what} not installed"
     else:
         ref = verify.load_reference(model_dir, reference_adapters)
         prompts = verify.prompt_ids(ref)

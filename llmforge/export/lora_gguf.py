@@ -134,9 +134,9 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     failures = []
     if not export.verify:
         entry["verification"] = "skipped (--no-verify)"
-    elif not gguf_export.has_llama_cpp():
-        log.warning("llama-cpp-python is not installed: the LoRA GGUF is written but NOT verified")
-        entry["verification"] = "skipped: llama-cpp-python not installed"
+    elif missing := gguf_export.missing_for_verification():
+        log.warning("the LoRA GGUF is written but NOT verified: %s not installed", ", ".join(missing))
+        entry["verification"] = f"skipped: {', '.join(missing)} not installed"
     else:
         temp_base = None
         try:

@@ -97,8 +97,9 @@ def _n_threads() -> int:
 
 @contextlib.contextmanager
 def _plain_cpu_buffers() -> Iterator[None]:
-    """llama.cpp's CPU repack ("extra buffer types": AMX/AVX512 layouts) segfaults on tiny quantized models
-    (hidden 64) on this hardware; verification checks the file, so it loads with plain buffers."""
+    """llama-cpp-python 0.3.36 segfaults (in ggml_backend_amx_mul_mat) evaluating ANY quantized GGUF on CPUs with
+    AMX (seen on Sapphire Rapids, hidden 64 to 1024, q8_0/q4_0/q4_k_m) when its "extra buffer types" are on, as they
+    are by default. Verification checks the file, not the kernels, so it loads with plain CPU buffers."""
     import llama_cpp.llama_cpp as lib
 
     original = lib.llama_model_default_params
