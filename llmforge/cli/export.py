@@ -95,15 +95,15 @@ def gguf(
 def _print_files(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"GGUF export of {result['inputs']['model']['path']}")
-    for col in ("file", "size", "verified", "tokenization", "top-1 agree", "max |diff|", "mean |diff|"):
+    table = Table(title=f"GGUF export of {result.get('run')}")
+    for col in ("file", "size", "verified", "tokens", "top-1", "max |diff|", "mean |diff|"):
         table.add_column(col)
     for f in result["files"]:
         logits = f.get("logits") or {}
         tok = f.get("tokenization") or {}
         table.add_row(
             f["path"], f"{f['bytes'] / 2**20:.1f} MiB", "[green]yes[/]" if f["verified"] else "[red]no[/]",
-            "same as HF" if tok.get("ok") else ("differs" if tok else "-"),
+            "ok" if tok.get("ok") else ("DIFFERS" if tok else "-"),
             f"{logits['top1_agreement']:.3f}" if logits else "-",
             f"{logits['max_abs_diff']:.4f}" if logits else "-",
             f"{logits['mean_abs_diff']:.5f}" if logits else "-",

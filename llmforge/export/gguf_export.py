@@ -37,23 +37,33 @@ def missing_for_verification() -> list[str]:
     return [m for m in ("llama_cpp", "torch", "transformers") if importlib.util.find_spec(m) is None]
 
 
-def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None) -> str:
-    """'native' or 'llama.cpp' for this model; a clear error when neither can do it."""
+def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None) -> tuple[str, Path | None]:
+    """('native', None) or ('llama.cpp', checkout) for this model; a clear error when neither can do it.
+    converter 'llama.cpp' without a checkout fetches llama-cpp-python's source (its vendored converter) once;
+    'auto' never downloads: it uses that cache only if an earlier run filled it."""
     config = gguf_convert.read_config(model_dir)
     arch = gguf_convert.architecture_of(config, model_dir)
     supported = arch in gguf_convert.ARCHITECTURES
     if converter == "native" or (converter == "auto" and supported):
         gguf_convert.arch_spec(config, model_dir)  # raises the listing error when unsupported
-        return "native"
+        return "native", None
     if converter not in ("auto", "llama.cpp"):
         raise UsageError(f"export.converter: unknown value {converter!r}", hint="use auto, native or llama.cpp")
     if llama_cpp_dir is None:
+        cached = sorted(llama_cpp_converter.cache_root().glob("*/convert_hf_to_gguf.py"))
         if converter == "llama.cpp":
-            raise UsageError("export.converter is llama.cpp but export.llama_cpp_dir is not set",
-                             hint="set export.llama_cpp_dir to a llama.cpp checkout")
-        gguf_convert.arch_spec(config, model_dir)  # raises: unsupported, with the list and the hint
+            llama_cpp_dir = llama_cpp_converter.fetch_converter()
+        elif cached:
+            llama_cpp_dir = cached[-1].parent
+        else:
+            try:
+                gguf_convert.arch_spec(config, model_dir)
+            except UsageError as e:  # unsupported: say what is, and both ways to use llama.cpp's converter
+                e.hint = ("set export.llama_cpp_dir to a llama.cpp checkout, or export.converter: llama.cpp to "
+                          "download llama-cpp-python's source (~75 MB, once) and run its vendored converter")
+                raise
     llama_cpp_converter.converter_script(llama_cpp_dir)
-    return "llama.cpp"
+    return "llama.cpp", llama_cpp_dir
 
 
 def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
@@ -63,7 +73,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     reported in the result (`failures`), not raised, so the caller can write the manifest first."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     require_extra("llmforge export gguf", "gguf", "gguf", "numpy", "tokenizers")
-    how = choose_converter(model_dir, converter, llama_cpp_dir)
+    how, llama_cpp_dir = choose_converter(model_dir, converter, llama_cpp_dir)
     llama_ok = has_llama_cpp()
     targets = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
     for path in targets.values():

@@ -42,3 +42,70 @@ def convert(llama_cpp_dir: Path, model_dir: Path, out_path: Path, outtype: str) 
                 hint=f"run it yourself to see everything: {' '.join(cmd[:3])} --outtype {outtype}",
             )
     return {"converter": "llama.cpp", "script": str(script)}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmforge" / "llama.cpp"
+
+
+def fetch_converter(version: str | None = None) -> Path:
+    """llama.cpp's converter as vendored in llama-cpp-python's source package (convert_hf_to_gguf.py, conversion/,
+    gguf-py/), downloaded once with pip into the cache. Returns the folder to use as a llama.cpp checkout."""
+    import importlib.metadata
+    import tempfile
+
+    if version is None:
+        try:
+            version = importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+    target = cache_root() / (version or "latest")
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    spec = f"llama-cpp-python=={version}" if version else "llama-cpp-python"
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary", ":all:", "-d", tmp]
+        log.info("fetching llama.cpp's converter: %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+            raise LlmforgeError(f"could not download {spec}'s source for llama.cpp's converter: "
+                                f"{lines[-1] if lines else 'no archive'}",
+                                hint="set export.llama_cpp_dir to a llama.cpp checkout instead")
+        return extract_converter(archives[0], target)
+
+
+def extract_converter(archive: Path, target: Path) -> Path:
+    """Unpack only vendor/llama.cpp/{convert_hf_to_gguf.py, conversion/, gguf-py/} of the sdist into target."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_ensure(target.parent)))
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if len(parts) < 4 or parts[1:3] != ("vendor", "llama.cpp") or not member.isfile():
+                    continue
+                rel = Path(*parts[3:])
+                if rel.parts == ("convert_hf_to_gguf.py",) or rel.parts[0] in ("conversion", "gguf-py"):
+                    dest = staging / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+        if not (staging / "convert_hf_to_gguf.py").is_file():
+            raise LlmforgeError(f"{archive.name} has no vendor/llama.cpp/convert_hf_to_gguf.py",
+                                hint="set export.llama_cpp_dir to a llama.cpp checkout instead")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

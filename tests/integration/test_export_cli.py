@@ -98,3 +98,49 @@ def test_unsupported_architecture_runs_llama_cpp_converter_when_a_checkout_is_gi
     r = run("export", "gguf", str(other), "--quant", "f16", "--no-verify", "--force", "--set", ws,
             "--set", f"export.llama_cpp_dir={checkout}")
     assert r.exit_code == 1 and "boom: unknown model" in r.output
+
+
+def test_llama_cpp_converter_is_unpacked_from_the_source_package(tmp_path):
+    """Only convert_hf_to_gguf.py, conversion/ and gguf-py/ of the sdist's vendor/llama.cpp are kept."""
+    import io
+    import tarfile
+
+    from llmforge.export import llama_cpp_converter
+
+    archive = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/llama.py",
+                     "vendor/llama.cpp/gguf-py/gguf/__init__.py", "vendor/llama.cpp/ggml/src/big.c", "llama_cpp/x.py"):
+            data = f"# {name}\n".encode()
+            info = tarfile.TarInfo(f"llama_cpp_python-9.9.9/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    target = llama_cpp_converter.extract_converter(archive, tmp_path / "cache" / "9.9.9")
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == ["conversion/llama.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    assert llama_cpp_converter.converter_script(target) == target / "convert_hf_to_gguf.py"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["9.9.9"]  # no staging folder left
+
+
+@needs_llama_cpp
+def test_merge_and_lora_gguf_commands_print_their_results(tiny_llama_dir, tmp_path):
+    from test_export_merge import make_run
+
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    make_run(ws, "lora-1", tiny_llama_dir, seed=7)
+    setting = f"project.workdir={ws.root}"
+    r = run("export", "merge", "lora-1", "--set", setting)
+    assert r.exit_code == 0, r.output
+    assert "merged 1 adapter(s)" in r.output and (ws.merged_dir("lora-1") / "model.safetensors").is_file()
+    r = run("export", "lora-gguf", "--set", setting)  # default: the latest run
+    assert r.exit_code == 0, r.output
+    assert "GGUF export of lora-1" in r.output and "manifest" in r.output
+    r = run("export", "gguf", "lora-1", "-q", "f16", "--set", setting)  # reuses merged/
+    assert r.exit_code == 0, r.output
+    assert "verified" in r.output
+    manifest = json.loads(ws.export_manifest("lora-1").read_text())
+    assert {f["quant"] for f in manifest["files"]} == {"lora-f32", "f16"} and manifest["verified"]
+    assert (ws.export_dir("lora-1") / "lora-1-lora-f32.gguf").is_file()
+    assert next(f for f in manifest["files"] if f["quant"] == "f16")["tokenization"]["ok"]
