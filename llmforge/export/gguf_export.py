@@ -135,7 +135,8 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     for q in ordered:
         path = targets[q.name]
         files[q.name].update({"kind": "model", "quant": q.name, "path": path.name, "bytes": path.stat().st_size,
-                              "sha256": sha256_of(path), "verified": False})
+                              "sha256": sha256_of(path), "tensor_types": llama_cpp_quantize.tensor_types(path),
+                              "verified": False})
 
     failures: list[str] = []
     if not verify_files:

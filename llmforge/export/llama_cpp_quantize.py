@@ -23,8 +23,26 @@ def quantize(src: Path, dst: Path, quant: QuantType) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, quant.llama_ftype)
     params.nthread = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    with atomic_path(dst) as tmp:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise LlmforgeError(f"llama.cpp could not quantize {src.name} to {quant.name} (code {rc})",
-                                hint="run with LLMFORGE_DEBUG=1 to see llama.cpp's log")
+    # llama.cpp logs every tensor; keep that for LLMFORGE_DEBUG=1 (fallbacks are counted in the manifest instead)
+    llama_log = logging.getLogger("llama-cpp-python")
+    level = llama_log.level
+    if os.environ.get("LLMFORGE_DEBUG", "").lower() not in ("1", "true", "yes", "on"):
+        llama_log.setLevel(logging.ERROR)
+    try:
+        with atomic_path(dst) as tmp:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if rc != 0:
+                raise LlmforgeError(f"llama.cpp could not quantize {src.name} to {quant.name} (code {rc})",
+                                    hint="run with LLMFORGE_DEBUG=1 to see llama.cpp's log")
+    finally:
+        llama_log.setLevel(level)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each ggml type a GGUF holds: shows where a K-quant fell back to another type."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))

@@ -271,3 +271,11 @@ def test_a_wrong_pre_tokenizer_is_caught_by_the_tokenization_check(tiny_llama_di
     assert not f["verified"] and not f["tokenization"]["ok"]
     assert any("1234567890" in m["text"] for m in f["tokenization"]["mismatches"])
     assert "tokenizes" in result["failures"][0]
+
+
+@needs_llama_cpp
+def test_k_quant_fallbacks_are_counted_in_the_manifest(tiny_llama_dir, wide_llama_dir, tmp_path):
+    narrow = by_quant(produce(tiny_llama_dir, tmp_path / "narrow", "q4_k_m", verify_files=False))["q4_k_m"]
+    wide = by_quant(produce(wide_llama_dir, tmp_path / "wide", "q4_k_m", verify_files=False))["q4_k_m"]
+    assert "Q4_K" not in narrow["tensor_types"]  # 64-wide rows cannot hold a 256-block: all fell back
+    assert wide["tensor_types"].get("Q4_K", 0) >= 8 and wide["tensor_types"]["F32"] == 5
