@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
+from llmforge.cli import deploy as deploy_cmd
 from llmforge.cli import doctor as doctor_cmd
 from llmforge.cli import runs as runs_cmd
 from llmforge.cli.output import error
@@ -67,6 +68,7 @@ def root(
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(deploy_cmd.app, name="deploy")
 
 
 def main() -> None:
