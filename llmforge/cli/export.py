@@ -92,26 +92,27 @@ def gguf(
     _print_files(result)
 
 
-def _print_files(result: dict) -> None:
+def _print_files(result: dict, key: str = "files") -> None:
     from rich.table import Table
 
     table = Table(title=f"GGUF export of {result.get('run')}")
-    for col in ("file", "size", "verified", "tokens", "top-1", "max |diff|", "mean |diff|"):
-        table.add_column(col)
-    for f in result["files"]:
+    for col in ("quant", "size", "verified", "tokens", "top-1", "max |diff|", "mean |diff|"):
+        table.add_column(col, no_wrap=col == "quant")
+    for f in result[key]:
         logits = f.get("logits") or {}
         tok = f.get("tokenization") or {}
         table.add_row(
-            f["path"], f"{f['bytes'] / 2**20:.1f} MiB", "[green]yes[/]" if f["verified"] else "[red]no[/]",
+            f["quant"], f"{f['bytes'] / 2**20:.1f} MiB", "[green]yes[/]" if f["verified"] else "[red]no[/]",
             "ok" if tok.get("ok") else ("DIFFERS" if tok else "-"),
             f"{logits['top1_agreement']:.3f}" if logits else "-",
             f"{logits['max_abs_diff']:.4f}" if logits else "-",
             f"{logits['mean_abs_diff']:.5f}" if logits else "-",
         )
     console.print(table)
-    if any("not installed" in str(f.get("verification", "")) for f in result["files"]):
+    if any("not installed" in str(f.get("verification", "")) for f in result[key]):
         warn("not verified: llama-cpp-python is not installed (pip install 'llmforge[llamacpp]')")
-    console.print(f"manifest: {Path(result['output_dir']) / 'manifest.json'}")
+    console.print(f"files: {', '.join(f['path'] for f in result[key])}")
+    console.print(f"in: {result['output_dir']}  (manifest.json beside them)")
 
 
 @app.command("lora-gguf")
@@ -140,4 +141,4 @@ def lora_gguf(
     if json_:
         print_json(result)
         return
-    _print_files(result)
+    _print_files(result, "lora_adapters")

@@ -96,7 +96,8 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
         inputs.update({f"adapter_{i}": a for i, a in enumerate(adapters)})
         body = manifests.build("export merge", inputs, timer, output=str(out), **facts)
         (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, folder=str(out))
+    registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
+                    metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
     return body
 
 
@@ -137,20 +138,36 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
             previous = []
     new_names = {f["quant"] for f in result["files"]}
     files = [f for f in previous if f.get("quant") not in new_names] + result["files"]
+    lora_adapters = []
+    if manifest_path.is_file():
+        try:
+            lora_adapters = json.loads(manifest_path.read_text(encoding="utf-8")).get("lora_adapters", [])
+        except ValueError:
+            lora_adapters = []
     body = manifests.build(
-        "export gguf", {"model": path}, timer, name=name, run=run, converter=result["converter"],
+        "export gguf", {"model": path}, timer, name=name, run=run, source=str(path), converter=result["converter"],
         conversion=result["conversion"], config=export.model_dump(mode="json"), files=files,
         verified=all(f.get("verified") for f in files), merged=merged_info is not None or kind == "adapter",
+        lora_adapters=lora_adapters,
     )
     write_json(manifest_path, body)
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
-                        file=str(out_dir / f["path"]), sha256=f["sha256"], verified=f["verified"])
+                        path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
     if result["failures"]:
         raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
                             hint=f"the files are kept and marked verified: false in {manifest_path}")
     body["output_dir"] = str(out_dir)
     return body
+
+
+def _status(entry: dict) -> str:
+    return "complete" if entry.get("verified") else "unverified"
+
+
+def _metrics(entry: dict) -> dict:
+    logits = entry.get("logits") or {}
+    return {k: logits[k] for k in ("top1_agreement", "top1_agreement_decisive", "max_abs_diff") if k in logits}
 
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,

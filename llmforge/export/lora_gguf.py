@@ -126,10 +126,11 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
         raise InputError(f"base model {base}: not a local model folder with config.json",
                          hint="lora-gguf needs the base model's files; set model.name to its folder")
     out_dir = workspace.export_dir(run)
-    out = out_dir / f"{run}-lora-f32.gguf"
+    # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
+    out = out_dir / "lora" / f"{run}-lora-f32.gguf"
     refuse_overwrite(out, force, "GGUF file")
     facts = write_lora_gguf(adapter_dir, base, out, **opts)
-    entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": out.name, "bytes": out.stat().st_size,
+    entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": f"lora/{out.name}", "bytes": out.stat().st_size,
                              "sha256": gguf_export.sha256_of(out), "verified": False, "base_model": str(base), **facts}
     failures = []
     if not export.verify:
@@ -164,12 +165,15 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
         except ValueError:
             previous = {}
-    files = [f for f in previous.get("files", []) if f.get("quant") != entry["quant"]] + [entry]
-    body = {**previous, **manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer,
-                                           run=run, files=files,
-                                           verified=all(f.get("verified") for f in files))}
+    entry["manifest"] = manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer)
+    # The full-model part of the manifest (files, verified, source) stays as export gguf wrote it.
+    body = previous or manifests.build("export lora-gguf", {"adapter": adapter_dir}, timer, run=run, files=[])
+    body["lora_adapters"] = [a for a in body.get("lora_adapters", []) if a.get("path") != entry["path"]] + [entry]
     write_json(manifest_path, body)
-    registry.record(workspace.registry_file, "export", f"{run}/lora", parent=run, file=str(out), verified=entry["verified"])
+    logits = entry.get("logits") or {}
+    registry.record(workspace.registry_file, "export", f"{run}/lora", parent=run, path=str(out),
+                    status="complete" if entry["verified"] else "unverified",
+                    metrics={k: logits[k] for k in ("top1_agreement", "max_abs_diff") if k in logits})
     if failures:
         raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
                             hint=f"the file is kept and marked verified: false in {manifest_path}")

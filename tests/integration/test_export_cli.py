@@ -141,6 +141,7 @@ def test_merge_and_lora_gguf_commands_print_their_results(tiny_llama_dir, tmp_pa
     assert r.exit_code == 0, r.output
     assert "verified" in r.output
     manifest = json.loads(ws.export_manifest("lora-1").read_text())
-    assert {f["quant"] for f in manifest["files"]} == {"lora-f32", "f16"} and manifest["verified"]
-    assert (ws.export_dir("lora-1") / "lora-1-lora-f32.gguf").is_file()
+    assert [f["quant"] for f in manifest["files"]] == ["f16"] and manifest["verified"]
+    assert manifest["lora_adapters"][0]["verified"] and manifest["lora_adapters"][0]["path"] == "lora/lora-1-lora-f32.gguf"
+    assert (ws.export_dir("lora-1") / "lora" / "lora-1-lora-f32.gguf").is_file()
     assert next(f for f in manifest["files"] if f["quant"] == "f16")["tokenization"]["ok"]

@@ -113,6 +113,9 @@ def test_export_gguf_of_an_adapter_run_merges_then_converts_and_verifies(tiny_qw
 
     ids = {e["id"]: e for e in registry.read(ws.registry_file)}
     assert ids["lora-q/f16"]["parent"] == "lora-q" and "lora-q/merged" in ids
+    assert ids["lora-q/f16"]["status"] == "complete" and ids["lora-q/f16"]["metrics"]["top1_agreement_decisive"] >= 0.99
+    assert Path(ids["lora-q/q8_0"]["path"]).is_file()
+    assert manifest["source"] == str(ws.merged_dir("lora-q"))
 
 
 @needs_llama_cpp
@@ -124,10 +127,11 @@ def test_lora_gguf_on_the_base_gguf_matches_hf_base_plus_adapter(fixture, reques
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-1", base, seed=4)
     result = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")
-    entry = result["files"][-1]
+    entry = result["lora_adapters"][-1]
     assert entry["kind"] == "lora_adapter" and entry["verified"], entry
     assert entry["logits"]["top1_agreement"] >= 0.99 and entry["logits"]["max_abs_diff"] < 1e-3
-    reader = gguf.GGUFReader(str(ws.export_dir("lora-1") / "lora-1-lora-f32.gguf"))
+    assert not list(ws.export_dir("lora-1").glob("*.gguf"))  # kept apart from full models (deploy picks those)
+    reader = gguf.GGUFReader(str(ws.export_dir("lora-1") / "lora" / "lora-1-lora-f32.gguf"))
     assert reader.fields["general.type"].contents() == "adapter"
     assert reader.fields["adapter.type"].contents() == "lora"
     assert reader.fields["adapter.lora.alpha"].contents() == 8.0
@@ -141,4 +145,4 @@ def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path
     make_run(ws, "lora-1", tiny_llama_dir, seed=5, targets=("q_proj", "k_proj"), scale=2.0)
     with pytest.raises(LlmforgeError, match="agreement"):
         export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", _options={"_permute": False})
-    assert json.loads(ws.export_manifest("lora-1").read_text())["verified"] is False
+    assert json.loads(ws.export_manifest("lora-1").read_text())["lora_adapters"][0]["verified"] is False
