@@ -123,3 +123,51 @@ def test_sentencepiece_style_tokenizer_converts_to_llama_vocab(tmp_path):
     assert reader.fields["tokenizer.ggml.add_space_prefix"].contents() is True
     types = reader.fields["tokenizer.ggml.token_type"].contents()
     assert types[0] == 2 and types[1] == 3 and types[3 + 0xE6] == 6  # unknown, control, byte
+
+
+def build_split_regex_tokenizer(out: Path, regex: str) -> Path:
+    """Byte-level BPE whose pre-tokenizer is Split(regex) + ByteLevel(use_regex=False), as Llama 3 and Qwen2 ship."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = (Path(__file__).resolve().parents[1] / "fixtures" / "corpus.txt").read_text().splitlines()
+    tok = Tokenizer(models.BPE(ignore_merges=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=1,
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_split_regex_pre_tokenizers_tokenize_like_hf_in_llama_cpp(pre, tmp_path):
+    """Llama 3's and Qwen2's pre-tokenizer regexes map to llama.cpp's llama-bpe and qwen2: proven on probes with
+    digit runs, contractions, whitespace runs and unicode, where those regexes differ from each other and gpt-2."""
+    import sys
+
+    from llmforge.export import gguf_vocab
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import build_model
+
+    regex = next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == pre)
+    tok_dir = build_split_regex_tokenizer(tmp_path / "tok", regex)
+    model_dir = build_model(tmp_path / "m", tok_dir, "qwen2" if pre == "qwen2" else "llama")
+    result = gguf_export.produce(model_dir, tmp_path / "out", "m", parse_quants("f16"))
+    f = result["files"][0]
+    assert result["conversion"]["tokenizer_pre"] == pre
+    assert f["tokenization"]["ok"], f["tokenization"]["mismatches"][:2]
+    assert f["verified"]
+    if pre == "llama-bpe":
+        # qwen2's regex differs only in splitting digits one by one: a llama-bpe vocab has multi-digit tokens, so
+        # the probes expose the wrong choice (the reverse cannot show: a qwen2 vocab never learns digit groups)
+        wrong = gguf_export.produce(model_dir, tmp_path / "wrong", "m", parse_quants("f16"),
+                                    _convert_options={"_pre_tokenizer": "qwen2"})
+        assert not wrong["files"][0]["tokenization"]["ok"]
