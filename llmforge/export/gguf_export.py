@@ -6,7 +6,6 @@ file (a requested one, or a temporary one removed afterwards).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import time
@@ -16,16 +15,9 @@ from llmforge.atomic import refuse_overwrite
 from llmforge.errors import MissingExtraError, UsageError, require_extra
 from llmforge.export import gguf_convert, llama_cpp_converter, llama_cpp_quantize, verify
 from llmforge.export.quant_types import QUANT_TYPES, QUANTIZE_SOURCE, QuantType, gguf_file_name
+from llmforge.manifest import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def has_llama_cpp() -> bool:
@@ -135,7 +127,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     for q in ordered:
         path = targets[q.name]
         files[q.name].update({"kind": "model", "quant": q.name, "path": path.name, "bytes": path.stat().st_size,
-                              "sha256": sha256_of(path), "tensor_types": llama_cpp_quantize.tensor_types(path),
+                              "sha256": sha256_file(path), "tensor_types": llama_cpp_quantize.tensor_types(path),
                               "verified": False})
 
     failures: list[str] = []

@@ -131,7 +131,7 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     refuse_overwrite(out, force, "GGUF file")
     facts = write_lora_gguf(adapter_dir, base, out, **opts)
     entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": f"lora/{out.name}", "bytes": out.stat().st_size,
-                             "sha256": gguf_export.sha256_of(out), "verified": False, "base_model": str(base), **facts}
+                             "sha256": manifests.sha256_file(out), "verified": False, "base_model": str(base), **facts}
     failures = []
     if not export.verify:
         entry["verification"] = "skipped (--no-verify)"

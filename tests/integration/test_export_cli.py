@@ -16,6 +16,12 @@ from llmforge.export import gguf_export
 needs_llama_cpp = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """No llama.cpp converter cached by an earlier real run may change what 'auto' does here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def cli():
     # the same wiring as cli/app.py: app.add_typer(export.app, name="export")
     root = typer.Typer(cls=LlmforgeGroup)

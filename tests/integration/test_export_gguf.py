@@ -15,6 +15,12 @@ from llmforge.export.quant_types import QUANT_TYPES, parse_quants
 pytest.importorskip("gguf")
 needs_llama_cpp = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
 
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """No llama.cpp converter cached by an earlier real run may change what 'auto' does here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
 # llama.cpp refuses to load without these (facts.md), or silently computes the wrong thing without them.
 REQUIRED_KEYS = [
     "general.architecture", "{arch}.context_length", "{arch}.embedding_length", "{arch}.block_count",
