@@ -130,20 +130,18 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
                      converter=export.converter,
                      llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None, **opts)
     manifest_path = workspace.export_manifest(run)
-    previous = []
+    previous: dict = {}
     if manifest_path.is_file():
         try:
-            previous = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", [])
+            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
         except ValueError:
-            previous = []
+            previous = {}
+    # Files of an earlier export stay listed only when they came from the same model and are still there.
+    same_source = previous.get("source") == str(path)
     new_names = {f["quant"] for f in result["files"]}
-    files = [f for f in previous if f.get("quant") not in new_names] + result["files"]
-    lora_adapters = []
-    if manifest_path.is_file():
-        try:
-            lora_adapters = json.loads(manifest_path.read_text(encoding="utf-8")).get("lora_adapters", [])
-        except ValueError:
-            lora_adapters = []
+    files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
+             and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
+    lora_adapters = previous.get("lora_adapters", [])
     body = manifests.build(
         "export gguf", {"model": path}, timer, name=name, run=run, source=str(path), converter=result["converter"],
         conversion=result["conversion"], config=export.model_dump(mode="json"), files=files,

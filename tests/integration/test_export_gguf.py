@@ -285,3 +285,17 @@ def test_k_quant_fallbacks_are_counted_in_the_manifest(tiny_llama_dir, wide_llam
     wide = by_quant(produce(wide_llama_dir, tmp_path / "wide", "q4_k_m", verify_files=False))["q4_k_m"]
     assert "Q4_K" not in narrow["tensor_types"]  # 64-wide rows cannot hold a 256-block: all fell back
     assert wide["tensor_types"].get("Q4_K", 0) >= 8 and wide["tensor_types"]["F32"] == 5
+
+
+def test_later_exports_of_the_same_model_add_to_the_manifest(tiny_llama_dir, tmp_path):
+    from llmforge.config.export import ExportConfig
+    from llmforge.config.model import ModelConfig
+    from llmforge.export import export_gguf
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    export_gguf(ModelConfig(), ExportConfig(quant=["f16"], verify=False), ws, str(tiny_llama_dir))
+    body = export_gguf(ModelConfig(), ExportConfig(quant=["q8_0"], verify=False), ws, str(tiny_llama_dir))
+    assert [f["quant"] for f in body["files"]] == ["f16", "q8_0"]
+    assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body["files"]
+    assert ws.exports() == [tiny_llama_dir.name]
