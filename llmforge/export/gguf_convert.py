@@ -137,8 +137,8 @@ def _tensor_type(shape: tuple[int, ...], quant: QuantType) -> str:
     return quant.numpy
 
 
-def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *, _permute: bool = True,
-                 _tie_embeddings: bool = True) -> list[PlannedTensor]:
+def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *,
+                 _permute: bool = True) -> list[PlannedTensor]:
     import gguf
 
     tensors = safetensors_stream.model_tensors(model_dir)
@@ -152,7 +152,7 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
     for name, entry in tensors.items():
         if name.endswith(".rotary_emb.inv_freq"):
             continue  # recomputed by llama.cpp from rope.freq_base
-        if name == "lm_head.weight" and tied and _tie_embeddings:
+        if name == "lm_head.weight" and tied:
             continue  # tied: llama.cpp uses token_embd when output.weight is absent
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
@@ -243,7 +243,7 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
 
 
 def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
-            _permute: bool = True, _tie_embeddings: bool = True, _write_rope_theta: bool = True,
+            _permute: bool = True, _write_rope_theta: bool = True,
             _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
@@ -257,7 +257,7 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
         raise UsageError(f"{quant.name} is made by llama.cpp's quantizer, not by the converter")
     config = read_config(model_dir)
     spec = arch_spec(config, model_dir)
-    plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute, _tie_embeddings=_tie_embeddings)
+    plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute)
     n_vocab = next(p.shape[0] for p in plan if p.gguf_name == "token_embd.weight")
     vocab = gguf_vocab.load_vocab(model_dir, n_vocab)
     if _pre_tokenizer is not None:

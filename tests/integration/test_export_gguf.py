@@ -299,3 +299,16 @@ def test_later_exports_of_the_same_model_add_to_the_manifest(tiny_llama_dir, tmp
     assert [f["quant"] for f in body["files"]] == ["f16", "q8_0"]
     assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body["files"]
     assert ws.exports() == [tiny_llama_dir.name]
+
+
+def test_a_model_without_lm_head_must_say_it_is_tied(tiny_qwen2_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    assert "lm_head.weight" not in load_file(str(tiny_qwen2_dir / "model.safetensors"))  # tied: saved once
+    untied = tmp_path / "untied"
+    shutil.copytree(tiny_qwen2_dir, untied)
+    config = json.loads((untied / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (untied / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="no lm_head.weight and tie_word_embeddings is false"):
+        produce(untied, tmp_path / "out", "f16")
