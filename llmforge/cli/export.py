@@ -38,8 +38,9 @@ def merge(
     force: ForceOption = False,
     json_: JsonOption = False,
 ) -> None:
-    """Merge LoRA / QLoRA / DPO adapters into the full-precision base: a plain safetensors model with its tokenizer
-    and chat template in export/<run>/merged/.
+    """Merge LoRA / QLoRA / DPO adapters into the full-precision base (export/<run>/merged/).
+
+    The result is a plain safetensors model with the tokenizer and chat template the adapter was trained with.
 
     Example:  llmforge export merge sft-run dpo-run --dtype bfloat16
     """
@@ -71,8 +72,9 @@ def gguf(
 ) -> None:
     """Convert to GGUF, quantize, and verify each file against HF (tokenization and next-token logits).
 
-    Adapter runs are merged first. Files land in export/<run>/<name>-<quant>.gguf with a manifest.json; a failed
-    verification exits 1 and leaves the files marked verified: false.
+    Adapter runs are merged first. Files land in export/<run>/<name>-<quant>.gguf beside a manifest.json.
+
+    A failed verification exits 1 and leaves the files marked verified: false.
 
     Example:  llmforge export gguf my-run --quant f16,q8_0,q4_k_m
     """
@@ -128,8 +130,9 @@ def lora_gguf(
     force: ForceOption = False,
     json_: JsonOption = False,
 ) -> None:
-    """Write the adapter alone as a GGUF LoRA adapter (for Ollama's ADAPTER and llama.cpp's --lora), verified by
-    loading base + adapter in llama.cpp and comparing logits with HF base + adapter.
+    """Write the adapter alone as a GGUF LoRA adapter (for Ollama's ADAPTER and llama.cpp's --lora).
+
+    It is verified by loading base + adapter in llama.cpp and comparing logits with HF base + adapter.
 
     Example:  llmforge export lora-gguf my-lora-run
     """
