@@ -146,3 +146,16 @@ def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path
     with pytest.raises(LlmforgeError, match="agreement"):
         export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", _options={"_permute": False})
     assert json.loads(ws.export_manifest("lora-1").read_text())["lora_adapters"][0]["verified"] is False
+
+
+@needs_llama_cpp
+def test_lora_gguf_checked_on_a_given_quantized_base(tiny_llama_dir, tmp_path):
+    from llmforge.export.quant_types import parse_quants
+
+    ws = Workspace(tmp_path / "ws")
+    make_run(ws, "lora-1", tiny_llama_dir, seed=6)
+    base = gguf_export.produce(tiny_llama_dir, tmp_path / "base", "base", parse_quants("q8_0"), verify_files=False)
+    base_gguf = tmp_path / "base" / base["files"][0]["path"]
+    entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", base_gguf=base_gguf)["lora_adapters"][-1]
+    assert entry["verified_on"] == str(base_gguf) and entry["verified"]
+    assert 0 < entry["logits"]["max_abs_diff"] < 1.0  # q8_0 rounding of the base, not a broken adapter
