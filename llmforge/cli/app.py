@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
+from llmforge.cli import data as data_cmd
 from llmforge.cli import doctor as doctor_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
@@ -64,6 +65,7 @@ def root(
 
 
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
 app.command("doctor")(doctor_cmd.doctor)
 
 
