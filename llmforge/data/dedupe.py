@@ -25,8 +25,9 @@ def shingles(text: str, size: int) -> list[bytes]:
     return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
 
 
-def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) minimizing false positives + false negatives around `threshold` (equal weights)."""
+def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.2) -> tuple[int, int]:
+    """(bands, rows) minimizing weighted false positives + false negatives around `threshold`. Candidates are
+    verified against their signatures afterwards, so a false positive costs only a comparison: weigh misses more."""
 
     def integral(f, lo: float, hi: float, steps: int = 200) -> float:
         width = (hi - lo) / steps
@@ -37,8 +38,9 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
         for r in range(1, num_perm // b + 1):
             fp = integral(lambda s, b=b, r=r: 1 - (1 - s**r) ** b, 0.0, threshold)
             fn = integral(lambda s, b=b, r=r: (1 - s**r) ** b, threshold, 1.0)
-            if fp + fn < best_cost:
-                best, best_cost = (b, r), fp + fn
+            cost = fp_weight * fp + (1 - fp_weight) * fn
+            if cost < best_cost:
+                best, best_cost = (b, r), cost
     return best
 
 

@@ -115,6 +115,15 @@ def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Ite
         yield Item(name, 0, field="file", reason=f"cannot read: {exc}")
 
 
+def _json_error(raw: bytes) -> str:
+    """orjson's message for a line, parsed without its newline so the position reads naturally."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return str(exc)
+    return "not a JSON value"
+
+
 def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
     loads = orjson.loads
     with _open_binary(path) as fh:
@@ -132,14 +141,14 @@ def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[I
                 continue
             try:
                 obj = loads(raw)
-            except orjson.JSONDecodeError as exc:
+            except orjson.JSONDecodeError:
                 if not raw.strip():
                     continue
                 bad = _bad_utf8(raw)
                 if bad:
                     yield Item(name, number, field="encoding", reason=bad)
                 else:
-                    yield Item(name, number, field="json", reason=f"invalid JSON ({exc})")
+                    yield Item(name, number, field="json", reason=f"invalid JSON ({_json_error(raw.strip())})")
                 continue
             yield Item(name, number, obj)
 
