@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmforge.config.data import DataConfig, GenerateConfig
     from llmforge.config.model import ModelConfig
-    from llmforge.data.convert import ConvertResult
-    from llmforge.data.generate import GenerateResult
+    from llmforge.data.conversion import ConvertResult
+    from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
-    from llmforge.data.prepare import ValidateResult
+    from llmforge.data.pipeline import ValidateResult
     from llmforge.workspace import Workspace
 
 __all__ = ["prepare", "validate", "stats", "preview", "convert", "generate"]
@@ -47,14 +47,14 @@ def prepare(
 
     With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is written.
     Returns the report (also written as report.json)."""
-    from llmforge.data.prepare import prepare as run
+    from llmforge.data.pipeline import prepare as run
 
     return run(data, model, workspace, force=force, progress=progress)
 
 
 def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
     """Check every record of `data.inputs` and return every problem; writes nothing."""
-    from llmforge.data.prepare import validate as run
+    from llmforge.data.pipeline import validate as run
 
     return run(data, progress=progress)
 
@@ -77,7 +77,7 @@ def convert(
     dataset: str | None, target: str, output: Path | None, workspace: Workspace, *, force: bool = False
 ) -> ConvertResult:
     """Write a dataset in another tool's format: chatml, alpaca, sharegpt, openai or text."""
-    from llmforge.data.convert import convert as run
+    from llmforge.data.conversion import convert as run
 
     return run(dataset, target, output, workspace, force=force)
 
@@ -91,6 +91,6 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerateResult:
     """Question/answer pairs from documents through an OpenAI-compatible endpoint, written as messages JSONL."""
-    from llmforge.data.generate import generate as run
+    from llmforge.data.generation import generate as run
 
     return run(docs, generate, workspace, force=force, progress=progress)

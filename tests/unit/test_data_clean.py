@@ -15,7 +15,9 @@ def test_nfc_and_odd_spaces_and_controls():
 
 
 def test_whitespace_outside_code_blocks_only():
-    text = "  Intro line.   \n\n\n\n\nNext paragraph.\t\n```python\ndef f():   \n\n\n\n    return 1\n```\nAfter.  \n\n\n"
+    text = (
+        "  Intro line.   \n\n\n\n\nNext paragraph.\t\n```python\ndef f():   \n\n\n\n    return 1\n```\nAfter.  \n\n\n"
+    )
     assert normalize_text(text) == (
         "Intro line.\n\nNext paragraph.\n```python\ndef f():   \n\n\n\n    return 1\n```\nAfter."
     )

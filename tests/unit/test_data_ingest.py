@@ -43,14 +43,28 @@ def problems(*inputs: str, **cfg) -> list[str]:
         ({"prompt": [CHAT[0]], "completion": [CHAT[1]]}, CHAT),
         ({"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4"}]}, CHAT),
         (
-            {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "user", "value": "What is 2+2?"},
-                               {"from": "chatgpt", "value": "4"}]},  # fmt: skip
+            {
+                "conversations": [
+                    {"from": "system", "value": "Be brief."},
+                    {"from": "user", "value": "What is 2+2?"},
+                    {"from": "chatgpt", "value": "4"},
+                ]
+            },  # fmt: skip
             [{"role": "system", "content": "Be brief."}, *CHAT],
         ),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}, CHAT[1]]}, CHAT),
     ],
-    ids=["openai", "alpaca", "alpaca-input", "prompt-response", "prompt-completion", "prompt-completion-lists",
-         "sharegpt", "sharegpt-system", "openai-content-parts"],  # fmt: skip
+    ids=[
+        "openai",
+        "alpaca",
+        "alpaca-input",
+        "prompt-response",
+        "prompt-completion",
+        "prompt-completion-lists",
+        "sharegpt",
+        "sharegpt-system",
+        "openai-content-parts",
+    ],  # fmt: skip
 )
 def test_chat_formats_become_messages(obj, expected):
     kind, record = canonical(obj)
@@ -79,8 +93,11 @@ def test_preference_strings_and_lists():
     # chosen/rejected that repeat the whole conversation (Anthropic HH style) keep only the answer
     prompt = [{"role": "user", "content": "Hi?"}]
     _, record2 = canonical(
-        {"prompt": prompt, "chosen": prompt + [{"role": "assistant", "content": "Hello!"}],
-         "rejected": prompt + [{"role": "assistant", "content": "Go away."}]}  # fmt: skip
+        {
+            "prompt": prompt,
+            "chosen": prompt + [{"role": "assistant", "content": "Hello!"}],
+            "rejected": prompt + [{"role": "assistant", "content": "Go away."}],
+        }  # fmt: skip
     )
     assert record2 == record
 
@@ -102,7 +119,9 @@ def _kinds(*inputs: str) -> dict[str, int]:
 
 def test_json_array_and_wrapped_object_with_line_numbers(tmp_path):
     Path("a.json").write_text(json.dumps([{"messages": CHAT}, {"text": "x"}], indent=2))
-    Path("b.json").write_text('{"version": 1,\n "data": [\n  {"messages": ' + json.dumps(CHAT) + '},\n  {"messages": []}\n]}')
+    Path("b.json").write_text(
+        '{"version": 1,\n "data": [\n  {"messages": ' + json.dumps(CHAT) + '},\n  {"messages": []}\n]}'
+    )
     assert problems("a.json") == ["a.json:14: record: a text record in a messages dataset (one kind per dataset)"]
     assert problems("b.json") == ["b.json:4: messages: empty conversation"]
 
@@ -188,7 +207,9 @@ def test_every_validation_problem_with_its_line(tmp_path):
 
 def test_preference_in_chat_dataset_is_flagged(tmp_path):
     jsonl("mix.jsonl", {"messages": CHAT}, {"prompt": "Hi", "chosen": "A", "rejected": "B"})
-    assert problems("mix.jsonl") == ["mix.jsonl:2: record: a preference record in a messages dataset (one kind per dataset)"]
+    assert problems("mix.jsonl") == [
+        "mix.jsonl:2: record: a preference record in a messages dataset (one kind per dataset)"
+    ]
 
 
 def test_invalid_utf8_bom_and_absurd_length(tmp_path):

@@ -102,7 +102,10 @@ def test_on_error_skip_writes_good_records_and_rejected(tmp_path):
     report, ws = run([path], on_error="skip")
     assert report["counts"]["rejected"] == 2 and report["counts"]["written"] == 2
     rejected = read(ws.rejected_file)
-    assert [(r["file"], r["line"], r["field"]) for r in rejected] == [("in.jsonl", 2, "json"), ("in.jsonl", 4, "messages")]
+    assert [(r["file"], r["line"], r["field"]) for r in rejected] == [
+        ("in.jsonl", 2, "json"),
+        ("in.jsonl", 4, "messages"),
+    ]
     assert rejected[1]["reason"] == "empty conversation" and rejected[1]["record"] == {"messages": []}
     # a clean rerun removes the stale rejected.jsonl
     run([write("in.jsonl", [chat("Hi?", "Hello")])], force=True)
@@ -168,7 +171,10 @@ def test_near_duplicates_are_clustered_and_dropped(tmp_path):
     assert report["counts"]["near_duplicates"] == 2
     assert report["counts"]["written"] == 30
     dupes = read(ws.duplicates_file)
-    assert sorted((d["line"], d["kind"], d["duplicate_of"]["line"]) for d in dupes) == [(31, "near", 4), (32, "near", 4)]
+    assert sorted((d["line"], d["kind"], d["duplicate_of"]["line"]) for d in dupes) == [
+        (31, "near", 4),
+        (32, "near", 4),
+    ]
     cluster = report["clusters"]["near"]["largest"][0]
     assert cluster["first"] == "in.jsonl:4" and cluster["size"] == 3
 
