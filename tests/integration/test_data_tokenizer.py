@@ -1,0 +1,133 @@
+"""The data stage with a real tokenizer: preview's trained/masked spans, token-length filters, and prepared splits
+that TRL trains on as they are."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmforge.config.data import DataConfig
+from llmforge.config.model import ModelConfig
+from llmforge.data import prepare, preview, stats
+from llmforge.workspace import Workspace
+
+CHAT = [{"role": "user", "content": "What colour is the sky?"}, {"role": "assistant", "content": "The sky is blue."}]
+LONG = [{"role": "user", "content": "Tell me a long story."}, {"role": "assistant", "content": " ".join(["Once upon a time"] * 40)}]
+
+
+def write(path: str, rows: list[dict]) -> str:
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def load(tokenizer_dir: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+
+
+def texts(rendering, trained: bool) -> str:
+    return "".join(s["text"] for s in rendering.segments if s["trained"] is trained)
+
+
+def test_preview_shows_trained_and_masked_spans(tiny_tokenizer_dir, tmp_path):
+    write("chat.jsonl", [{"messages": CHAT}])
+    result = preview("chat.jsonl", ModelConfig(name=str(tiny_tokenizer_dir)), Workspace(Path("work")), n=3)
+    assert result.mask_source == "generation markers"
+    (rendering,) = result.examples[0].renderings
+    assert texts(rendering, True) == "The sky is blue.<|im_end|>"  # the answer and its end-of-turn token
+    assert texts(rendering, False) == "<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n\n"
+    tok = load(tiny_tokenizer_dir)
+    ids = tok.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"]
+    assert rendering.tokens == len(ids)
+    assert rendering.trained_tokens == len(tok("The sky is blue.<|im_end|>")["input_ids"])
+
+
+def test_preview_without_generation_markers_uses_prefix_difference(tiny_tokenizer_dir, tmp_path):
+    plain = tmp_path / "plain-tok"
+    shutil.copytree(tiny_tokenizer_dir, plain)
+    template = (plain / "chat_template.jinja").read_text()
+    stripped = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert stripped != template
+    (plain / "chat_template.jinja").write_text(stripped)
+    write("chat.jsonl", [{"messages": CHAT}])
+    result = preview("chat.jsonl", ModelConfig(name=str(plain)), Workspace(Path("work")))
+    assert result.mask_source == "prefix difference"
+    (rendering,) = result.examples[0].renderings
+    # the end-of-turn token and newline after it belong to the assistant's rendered turn
+    assert texts(rendering, True).startswith("The sky is blue.<|im_end|>")
+    assert texts(rendering, False).startswith("<|im_start|>user\nWhat colour is the sky?")
+
+
+def test_preview_of_preference_and_text(tiny_tokenizer_dir, tmp_path):
+    write("pref.jsonl", [{"prompt": "What colour is the sky?", "chosen": "Blue.", "rejected": "Green."}])
+    result = preview("pref.jsonl", ModelConfig(name=str(tiny_tokenizer_dir)), Workspace(Path("work")))
+    chosen, rejected = result.examples[0].renderings
+    assert (chosen.title, texts(chosen, True)) == ("chosen", "Blue.<|im_end|>")
+    assert (rejected.title, texts(rejected, True)) == ("rejected", "Green.<|im_end|>")
+    write("raw.jsonl", [{"text": "Plain text for pretraining."}])
+    raw = preview("raw.jsonl", ModelConfig(name=str(tiny_tokenizer_dir)), Workspace(Path("work2")))
+    (rendering,) = raw.examples[0].renderings
+    assert texts(rendering, True) == "Plain text for pretraining." and rendering.trained_tokens == rendering.tokens
+
+
+def test_lengths_are_tokens_of_the_rendered_template(tiny_tokenizer_dir, tmp_path):
+    tok = load(tiny_tokenizer_dir)
+    short = len(tok.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"])
+    long = len(tok.apply_chat_template(LONG, tokenize=True, return_dict=True)["input_ids"])
+    write("in.jsonl", [{"messages": CHAT}, {"messages": LONG}])
+    ws = Workspace(Path("work"))
+    model = ModelConfig(name=str(tiny_tokenizer_dir))
+    data = DataConfig(inputs=["in.jsonl"], filter={"max_tokens": long - 1}, split={"train": 1, "val": 0, "test": 0})
+    report = prepare(data, model, ws)
+    assert report["length"]["unit"] == "tokens"
+    assert report["length"]["max"] == short
+    assert report["filtered"] == {"too long": 1}
+    assert report["filtered_examples"] == [f"in.jsonl:2: too long: {long} tokens (max {long - 1})"]
+    result = stats(None, model, ws)
+    assert result.length["unit"] == "tokens" and result.length["max"] == short
+
+
+def test_prepared_chat_split_trains_with_trl_assistant_only_loss(tiny_llama_dir, tmp_path):
+    """The contract with `train`: TRL's SFTTrainer takes train.jsonl as it is, with assistant-only loss."""
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+            for i in range(12)]  # fmt: skip
+    ws = Workspace(Path("work"))
+    prepare(DataConfig(inputs=[write("in.jsonl", rows)]), ModelConfig(name=str(tiny_llama_dir)), ws)
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = load_dataset("json", data_files=str(ws.split_file("train")), split="train")
+    assert dataset.column_names == ["messages"]
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        processing_class=PreTrainedTokenizerFast.from_pretrained(tiny_llama_dir),
+        train_dataset=dataset,
+        args=SFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, use_cpu=True,
+                       bf16=False, assistant_only_loss=True, report_to=[], save_strategy="no", logging_steps=1),
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"][0].tolist()
+    ids = batch["input_ids"][0].tolist()
+    trained = trainer.processing_class.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert trained.startswith("Answer ") and trained.endswith("<|im_end|>")
+    assert trainer.train().training_loss > 0
+
+
+@pytest.mark.parametrize("split", ["train"])
+def test_prepared_preference_split_is_trl_conversational(tiny_tokenizer_dir, tmp_path, split):
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Good {i}.", "rejected": f"Bad {i}."} for i in range(5)]
+    ws = Workspace(Path("work"))
+    prepare(DataConfig(inputs=[write("pref.jsonl", rows)]), ModelConfig(), ws)
+    from datasets import load_dataset
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    dataset = load_dataset("json", data_files=str(ws.split_file(split)), split="train")
+    assert is_conversational(dataset[0])
+    rendered = apply_chat_template(dataset[0], load(tiny_tokenizer_dir))
+    assert rendered["prompt"].endswith("<|im_start|>assistant\n")
+    assert rendered["chosen"].startswith("Good") and rendered["rejected"].startswith("Bad")
