@@ -13,6 +13,7 @@ from llmforge import __version__
 from llmforge.cli import config as config_cmd
 from llmforge.cli import data as data_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import runs as runs_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
 
@@ -67,6 +68,7 @@ def root(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(runs_cmd.app, name="runs")
 
 
 def main() -> None:
