@@ -62,10 +62,12 @@ def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = 
     import numpy as np
 
     from llmforge.data.report import histogram
-    from llmforge.data.tokens import TokenCounter, load_tokenizer
+    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
 
     files = dataset_files(dataset, workspace)
     tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    if tokenizer is not None:
+        use_training_template(tokenizer, model.chat_template)
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
     per_file: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -183,7 +185,7 @@ def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]
 
 
 def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Preview:
-    from llmforge.data.tokens import conversation, load_tokenizer, require_template
+    from llmforge.data.tokens import conversation, load_tokenizer, use_training_template
 
     if not model.name:
         raise UsageError("preview needs the model's tokenizer", hint="set model.name (a local folder or hub id)")
@@ -194,8 +196,10 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
             hint="point model.name at a local model folder, or download the model first",
         )
     files = dataset_files(dataset, workspace)
-    template = getattr(tokenizer, "chat_template", None) or ""
-    markers = "{% generation %}" in template or "{%- generation %}" in template
+    source, template_problem = use_training_template(tokenizer, model.chat_template)
+    from llmforge.chat_templates import has_generation_markers
+
+    markers = has_generation_markers(getattr(tokenizer, "chat_template", None))
     examples: list[Example] = []
     mask_source = "raw text"
     for file, line, kind, record, problem in iter_records(files):
@@ -206,8 +210,9 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
             ids = tokenizer(record["text"])["input_ids"]
             renderings.append(Rendered("text", _segments(tokenizer, ids, [1] * len(ids)), len(ids), len(ids)))
         else:
-            require_template(tokenizer, model.name)
-            mask_source = "generation markers" if markers else "prefix difference"
+            if template_problem is not None:
+                raise template_problem  # training could not tell the assistant's tokens either
+            mask_source = f"{'generation markers' if markers else 'prefix difference'}, template: {source}"
             for which in ("chosen", "rejected") if kind == "preference" else ("messages",):
                 ids, mask = token_mask(tokenizer, conversation(record, which), markers=markers)
                 renderings.append(Rendered(which, _segments(tokenizer, ids, mask), len(ids), sum(mask)))

@@ -254,9 +254,11 @@ def prepare(
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)
 
-    from llmforge.data.tokens import TokenCounter, load_tokenizer
+    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
 
     tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    if tokenizer is not None:
+        use_training_template(tokenizer, model.chat_template)
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
     unit = "tokens" if counter else "characters"
     scrub = PiiScrubber(**data.pii.model_dump())

@@ -41,6 +41,27 @@ def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_c
     return None
 
 
+def use_training_template(tokenizer, chat_template: str = "auto") -> tuple[str, Exception | None]:
+    """Give the tokenizer the chat template training will use (llmforge.chat_templates decides: the tokenizer's
+    own when it has {% generation %} markers, else its family's marked twin, or the configured family), so that
+    lengths and previews match training token for token. Returns (where it came from, the problem if none fits)."""
+    from llmforge.chat_templates import resolve_training_template
+
+    try:
+        chosen = resolve_training_template(
+            getattr(tokenizer, "chat_template", None),
+            chat_template,
+            bos_token=getattr(tokenizer, "bos_token", None),
+            eos_token=getattr(tokenizer, "eos_token", None),
+        )
+    except UsageError as exc:
+        log.info("no training chat template: %s", exc)
+        return "none", exc
+    tokenizer.chat_template = chosen.template
+    family = f" ({chosen.family.name})" if chosen.family else ""
+    return f"{chosen.source}{family}", None
+
+
 def _ids(encoded: Any) -> list[int]:
     if isinstance(encoded, dict) or hasattr(encoded, "keys"):
         return list(encoded["input_ids"])
@@ -71,11 +92,3 @@ class TokenCounter:
             encoded = self.tokenizer.apply_chat_template(conversation(record, which), tokenize=True, return_dict=True)
             sizes.append(len(_ids(encoded)))
         return max(sizes)
-
-
-def require_template(tokenizer, name: str | None) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise UsageError(
-            f"the tokenizer of {name} has no chat template",
-            hint="use an instruct model's tokenizer, or set model.chat_template to a family (e.g. chatml)",
-        )

@@ -12,10 +12,14 @@ import pytest
 from llmforge.config.data import DataConfig
 from llmforge.config.model import ModelConfig
 from llmforge.data import prepare, preview, stats
+from llmforge.errors import UsageError
 from llmforge.workspace import Workspace
 
 CHAT = [{"role": "user", "content": "What colour is the sky?"}, {"role": "assistant", "content": "The sky is blue."}]
-LONG = [{"role": "user", "content": "Tell me a long story."}, {"role": "assistant", "content": " ".join(["Once upon a time"] * 40)}]
+LONG = [
+    {"role": "user", "content": "Tell me a long story."},
+    {"role": "assistant", "content": " ".join(["Once upon a time"] * 40)},
+]
 
 
 def write(path: str, rows: list[dict]) -> str:
@@ -36,7 +40,7 @@ def texts(rendering, trained: bool) -> str:
 def test_preview_shows_trained_and_masked_spans(tiny_tokenizer_dir, tmp_path):
     write("chat.jsonl", [{"messages": CHAT}])
     result = preview("chat.jsonl", ModelConfig(name=str(tiny_tokenizer_dir)), Workspace(Path("work")), n=3)
-    assert result.mask_source == "generation markers"
+    assert result.mask_source == "generation markers, template: tokenizer (chatml)"
     (rendering,) = result.examples[0].renderings
     assert texts(rendering, True) == "The sky is blue.<|im_end|>"  # the answer and its end-of-turn token
     assert texts(rendering, False) == "<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n\n"
@@ -46,20 +50,52 @@ def test_preview_shows_trained_and_masked_spans(tiny_tokenizer_dir, tmp_path):
     assert rendering.trained_tokens == len(tok("The sky is blue.<|im_end|>")["input_ids"])
 
 
-def test_preview_without_generation_markers_uses_prefix_difference(tiny_tokenizer_dir, tmp_path):
-    plain = tmp_path / "plain-tok"
-    shutil.copytree(tiny_tokenizer_dir, plain)
-    template = (plain / "chat_template.jinja").read_text()
+def _tokenizer_with_template(tiny_tokenizer_dir: Path, folder: Path, template: str) -> Path:
+    shutil.copytree(tiny_tokenizer_dir, folder)
+    (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
+def test_preview_uses_the_template_training_will_use(tiny_tokenizer_dir, tmp_path):
+    """A ChatML template without {% generation %} markers: training uses the ChatML family's marked twin."""
+    template = (tiny_tokenizer_dir / "chat_template.jinja").read_text()
     stripped = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     assert stripped != template
-    (plain / "chat_template.jinja").write_text(stripped)
+    plain = _tokenizer_with_template(tiny_tokenizer_dir, tmp_path / "plain-tok", stripped)
     write("chat.jsonl", [{"messages": CHAT}])
     result = preview("chat.jsonl", ModelConfig(name=str(plain)), Workspace(Path("work")))
-    assert result.mask_source == "prefix difference"
+    assert result.mask_source == "generation markers, template: family (chatml)"
     (rendering,) = result.examples[0].renderings
-    # the end-of-turn token and newline after it belong to the assistant's rendered turn
-    assert texts(rendering, True).startswith("The sky is blue.<|im_end|>")
-    assert texts(rendering, False).startswith("<|im_start|>user\nWhat colour is the sky?")
+    assert texts(rendering, True) == "The sky is blue.<|im_end|>"
+
+
+def test_unknown_template_without_markers_needs_a_family(tiny_tokenizer_dir, tmp_path):
+    odd = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    folder = _tokenizer_with_template(tiny_tokenizer_dir, tmp_path / "odd-tok", odd)
+    write("chat.jsonl", [{"messages": CHAT}])
+    with pytest.raises(UsageError) as info:
+        preview("chat.jsonl", ModelConfig(name=str(folder)), Workspace(Path("work")))
+    assert "model.chat_template" in info.value.hint
+    configured = preview("chat.jsonl", ModelConfig(name=str(folder), chat_template="chatml"), Workspace(Path("w2")))
+    assert configured.mask_source == "generation markers, template: configured (chatml)"
+    (rendering,) = configured.examples[0].renderings
+    assert texts(rendering, True) == "The sky is blue.<|im_end|>"
+
+
+def test_prefix_difference_mask_matches_generation_markers(tiny_tokenizer_dir):
+    """The fallback for templates without markers marks the same tokens as the markers do."""
+    from llmforge.data.inspect import token_mask
+
+    tok = load(tiny_tokenizer_dir)
+    turns = [*CHAT, {"role": "user", "content": "And at night?"}, {"role": "assistant", "content": "Black."}]
+    ids, marked = token_mask(tok, turns, markers=True)
+    template = tok.chat_template
+    tok.chat_template = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    ids2, diffed = token_mask(tok, turns, markers=False)
+    assert ids == ids2
+    # the newline after <|im_end|> is outside the markers but part of the rendered turn
+    trained = [t for t, m in zip(ids, diffed) if m]
+    assert tok.decode(trained).replace("\n", "") == tok.decode([t for t, m in zip(ids, marked) if m])
 
 
 def test_preview_of_preference_and_text(tiny_tokenizer_dir, tmp_path):
