@@ -53,14 +53,14 @@ class NearDuplicates:
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
-        self._proto = MinHash(num_perm=num_perm, seed=seed)
-        self._minhash = MinHash
+        self._minhash = MinHash(num_perm=num_perm, seed=seed)  # one object, cleared per record (no re-setup)
         self.spill = Path(spill)
         self._fh = open(self.spill, "wb")
         self.count = 0
 
     def add(self, text: str) -> None:
-        m = self._minhash(num_perm=self.num_perm, permutations=self._proto.permutations, scheme=self._proto.scheme)
+        m = self._minhash
+        m.clear()
         m.update_batch(shingles(text, self.shingle))
         self._fh.write(np.asarray(m.hashvalues, dtype=np.uint32).tobytes())
         self.count += 1

@@ -274,7 +274,7 @@ def generate(
     if not cfg.model:
         raise UsageError("no model named for the endpoint", hint="pass --model NAME")
     files = sources.resolve_inputs(docs, sources.DOCUMENT_SUFFIXES)
-    output = Path(cfg.output) if cfg.output else workspace.data_dir / "generated.jsonl"
+    output = Path(cfg.output) if cfg.output else workspace.generated_file
     state = output.with_name(f".{output.name}.progress.jsonl")
     if force:
         state.unlink(missing_ok=True)

@@ -506,7 +506,7 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
         },  # fmt: skip
         counts=report["counts"],
     )
-    atomic.write_json(out_dir / "manifest.json", info)
+    atomic.write_json(workspace.data_manifest, info)
     dataset_id = "data-" + info["outputs"]["train"]["sha256"][:12]
     report["dataset_id"] = dataset_id
     registry.record(workspace.registry_file, "dataset", dataset_id, folder=str(out_dir), counts=report["counts"])

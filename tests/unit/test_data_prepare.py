@@ -243,3 +243,23 @@ def test_failure_mid_write_leaves_no_outputs(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         prepare(DataConfig(inputs=[path]), ModelConfig(), Workspace(Path("work")), progress=explode)
     assert list(Path("work/data").iterdir()) == []  # no train.jsonl, no temp folder left behind
+
+
+def test_signatures_are_datasketch_minhashes(tmp_path):
+    """The spilled signatures are exactly datasketch's MinHash of the record's word shingles."""
+    import numpy as np
+    from datasketch import MinHash
+
+    from llmforge.data.dedupe import NearDuplicates, shingles
+
+    texts = [sentence(random.Random(i), 30) for i in range(5)]
+    near = NearDuplicates(tmp_path / "sig.bin", num_perm=64)
+    for text in texts:
+        near.add(text)
+    near.close()
+    stored = np.fromfile(tmp_path / "sig.bin", dtype=np.uint32).reshape(5, 64)
+    for text, row in zip(texts, stored):
+        reference = MinHash(num_perm=64, seed=1)
+        reference.update_batch(shingles(text, 3))
+        assert (reference.hashvalues == row).all()
+        assert abs(MinHash(num_perm=64, hashvalues=row, scheme=reference.scheme).jaccard(reference) - 1.0) < 1e-9
