@@ -30,7 +30,7 @@ from llmforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
-    "You write question and answer pairs for training a assistant. Use only facts stated in the document; "
+    "You write question and answer pairs for training an assistant. Use only facts stated in the document; "
     "answers must be correct, self-contained and phrased with the document's own words where possible."
 )
 USER_PROMPT = (

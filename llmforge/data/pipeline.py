@@ -26,7 +26,7 @@ from llmforge.config.model import ModelConfig
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
-from llmforge.errors import ConfigError, InputError
+from llmforge.errors import ConfigError, InputError, UsageError
 from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,20 @@ def problems_error(problems: list[Problem], count: int) -> InputError:
     )
 
 
+def _outside(files: list[Path], workspace: Workspace) -> list[Path]:
+    """The inputs minus anything inside the workspace (`prepare .` must not eat its own earlier outputs)."""
+    root = workspace.root.resolve()
+    kept = [f for f in files if not f.resolve().is_relative_to(root)]
+    if len(kept) < len(files):
+        log.warning("ignoring %d input file(s) inside the workspace %s", len(files) - len(kept), workspace.root)
+    if not kept:
+        raise UsageError(
+            f"every input is inside the workspace {workspace.root}",
+            hint="name your source data, not the prepared splits",
+        )
+    return kept
+
+
 def _blocklist(patterns: list[str]) -> re.Pattern | None:
     if not patterns:
         return None
@@ -249,7 +263,7 @@ def prepare(
     import numpy as np
 
     timer = manifest.Timer()
-    files = sources.resolve_inputs(data.inputs)
+    files = _outside(sources.resolve_inputs(data.inputs), workspace)
     out_dir = workspace.data_dir
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)

@@ -71,6 +71,8 @@ def _messages(value: Any, field: str, *, need_assistant: bool = True) -> list[di
         if not isinstance(role, str):
             raise RecordError(f"{where}.role", "missing" if role is None else f"expected a string, got {_type(role)}")
         role = role.strip().lower()
+        if role == "developer":  # OpenAI's newer name for the system message
+            role = "system"
         if role not in ROLES:
             raise RecordError(
                 f"{where}.role", f"unknown role {message.get('role')!r} (expected system, user or assistant)"

@@ -234,3 +234,8 @@ def test_invalid_utf8_bom_and_absurd_length(tmp_path):
 def test_invalid_utf8_in_a_document_names_its_line(tmp_path):
     Path("doc.txt").write_bytes(b"line one\nline two \xc3\x28 here\n")
     assert problems("doc.txt") == ["doc.txt:2: encoding: invalid UTF-8 (byte 19 of the file)"]
+
+
+def test_developer_role_is_a_system_message():
+    _, record = canonical({"messages": [{"role": "developer", "content": "Be brief."}, *CHAT]})
+    assert record["messages"][0] == {"role": "system", "content": "Be brief."}

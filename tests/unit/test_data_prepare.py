@@ -263,3 +263,13 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
         reference.update_batch(shingles(text, 3))
         assert (reference.hashvalues == row).all()
         assert abs(MinHash(num_perm=64, hashvalues=row, scheme=reference.scheme).jaccard(reference) - 1.0) < 1e-9
+
+
+def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
+    write("in.jsonl", [chat("Hi?", "Hello"), chat("Bye?", "Goodbye")])
+    report, ws = run(["."], ws=Workspace(Path("llmforge-work/p")))
+    assert report["counts"]["read"] == 2
+    report, _ = run(["."], ws=ws, force=True)  # the splits written above are not read back as inputs
+    assert report["counts"]["read"] == 2
+    with pytest.raises(UsageError, match="inside the workspace"):
+        run([str(ws.data_dir)], ws=ws, force=True)
