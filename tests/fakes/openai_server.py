@@ -3,7 +3,7 @@
 POST /v1/chat/completions answers from the document in the prompt (between <document> tags), deterministically:
 each pair asks about one sentence of the chunk and answers with that sentence. It can be told to fail the next N
 requests (HTTP 500), to answer with broken JSON (trailing commas, truncation, code fences), or with ungrounded
-answers. Every request body is kept in `requests` for assertions.
+answers, or to answer slowly (for timeouts). Every request body is kept in `requests` for assertions.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -20,6 +21,8 @@ class FakeOpenAI:
         self.mode = "ok"  # ok | trailing_comma | truncated | fenced | garbage | ungrounded
         self.requests: list[dict] = []
         self.status_on_fail = 500
+        self.slow_next = 0  # the next N requests answer only after `delay` seconds
+        self.delay = 0.0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -71,6 +74,9 @@ class FakeOpenAI:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
+                if fake.slow_next > 0:
+                    fake.slow_next -= 1
+                    time.sleep(fake.delay)
                 if fake.fail_next > 0:
                     fake.fail_next -= 1
                     self._send(fake.status_on_fail, {"error": {"message": "temporarily overloaded"}})

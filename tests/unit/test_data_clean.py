@@ -86,3 +86,22 @@ def test_each_kind_can_be_switched_off():
 def test_luhn():
     assert luhn_ok("4111111111111111") and luhn_ok("79927398713")
     assert not luhn_ok("4111111111111112")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
+def test_normalize_is_idempotent_and_clean(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+    assert not any(ch in once for ch in "\r\x00\x07\x1b\u200b\ufeff")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abc@. 0123456789-+:/wh", max_size=80))
+def test_scrubbing_is_idempotent(text):
+    once = PiiScrubber()(text)
+    assert PiiScrubber()(once) == once

@@ -194,3 +194,10 @@ def test_endpoint_and_model_are_required(tmp_path):
         generate(["doc.md"], GenerateConfig(model="m"), Workspace(Path("work")))
     with pytest.raises(UsageError, match="model"):
         generate(["doc.md"], GenerateConfig(endpoint="http://127.0.0.1:9/v1"), Workspace(Path("work")))
+
+
+def test_a_slow_answer_times_out_and_is_retried(server, tmp_path):
+    Path("doc.txt").write_text("The Eddystone lighthouse stands on dangerous rocks fourteen kilometres south of Plymouth.")
+    server.slow_next, server.delay = 1, 1.5
+    result = generate(["doc.txt"], cfg(server, timeout=0.3, retries=2), Workspace(Path("work")))
+    assert result.retries == 1 and result.pairs == 1
