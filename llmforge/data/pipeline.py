@@ -387,6 +387,12 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         raise problems_error(scan.problems, scan.problem_count)
 
     n = len(keys)
+    if n == 0:
+        raise InputError(
+            f"no records left to write: {scan.records} read, {scan.problem_count} invalid, "
+            f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
+            hint="check data.filter settings and the inputs; `llmforge data validate` lists invalid records",
+        )
     t0 = clock()
     if near is not None and n:
         if progress:

@@ -9,6 +9,7 @@ import glob
 import gzip
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ SUFFIXES = RECORD_SUFFIXES + DOCUMENT_SUFFIXES
 # Columns that hold nested structure; in CSV/TSV cells they are JSON text.
 _NESTED = ("messages", "conversations", "chosen", "rejected", "prompt", "completion", "response")
 BOM = b"\xef\xbb\xbf"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +69,11 @@ def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> l
                 and kind_of(p) in suffixes
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
+            records = [p for p in files if kind_of(p) in RECORD_SUFFIXES]
+            if records and len(records) < len(files):
+                # A folder of record files: its .txt/.md files are READMEs and notes, not training text.
+                log.info("%s: ignoring %d document(s) beside record files", spec, len(files) - len(records))
+                files = records
             if not files:
                 raise UsageError(f"no data files in folder {spec}", hint=f"supported: {', '.join(suffixes)} (and .gz)")
             found += files

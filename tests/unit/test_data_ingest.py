@@ -239,3 +239,11 @@ def test_invalid_utf8_in_a_document_names_its_line(tmp_path):
 def test_developer_role_is_a_system_message():
     _, record = canonical({"messages": [{"role": "developer", "content": "Be brief."}, *CHAT]})
     assert record["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_a_folder_of_records_ignores_its_readme(tmp_path):
+    Path("d").mkdir()
+    jsonl("d/a.jsonl", {"messages": CHAT})
+    Path("d/README.md").write_text("# About this data\n")
+    assert _kinds("d") == {"messages": 1}
+    assert _kinds("d/README.md") == {"text": 1}  # named explicitly, it is read

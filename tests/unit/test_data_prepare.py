@@ -273,3 +273,9 @@ def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
     assert report["counts"]["read"] == 2
     with pytest.raises(UsageError, match="inside the workspace"):
         run([str(ws.data_dir)], ws=ws, force=True)
+
+
+def test_nothing_left_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no records left to write: 2 read, 1 invalid, 1 filtered out"):
+        run([write("in.jsonl", [chat("Hi?", "ok"), "{bad"])], on_error="skip", filter={"min_answer_chars": 5})
+    assert not Path("work/data/train.jsonl").exists()
