@@ -162,9 +162,10 @@ def problems_error(problems: list[Problem], count: int) -> InputError:
 
 
 def _outside(files: list[Path], workspace: Workspace) -> list[Path]:
-    """The inputs minus anything inside the workspace (`prepare .` must not eat its own earlier outputs)."""
-    root = workspace.root.resolve()
-    kept = [f for f in files if not f.resolve().is_relative_to(root)]
+    """The inputs minus the workspace's own artifacts (`prepare .` must not eat earlier splits or metrics), except
+    the conversation log of `llmforge serve`, which is meant to come back as training data."""
+    root, log_dir = workspace.root.resolve(), workspace.conversations_dir.resolve()
+    kept = [f for f in files if not f.resolve().is_relative_to(root) or f.resolve().is_relative_to(log_dir)]
     if len(kept) < len(files):
         log.warning("ignoring %d input file(s) inside the workspace %s", len(files) - len(kept), workspace.root)
     if not kept:

@@ -279,3 +279,17 @@ def test_nothing_left_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no records left to write: 2 read, 1 invalid, 1 filtered out"):
         run([write("in.jsonl", [chat("Hi?", "ok"), "{bad"])], on_error="skip", filter={"min_answer_chars": 5})
     assert not Path("work/data/train.jsonl").exists()
+
+
+def test_the_serve_conversation_log_comes_back_as_training_data(tmp_path):
+    """`llmforge serve` logs {"messages": [...], "metadata": {...}} under serve/conversations/ in the workspace."""
+    ws = Workspace(Path("llmforge-work/p"))
+    ws.conversations_dir.mkdir(parents=True)
+    logged = [{**chat(f"Question {i}?", f"Answer {i}."),
+               "metadata": {"model": "bot", "created": "2026-11-22T04:00:00Z", "latency_ms": 12, "usage": {"total": 9}}}
+              for i in range(3)]  # fmt: skip
+    write(str(ws.conversations_dir / "conversations.jsonl"), logged[:2])
+    write(str(ws.conversations_dir / "conversations-20261122-040000-000000.jsonl"), logged[2:])
+    report, _ = run([str(ws.conversations_dir)], ws=ws, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    assert report["counts"]["read"] == 3 and report["counts"]["rejected"] == 0
+    assert all(list(r) == ["messages"] for r in read(ws.split_file("train")))
