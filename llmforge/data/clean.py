@@ -29,7 +29,8 @@ def normalize_text(text: str) -> str:
         text = _ODD_SPACE.sub(" ", text)
     if "\r" in text or not text.isascii():
         text = _LINE_SEP.sub("\n", text)
-    text = _CONTROL.sub("", text)
+    if not text.isprintable():  # C-speed check: only then look for control characters (all are unprintable)
+        text = _CONTROL.sub("", text)
     if "\n" not in text:
         return text.strip()
     if "```" in text or "~~~" in text:

@@ -98,6 +98,7 @@ class _Scan:
         limit = self.data.max_record_chars
         clock = time.perf_counter
         for path in self.files:
+            before = self.records
             stream = sources.read(path, limit, self.warnings)
             while True:
                 t0 = clock()
@@ -105,9 +106,9 @@ class _Scan:
                 t1 = clock()
                 self.read_seconds += t1 - t0
                 if item is None:
+                    self.per_file[str(path)] += self.records - before
                     break
                 self.records += 1
-                self.per_file[item.file] += 1
                 if item.reason is not None:
                     yield item, "", {}, self.problem(item, item.field or "record", item.reason)
                     continue
