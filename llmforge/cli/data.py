@@ -12,7 +12,7 @@ from llmforge.cli.output import console, escape, print_json
 
 app = typer.Typer(
     help="Ingest, validate, clean, deduplicate, split, inspect, convert and generate training data.\n\n"
-    "Example:  llmforge data prepare examples/data/*.jsonl && llmforge data stats",
+    "Example:  llmforge data prepare examples/support-faq/faq.jsonl && llmforge data stats",
     no_args_is_help=True,
 )
 
