@@ -47,6 +47,11 @@ def prepare(
 
     With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is written.
     Returns the report (also written as report.json)."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data prepare", "data", "orjson", "numpy", "matplotlib")
+    if data.dedupe.near:
+        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
     from llmforge.data.pipeline import prepare as run
 
     return run(data, model, workspace, force=force, progress=progress)
@@ -54,6 +59,9 @@ def prepare(
 
 def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
     """Check every record of `data.inputs` and return every problem; writes nothing."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data validate", "data", "orjson", "numpy")
     from llmforge.data.pipeline import validate as run
 
     return run(data, progress=progress)
@@ -61,6 +69,9 @@ def validate(data: DataConfig, progress: Callable[[str, int], None] | None = Non
 
 def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: Path | None = None) -> Stats:
     """Counts, roles, turns and length distribution of a dataset (default: the prepared splits), plus a PNG."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data stats", "data", "orjson", "numpy", "matplotlib")
     from llmforge.data.inspect import stats as run
 
     return run(dataset, model, workspace, plot=plot)
@@ -68,6 +79,10 @@ def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: P
 
 def preview(dataset: str | None, model: ModelConfig, workspace: Workspace, n: int = 3) -> Preview:
     """The first `n` records rendered with the model's chat template, split into trained and masked spans."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data preview", "data", "orjson")
+    require_extra("llmforge data preview", "train", "transformers")
     from llmforge.data.inspect import preview as run
 
     return run(dataset, model, workspace, n=n)
@@ -77,6 +92,9 @@ def convert(
     dataset: str | None, target: str, output: Path | None, workspace: Workspace, *, force: bool = False
 ) -> ConvertResult:
     """Write a dataset in another tool's format: chatml, alpaca, sharegpt, openai or text."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data convert", "data", "orjson")
     from llmforge.data.conversion import convert as run
 
     return run(dataset, target, output, workspace, force=force)
