@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from llmforge import atomic, manifest, registry
@@ -189,8 +190,6 @@ def _blocklist(patterns: list[str]) -> re.Pattern | None:
 
 
 def _percentiles(values: array) -> dict[str, float]:
-    import numpy as np
-
     if not len(values):
         return {}
     arr = np.frombuffer(values, dtype=np.uint32) if values.typecode == "I" else np.asarray(values)
@@ -207,8 +206,6 @@ def _percentiles(values: array) -> dict[str, float]:
 
 def _mix(values, seed: int):
     """splitmix64 of (value xor seed): a stable, well-spread rank for each cluster key."""
-    import numpy as np
-
     with np.errstate(over="ignore"):
         z = values ^ np.uint64((seed * 0x9E3779B97F4A7C15) & (2**64 - 1))
         z = z + np.uint64(0x9E3779B97F4A7C15)
@@ -220,8 +217,6 @@ def _mix(values, seed: int):
 def assign_splits(keys, roots, keep, split, seed: int):
     """Split label (0 train, 1 val, 2 test) for every record: whole clusters go to one split, ranked by a seeded
     hash of the cluster's content key, filled test first, then val, then train, to the configured shares."""
-    import numpy as np
-
     labels = np.zeros(len(roots), dtype=np.uint8)
     kept_roots = roots[keep]
     if not len(kept_roots):
@@ -262,8 +257,6 @@ def prepare(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and write the workspace's data/ folder. Returns the report (also report.json)."""
-    import numpy as np
-
     timer = manifest.Timer()
     files = _outside(sources.resolve_inputs(data.inputs), workspace)
     out_dir = workspace.data_dir
@@ -282,12 +275,12 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
-        return _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress, np)
+        return _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress, np):
+def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress):
     clock = time.perf_counter
     seconds: Counter[str] = Counter()
     scan = _Scan(data, files)
@@ -438,7 +431,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
             fh.close()
     seconds["write"] = clock() - t0
 
-    clusters = _clusters(files, origin_file, origin_line, roots, exact_targets, np)
+    clusters = _clusters(files, origin_file, origin_line, roots, exact_targets)
     unique_keys = keep.sum()
     report = {
         "dataset_kind": scan.dataset_kind,
@@ -470,7 +463,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     return _publish(data, model, workspace, files, work, report, lengths, counts, timer, scan.problem_count)
 
 
-def _clusters(files, origin_file, origin_line, roots, exact_targets, np) -> dict[str, Any]:
+def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str, Any]:
     def where(i: int) -> str:
         return f"{files[origin_file[i]]}:{origin_line[i]}"
 
