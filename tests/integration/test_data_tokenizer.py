@@ -167,3 +167,22 @@ def test_prepared_preference_split_is_trl_conversational(tiny_tokenizer_dir, tmp
     rendered = apply_chat_template(dataset[0], load(tiny_tokenizer_dir))
     assert rendered["prompt"].endswith("<|im_start|>assistant\n")
     assert rendered["chosen"].startswith("Good") and rendered["rejected"].startswith("Bad")
+
+
+def test_preview_and_stats_commands(tiny_tokenizer_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    write("chat.jsonl", [{"messages": CHAT}, {"messages": LONG}])
+    runner = CliRunner()
+    shown = runner.invoke(app, ["data", "preview", "chat.jsonl", "-n", "1", "-s", f"model.name={tiny_tokenizer_dir}"])
+    assert shown.exit_code == 0, shown.output
+    assert "chat.jsonl:1 messages" in shown.output and "chat.jsonl:2" not in shown.output
+    trained = len(load(tiny_tokenizer_dir)("The sky is blue.<|im_end|>")["input_ids"])
+    assert "The sky is blue." in shown.output and f" tokens, {trained} trained" in shown.output
+    as_json = runner.invoke(app, ["data", "preview", "chat.jsonl", "-s", f"model.name={tiny_tokenizer_dir}", "--json"])
+    examples = json.loads(as_json.output)["examples"]
+    assert len(examples) == 2 and examples[1]["renderings"][0]["trained_tokens"] > 100
+    stats = runner.invoke(app, ["data", "stats", "chat.jsonl", "-s", f"model.name={tiny_tokenizer_dir}", "--json"])
+    assert json.loads(stats.output)["length"]["unit"] == "tokens"
