@@ -484,13 +484,18 @@ def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str
 
 
 def _publish(data, model, workspace, files, work, report, lengths, counts, timer, rejected_count):
-    """Report, plot, manifest, then rename everything into data/ at once."""
+    """Report, plot, manifest and config in the work folder, then everything renamed into data/ at once.
+    Empty splits are not written (train reads an existing val.jsonl as a validation set; an empty one is an error)."""
     from llmforge.data.report import histogram, markdown
 
     out_dir = workspace.data_dir
+    written = [name for name in SPLITS if counts[name]]
+    shas = {name: manifest.sha256_file(work / f"{name}.jsonl") for name in written}
+    # The same id `llmforge train` records for the run's parent: the train split's sha256.
+    report["dataset_id"] = "data-" + shas[written[0]][:12]
     plot = histogram(lengths, work / "lengths.png", f"record length ({report['length']['unit']})")
     report["plots"] = [str(out_dir / "lengths.png")] if plot else []
-    report["outputs"] = {name: str(workspace.split_file(name)) for name in SPLITS}
+    report["outputs"] = {name: str(workspace.split_file(name)) for name in written}
     report["outputs"]["duplicates"] = str(workspace.duplicates_file)
     if rejected_count:
         report["outputs"]["rejected"] = str(workspace.rejected_file)
@@ -502,28 +507,31 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
     resolved = {"model": model.model_dump(mode="json"), "data": data.model_dump(mode="json")}
     resolved["data"]["generate"]["api_key"] = None  # secrets never reach a file
     atomic.write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    moves = [f"{name}.jsonl" for name in SPLITS] + ["duplicates.jsonl", "report.json", "report.md", "config.yaml"]
-    moves += ["lengths.png"] if plot else []
-    if rejected_count:
-        moves.append("rejected.jsonl")
-    else:
-        workspace.rejected_file.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
-    for name in moves:
-        os.replace(work / name, out_dir / name)
-    outputs = {name: str(workspace.split_file(name)) for name in SPLITS}
     info = manifest.build(
         "data",
         inputs={str(f): f for f in files},
         timer=timer,
         outputs={
-            name: {"path": path, "records": counts[name], "sha256": manifest.sha256_file(path)}
-            for name, path in outputs.items()
-        },  # fmt: skip
+            name: {"path": str(workspace.split_file(name)), "records": counts[name], "sha256": shas[name]}
+            for name in written
+        },
         counts=report["counts"],
+        dataset_id=report["dataset_id"],
     )
-    atomic.write_json(workspace.data_manifest, info)
-    dataset_id = "data-" + info["outputs"]["train"]["sha256"][:12]
-    report["dataset_id"] = dataset_id
-    registry.record(workspace.registry_file, "dataset", dataset_id, folder=str(out_dir), counts=report["counts"])
+    atomic.write_json(work / "manifest.json", info)
+    moves = [f"{name}.jsonl" for name in written] + ["duplicates.jsonl", "report.json", "report.md", "config.yaml"]
+    moves += ["lengths.png"] if plot else []
+    stale = [workspace.split_file(name) for name in SPLITS if name not in written]
+    if rejected_count:
+        moves.append("rejected.jsonl")
+    else:
+        stale.append(workspace.rejected_file)  # a stale one from an earlier run would mislead
+    for name in moves + ["manifest.json"]:  # the manifest last: its presence marks a finished dataset
+        os.replace(work / name, out_dir / name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    registry.record(
+        workspace.registry_file, "dataset", report["dataset_id"], folder=str(out_dir), counts=report["counts"]
+    )
     log.info("prepared %s records into %s", report["counts"]["written"], out_dir)
     return report

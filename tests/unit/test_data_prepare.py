@@ -63,6 +63,7 @@ def test_outputs_schema_report_manifest_and_registry(tmp_path):
     manifest = json.loads((ws.data_dir / "manifest.json").read_text())
     assert manifest["stage"] == "data" and manifest["finished_at"]
     assert manifest["outputs"]["train"]["records"] == 36 and len(manifest["outputs"]["train"]["sha256"]) == 64
+    assert report["dataset_id"] == on_disk["dataset_id"] == "data-" + manifest["outputs"]["train"]["sha256"][:12]
     assert "api_key: null" in (ws.data_dir / "config.yaml").read_text()
     registry = json.loads(ws.registry_file.read_text())["entries"]
     assert registry[0]["kind"] == "dataset" and registry[0]["id"] == report["dataset_id"]
@@ -293,3 +294,12 @@ def test_the_serve_conversation_log_comes_back_as_training_data(tmp_path):
     report, _ = run([str(ws.conversations_dir)], ws=ws, split={"train": 1.0, "val": 0.0, "test": 0.0})
     assert report["counts"]["read"] == 3 and report["counts"]["rejected"] == 0
     assert all(list(r) == ["messages"] for r in read(ws.split_file("train")))
+
+
+def test_empty_splits_are_not_written(tmp_path):
+    path = write("in.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(4)])
+    report, ws = run([path], split={"train": 0.5, "val": 0.5, "test": 0.0})
+    assert (report["counts"]["train"], report["counts"]["val"], report["counts"]["test"]) == (2, 2, 0)
+    assert ws.split_file("val").exists() and not ws.split_file("test").exists()
+    run([path], force=True, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    assert not ws.split_file("val").exists()  # the earlier val.jsonl is gone, not left stale
