@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
+from llmforge.cli import data as data_cmd
 from llmforge.cli import deploy as deploy_cmd
 from llmforge.cli import doctor as doctor_cmd
 from llmforge.cli import evaluate as evaluate_cmd
@@ -68,6 +69,7 @@ def root(
 
 
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
 app.command("doctor")(doctor_cmd.doctor)
 app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
