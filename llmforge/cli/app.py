@@ -68,13 +68,13 @@ def root(
     """Fine-tune language models from one YAML file."""
 
 
-app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
-app.command("doctor")(doctor_cmd.doctor)
 app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
-app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(deploy_cmd.app, name="deploy")
+app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(config_cmd.app, name="config")
+app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:
