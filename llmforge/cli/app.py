@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import train as train_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
 
@@ -65,6 +66,7 @@ def root(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("train")(train_cmd.train)
 
 
 def main() -> None:

@@ -151,3 +151,18 @@ def texts_of(records: list[dict[str, Any]]) -> list[str]:
         elif "messages" in record:
             out.append("\n".join(m["content"] for m in record["messages"]))
     return out
+
+
+def chat_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only role and content of each turn: extra fields would confuse the trainers' column handling."""
+    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
+
+
+def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def turns(value):
+        if isinstance(value, str):
+            return value
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+
+    return [{"prompt": turns(r["prompt"]), "chosen": turns(r["chosen"]), "rejected": turns(r["rejected"])}
+            for r in records]
