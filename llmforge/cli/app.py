@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import runs as runs_cmd
 from llmforge.cli import train as train_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
@@ -66,6 +67,7 @@ def root(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(runs_cmd.app, name="runs")
 app.command("train")(train_cmd.train)
 
 
