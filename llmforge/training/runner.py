@@ -368,6 +368,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     from llmforge.training import trainers
 
     _quiet_libraries()
+    from transformers import set_seed
+
+    set_seed(train_cfg.seed)  # LoRA's random init and scratch weights happen before the Trainer seeds anything
     built = trainers.build(
         model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr,
         output_dir=workspace.checkpoints_dir(run_name), world=world,
