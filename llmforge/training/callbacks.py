@@ -31,6 +31,7 @@ class RunLog(TrainerCallback):
         self.last_eval_loss: float | None = None
         self.last_eval_step: int | None = None
         self.first_loss: float | None = None
+        self.last_lr: float | None = None
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -58,7 +59,7 @@ class RunLog(TrainerCallback):
                 "step": state.global_step,
                 "total_steps": state.max_steps,
                 "loss": self.last_loss,
-                "learning_rate": (state.log_history[-1].get("learning_rate") if state.log_history else None),
+                "learning_rate": self.last_lr,
                 "tokens_per_second": round(self.rate, 1),
             }
         )
@@ -72,6 +73,7 @@ class RunLog(TrainerCallback):
             if self.first_loss is None:
                 self.first_loss = logs["loss"]
             row["learning_rate"] = logs.get("learning_rate")
+            self.last_lr = row["learning_rate"]
             row["tokens_per_second"] = round(self.rate, 1)
             row["tokens_seen"] = state.num_input_tokens_seen
             if "grad_norm" in logs:

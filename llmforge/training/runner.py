@@ -15,6 +15,7 @@ Run folder (workspace.run_dir(run)):
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -231,6 +232,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if train_cfg.early_stopping.patience and not train_cfg.eval_every:
         raise ConfigError(
             "train.early_stopping.patience needs train.eval_every", hint="e.g. -s train.eval_every=50"
+        )
+    if train_cfg.report_to != "none" and importlib.util.find_spec(train_cfg.report_to) is None:
+        raise UsageError(
+            f"train.report_to: {train_cfg.report_to} is not installed",
+            hint=f"pip install {train_cfg.report_to}, or set train.report_to: none (metrics.jsonl is always written)",
         )
     backend, why = backends.choose(method, train_cfg.backend)
     four_bit = backends.check_4bit() if method == "qlora" else None
@@ -453,6 +459,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         else:
             checkpoints.save_model(trained, tmp)
         checkpoints.save_tokenizer(tokenizer, tmp, chosen.text if chosen else None)
+    # free the model and optimizer before matplotlib loads, so plotting never raises the run's peak memory
+    del trained, trainer, built
+    import gc
+
+    gc.collect()
     from llmforge.training.callbacks import plot_loss
 
     plot = plot_loss(metrics_file, run_dir / "loss.png")

@@ -201,3 +201,42 @@ def test_scratch_makes_a_complete_base_model_that_lora_fine_tunes(tmp_path):
                   train__data=str(ws.root / "chat"))
     result = train(cfg2.model, cfg2.train, ws)
     assert result["steps"] == 3 and (ws.adapter_dir("ft") / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_packing_and_grad_accumulation(tiny_llama_dir, tmp_path):
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(), chat_rows(4)))
+    # a threshold no eval can beat: training stops after `patience` evaluations without improvement
+    cfg = config(model__name=str(tiny_llama_dir), train__method="lora", train__max_steps=40, train__eval_every=2,
+                 train__early_stopping__patience=2, train__early_stopping__threshold=100.0, train__packing=True,
+                 train__grad_accum=2, train__run_name="es")
+    result = train(cfg.model, cfg.train, ws)
+    assert result["steps"] == 6  # evals at 2 (first best), 4 and 6 (no improvement twice)
+    rows = [json.loads(line) for line in ws.metrics_file("es").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 6]
+
+
+def test_cli_shows_progress_and_a_summary(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(8)))
+    out = CliRunner().invoke(app, ["train", "--method", "sft", "-s", f"model.name={tiny_llama_dir}", "-s",
+                                   f"project.workdir={ws.root}", "-s", "train.max_steps=4", "-s",
+                                   "train.logging_steps=2", "-s", "train.run_name=p"])
+    assert out.exit_code == 0, out.output
+    assert "4/4" in out.output and "loss" in out.output  # the progress bar's last state
+    assert "trained p: 4 steps, loss" in out.output and str(ws.model_dir("p")) in out.output.replace("\n", "")
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_refused(tmp_path):
+    import importlib.util
+
+    from llmforge.errors import UsageError
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(2)))
+    cfg = config(model__name="x", train__method="lora", train__report_to="wandb")
+    with pytest.raises(UsageError, match="train.report_to: wandb is not installed"):
+        train(cfg.model, cfg.train, ws)
