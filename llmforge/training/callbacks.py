@@ -121,7 +121,18 @@ class StopOnSignal(TrainerCallback):
         log.warning("signal %s: saving a checkpoint after this step, then stopping", signum)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        stop = self.received is not None
+        if args.world_size > 1:
+            # every process must stop at the same step, or the others wait forever in the next all-reduce
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+            if stop and self.received is None:
+                self.received = signal.SIGTERM
+        if stop:
             control.should_save = True
             control.should_training_stop = True
         return control

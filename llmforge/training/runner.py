@@ -293,16 +293,24 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     chat = data.train.kind in ("messages", "preference") and method != "scratch"
-    chosen = None
-    if chat or method == "scratch":
-        if chat and train_cfg.assistant_only_loss or data.train.kind == "preference":
-            chosen = template_mod.resolve(tokenizer, model_cfg.chat_template)
-        elif isinstance(tokenizer.chat_template, str):
-            chosen = template_mod.ChosenTemplate(tokenizer.chat_template, "tokenizer", None, (tokenizer.eos_token,))
-        if chosen is not None:
-            tokenizer.chat_template = chosen.text
+    own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    masked = chat and data.train.kind == "messages" and train_cfg.assistant_only_loss
+    if masked or (chat and model_cfg.chat_template != "auto"):
+        # assistant-only loss needs {% generation %} markers: the tokenizer's, or a known family's
+        chosen = template_mod.resolve(tokenizer, model_cfg.chat_template)
+    elif own is not None:
+        chosen = template_mod.ChosenTemplate(own, "tokenizer", None, (tokenizer.eos_token,))
+    elif chat:
+        raise UsageError(
+            "the tokenizer has no chat template, so chat records cannot be rendered",
+            hint="set model.chat_template to a family (chatml, llama3, mistral, gemma, phi3, alpaca)",
+        )
+    else:
+        chosen = None
+    if chosen is not None:
+        tokenizer.chat_template = chosen.text
     checked = 0
-    if chat and data.train.kind == "messages" and train_cfg.assistant_only_loss:
+    if masked:
         checked = template_mod.check_end_of_turn_trained(tokenizer, data.train.records, chosen.end_of_turn)
 
     # 4. The plan (all a dry run does).
