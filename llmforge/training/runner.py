@@ -270,7 +270,8 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     else:
         run_name = "<new>" if dry_run else _new_run_name(train_cfg, method, world)
         run_dir = workspace.run_dir(run_name)
-        if not dry_run and run_dir.exists() and any(run_dir.iterdir()):
+        # rank 0 alone decides: the others would race with its mkdir
+        if is_main and not dry_run and run_dir.exists() and any(run_dir.iterdir()):
             if not force:
                 raise UsageError(
                     f"run folder already exists: {run_dir}",
