@@ -102,3 +102,13 @@ def size_of(target: Path) -> int | None:
     if target.is_dir():
         return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     return None
+
+
+def forget(path: Path, kind: Kind, id: str) -> bool:
+    """Remove the entry (kind, id), e.g. a deployment that was removed; True if there was one."""
+    with _locked(path):
+        entries = read(path)
+        kept = [e for e in entries if not (e["kind"] == kind and e["id"] == id)]
+        if len(kept) != len(entries):
+            atomic.write_json(path, {"version": 1, "entries": kept})
+    return len(kept) != len(entries)

@@ -11,7 +11,9 @@ from typer.core import TyperGroup
 
 from llmforge import __version__
 from llmforge.cli import config as config_cmd
+from llmforge.cli import deploy as deploy_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import export as export_cmd
 from llmforge.cli import runs as runs_cmd
 from llmforge.cli import train as train_cmd
 from llmforge.cli.output import error
@@ -67,7 +69,9 @@ def root(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(deploy_cmd.app, name="deploy")
 app.command("train")(train_cmd.train)
 
 
