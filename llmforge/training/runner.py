@@ -257,6 +257,12 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if resume:
         run_name = _run_to_resume(train_cfg, workspace, method)
         run_dir = workspace.run_dir(run_name)
+        if workspace.run_manifest(run_name).is_file():
+            raise UsageError(
+                f"--resume: run {run_name} already finished", hint="start a new run (a new train.run_name)"
+            )
+        if not (run_dir / FINGERPRINT_FILE).is_file():
+            raise UsageError(f"--resume: {run_dir} is not a training run started by llmforge")
         old = json.loads((run_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
         changes = _changed(old, fp)
         if changes and not force:
