@@ -240,3 +240,23 @@ def test_report_to_a_tracker_that_is_not_installed_is_refused(tmp_path):
     cfg = config(model__name="x", train__method="lora", train__report_to="wandb")
     with pytest.raises(UsageError, match="train.report_to: wandb is not installed"):
         train(cfg.model, cfg.train, ws)
+
+
+def test_unmarked_template_of_a_known_family_trains_with_the_family_marked_template(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from llmforge.chat_templates import has_generation_markers
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    template = (model / "chat_template.jinja").read_text()
+    unmarked = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert not has_generation_markers(unmarked)
+    (model / "chat_template.jinja").write_text(unmarked)
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(8)))
+    cfg = config(model__name=str(model), train__method="lora", train__max_steps=2, train__run_name="fam")
+    result = train(cfg.model, cfg.train, ws)
+    manifest = json.loads(ws.run_manifest("fam").read_text())
+    assert manifest["chat_template_source"] == "family" and manifest["chat_template_family"] == "chatml"
+    recorded = (ws.run_dir("fam") / "chat_template.jinja").read_text()
+    assert has_generation_markers(recorded) and recorded == (Path(result["output"]) / "chat_template.jinja").read_text()
