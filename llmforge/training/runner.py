@@ -428,10 +428,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         import signal as _signal
 
         code = 130 if stopper.received == _signal.SIGINT else 143
-        if is_main:
-            from llmforge.training.callbacks import plot_loss
+        if not is_main:
+            raise SystemExit(code)  # rank 0 alone reports, so the user reads one message
+        from llmforge.training.callbacks import plot_loss
 
-            plot_loss(metrics_file, run_dir / "loss.png")
+        plot_loss(metrics_file, run_dir / "loss.png")
         raise LlmforgeError(
             f"training stopped by signal {stopper.received} at step {state.global_step}; "
             f"checkpoint saved in {workspace.checkpoints_dir(run_name)}",

@@ -33,3 +33,28 @@ def test_nproc_2_runs_ddp_and_only_rank_0_writes(tiny_llama_dir, tmp_path):
     assert manifest["epochs"] == 1.0
     assert out.stdout.count('"run":') == 1  # one result printed (rank 0)
     assert (runs[0] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llama_dir, tmp_path):
+    import signal
+    import time
+
+    ws = workspace_with(tmp_path / "ws", chat_rows(16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmforge", "train", "--nproc", "2", "--method", "lora", "-s", f"project.workdir={ws}",
+         "-s", f"model.name={tiny_llama_dir}", "-s", "train.max_steps=100000", "-s", "train.save_every=100000",
+         "-s", "train.run_name=d", "-s", "train.logging_steps=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    metrics = ws / "runs" / "d" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.count("hint: continue with: llmforge train --resume -s train.run_name=d") == 1  # rank 0 only
+    saved = list((ws / "runs" / "d" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert len(saved) == 1  # both ranks stopped at the same step and saved it once
