@@ -26,6 +26,7 @@ def load(model_cfg, train_cfg, method: str, tokenizer):
         max_seq_length=train_cfg.max_length,
         dtype=torch_dtype(model_cfg.dtype),
         load_in_4bit=method == "qlora",
+        full_finetuning=method == "sft",
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
     )

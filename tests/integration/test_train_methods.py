@@ -260,3 +260,15 @@ def test_unmarked_template_of_a_known_family_trains_with_the_family_marked_templ
     assert manifest["chat_template_source"] == "family" and manifest["chat_template_family"] == "chatml"
     recorded = (ws.run_dir("fam") / "chat_template.jinja").read_text()
     assert has_generation_markers(recorded) and recorded == (Path(result["output"]) / "chat_template.jinja").read_text()
+
+
+def test_full_dpo_against_an_explicit_reference_model(tiny_llama_dir, tmp_path):
+    ws = Workspace(workspace_with(tmp_path / "ws", preference_rows()))
+    cfg = config(model__name=str(tiny_llama_dir), train__method="dpo", train__dpo__lora=False,
+                 train__dpo__reference_model=str(tiny_llama_dir), train__max_steps=6, train__learning_rate=1e-3,
+                 train__logging_steps=1, train__run_name="full-dpo")
+    result = train(cfg.model, cfg.train, ws)
+    assert result["output"] == str(ws.model_dir("full-dpo"))  # every weight trained: a full model, no adapter
+    assert result["final_loss"] < result["first_loss"]
+    rows = [json.loads(line) for line in ws.metrics_file("full-dpo").read_text().splitlines()]
+    assert any(key.startswith("rewards/") for key in rows[-1])  # DPO's own figures reach metrics.jsonl
