@@ -208,6 +208,11 @@ def _memory_estimate(total: int, trainable: int, config, train_cfg, method: str,
 
 def _quiet_libraries() -> None:
     """Keep datasets' and transformers' own bars and info lines off the user's terminal (logging still works)."""
+    import warnings
+
+    # deprecation notices meant for library authors, and bitsandbytes' optional-kernel notice (facts.md: harmless)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate)\b")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import datasets
     import transformers
 
