@@ -530,8 +530,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
     registry.record(
-        workspace.registry_file, "run", run_name, parent=data.dataset_id, method=method, base_model=base,
-        run_dir=str(run_dir), final_loss=result["final_loss"], final_eval_loss=final_eval,
+        workspace.registry_file, "run", run_name, parent=data.dataset_id, path=str(run_dir), status="complete",
+        method=method, base_model=base,
+        metrics={k: v for k, v in (("loss", result["final_loss"]), ("eval_loss", final_eval),
+                                   ("steps", state.global_step)) if v is not None},
     )
     result.update(output=str(out_dir), manifest=str(workspace.run_manifest(run_name)),
                   wall_seconds=m["wall_seconds"])

@@ -96,6 +96,7 @@ def test_lora_run_folder_manifest_registry_and_cli(tiny_llama_dir, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["run_name"] == "r1"
     entry = registry.find(ws.registry_file, "r1")
     assert entry["kind"] == "run" and entry["parent"] == f"data-{manifest['data_sha256'][:12]}"
+    assert entry["path"] == str(run) and entry["metrics"]["steps"] == 12 and entry["status"] == "complete"
     assert ws.latest_run() == "r1"
     parts = checkpoints.read_run(run)
     assert parts["adapter"] == run / "adapter" and parts["base_model"] == manifest["base_model"]
