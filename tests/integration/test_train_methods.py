@@ -100,6 +100,8 @@ def test_lora_run_folder_manifest_registry_and_cli(tiny_llama_dir, tmp_path):
     assert ws.latest_run() == "r1"
     parts = checkpoints.read_run(run)
     assert parts["adapter"] == run / "adapter" and parts["base_model"] == manifest["base_model"]
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == manifest["base_model"]
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llama_dir, tmp_path):
