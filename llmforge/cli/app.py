@@ -13,6 +13,7 @@ from llmforge import __version__
 from llmforge.cli import config as config_cmd
 from llmforge.cli import deploy as deploy_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import evaluate as evaluate_cmd
 from llmforge.cli import export as export_cmd
 from llmforge.cli import runs as runs_cmd
 from llmforge.cli import train as train_cmd
@@ -69,6 +70,7 @@ def root(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(deploy_cmd.app, name="deploy")
