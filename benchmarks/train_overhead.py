@@ -25,7 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_overhead.json"
-SETTINGS = dict(batch_size=4, max_length=256, learning_rate=2e-4, rank=16, alpha=32, dropout=0.05, seed=0)
+SETTINGS = dict(batch_size=4, max_length=256, learning_rate=2e-4, rank=16, alpha=32, dropout=0.05, seed=0,
+                optimizer="adamw_torch_fused")
 
 
 def make_inputs(folder: Path, hidden: int, layers: int) -> tuple[Path, Path]:
@@ -85,7 +86,8 @@ def child_llmforge(base: Path, workdir: Path, steps: int, backend: str) -> dict:
         "train.batch_size": s["batch_size"], "train.max_length": s["max_length"],
         "train.learning_rate": s["learning_rate"], "train.lora.rank": s["rank"], "train.lora.alpha": s["alpha"],
         "train.lora.dropout": s["dropout"], "train.seed": s["seed"], "train.warmup_ratio": 0.0,
-        "train.scheduler": "linear", "train.logging_steps": 10, "train.save_every": 10**6,
+        "train.scheduler": "linear", "train.optimizer": s["optimizer"], "train.logging_steps": 10,
+        "train.save_every": 10**6,
         "train.run_name": f"bench-{time.time_ns()}",
     }).config
     times: list[tuple[float, float]] = []
@@ -132,7 +134,8 @@ def child_trl(base: Path, data: Path, steps: int, unsloth: bool = False) -> dict
         model = str(base)
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=s["batch_size"],
-        learning_rate=s["learning_rate"], lr_scheduler_type="linear", warmup_steps=0, seed=s["seed"],
+        learning_rate=s["learning_rate"], optim=s["optimizer"], lr_scheduler_type="linear", warmup_steps=0,
+        seed=s["seed"],
         max_length=s["max_length"], assistant_only_loss=True, logging_steps=10, save_strategy="no",
         report_to=[], use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
         include_num_input_tokens_seen="non_padding", disable_tqdm=True,

@@ -85,8 +85,10 @@ class TrainConfig(Section):
         True,
         description="Chat data: train only on the assistant's tokens (and its end-of-turn token); false trains on all.",
     )
-    optimizer: str = Field(
-        "adamw_torch", description="Optimizer name as transformers knows it (adamw_torch, adamw_8bit, ...)."
+    optimizer: str | None = Field(
+        None,
+        description="Optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, adamw_8bit, ...); "
+        "unset: transformers' default (fused AdamW on torch >= 2.8).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision ('auto': bf16 on GPUs that support it, else fp32)."

@@ -30,7 +30,6 @@ def common_args(train_cfg, prec: dict[str, Any], lr: float, output_dir: Path, ha
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum,
-        optim=train_cfg.optimizer,
         lr_scheduler_type=train_cfg.scheduler,
         warmup_steps=train_cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=train_cfg.weight_decay,
@@ -52,6 +51,8 @@ def common_args(train_cfg, prec: dict[str, Any], lr: float, output_dir: Path, ha
         dataloader_num_workers=0,
     )
     args[_checkpointing_field()] = train_cfg.gradient_checkpointing
+    if train_cfg.optimizer:
+        args["optim"] = train_cfg.optimizer
     if train_cfg.early_stopping.patience:
         args.update(metric_for_best_model="eval_loss", greater_is_better=False)
     if world > 1:
