@@ -1,0 +1,235 @@
+"""The two engines behind the server: llama.cpp on a GGUF, transformers on an HF folder or a run's adapter.
+
+Both offer the same small surface the generation loop needs: tokenize, a token stream for given sampling
+settings, an incremental detokenizer and the end-of-generation test. Neither is thread-safe; only the engine
+worker (generation.py) calls them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from llmforge.errors import LlmforgeError, UsageError, require_extra
+from llmforge.serving.target import Target
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONTEXT = 8192
+
+
+def load(target: Target, *, context_length: int | None = None, threads: int | None = None, dtype: str = "auto"):
+    if target.engine == "llamacpp":
+        return LlamaCppEngine(target, context_length=context_length, threads=threads)
+    return TransformersEngine(target, context_length=context_length, threads=threads, dtype=dtype)
+
+
+class LlamaCppEngine:
+    engine = "llamacpp"
+
+    def __init__(self, target: Target, *, context_length: int | None = None, threads: int | None = None):
+        require_extra("llmforge serve (llama.cpp engine)", "llamacpp", "llama_cpp")
+        import llama_cpp
+
+        self._lib = llama_cpp
+        path = Path(target.path)
+        if not path.is_file():
+            raise UsageError(f"{path}: GGUF file not found")
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=context_length or 0,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise LlmforgeError(f"{path}: llama.cpp cannot load this GGUF: {exc}") from None
+        if not context_length and self.llm.n_ctx() > DEFAULT_MAX_CONTEXT:
+            # n_ctx=0 takes the trained context, which can be 128k (gigabytes of KV cache).
+            self.llm = llama_cpp.Llama(
+                str(path), n_ctx=DEFAULT_MAX_CONTEXT, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        self.name = target.name
+        self.path = path
+        self.context_length = self.llm.n_ctx()
+        meta = self.llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        model = self.llm._model
+        self._vocab = model.vocab
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        self.bos_token = model.token_get_text(bos) if bos >= 0 else None
+        self.eos_token = model.token_get_text(eos) if eos >= 0 else None
+        self.add_bos = bool(model.add_bos_token()) and bos >= 0
+
+    def tokenize(self, text: str, *, chat: bool) -> list[int]:
+        # A chat template usually writes the BOS itself; add it only when the text does not start with it.
+        add_bos = self.add_bos and not (chat and self.bos_token and text.startswith(self.bos_token))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def detokenizer(self) -> _ByteDetokenizer:
+        return _ByteDetokenizer(lambda token: self.llm.detokenize([token]))
+
+    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
+        self.llm.set_seed(seed % 2**32 if seed is not None else random.randrange(2**32))
+        return self.llm.generate(
+            prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0
+        )
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class _ByteDetokenizer:
+    """llama.cpp pieces are bytes; a token may end inside a UTF-8 sequence, so decode incrementally."""
+
+    def __init__(self, piece):
+        self._piece = piece
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        return self._decoder.decode(self._piece(token))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class TransformersEngine:
+    engine = "transformers"
+
+    def __init__(
+        self, target: Target, *, context_length: int | None = None, threads: int | None = None, dtype: str = "auto"
+    ):
+        require_extra("llmforge serve (transformers engine)", "train", "torch", "transformers")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        path = str(target.path)
+        tokenizer_source = path
+        try:
+            if target.base_model:
+                from peft import PeftModel
+
+                base = AutoModelForCausalLM.from_pretrained(target.base_model, dtype=torch_dtype or "auto")
+                model = PeftModel.from_pretrained(base, path).merge_and_unload()
+                if not (Path(path) / "tokenizer_config.json").exists():
+                    tokenizer_source = target.base_model
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype or "auto")
+            tokenizer = _load_tokenizer(tokenizer_source, AutoTokenizer)
+        except OSError as exc:
+            raise LlmforgeError(f"{path}: transformers cannot load this model: {exc}") from None
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.name = target.name
+        self.path = Path(path)
+        self.chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        self.bos_token = tokenizer.bos_token
+        self.eos_token = tokenizer.eos_token
+        trained = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_CONTEXT
+        self.context_length = min(context_length or trained, trained)
+        ends = {tokenizer.eos_token_id}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        ends.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        for text in END_OF_TURN_TOKENS:
+            token = tokenizer.convert_tokens_to_ids(text)
+            if isinstance(token, int) and token != tokenizer.unk_token_id:
+                ends.add(token)
+        self._ends = {t for t in ends if t is not None}
+
+    def tokenize(self, text: str, *, chat: bool) -> list[int]:
+        # The rendered chat template already holds every special token; a raw prompt gets the model's usual BOS.
+        return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+    def is_end(self, token: int) -> bool:
+        return token in self._ends
+
+    def detokenizer(self) -> _TextDetokenizer:
+        return _TextDetokenizer(self.tokenizer)
+
+    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
+        torch = self._torch
+        generator = torch.Generator()  # sampling happens on CPU probabilities: one seed, same result on any device
+        generator.manual_seed(seed if seed is not None else random.randrange(2**63))
+        past = None
+        inputs = torch.tensor([prompt], device=self.device)
+        with torch.inference_mode():
+            while True:
+                out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = _sample(torch, out.logits[0, -1].float(), temperature, top_p, generator)
+                yield token
+                inputs = torch.tensor([[token]], device=self.device)
+
+    def close(self) -> None:
+        pass
+
+
+# End-of-turn tokens of the families we know; a tokenizer that has one as a single token stops on it.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def _load_tokenizer(source: str, auto_tokenizer):
+    # AutoTokenizer may swap in a model-specific class whose ids differ from a tokenizer saved as a plain fast
+    # tokenizer (facts.md); honour the saved class when it is the generic one.
+    config = Path(source) / "tokenizer_config.json"
+    if config.exists():
+        import json
+
+        cls = json.loads(config.read_text()).get("tokenizer_class")
+        if cls in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(source)
+    return auto_tokenizer.from_pretrained(source)
+
+
+def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class _TextDetokenizer:
+    """Decode a growing id list in a sliding window so each step costs O(1) tokens, holding back partial chars."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token: int) -> str:
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :]
