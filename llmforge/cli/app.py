@@ -10,8 +10,10 @@ import typer
 from typer.core import TyperGroup
 
 from llmforge import __version__
+from llmforge.cli import chat as chat_cmd
 from llmforge.cli import config as config_cmd
 from llmforge.cli import doctor as doctor_cmd
+from llmforge.cli import serve as serve_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
 
@@ -65,6 +67,8 @@ def root(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("serve")(serve_cmd.serve)
+app.command("chat")(chat_cmd.chat)
 
 
 def main() -> None:
