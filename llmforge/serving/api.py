@@ -289,6 +289,8 @@ class Server:
         inbox: asyncio.Queue = asyncio.Queue()
 
         def emit(kind: str, value: object) -> None:
+            if kind == "done":  # counted here, in the worker thread: a client that left never reads this event
+                self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled")
             try:
                 loop.call_soon_threadsafe(inbox.put_nowait, (kind, value))
             except RuntimeError:  # the loop has closed (server shutting down)
@@ -304,7 +306,6 @@ class Server:
     def account(self, started: float, first: float | None, result: Result) -> None:
         if first is not None:
             self.metrics.first_token(first - started)
-        self.metrics.tokens(result.prompt_tokens, result.completion_tokens, result.finish_reason == "cancelled")
 
     def record(self, messages, answer: str, result: Result, started: float, route: str) -> None:
         if self.log is None or result.finish_reason not in ("stop", "length"):
