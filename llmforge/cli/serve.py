@@ -66,4 +66,9 @@ def serve(
             console.print(f"  logging conversations to {escape(info.log_dir)}")
         console.print("[dim]Ctrl-C stops the server.[/]")
 
-    serve_verb(cfg.model, cfg.serve, workspace, on_ready=ready)
+    try:
+        serve_verb(cfg.model, cfg.serve, workspace, on_ready=ready)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not an error
+        pass
+    if not json_:
+        console.print("[dim]server stopped[/]")
