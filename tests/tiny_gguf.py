@@ -1,7 +1,7 @@
 """A GGUF of a tiny HF model for serving tests and benchmarks.
 
 Uses the project's converter (llmforge.export) when it is present; until the export stage lands, a minimal
-llama-only writer on the `gguf` library (f32 tensors, byte-level BPE vocab) stands in. Test code only.
+llama-only writer on the `gguf` library (f16 matrices, byte-level BPE vocab) stands in. Test code only.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _write_minimal_llama(model_dir: Path, out_path: Path) -> None:
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_rope_freq_base(float(theta))
     w.add_rope_dimension_count(config["hidden_size"] // n_head)
-    w.add_file_type(0)
+    w.add_file_type(1)  # mostly f16
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -86,7 +86,8 @@ def _write_minimal_llama(model_dir: Path, out_path: Path) -> None:
     for name, data in tensors.items():
         if name.endswith("rotary_emb.inv_freq"):
             continue
-        data = data.astype(np.float32)
+        # f16 matrices, f32 norms: what an f16 export holds
+        data = data.astype(np.float16 if data.ndim == 2 else np.float32)
         if name.endswith("q_proj.weight"):
             data = _permute(data, n_head)
         elif name.endswith("k_proj.weight"):

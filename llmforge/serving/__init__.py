@@ -74,8 +74,10 @@ def serve(
     import socket
 
     # Bind first so a busy port fails before the banner, and port 0 reports the port it got.
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only for sockets that say they
+    # are TCP; without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
     family = socket.AF_INET6 if ":" in serve.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((serve.host, serve.port))

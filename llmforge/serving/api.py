@@ -127,6 +127,8 @@ class RateLimiter:
         self._seen: dict[str, deque[float]] = {}
 
     def retry_after(self, identity: str, now: float) -> float | None:
+        if len(self._seen) > 10_000:  # forget identities idle for a minute, so the table cannot grow without end
+            self._seen = {k: v for k, v in self._seen.items() if v and now - v[-1] < 60.0}
         times = self._seen.setdefault(identity, deque())
         while times and now - times[0] >= 60.0:
             times.popleft()

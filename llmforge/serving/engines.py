@@ -39,20 +39,15 @@ class LlamaCppEngine:
         if not path.is_file():
             raise UsageError(f"{path}: GGUF file not found")
         try:
+            if not context_length:
+                # n_ctx=0 would take the trained context, which can be 128k tokens (gigabytes of KV cache):
+                # read it from a vocab-only load (cheap, no context) and cap it.
+                context_length = min(_trained_context(llama_cpp, path) or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
             self.llm = llama_cpp.Llama(
-                str(path),
-                n_ctx=context_length or 0,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
+                str(path), n_ctx=context_length, n_threads=threads, n_threads_batch=threads, verbose=False
             )
         except (ValueError, RuntimeError) as exc:
             raise LlmforgeError(f"{path}: llama.cpp cannot load this GGUF: {exc}") from None
-        if not context_length and self.llm.n_ctx() > DEFAULT_MAX_CONTEXT:
-            # n_ctx=0 takes the trained context, which can be 128k (gigabytes of KV cache).
-            self.llm = llama_cpp.Llama(
-                str(path), n_ctx=DEFAULT_MAX_CONTEXT, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
         self.name = target.name
         self.path = path
         self.context_length = self.llm.n_ctx()
@@ -84,6 +79,36 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _trained_context(llama_cpp, path: Path) -> int | None:
+    """`<arch>.context_length` from the GGUF, read by a vocab-only load (no weights, no context), quietly."""
+    import contextlib
+    import ctypes
+
+    try:
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        quiet = suppress_stdout_stderr(disable=False)
+    except ImportError:
+        quiet = contextlib.nullcontext()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    with quiet:
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ValueError("failed to read the model's metadata")
+    try:
+        buf = ctypes.create_string_buffer(256)
+
+        def meta(key: str) -> str | None:
+            n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+            return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+        value = meta(f"{meta('general.architecture')}.context_length")
+        return int(value) if value and value.isdigit() else None
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 class _ByteDetokenizer:

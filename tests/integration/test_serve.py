@@ -312,3 +312,35 @@ def test_conversation_log_rotates_and_holds_no_key(llamacpp_engine, tmp_path):
         assert r["metadata"]["model"] == "tiny-gguf"
         assert r["metadata"]["usage"]["completion_tokens"] <= 8
         assert {"created", "latency_s"} <= set(r["metadata"])
+
+
+def test_transformers_engine_serves_a_runs_adapter(tiny_llama_dir, tmp_path):
+    """A finished LoRA run (runs/<run>/adapter + base_model in its manifest) is found and served merged."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.config import load_config
+    from llmforge.serving import load_engine
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "work")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(ws.adapter_dir("lora-1"))
+    ws.run_manifest("lora-1").write_text(json.dumps({"finished_at": "2026-11-22T00:00:00",
+                                                     "base_model": str(tiny_llama_dir)}))  # fmt: skip
+    cfg = load_config(None, [], {}).config
+    engine = load_engine(cfg.model, cfg.serve, ws)
+    assert (engine.engine, engine.name) == ("transformers", "lora-1")
+    prompt = torch.tensor([engine.tokenize("hello there", chat=False)])
+    with torch.no_grad():
+        adapted = peft_model(prompt).logits
+        served = engine.model(prompt).logits
+        with peft_model.disable_adapter():
+            plain = peft_model(prompt).logits
+    assert torch.allclose(served, adapted, atol=1e-4)  # the adapter is applied (merged) ...
+    assert not torch.allclose(served, plain, atol=1e-3)  # ... and it changes the model
+    with serving(engine, tmp_path) as url:
+        r = client(url).chat.completions.create(model="x", messages=HELLO, max_tokens=4, temperature=0)
+    assert r.model == "lora-1" and r.usage.completion_tokens <= 4
