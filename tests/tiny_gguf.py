@@ -10,8 +10,12 @@ import json
 from pathlib import Path
 
 
-def write_gguf(model_dir: Path, out_path: Path) -> Path:
-    """Write `out_path` from the HF llama/qwen2 folder `model_dir` and return it."""
+def write_gguf(model_dir: Path, out_path: Path, *, f32: bool = False) -> Path:
+    """Write `out_path` from the HF llama/qwen2 folder `model_dir` and return it. `f32=True` writes every tensor
+    in f32 with the stand-in writer (llama only), for tests that compare greedy tokens exactly."""
+    if f32:
+        _write_minimal_llama(Path(model_dir), Path(out_path), f32=True)
+        return Path(out_path)
     try:
         from llmforge.export.gguf_convert import convert
         from llmforge.export.quant_types import parse_quants
@@ -27,7 +31,7 @@ def _permute(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_minimal_llama(model_dir: Path, out_path: Path) -> None:
+def _write_minimal_llama(model_dir: Path, out_path: Path, f32: bool = False) -> None:
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -67,7 +71,7 @@ def _write_minimal_llama(model_dir: Path, out_path: Path) -> None:
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_rope_freq_base(float(theta))
     w.add_rope_dimension_count(config["hidden_size"] // n_head)
-    w.add_file_type(1)  # mostly f16
+    w.add_file_type(0 if f32 else 1)  # all f32 / mostly f16
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -87,7 +91,7 @@ def _write_minimal_llama(model_dir: Path, out_path: Path) -> None:
         if name.endswith("rotary_emb.inv_freq"):
             continue
         # f16 matrices, f32 norms: what an f16 export holds
-        data = data.astype(np.float16 if data.ndim == 2 else np.float32)
+        data = data.astype(np.float16 if data.ndim == 2 and not f32 else np.float32)
         if name.endswith("q_proj.weight"):
             data = _permute(data, n_head)
         elif name.endswith("k_proj.weight"):

@@ -36,6 +36,13 @@ class ServeConfig(Section):
     )
     rate_limit: int | None = Field(None, ge=1, description="Requests per minute per key (off when unset).")
     context_length: int | None = Field(
-        None, ge=16, description="Context window in tokens (default: the model's own, at most 8192)."
+        None, ge=16, description="Context window per request in tokens (default: the model's own, at most 4096)."
+    )
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests generated at once, in turns of one token (llama.cpp: one batched decode; each holds "
+        "its own KV cache of context_length). More wait in arrival order.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: the engine's choice).")

@@ -41,7 +41,9 @@ def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
     from llmforge.serving import engines
 
     target = resolve_target(model, serve, workspace)
-    return engines.load(target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype)
+    return engines.load(
+        target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype, parallel=serve.parallel
+    )
 
 
 def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine=None):

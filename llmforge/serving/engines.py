@@ -18,19 +18,28 @@ from llmforge.serving.target import Target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONTEXT = 8192
+DEFAULT_MAX_CONTEXT = 4096
 
 
-def load(target: Target, *, context_length: int | None = None, threads: int | None = None, dtype: str = "auto"):
+def load(
+    target: Target,
+    *,
+    context_length: int | None = None,
+    threads: int | None = None,
+    dtype: str = "auto",
+    parallel: int = 1,
+):
     if target.engine == "llamacpp":
-        return LlamaCppEngine(target, context_length=context_length, threads=threads)
-    return TransformersEngine(target, context_length=context_length, threads=threads, dtype=dtype)
+        return LlamaCppEngine(target, context_length=context_length, threads=threads, parallel=parallel)
+    return TransformersEngine(target, context_length=context_length, threads=threads, dtype=dtype, parallel=parallel)
 
 
 class LlamaCppEngine:
     engine = "llamacpp"
 
-    def __init__(self, target: Target, *, context_length: int | None = None, threads: int | None = None):
+    def __init__(
+        self, target: Target, *, context_length: int | None = None, threads: int | None = None, parallel: int = 1
+    ):
         require_extra("llmforge serve (llama.cpp engine)", "llamacpp", "llama_cpp")
         import llama_cpp
 
@@ -43,14 +52,23 @@ class LlamaCppEngine:
                 # n_ctx=0 would take the trained context, which can be 128k tokens (gigabytes of KV cache):
                 # read it from a vocab-only load (cheap, no context) and cap it.
                 context_length = min(_trained_context(llama_cpp, path) or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+            self.parallel = max(1, parallel)
+            # With several sequences the Llama object only tokenizes; generation runs in a context of our own
+            # with one KV sequence per request, each `context_length` long.
             self.llm = llama_cpp.Llama(
-                str(path), n_ctx=context_length, n_threads=threads, n_threads_batch=threads, verbose=False
+                str(path),
+                n_ctx=context_length if self.parallel == 1 else 64,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
             )
+            if self.parallel > 1:
+                self._open_batched(context_length, threads)
         except (ValueError, RuntimeError) as exc:
             raise LlmforgeError(f"{path}: llama.cpp cannot load this GGUF: {exc}") from None
         self.name = target.name
         self.path = path
-        self.context_length = self.llm.n_ctx()
+        self.context_length = self.llm.n_ctx() if self.parallel == 1 else context_length
         meta = self.llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template")
         model = self.llm._model
@@ -77,7 +95,64 @@ class LlamaCppEngine:
             prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0
         )
 
+    # ---- several requests at once: one KV sequence each, advanced together by one decode per step
+
+    def _open_batched(self, context_length: int, threads: int | None) -> None:
+        from llama_cpp import _internals
+
+        llama_cpp = self._lib
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_length * self.parallel
+        params.n_seq_max = self.parallel
+        params.kv_unified = False  # each sequence gets its own n_ctx / n_seq_max cells
+        self.batch_size = min(512, context_length)
+        params.n_batch = params.n_ubatch = self.batch_size
+        if threads:
+            params.n_threads = params.n_threads_batch = threads
+        self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        self._batch = _internals.LlamaBatch(n_tokens=self.batch_size, embd=0, n_seq_max=self.parallel, verbose=False)
+        self._internals = _internals
+
+    def batch_decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
+        """Decode (sequence, tokens, first position, want logits of the last token) entries in one llama_decode;
+        returns, per entry, the batch index of its last token (where its logits are)."""
+        b = self._batch.batch
+        n = 0
+        last = []
+        for seq, tokens, pos, wants in entries:
+            for k, token in enumerate(tokens):
+                b.token[n] = token
+                b.pos[n] = pos + k
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq
+                b.logits[n] = wants and k == len(tokens) - 1
+                n += 1
+            last.append(n - 1)
+        b.n_tokens = n
+        self._ctx.decode(self._batch)
+        return last
+
+    def new_sampler(self, temperature: float, top_p: float, seed: int | None):
+        sampler = self._internals.LlamaSampler()
+        if temperature <= 0:
+            sampler.add_greedy()
+        else:  # temperature before top-p, as transformers does it
+            sampler.add_temp(temperature)
+            if top_p < 1.0:
+                sampler.add_top_p(top_p, 1)
+            sampler.add_dist(seed % 2**32 if seed is not None else random.randrange(2**32))
+        return sampler
+
+    def sample(self, sampler, index: int) -> int:
+        return sampler.sample(self._ctx, index)
+
+    def free_sequence(self, seq: int) -> None:
+        self._lib.llama_memory_seq_rm(self._ctx.memory, seq, -1, -1)
+
     def close(self) -> None:
+        if self.parallel > 1:
+            self._batch.close()
+            self._ctx.close()
         self.llm.close()
 
 
@@ -129,8 +204,15 @@ class TransformersEngine:
     engine = "transformers"
 
     def __init__(
-        self, target: Target, *, context_length: int | None = None, threads: int | None = None, dtype: str = "auto"
+        self,
+        target: Target,
+        *,
+        context_length: int | None = None,
+        threads: int | None = None,
+        dtype: str = "auto",
+        parallel: int = 1,
     ):
+        self.parallel = max(1, parallel)  # requests served in turns, each with its own KV cache
         require_extra("llmforge serve (transformers engine)", "train", "torch", "transformers")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -189,13 +271,14 @@ class TransformersEngine:
         generator.manual_seed(seed if seed is not None else random.randrange(2**63))
         past = None
         inputs = torch.tensor([prompt], device=self.device)
-        with torch.inference_mode():
-            while True:
+        while True:
+            # inference mode around each step only: requests take turns, so this generator pauses between tokens
+            with torch.inference_mode():
                 out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 token = _sample(torch, out.logits[0, -1].float(), temperature, top_p, generator)
-                yield token
-                inputs = torch.tensor([[token]], device=self.device)
+            yield token
+            inputs = torch.tensor([[token]], device=self.device)
 
     def close(self) -> None:
         pass

@@ -1,11 +1,13 @@
-"""The engine worker: one thread owns the engine and runs queued requests first come, first served.
+"""The engine worker: one thread owns the engine and interleaves the requests it is serving, token by token.
 
 A `Llama` (or a torch model with its KV cache) is not safe for two threads, so exactly one thread generates.
-Requests are served in arrival order and each runs to its end: none is dropped or interrupted for a newer one
-(llama-cpp-python's bundled server does that, facts.md). A cancelled request (its client went away) is skipped
-if still queued and stopped at the next token if running. The loop enforces max_tokens itself (llama.cpp can
-overrun it while holding back incomplete UTF-8), finds stop strings across token boundaries, and stops on the
-model's end-of-generation tokens.
+Up to `slots` requests are served at once, in turns of one token each (llama.cpp: one batched decode for all of
+them, each in its own KV sequence; transformers: round-robin over per-request KV caches); more wait in arrival
+order. No request is dropped or interrupted for a newer one (llama-cpp-python's bundled server does that, or
+serialises them: facts.md). A cancelled request (its client went away) is skipped if still queued and stopped at
+its next token if running. Each request's tokens pass through `Decoding`, which enforces max_tokens itself
+(llama.cpp can overrun it while holding back incomplete UTF-8), finds stop strings across token boundaries, and
+stops on the model's end-of-generation tokens.
 """
 
 from __future__ import annotations
@@ -56,18 +58,80 @@ class QueueFull(Exception):
     pass
 
 
-class EngineWorker:
-    def __init__(self, engine, max_queue: int = 256):
+class Decoding:
+    """What happens to each generated token of one request: limits, end tokens, stop strings, text out."""
+
+    def __init__(self, engine, job: Job):
         self.engine = engine
+        self.job = job
+        self.detok = engine.detokenizer()
+        self.stops = StopMatcher(job.sampling.stop)
+        self.produced = 0
+        self.finish: str | None = None
+        self._stopped_by_string = False
+
+    def push(self, token: int) -> bool:
+        """Take one generated token; True when the request is finished."""
+        s = self.job.sampling
+        if self.job.cancelled.is_set():
+            self.finish = "cancelled"
+            return True
+        if not s.ignore_eos and self.engine.is_end(token):
+            self.finish = "stop"
+            return True
+        self.produced += 1
+        text, hit = self.stops.feed(self.detok.add(token))
+        if text:
+            self.job.emit("text", text)
+        if hit:
+            self.finish, self._stopped_by_string = "stop", True
+            return True
+        if self.produced >= s.max_tokens:
+            self.finish = "length"
+            return True
+        return False
+
+    def result(self) -> Result:
+        finish = self.finish or "length"  # the token stream ended: the context is full
+        if finish != "cancelled" and not self._stopped_by_string:
+            text, hit = self.stops.feed(self.detok.flush())
+            text += "" if hit else self.stops.flush()
+            if text:
+                self.job.emit("text", text)
+            if hit:
+                finish = "stop"
+        return Result(finish, len(self.job.prompt), self.produced)
+
+
+def generate(engine, job: Job) -> Result:
+    """One request alone, start to end (the engine's token iterator holds its state)."""
+    decoding = Decoding(engine, job)
+    s = job.sampling
+    tokens = engine.tokens(job.prompt, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+    try:
+        if not job.cancelled.is_set():
+            for token in tokens:
+                if decoding.push(token):
+                    break
+        else:
+            decoding.finish = "cancelled"
+    finally:
+        tokens.close()
+    return decoding.result()
+
+
+class EngineWorker:
+    def __init__(self, engine, max_queue: int = 256, slots: int | None = None):
+        self.engine = engine
+        self.slots = max(1, slots or getattr(engine, "parallel", 1))
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="llmforge-engine", daemon=True)
-        self._busy = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        # Cancel queued work, then ask the thread to finish.
+        # Cancel queued work, then ask the thread to finish (it cancels what it is running).
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -89,57 +153,133 @@ class EngineWorker:
         except queue.Full:
             raise QueueFull from None
 
-    def _run(self) -> None:
+    def _next_job(self, block: bool) -> Job | None | bool:
+        """A job to start; None at shutdown; False when none is waiting (non-blocking)."""
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                job.emit("done", Result("cancelled", len(job.prompt), 0))
+            try:
+                job = self._queue.get(block=block)
+            except queue.Empty:
+                return False
+            if job is None or not job.cancelled.is_set():
+                return job
+            job.emit("done", Result("cancelled", len(job.prompt), 0))
+
+    def _run(self) -> None:
+        if hasattr(self.engine, "batch_decode") and self.slots > 1:
+            self._run_batched()
+        else:
+            self._run_interleaved()
+
+    def _run_interleaved(self) -> None:
+        """Round-robin over the token iterators of up to `slots` requests (each holds its own KV cache)."""
+        active: list[tuple[Job, Decoding, object]] = []
+        while True:
+            while len(active) < self.slots:
+                job = self._next_job(block=not active)
+                if job is None:
+                    return self._cancel_all(active)
+                if job is False:
+                    break
+                s = job.sampling
+                tokens = self.engine.tokens(job.prompt, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                active.append((job, Decoding(self.engine, job), tokens))
+            for entry in list(active):
+                job, decoding, tokens = entry
+                try:
+                    finished = job.cancelled.is_set() or decoding.push(next(tokens))
+                    if job.cancelled.is_set():
+                        decoding.finish = "cancelled"
+                except StopIteration:
+                    finished = True
+                except Exception as exc:  # an engine failure ends this request, never the worker
+                    log.exception("generation failed")
+                    active.remove(entry)
+                    tokens.close()
+                    job.emit("done", Result("error", len(job.prompt), decoding.produced, f"{type(exc).__name__}: {exc}"))
+                    continue
+                if finished:
+                    active.remove(entry)
+                    tokens.close()
+                    job.emit("done", decoding.result())
+
+    def _cancel_all(self, active) -> None:
+        for job, decoding, tokens in active:
+            tokens.close()
+            job.cancel()
+            decoding.finish = "cancelled"
+            job.emit("done", decoding.result())
+
+    def _run_batched(self) -> None:
+        """llama.cpp: each request owns a KV sequence; one decode per step advances all of them by a token
+        (prompts are fed in chunks within the batch budget, so a long prompt does not stall the others)."""
+        engine = self.engine
+        slots: list[_Slot | None] = [None] * self.slots
+        while True:
+            while None in slots:
+                job = self._next_job(block=not any(slots))
+                if job is None:
+                    for slot in filter(None, slots):
+                        slot.job.cancel()
+                        slot.decoding.finish = "cancelled"
+                        self._release(slots, slot, slot.decoding.result())
+                    return
+                if job is False:
+                    break
+                seq = slots.index(None)
+                s = job.sampling
+                slots[seq] = _Slot(seq, job, Decoding(engine, job), engine.new_sampler(s.temperature, s.top_p, s.seed),
+                                   list(job.prompt))  # fmt: skip
+            for slot in filter(None, slots):
+                if slot.job.cancelled.is_set():
+                    slot.decoding.finish = "cancelled"
+                    self._release(slots, slot, slot.decoding.result())
+            # one step: every decoding slot's last token, then prompt chunks within the batch budget
+            budget = engine.batch_size
+            step: list[tuple[_Slot, list[int], bool]] = []
+            for slot in filter(None, slots):
+                if not slot.pending:
+                    step.append((slot, [slot.last], True))
+                    budget -= 1
+            for slot in filter(None, slots):
+                if slot.pending and budget > 0:
+                    chunk = slot.pending[:budget]
+                    step.append((slot, chunk, len(chunk) == len(slot.pending)))
+                    budget -= len(chunk)
+            if not step:
                 continue
             try:
-                result = generate(self.engine, job)
-            except Exception as exc:  # an engine failure ends this request, never the worker
-                log.exception("generation failed")
-                result = Result("error", len(job.prompt), 0, error=f"{type(exc).__name__}: {exc}")
-            job.emit("done", result)
+                indices = engine.batch_decode([(slot.seq, tokens, slot.pos, wants) for slot, tokens, wants in step])
+            except Exception as exc:
+                log.exception("batched decode failed")
+                for slot, _, _ in step:
+                    self._release(slots, slot, Result("error", len(slot.job.prompt), slot.decoding.produced, str(exc)))
+                continue
+            for (slot, tokens, wants), index in zip(step, indices):
+                slot.pos += len(tokens)
+                if slot.pending:
+                    del slot.pending[: len(tokens)]
+                if not wants:
+                    continue
+                token = engine.sample(slot.sampler, index)
+                slot.last = token
+                if slot.decoding.push(token) or slot.pos >= engine.context_length:
+                    self._release(slots, slot, slot.decoding.result())
+
+    def _release(self, slots, slot: _Slot, result: Result) -> None:
+        slots[slot.seq] = None
+        self.engine.free_sequence(slot.seq)
+        slot.job.emit("done", result)
 
 
-def generate(engine, job: Job) -> Result:
-    s = job.sampling
-    detok = engine.detokenizer()
-    stops = StopMatcher(s.stop)
-    produced = 0
-    finish = "length"
-    tokens = engine.tokens(job.prompt, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
-    try:
-        while produced < s.max_tokens:
-            if job.cancelled.is_set():
-                finish = "cancelled"
-                break
-            try:
-                token = next(tokens)
-            except StopIteration:
-                break
-            if not s.ignore_eos and engine.is_end(token):
-                finish = "stop"
-                break
-            produced += 1
-            text, hit = stops.feed(detok.add(token))
-            if text:
-                job.emit("text", text)
-            if hit:
-                return Result("stop", len(job.prompt), produced)
-    finally:
-        tokens.close()
-    if finish != "cancelled":
-        text, hit = stops.feed(detok.flush())
-        text += "" if hit else stops.flush()
-        if text:
-            job.emit("text", text)
-        if hit:
-            finish = "stop"
-    return Result(finish, len(job.prompt), produced)
+@dataclass
+class _Slot:
+    seq: int
+    job: Job
+    decoding: Decoding
+    sampler: object
+    pending: list[int]  # prompt tokens not yet decoded
+    pos: int = 0
+    last: int = -1
 
 
 class StopMatcher:

@@ -28,17 +28,18 @@ def tiny_gguf(tmp_path_factory, tiny_llama_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def llamacpp_engine(tiny_gguf):
-    engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1)
+    """Four requests at once in one batched decode (serve.parallel's default)."""
+    engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1, parallel=4)
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
 def transformers_engine(tiny_llama_dir):
-    return TransformersEngine(Target("transformers", tiny_llama_dir, "tiny-hf"), threads=1)
+    return TransformersEngine(Target("transformers", tiny_llama_dir, "tiny-hf"), threads=1, parallel=2)
 
 
-@pytest.fixture(params=["llamacpp", "transformers"])
+@pytest.fixture(params=["llamacpp", "transformers", "long_context"])
 def engine(request):
     return request.getfixturevalue(f"{request.param}_engine")
 
@@ -244,7 +245,8 @@ def test_sixteen_concurrent_streams_all_complete(llamacpp_engine, tmp_path):
 
 @pytest.fixture(scope="module")
 def long_context_engine(tiny_gguf):
-    engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1, context_length=4096)
+    """One request at a time through Llama.generate (serve.parallel=1)."""
+    engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1, context_length=4096, parallel=1)
     yield engine
     engine.close()
 
@@ -270,6 +272,80 @@ def test_client_disconnect_stops_generation(long_context_engine, tmp_path):
         started = time.monotonic()
         r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=30)
         assert r.status_code == 200 and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("engine_name", ["llamacpp", "transformers"])
+def test_concurrent_requests_take_turns(engine_name, request, tmp_path):
+    """With parallel slots, requests arriving together all start before any of them finishes."""
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+
+    def one(i: int) -> None:
+        c = client(url)
+        for chunk in c.completions.create(model="x", prompt=f"story {i}", max_tokens=150, stream=True, seed=i,
+                                          extra_body={"ignore_eos": True}):  # fmt: skip
+            if chunk.choices and chunk.choices[0].text:
+                first.setdefault(i, time.monotonic())
+                last[i] = time.monotonic()
+
+    with serving(engine, tmp_path) as url:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(engine.parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(first) == engine.parallel
+    assert max(first.values()) < min(last.values())
+
+
+def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tmp_path):
+    """The batched path (own context, one KV sequence per request, several at once) picks the same greedy tokens
+    as Llama.generate and as transformers. f32 weights: with f16, near-tied logits of a random model may flip."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = write_gguf(tiny_llama_dir, tmp_path / "tiny-f32.gguf", f32=True)
+    steps = 24
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    single = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=1)
+    batched = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=3)
+    prompts = [single.tokenize(p, chat=False) for p in ("once upon", "the cat sat on the", "hello")]
+    try:
+        expected, alone = [], []
+        for ids in prompts:
+            seq = torch.tensor([ids])
+            out = []
+            with torch.no_grad():
+                for _ in range(steps):
+                    out.append(int(hf(seq).logits[0, -1].argmax()))
+                    seq = torch.cat([seq, torch.tensor([[out[-1]]])], 1)
+            expected.append(out)
+            tokens = single.tokens(ids, temperature=0, top_p=1, seed=0)
+            alone.append([next(tokens) for _ in range(steps)])
+            tokens.close()
+        # all three prompts in every decode step, started at different steps
+        samplers = [batched.new_sampler(0, 1.0, None) for _ in prompts]
+        got = [[] for _ in prompts]
+        pos = [0] * len(prompts)
+        for step in range(steps + 2):
+            entries, owners = [], []
+            for k, ids in enumerate(prompts):
+                if step < k or len(got[k]) >= steps:
+                    continue
+                tokens = ids if pos[k] == 0 else [got[k][-1]]
+                entries.append((k, tokens, pos[k], True))
+                owners.append(k)
+            if not entries:
+                break
+            for k, index in zip(owners, batched.batch_decode(entries)):
+                pos[k] += len(prompts[k]) if pos[k] == 0 else 1
+                got[k].append(batched.sample(samplers[k], index))
+        assert alone == expected
+        assert got == expected
+    finally:
+        single.close()
+        batched.close()
 
 
 def test_metrics_are_prometheus_text(llamacpp_engine, tmp_path):

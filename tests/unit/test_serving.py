@@ -221,3 +221,25 @@ def test_chat_client_urls_and_history(tmp_path):
     assert ChatSession("ollama:tiny").ollama_model == "tiny"
     with pytest.raises(UsageError):
         ChatSession("ollama:")
+
+
+def test_worker_with_two_slots_takes_turns():
+    worker = EngineWorker(CountingEngine(), max_queue=8, slots=2)
+    events, done = [], threading.Event()
+
+    def emit_for(name):
+        def emit(kind, value):
+            events.append((name, kind))
+            if kind == "done" and sum(k == "done" for _, k in events) == 3:
+                done.set()
+
+        return emit
+
+    for name in "abc":
+        worker.submit(Job([0], Sampling(max_tokens=2), emit_for(name)))
+    worker.start()
+    assert done.wait(10)
+    worker.stop()
+    texts = [name for name, kind in events if kind == "text"]
+    # a and b alternate token by token; c, third in line, starts when a slot frees
+    assert texts == ["a", "b", "a", "b", "c", "c"]
