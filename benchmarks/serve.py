@@ -33,14 +33,20 @@ def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
     from tiny_gguf import write_gguf
     from tiny_models import build_model, build_tokenizer
 
+    folder = folder / f"llama-h{hidden}-l{layers}"
+    if (folder / "bench-f16.gguf").exists():  # built by an earlier run with --workdir
+        return folder / "bench-f16.gguf", json.loads((folder / "params.json").read_text())
+
     tok = build_tokenizer(folder / "tokenizer")
     model = build_model(folder / "model", tok, "llama", hidden_size=hidden, layers=layers, heads=hidden // 64,
                         kv_heads=hidden // 64, intermediate_size=int(hidden * 8 / 3) // 64 * 64)  # fmt: skip
     from safetensors import safe_open
 
     with safe_open(str(model / "model.safetensors"), "np") as f:
-        params = sum(f.get_tensor(k).size for k in f.keys())
-    return write_gguf(model, folder / "bench-f16.gguf"), params
+        params = sum(int(f.get_tensor(k).size) for k in f.keys())
+    gguf = write_gguf(model, folder / "bench-f16.gguf")
+    (folder / "params.json").write_text(json.dumps(params))
+    return gguf, params
 
 
 def in_process(gguf: Path, tokens: int, threads: int, runs: int) -> list[dict]:

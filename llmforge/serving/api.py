@@ -292,7 +292,8 @@ class Server:
 
         def emit(kind: str, value: object) -> None:
             if kind == "done":  # counted here, in the worker thread: a client that left never reads this event
-                self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled")
+                self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
+                                    value.cached_tokens)  # fmt: skip
             try:
                 loop.call_soon_threadsafe(inbox.put_nowait, (kind, value))
             except RuntimeError:  # the loop has closed (server shutting down)
@@ -343,11 +344,12 @@ async def _relay(request: Request, job: Job, inbox: asyncio.Queue):
         job.cancel()  # a no-op once done; otherwise the worker skips or stops this job
 
 
-def usage(result: Result) -> dict[str, int]:
+def usage(result: Result) -> dict[str, Any]:
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
     }
 
 

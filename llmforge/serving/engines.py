@@ -146,8 +146,12 @@ class LlamaCppEngine:
     def sample(self, sampler, index: int) -> int:
         return sampler.sample(self._ctx, index)
 
-    def free_sequence(self, seq: int) -> None:
+    def trim_sequence(self, seq: int, keep: int) -> bool:
+        """Drop a sequence's cached tokens from position `keep` on; False if llama.cpp cannot (then it is empty)."""
+        if self._lib.llama_memory_seq_rm(self._ctx.memory, seq, keep, -1):
+            return True
         self._lib.llama_memory_seq_rm(self._ctx.memory, seq, -1, -1)
+        return False
 
     def close(self) -> None:
         if self.parallel > 1:

@@ -38,6 +38,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens found in the KV cache (not computed again)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Decoding:
         self.stops = StopMatcher(job.sampling.stop)
         self.produced = 0
         self.finish: str | None = None
+        self.cached_tokens = 0
         self._stopped_by_string = False
 
     def push(self, token: int) -> bool:
@@ -100,7 +102,7 @@ class Decoding:
                 self.job.emit("text", text)
             if hit:
                 finish = "stop"
-        return Result(finish, len(self.job.prompt), self.produced)
+        return Result(finish, len(self.job.prompt), self.produced, cached_tokens=self.cached_tokens)
 
 
 def generate(engine, job: Job) -> Result:
@@ -214,6 +216,7 @@ class EngineWorker:
         (prompts are fed in chunks within the batch budget, so a long prompt does not stall the others)."""
         engine = self.engine
         slots: list[_Slot | None] = [None] * self.slots
+        cached: list[list[int]] = [[] for _ in slots]  # tokens held in each sequence's KV cache
         while True:
             while None in slots:
                 job = self._next_job(block=not any(slots))
@@ -225,10 +228,19 @@ class EngineWorker:
                     return
                 if job is False:
                     break
-                seq = slots.index(None)
+                # the free sequence whose cached tokens share the longest prefix with this prompt (a chat's
+                # next turn finds its history there); keep at least one prompt token to decode for logits
+                free = [i for i, slot in enumerate(slots) if slot is None]
+                seq = max(free, key=lambda i: (_common_prefix(cached[i], job.prompt), -len(cached[i])))
+                keep = min(_common_prefix(cached[seq], job.prompt), len(job.prompt) - 1)
+                if not engine.trim_sequence(seq, keep):
+                    keep = 0
                 s = job.sampling
-                slots[seq] = _Slot(seq, job, Decoding(engine, job), engine.new_sampler(s.temperature, s.top_p, s.seed),
-                                   list(job.prompt))  # fmt: skip
+                slot = _Slot(seq, job, Decoding(engine, job), engine.new_sampler(s.temperature, s.top_p, s.seed),
+                             list(job.prompt[keep:]), pos=keep)  # fmt: skip
+                cached[seq] = slot.kv = list(job.prompt[:keep])
+                slot.decoding.cached_tokens = keep
+                slots[seq] = slot
             for slot in filter(None, slots):
                 if slot.job.cancelled.is_set():
                     slot.decoding.finish = "cancelled"
@@ -252,10 +264,12 @@ class EngineWorker:
             except Exception as exc:
                 log.exception("batched decode failed")
                 for slot, _, _ in step:
+                    slot.kv.clear()  # unknown KV state: the next request in this sequence starts from scratch
                     self._release(slots, slot, Result("error", len(slot.job.prompt), slot.decoding.produced, str(exc)))
                 continue
             for (slot, tokens, wants), index in zip(step, indices):
                 slot.pos += len(tokens)
+                slot.kv.extend(tokens)
                 if slot.pending:
                     del slot.pending[: len(tokens)]
                 if not wants:
@@ -266,8 +280,8 @@ class EngineWorker:
                     self._release(slots, slot, slot.decoding.result())
 
     def _release(self, slots, slot: _Slot, result: Result) -> None:
+        # the sequence's KV cache stays: the next request with the same prefix starts from it
         slots[slot.seq] = None
-        self.engine.free_sequence(slot.seq)
         slot.job.emit("done", result)
 
 
@@ -280,6 +294,16 @@ class _Slot:
     pending: list[int]  # prompt tokens not yet decoded
     pos: int = 0
     last: int = -1
+    kv: list[int] = field(default_factory=list)  # tokens decoded into this sequence (shared with `cached`)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class StopMatcher:

@@ -40,6 +40,7 @@ class Metrics:
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.completion_tokens = 0
         self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
         self.in_flight = 0
         self.cancelled = 0
 
@@ -59,9 +60,10 @@ class Metrics:
         with self._lock:
             self.ttft.observe(seconds)
 
-    def tokens(self, prompt: int, completion: int, cancelled: bool = False) -> None:
+    def tokens(self, prompt: int, completion: int, cancelled: bool = False, cached: int = 0) -> None:
         with self._lock:
             self.prompt_tokens += prompt
+            self.cached_prompt_tokens += cached
             self.completion_tokens += completion
             self.cancelled += int(cancelled)
 
@@ -97,6 +99,9 @@ class Metrics:
                 "# HELP llmforge_prompt_tokens_total Prompt tokens processed.",
                 "# TYPE llmforge_prompt_tokens_total counter",
                 f"llmforge_prompt_tokens_total {self.prompt_tokens}",
+                "# HELP llmforge_cached_prompt_tokens_total Prompt tokens found in the KV cache, not computed again.",
+                "# TYPE llmforge_cached_prompt_tokens_total counter",
+                f"llmforge_cached_prompt_tokens_total {self.cached_prompt_tokens}",
                 "# HELP llmforge_cancelled_requests_total Generations stopped because the client went away.",
                 "# TYPE llmforge_cancelled_requests_total counter",
                 f"llmforge_cancelled_requests_total {self.cancelled}",

@@ -275,28 +275,39 @@ def test_client_disconnect_stops_generation(long_context_engine, tmp_path):
 
 
 @pytest.mark.parametrize("engine_name", ["llamacpp", "transformers"])
-def test_concurrent_requests_take_turns(engine_name, request, tmp_path):
-    """With parallel slots, requests arriving together all start before any of them finishes."""
+def test_concurrent_requests_take_turns(engine_name, request):
+    """With parallel slots, queued requests are all started before any of them finishes; the next in line starts
+    when a slot frees. (Driven through the worker so that arrival timing plays no part.)"""
+    from llmforge.serving.generation import EngineWorker, Job, Sampling
+
     engine = request.getfixturevalue(f"{engine_name}_engine")
-    first: dict[int, float] = {}
-    last: dict[int, float] = {}
+    events: list[tuple[int, str]] = []
+    finished = threading.Event()
+    n = engine.parallel + 1
 
-    def one(i: int) -> None:
-        c = client(url)
-        for chunk in c.completions.create(model="x", prompt=f"story {i}", max_tokens=150, stream=True, seed=i,
-                                          extra_body={"ignore_eos": True}):  # fmt: skip
-            if chunk.choices and chunk.choices[0].text:
-                first.setdefault(i, time.monotonic())
-                last[i] = time.monotonic()
+    def emit_for(i):
+        def emit(kind, value):
+            events.append((i, kind))
+            if sum(k == "done" for _, k in events) == n:
+                finished.set()
 
-    with serving(engine, tmp_path) as url:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(engine.parallel)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    assert len(first) == engine.parallel
-    assert max(first.values()) < min(last.values())
+        return emit
+
+    worker = EngineWorker(engine, max_queue=16)
+    for i in range(n):
+        prompt = engine.tokenize(f"story {i}", chat=False)
+        worker.submit(Job(prompt, Sampling(max_tokens=30, seed=i, ignore_eos=True), emit_for(i)))
+    worker.start()
+    try:
+        assert finished.wait(120)
+    finally:
+        worker.stop()
+    order = [i for i, kind in events if kind == "done"]
+    first_text = {i: events.index((i, "text")) for i in range(n)}
+    first_done = min(events.index((i, "done")) for i in range(n))
+    assert all(first_text[i] < first_done for i in range(engine.parallel))  # the first `parallel` take turns
+    assert first_text[n - 1] > first_done  # the last waited for a free slot
+    assert sorted(order) == list(range(n))
 
 
 def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tmp_path):
@@ -346,6 +357,32 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
     finally:
         single.close()
         batched.close()
+
+
+def test_prompt_cache_reuse_gives_the_same_answers(tiny_llama_dir, tmp_path):
+    """The batched path reuses a sequence's cached prefix (repeat, extension, unrelated prompt, back again): the
+    greedy answers equal those of a fresh Llama.generate each time (f32 weights, exact)."""
+    gguf = write_gguf(tiny_llama_dir, tmp_path / "tiny-f32.gguf", f32=True)
+    prompts = ["once upon a time", "once upon a time", "once upon a time there was", "the cat", "once upon a"]
+    answers = []
+    cached = []
+    for parallel in (1, 2):
+        engine = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=parallel)
+        try:
+            with serving(engine, tmp_path) as url:
+                c = client(url)
+                rs = [c.completions.create(model="x", prompt=p, max_tokens=16, temperature=0,
+                                           extra_body={"ignore_eos": True}) for p in prompts]  # fmt: skip
+                answers.append([r.choices[0].text for r in rs])
+                cached.append([r.usage.prompt_tokens_details.cached_tokens for r in rs])
+                lengths = [len(engine.tokenize(p, chat=False)) for p in prompts]
+        finally:
+            engine.close()
+    assert answers[0] == answers[1]
+    # batched: the repeat and the extension start from the cache; "the cat" takes the empty sequence, so the
+    # last prompt still finds its prefix
+    assert cached[1][0] == 0 and cached[1][3] == 0
+    assert cached[1][1] == lengths[1] - 1 and cached[1][2] == lengths[1] and cached[1][4] == lengths[4] - 1
 
 
 def test_metrics_are_prometheus_text(llamacpp_engine, tmp_path):
