@@ -49,39 +49,48 @@ def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
     return gguf, params
 
 
-def in_process(gguf: Path, tokens: int, threads: int, runs: int) -> list[dict]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
-    out = []
-    for _ in range(runs + 1):  # the first run warms up
-        start = time.perf_counter()
-        first = None
-        n = 0
-        text = b""
-        for token in llm.generate(prompt, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-            piece = llm.detokenize([token])
-            text += piece
-            n += 1
-            if first is None and piece:  # like the HTTP client: the first token that brings text
-                first = time.perf_counter()
-            if n >= tokens:
-                break
-        end = time.perf_counter()
-        out.append({"ttft_s": first - start, "tokens": n, "tokens_per_s": (n - 1) / (end - first),
-                    "total_s": end - start})  # fmt: skip
-    llm.close()
-    return out[1:]
+def in_process(llm, prompt_text: str, tokens: int) -> dict:
+    """One generation straight on llama.cpp: the same sampling, with detokenization, as the server does."""
+    start = time.perf_counter()
+    prompt = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
+    first = None
+    n = 0
+    text = b""
+    for token in llm.generate(prompt, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        piece = llm.detokenize([token])
+        text += piece
+        n += 1
+        if first is None and piece:  # like the HTTP client: the first token that brings text
+            first = time.perf_counter()
+        if n >= tokens:
+            break
+    end = time.perf_counter()
+    return {"ttft_s": first - start, "tokens": n, "tokens_per_s": (n - 1) / (end - first), "total_s": end - start}
 
 
-def one_request(url: str, tokens: int, seed: int = 0) -> dict:
-    body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+def prompt_for(k: int) -> str:
+    # a different opening per request, so that no run finds its prompt in a KV cache (neither side)
+    return f"Request {k}. " + PROMPT
+
+
+_clients = threading.local()
+
+
+def _client() -> httpx.Client:
+    # One client per thread, kept: a new httpx client costs 20-50 ms (it builds an SSL context), which is not the
+    # server's time. The openai client keeps its connection pool the same way.
+    if not hasattr(_clients, "client"):
+        _clients.client = httpx.Client(timeout=600)
+    return _clients.client
+
+
+def one_request(url: str, tokens: int, seed: int = 0, prompt: str = PROMPT) -> dict:
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True, "ignore_eos": True,
             "seed": seed, "stream_options": {"include_usage": True}}  # fmt: skip
     start = time.perf_counter()
     first = end = None
     n = 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+    with _client().stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -97,10 +106,11 @@ def one_request(url: str, tokens: int, seed: int = 0) -> dict:
             "start": start, "end": end}  # fmt: skip
 
 
-def start_server(gguf: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(gguf: Path, threads: int, parallel: int) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "llmforge", "serve", "--model", str(gguf), "--port", "0", "--json",
-           "-s", f"serve.threads={threads}", "-s", "serve.context_length=512", "-s", "serve.max_tokens_limit=512"]  # fmt: skip
+           "-s", f"serve.threads={threads}", "-s", "serve.context_length=512", "-s", "serve.max_tokens_limit=512",
+           "-s", f"serve.parallel={parallel}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines = []
     while not lines or not lines[-1].startswith("}"):
@@ -122,16 +132,21 @@ def sweep(url: str, clients: int, tokens: int, requests_each: int) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
 
+    ready = threading.Barrier(clients + 1)
+
     def worker(i: int) -> None:
+        _client()  # made before the clock starts
+        ready.wait()
         for j in range(requests_each):
-            r = one_request(url, tokens, seed=i * 100 + j)
+            r = one_request(url, tokens, seed=i * 100 + j, prompt=prompt_for(1000 + i * 100 + j))
             with lock:
                 results.append(r)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
@@ -159,24 +174,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="engine threads (the HTTP side needs a core too)")
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--requests-each", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=4, help="serve.parallel of the server measured (also swept at 1)")
+    ap.add_argument("--workdir", type=Path, help="keep the built model here and reuse it on the next run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = ap.parse_args()
 
+    import llama_cpp
+
     with tempfile.TemporaryDirectory(prefix="llmforge-bench-") as tmp:
-        gguf, params = build_gguf(Path(tmp), args.hidden, args.layers)
+        gguf, params = build_gguf(args.workdir or Path(tmp), args.hidden, args.layers)
         print(f"model: random llama, {params / 1e6:.1f}M parameters, f16 GGUF {gguf.stat().st_size / 1e6:.0f} MB")
-        proc, url = start_server(gguf, args.threads)
-        try:
-            one_request(url, args.tokens)  # warm-up
-            # alternate in-process and HTTP runs so that load from other processes hits both alike
-            local, http = [], []
-            for _ in range(args.runs):
-                local += in_process(gguf, args.tokens, args.threads, 1)
-                http.append(one_request(url, args.tokens))
-            concurrency = [sweep(url, c, args.tokens, args.requests_each) for c in map(int, args.clients.split(","))]
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads,
+                              verbose=False)  # fmt: skip
+        concurrency = {}
+        for parallel in (args.parallel, 1):
+            proc, url = start_server(gguf, args.threads, parallel)
+            try:
+                one_request(url, args.tokens, prompt=prompt_for(-1))  # warm-up
+                if parallel == args.parallel:
+                    in_process(llm, prompt_for(-2), args.tokens)  # warm-up
+                    # alternate in-process and HTTP runs so that load from other processes hits both alike
+                    local, http = [], []
+                    for k in range(args.runs):
+                        local.append(in_process(llm, prompt_for(2 * k), args.tokens))
+                        http.append(one_request(url, args.tokens, prompt=prompt_for(2 * k + 1)))
+                concurrency[parallel] = [sweep(url, c, args.tokens, args.requests_each)
+                                         for c in map(int, args.clients.split(","))]  # fmt: skip
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        llm.close()
 
     summary = {
         "in_process_tokens_per_s": median(local, "tokens_per_s"),
@@ -190,21 +217,24 @@ def main() -> None:
         "benchmark": "serve",
         "model": {"architecture": "llama", "hidden": args.hidden, "layers": args.layers, "parameters": params,
                   "gguf": "f16"},  # fmt: skip
-        "settings": {"tokens": args.tokens, "runs": args.runs, "threads": args.threads, "prompt_chars": len(PROMPT)},
+        "settings": {"tokens": args.tokens, "runs": args.runs, "threads": args.threads, "parallel": args.parallel,
+                     "prompt_chars": len(prompt_for(0))},  # fmt: skip
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
         "summary": summary,
         "in_process_runs": local,
         "http_runs": [{k: v for k, v in r.items() if k not in ("start", "end")} for r in http],
-        "concurrency": concurrency,
+        "concurrency": {f"parallel={p}": rows for p, rows in concurrency.items()},
     }
     print(f"{'':24}{'tokens/s':>10}{'TTFT ms':>10}")
     print(f"{'in-process llama.cpp':24}{summary['in_process_tokens_per_s']:10.1f}{summary['in_process_ttft_ms']:10.1f}")
     print(f"{'HTTP (llmforge serve)':24}{summary['http_tokens_per_s']:10.1f}{summary['http_ttft_ms']:10.1f}")
     print(f"throughput ratio {summary['throughput_ratio']:.3f}, added TTFT {summary['added_ttft_ms']:.1f} ms")
-    print(f"{'clients':>8}{'agg tok/s':>11}{'TTFT med ms':>13}{'TTFT max ms':>13}")
-    for c in concurrency:
-        print(f"{c['clients']:8}{c['aggregate_tokens_per_s']:11.1f}{1000 * c['ttft_median_s']:13.1f}"
-              f"{1000 * c['ttft_max_s']:13.1f}")  # fmt: skip
+    for parallel, rows in concurrency.items():
+        print(f"serve.parallel={parallel}" + (" (one request at a time, first come first served)" if parallel == 1 else ""))
+        print(f"{'clients':>8}{'agg tok/s':>11}{'TTFT med ms':>13}{'TTFT max ms':>13}")
+        for c in rows:
+            print(f"{c['clients']:8}{c['aggregate_tokens_per_s']:11.1f}{1000 * c['ttft_median_s']:13.1f}"
+                  f"{1000 * c['ttft_max_s']:13.1f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -77,6 +77,7 @@ class LlamaCppEngine:
         self.bos_token = model.token_get_text(bos) if bos >= 0 else None
         self.eos_token = model.token_get_text(eos) if eos >= 0 else None
         self.add_bos = bool(model.add_bos_token()) and bos >= 0
+        self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, *, chat: bool) -> list[int]:
         # A chat template usually writes the BOS itself; add it only when the text does not start with it.
@@ -87,7 +88,14 @@ class LlamaCppEngine:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def detokenizer(self) -> _ByteDetokenizer:
-        return _ByteDetokenizer(lambda token: self.llm.detokenize([token]))
+        return _ByteDetokenizer(self._piece)
+
+    def _piece(self, token: int) -> bytes:
+        # a token's bytes never change; the lookup through llama-cpp-python costs more than the dict
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llm.detokenize([token])
+        return piece
 
     def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
         self.llm.set_seed(seed % 2**32 if seed is not None else random.randrange(2**32))
