@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import logging
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,6 +252,9 @@ class TransformersEngine:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        # the event loop tokenizes while the engine thread decodes: HF fast tokenizers raise "Already borrowed"
+        # when two threads use one at once
+        self._tokenizer_lock = threading.Lock()
         self.name = target.name
         self.path = Path(path)
         self.chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
@@ -269,13 +273,14 @@ class TransformersEngine:
 
     def tokenize(self, text: str, *, chat: bool) -> list[int]:
         # The rendered chat template already holds every special token; a raw prompt gets the model's usual BOS.
-        return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
     def is_end(self, token: int) -> bool:
         return token in self._ends
 
     def detokenizer(self) -> _TextDetokenizer:
-        return _TextDetokenizer(self.tokenizer)
+        return _TextDetokenizer(self.tokenizer, self._tokenizer_lock)
 
     def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
         torch = self._torch
@@ -330,14 +335,16 @@ def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:
 class _TextDetokenizer:
     """Decode a growing id list in a sliding window so each step costs O(1) tokens, holding back partial chars."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, lock):
         self._tok = tokenizer
+        self._lock = lock
         self._ids: list[int] = []
         self._prefix = 0
         self._read = 0
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        with self._lock:
+            return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def add(self, token: int) -> str:
         self._ids.append(token)

@@ -274,6 +274,21 @@ def test_client_disconnect_stops_generation(long_context_engine, tmp_path):
         assert r.status_code == 200 and time.monotonic() - started < 5
 
 
+def test_client_that_gives_up_on_a_non_streaming_request_stops_it(long_context_engine, tmp_path):
+    with serving(long_context_engine, tmp_path) as url:
+        body = {"prompt": "go", "max_tokens": 4000, "ignore_eos": True}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/v1/completions", json=body, timeout=0.3)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = httpx.get(url + "/metrics").text
+            if metric(text, "llmforge_cancelled_requests_total") >= 1:
+                break
+            time.sleep(0.05)
+        assert metric(text, "llmforge_cancelled_requests_total") == 1
+        assert metric(text, "llmforge_generated_tokens_total") < 4000
+
+
 @pytest.mark.parametrize("engine_name", ["llamacpp", "transformers"])
 def test_concurrent_requests_take_turns(engine_name, request):
     """With parallel slots, queued requests are all started before any of them finishes; the next in line starts
