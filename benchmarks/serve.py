@@ -25,13 +25,17 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
 
 def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
-    from tiny_gguf import write_gguf
     from tiny_models import build_model, build_tokenizer
+
+    from llmforge.config import load_config
+    from llmforge.export import export_gguf
+    from llmforge.workspace import Workspace
 
     folder = folder / f"llama-h{hidden}-l{layers}"
     if (folder / "bench-f16.gguf").exists():  # built by an earlier run with --workdir
@@ -44,9 +48,13 @@ def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
 
     with safe_open(str(model / "model.safetensors"), "np") as f:
         params = sum(int(f.get_tensor(k).size) for k in f.keys())
-    gguf = write_gguf(model, folder / "bench-f16.gguf")
+    # converted by the export stage, as a user's model would be (verification off: it only costs time here)
+    cfg = load_config(None, ["export.quant=[f16]", "export.verify=false"], {}).config
+    workspace = Workspace(folder / "work")
+    body = export_gguf(cfg.model, cfg.export, workspace, model, name="bench")
+    (folder / "bench-f16.gguf").symlink_to(Path(body["output_dir"]) / body["files"][0]["path"])
     (folder / "params.json").write_text(json.dumps(params))
-    return gguf, params
+    return folder / "bench-f16.gguf", params
 
 
 def in_process(llm, prompt_text: str, tokens: int) -> dict:

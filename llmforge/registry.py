@@ -44,13 +44,16 @@ def read(path: Path) -> list[dict[str, Any]]:
     return list(data.get("entries", []))
 
 
-def record(path: Path, kind: Kind, id: str, parent: str | None = None, **info: Any) -> dict[str, Any]:
-    """Add or replace the entry (kind, id). `parent` is the id of what it was made from."""
+def record(registry_file: Path, kind: Kind, id: str, parent: str | None = None, **info: Any) -> dict[str, Any]:
+    """Add or replace the entry (kind, id). `parent` is the id of what it was made from.
+
+    Conventional info keys, shown by `llmforge runs`: path (the artifact on disk), status, metrics (a flat dict).
+    """
     entry = {"kind": kind, "id": id, "parent": parent, "recorded_at": now(), **info}
-    with _locked(path):
-        entries = [e for e in read(path) if not (e["kind"] == kind and e["id"] == id)]
+    with _locked(registry_file):
+        entries = [e for e in read(registry_file) if not (e["kind"] == kind and e["id"] == id)]
         entries.append(entry)
-        atomic.write_json(path, {"version": 1, "entries": entries})
+        atomic.write_json(registry_file, {"version": 1, "entries": entries})
     return entry
 
 
@@ -75,3 +78,37 @@ def lineage(path: Path, id: str) -> list[dict[str, Any]]:
 
 def children(path: Path, id: str) -> list[dict[str, Any]]:
     return [e for e in read(path) if e.get("parent") == id]
+
+
+def descendants(path: Path, id: str) -> list[dict[str, Any]]:
+    """Everything made from `id`, depth first (runs -> exports -> deployments)."""
+    entries = read(path)
+    out: list[dict[str, Any]] = []
+
+    def walk(parent: str) -> None:
+        for entry in entries:
+            if entry.get("parent") == parent and entry not in out:
+                out.append(entry)
+                walk(entry["id"])
+
+    walk(id)
+    return out
+
+
+def size_of(target: Path) -> int | None:
+    """Bytes on disk of a file or folder (None when it is gone)."""
+    if target.is_file():
+        return target.stat().st_size
+    if target.is_dir():
+        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    return None
+
+
+def forget(path: Path, kind: Kind, id: str) -> bool:
+    """Remove the entry (kind, id), e.g. a deployment that was removed; True if there was one."""
+    with _locked(path):
+        entries = read(path)
+        kept = [e for e in entries if not (e["kind"] == kind and e["id"] == id)]
+        if len(kept) != len(entries):
+            atomic.write_json(path, {"version": 1, "entries": kept})
+    return len(kept) != len(entries)

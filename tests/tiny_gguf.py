@@ -1,7 +1,12 @@
-"""A GGUF of a tiny HF model for serving tests and benchmarks.
+"""A tiny GGUF that llama.cpp runs and that answers like a fine-tuned chat model: a fixed reply, then its stop token.
 
-Uses the project's converter (llmforge.export) when it is present; until the export stage lands, a minimal
-llama-only writer on the `gguf` library (f16 matrices, byte-level BPE vocab) stands in. Test code only.
+Deploy tests need a model that really stops: an untrained tiny model never emits its end-of-turn token, so every
+check would (rightly) fail. This one is a one-layer Llama whose attention and MLP write zeros into the residual
+stream, so the logits depend only on the last token: a bigram table written into the embedding and output
+matrices. After the generation prompt's last token it says REPLY (its tokens under the tiny tokenizer), then
+<|im_end|>; after <|im_end|> it starts again with "\\n" (what a model that is not stopped does: it rambles on).
+The tokenizer (tokens, merges, special ids, chat template) comes from the test tokenizer folder, as a real export
+would write it.
 """
 
 from __future__ import annotations
@@ -9,98 +14,110 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def write_gguf(model_dir: Path, out_path: Path, *, f32: bool = False) -> Path:
-    """Write `out_path` from the HF llama/qwen2 folder `model_dir` and return it. `f32=True` writes every tensor
-    in f32 with the stand-in writer (llama only), for tests that compare greedy tokens exactly."""
-    if f32:
-        _write_minimal_llama(Path(model_dir), Path(out_path), f32=True)
-        return Path(out_path)
-    try:
-        from llmforge.export.gguf_convert import convert
-        from llmforge.export.quant_types import parse_quants
-    except ImportError:
-        _write_minimal_llama(Path(model_dir), Path(out_path))
-    else:
-        convert(Path(model_dir), Path(out_path), parse_quants("f16")[0], name=Path(model_dir).name)
-    return Path(out_path)
+REPLY = "the keeper wrote"
 
 
-def _permute(w, n_head: int):
-    # HF stores rotary halves; llama.cpp's llama graph expects interleaved pairs (facts.md).
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def build_gguf(
+    out_path: Path,
+    tokenizer_dir: Path,
+    *,
+    reply: str = REPLY,
+    chat_template: str | None = None,
+    end_of_turn: str = "<|im_end|>",
+    context_length: int = 256,
+    f16: bool = False,
+    learned_stop: bool = True,
+) -> Path:
+    """Write the bigram GGUF (f32, or f16 matrices); `chat_template` replaces the tokenizer's (None: keep its own).
 
-
-def _write_minimal_llama(model_dir: Path, out_path: Path, f32: bool = False) -> None:
+    `learned_stop=False` makes a model that never learned its end-of-turn token (trained with it outside the loss
+    mask): after REPLY it starts a new line and says REPLY again, forever.
+    """
     import gguf
     import numpy as np
-    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
 
-    config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") != "llama":
-        raise ValueError("the stand-in GGUF writer handles llama only")
-    tok = json.loads((model_dir / "tokenizer.json").read_text())
-    tok_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    tokenizer_dir = Path(tokenizer_dir)
+    tok_json = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tok_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if chat_template is None:
+        chat_template = (tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
 
-    rope = config.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
-    n_layers = config["num_hidden_layers"]
+    vocab: dict[str, int] = dict(tok_json["model"]["vocab"])
+    special = {t["content"]: t["id"] for t in tok_json["added_tokens"]}
+    vocab.update(special)
+    n_vocab = max(vocab.values()) + 1
+    tokens = [""] * n_vocab
+    for text, idx in vocab.items():
+        tokens[idx] = text
+    types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
 
-    vocab = dict(tok["model"]["vocab"])
-    special = set()
-    for added in tok.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
-        if added.get("special"):
-            special.add(added["id"])
-    tensors = load_file(str(model_dir / "model.safetensors"))
-    n_vocab = tensors["model.embed_tokens.weight"].shape[0]
-    by_id = {i: t for t, i in vocab.items()}
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n_vocab)]
-    types = [3 if i in special else (1 if i in by_id else 5) for i in range(n_vocab)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    # The bigram chain: prompt end ("\n") -> reply tokens -> end of turn -> "\n" -> ...
+    newline = tokenizer.encode("\n").ids
+    reply_ids = tokenizer.encode(reply).ids
+    eot = vocab[end_of_turn]
+    chain = newline[-1:] + reply_ids + ([eot] if learned_stop else [])
+    if len(set(chain)) != len(chain):
+        raise ValueError(f"reply {reply!r} repeats a token; the bigram model needs distinct tokens")
+    hidden = 64
+    if len(chain) + 1 > hidden:
+        raise ValueError("reply too long for the tiny model")
+    next_of = {cur: nxt for cur, nxt in zip(chain, chain[1:] + chain[:1])}
 
-    w = gguf.GGUFWriter(str(out_path), "llama")
-    w.add_name(model_dir.name)
-    w.add_context_length(config["max_position_embeddings"])
-    w.add_embedding_length(config["hidden_size"])
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    w.add_rope_freq_base(float(theta))
-    w.add_rope_dimension_count(config["hidden_size"] // n_head)
-    w.add_file_type(0 if f32 else 1)  # all f32 / mostly f16
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    eos = vocab[tok_config.get("eos_token") or "<|im_end|>"]
-    w.add_eos_token_id(eos)
+    embed = np.zeros((n_vocab, hidden), dtype=np.float32)
+    embed[:, 0] = 1.0  # every other token: state 0, which leads to end of turn (or a new line)
+    output = np.zeros((n_vocab, hidden), dtype=np.float32)
+    output[eot if learned_stop else chain[0], 0] = 10.0
+    for state, token in enumerate(chain, start=1):
+        embed[token] = 0.0
+        embed[token, state] = 1.0
+        output[next_of[token], state] = 10.0
+
+    rng = np.random.default_rng(0)
+    n_head, n_ff = 4, 64
+    writer = gguf.GGUFWriter(str(out_path), "llama")
+    writer.add_name("tiny-bigram")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hidden // n_head)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_eos_token_id(vocab[tok_config["eos_token"]])
     if tok_config.get("pad_token") in vocab:
-        w.add_pad_token_id(vocab[tok_config["pad_token"]])
-    w.add_add_bos_token(False)
-    template = model_dir / "chat_template.jinja"
-    if template.exists():
-        w.add_chat_template(template.read_text())
+        writer.add_pad_token_id(vocab[tok_config["pad_token"]])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(chat_template)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
-    for name, data in tensors.items():
-        if name.endswith("rotary_emb.inv_freq"):
-            continue
-        # f16 matrices, f32 norms: what an f16 export holds
-        data = data.astype(np.float16 if data.ndim == 2 and not f32 else np.float32)
-        if name.endswith("q_proj.weight"):
-            data = _permute(data, n_head)
-        elif name.endswith("k_proj.weight"):
-            data = _permute(data, n_kv)
-        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise ValueError(f"no GGUF name for {name}")
-        w.add_tensor(new, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    matrix = np.float16 if f16 else np.float32
+    small = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(matrix)  # noqa: E731
+    embed, output = embed.astype(matrix), output.astype(matrix)
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("output.weight", output)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", small(hidden, hidden))
+    writer.add_tensor("blk.0.attn_k.weight", small(hidden, hidden))
+    writer.add_tensor("blk.0.attn_v.weight", small(hidden, hidden))
+    writer.add_tensor("blk.0.attn_output.weight", np.zeros((hidden, hidden), dtype=matrix))
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("blk.0.ffn_gate.weight", small(n_ff, hidden))
+    writer.add_tensor("blk.0.ffn_up.weight", small(n_ff, hidden))
+    writer.add_tensor("blk.0.ffn_down.weight", np.zeros((hidden, n_ff), dtype=matrix))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path

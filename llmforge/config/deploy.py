@@ -20,3 +20,11 @@ class DeployConfig(Section):
         default_factory=dict, description="Extra Modelfile PARAMETERs (temperature, top_p, num_ctx, ...)."
     )
     quant: str | None = Field(None, description="Which exported GGUF to deploy (default: the smallest).")
+    messages: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Few-shot MESSAGEs baked into the model: a list of {role: user|assistant|system, content: text}.",
+    )
+    license: str | None = Field(None, description="LICENSE text for the Modelfile, or the path of a license file.")
+    check: bool = Field(
+        True, description="After registering, chat once and fail unless the answer stops cleanly with no leaked tokens."
+    )

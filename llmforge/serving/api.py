@@ -329,13 +329,20 @@ class Server:
 
 
 async def _relay(request: Request, job: Job, inbox: asyncio.Queue):
+    # Check the client every POLL_SECONDS whether or not events arrive: a busy generation fills the inbox
+    # without pause, and a non-streaming request has nothing else that would notice the client leaving.
+    checked = time.monotonic()
     try:
         while True:
             try:
                 kind, value = await asyncio.wait_for(inbox.get(), timeout=POLL_SECONDS)
             except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked >= POLL_SECONDS:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return
+            if kind is None:
                 continue
             yield kind, value
             if kind == "done":

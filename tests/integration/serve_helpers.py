@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from llmforge.config import load_config
 from llmforge.serving import build_app
@@ -47,6 +48,16 @@ def serving(engine, workspace_root, *sets: str) -> Iterator[str]:
     app = build_app(cfg.model, cfg.serve, Workspace(workspace_root), engine=engine)
     with running(app) as url:
         yield url
+
+
+def export_gguf(model_dir: Path, workspace_root: Path, quant: str = "f16", verify: bool = True) -> Path:
+    """The GGUF of an HF folder, made by the export stage's public verb into a workspace (export/<run>/...)."""
+    from llmforge.export import export_gguf as export_verb
+
+    cfg = serve_config(f"export.quant=[{quant}]", f"export.verify={str(verify).lower()}")
+    workspace = Workspace(Path(workspace_root))
+    body = export_verb(cfg.model, cfg.export, workspace, Path(model_dir))
+    return Path(body["output_dir"]) / body["files"][0]["path"]
 
 
 def metric(text: str, name: str) -> float:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import metric, serving
-from tiny_gguf import write_gguf
+from serve_helpers import export_gguf, metric, serving
 
 from llmforge.serving.engines import LlamaCppEngine, TransformersEngine
 from llmforge.serving.target import Target
@@ -23,7 +22,25 @@ HELLO = [{"role": "user", "content": "hello there"}]
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory, tiny_llama_dir) -> Path:
-    return write_gguf(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-llama-f16.gguf")
+    """The tiny Llama exported to f16 by `llmforge export`'s verb, in a workspace of its own."""
+    return export_gguf(tiny_llama_dir, tmp_path_factory.mktemp("export-ws"), "f16")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_f32(tmp_path_factory, tiny_llama_dir) -> Path:
+    """f32, for tests that compare greedy tokens exactly (with f16, near-tied logits of a random model may flip)."""
+    return export_gguf(tiny_llama_dir, tmp_path_factory.mktemp("export-ws-f32"), "f32")
+
+
+def test_serve_picks_the_workspace_export_by_default(tiny_gguf):
+    from llmforge.config import load_config
+    from llmforge.serving import resolve_target
+    from llmforge.workspace import Workspace
+
+    workspace = Workspace(tiny_gguf.parents[2])  # <root>/export/<run>/<name>-f16.gguf
+    cfg = load_config(None, [], {}).config
+    target = resolve_target(cfg.model, cfg.serve, workspace)
+    assert (target.engine, target.path) == ("llamacpp", tiny_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -325,13 +342,13 @@ def test_concurrent_requests_take_turns(engine_name, request):
     assert sorted(order) == list(range(n))
 
 
-def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tmp_path):
+def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tiny_gguf_f32):
     """The batched path (own context, one KV sequence per request, several at once) picks the same greedy tokens
     as Llama.generate and as transformers. f32 weights: with f16, near-tied logits of a random model may flip."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf = write_gguf(tiny_llama_dir, tmp_path / "tiny-f32.gguf", f32=True)
+    gguf = tiny_gguf_f32
     steps = 24
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     single = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=1)
@@ -374,10 +391,10 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
         batched.close()
 
 
-def test_prompt_cache_reuse_gives_the_same_answers(tiny_llama_dir, tmp_path):
+def test_prompt_cache_reuse_gives_the_same_answers(tiny_gguf_f32, tmp_path):
     """The batched path reuses a sequence's cached prefix (repeat, extension, unrelated prompt, back again): the
     greedy answers equal those of a fresh Llama.generate each time (f32 weights, exact)."""
-    gguf = write_gguf(tiny_llama_dir, tmp_path / "tiny-f32.gguf", f32=True)
+    gguf = tiny_gguf_f32
     prompts = ["once upon a time", "once upon a time", "once upon a time there was", "the cat", "once upon a"]
     answers = []
     cached = []

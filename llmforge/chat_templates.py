@@ -1,0 +1,1025 @@
+"""Chat-template families: the one place that knows how a conversation becomes text.
+
+A model's chat template decides what it sees in training, what llama.cpp embeds in its GGUF and what Ollama
+renders at inference; all three must produce the same text, byte for byte. This module holds, per family, the
+HF Jinja template (with ``{% generation %}`` markers around each assistant turn, end-of-turn token inside), the
+Ollama Go ``text/template`` that renders the same text, and the stop tokens.
+
+The contract:
+- ``render`` renders a Jinja chat template exactly as transformers' ``apply_chat_template(tokenize=False)``
+  does (same sandbox, options, globals and filters); ``render_with_spans`` also returns the character span of
+  every ``{% generation %}`` block, which is what training turns into its loss mask.
+- ``identify`` says which family a template is by rendering probe conversations with it and with each family's
+  template: a family matches only when every probe renders byte-identically (or both templates refuse it).
+  Never by model name. A template no family reproduces is refused, never approximated.
+- Supported conversation shapes: an optional first system message, then user/assistant turns, with or
+  without the generation prompt. Tools, documents and reasoning fields are not part of the contract.
+- ``Family.ollama_template`` renders, in Ollama, the text the Jinja template renders with
+  ``add_generation_prompt=True`` for a conversation that ends with a user message, and with
+  ``add_generation_prompt=False`` for one that ends with an assistant message (tests/integration/
+  test_template_parity.py checks both with Go's own text/template), except:
+  * BOS: a family whose Jinja template writes ``bos_token`` (``Family.bos_token`` set) leaves it out of the
+    Ollama template because llama.cpp prepends the BOS token itself; the GGUF must then say add_bos_token=true,
+    and false for every other family, or the model sees a BOS it never saw in training (or misses one).
+  * Families with ``trims_content`` strip whitespace around message text in Jinja; Go templates have no trim
+    function in Ollama, so content with leading/trailing whitespace renders with it there.
+  * A family without a system role (gemma) refuses a system message in Jinja; its Ollama template cannot
+    refuse, so it drops system messages: deploy must refuse a SYSTEM prompt for such a family.
+- What the Ollama templates rely on (ollama/ollama template/template.go, server/routes.go, server/prompt.go):
+  a template that mentions .Messages is executed once over {System, Messages, Tools, Response: "", ...};
+  .Messages includes the system messages, with consecutive same-role messages merged ("\n\n"); .System joins
+  all system texts; the Modelfile SYSTEM is prepended as a system message unless the request starts with one;
+  MESSAGE few-shots come before the request's messages (so a request's own system message then lands after
+  them); the only template function is `json`. tests/tools/gorender/main.go mirrors exactly this.
+- Stop tokens: ``stop_tokens_for`` gives every end-of-turn, end-of-text and next-turn-header string; deploy
+  writes one PARAMETER stop each, serve stops on them, and a reply containing any of them leaked a token.
+
+Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown,
+resolve_training_template, check_end_of_turn_trained, check_end_of_turn_ids_trained, check_template_trains_stop, end_of_turn_tokens_for,
+stop_tokens_for, template_writes_bos, Family.ollama_template_for, modelfile_quote.
+Only the standard library and jinja2 are imported here, so the CLI, deploy and serve can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llmforge.errors import UsageError
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "PROBES",
+    "Probe",
+    "RenderedChat",
+    "TrainingTemplate",
+    "check_end_of_turn_ids_trained",
+    "check_end_of_turn_trained",
+    "check_template_trains_stop",
+    "end_of_turn_tokens_for",
+    "explain_unknown",
+    "get_family",
+    "has_generation_markers",
+    "identify",
+    "modelfile_quote",
+    "render",
+    "render_with_spans",
+    "resolve_training_template",
+    "stop_tokens_for",
+    "template_writes_bos",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The families
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """One chat-template family: its HF Jinja template, its Ollama Go template and its stop tokens."""
+
+    name: str
+    description: str
+    # HF Jinja template. Each assistant turn's content and its end-of-turn token sit inside
+    # {% generation %}...{% endgeneration %}, so assistant-only loss trains the model to stop.
+    jinja: str
+    # Ollama TEMPLATE (Go text/template over .Messages). For families whose end of turn is the tokenizer's own
+    # EOS (alpaca) it contains EOS_PLACEHOLDER: use `ollama_template_for(eos_token)`, which fills it in.
+    ollama_template: str
+    # Tokens that close an assistant turn: each must lie inside a generation span.
+    end_of_turn: tuple[str, ...]
+    # Every string at which generation must stop: end-of-turn, end-of-text and next-turn headers (a model that
+    # starts writing the next turn's header has finished its own). Ollama gets one PARAMETER stop for each.
+    stop_tokens: tuple[str, ...]
+    supports_system: bool
+    # BOS the Jinja template writes first (None: it writes none). See the module docstring on BOS and GGUF.
+    bos_token: str | None
+    # EOS the templates are written for (None: they take the tokenizer's, or never write one).
+    eos_token: str | None
+    trims_content: bool = False
+
+    def ollama_template_for(self, eos_token: str | None = None) -> str:
+        """The Ollama template with this tokenizer's EOS filled in where the family uses the tokenizer's EOS."""
+        if EOS_PLACEHOLDER not in self.ollama_template:
+            return self.ollama_template
+        if not eos_token:
+            raise UsageError(
+                f"the {self.name} chat template ends each answer with the tokenizer's end-of-text token, "
+                "but none was given",
+                hint="the tokenizer needs an eos_token for this family",
+            )
+        # As a Go string literal, so that any character in the token survives Go's template parser.
+        return self.ollama_template.replace(EOS_PLACEHOLDER, "{{ " + json.dumps(eos_token) + " }}")
+
+
+# Written as a Go template comment so that the unfilled template still parses.
+EOS_PLACEHOLDER = "{{/* eos_token */}}"
+
+# Go template idiom for "this is the last message" inside `range $i, $_ := .Messages` (Go templates have no
+# arithmetic): the slice from $i on has length 1.
+_GO_LAST = "(eq (len (slice $.Messages $i)) 1)"
+
+CHATML = Family(
+    name="chatml",
+    description="ChatML: <|im_start|>role ... <|im_end|> (Qwen2/2.5, many fine-tunes, llmforge's scratch models)",
+    jinja=r"""
+{%- for message in messages %}
+    {%- if message['role'] == 'assistant' %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- generation %}
+            {{- message['content'] + '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "{{ range $i, $_ := .Messages }}"
+        "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<|im_start|>assistant\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<|im_end|>",),
+    stop_tokens=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
+    supports_system=True,
+    bos_token=None,
+    eos_token=None,
+)
+
+LLAMA3 = Family(
+    name="llama3",
+    description="Llama 3 (8B/70B-Instruct): <|start_header_id|>role<|end_header_id|> ... <|eot_id|>",
+    jinja=r"""
+{{- bos_token }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}
+    {%- if message['role'] == 'assistant' %}
+        {%- generation %}
+            {{- message['content'] | trim + '<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- else %}
+        {{- message['content'] | trim + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "{{ range $i, $_ := .Messages }}"
+        "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<|eot_id|>",),
+    stop_tokens=("<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"),
+    supports_system=True,
+    bos_token="<|begin_of_text|>",
+    eos_token=None,
+    trims_content=True,
+)
+
+# Llama 3.1 always writes a system turn that starts with a knowledge-cutoff and a fixed date, even without a
+# system message; tool calling (not supported here) is what the rest of Meta's template is about.
+LLAMA3_1 = Family(
+    name="llama3.1",
+    description="Llama 3.1 Instruct: Llama 3 turns plus an always-present system turn with cutoff and date",
+    jinja=r"""
+{{- bos_token }}
+{%- if date_string is not defined %}
+    {%- set date_string = '26 Jul 2024' %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = '' %}
+{%- endif %}
+{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}
+{{- 'Cutting Knowledge Date: December 2023\nToday Date: ' + date_string + '\n\n' }}
+{{- system_message + '<|eot_id|>' }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}
+    {%- if message['role'] == 'assistant' %}
+        {%- generation %}
+            {{- message['content'] | trim + '<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- else %}
+        {{- message['content'] | trim + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "<|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+        '{{ range $i, $_ := .Messages }}{{ if and (eq $i 0) (eq .Role "system") }}{{ .Content }}{{ end }}{{ end }}'
+        "<|eot_id|>"
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if not (and (eq $i 0) (eq .Role "system")) }}'
+        "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "{{ end }}"
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<|eot_id|>",),
+    stop_tokens=("<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"),
+    supports_system=True,
+    bos_token="<|begin_of_text|>",
+    eos_token=None,
+    trims_content=True,
+)
+
+# Mistral's current layout (Mistral Nemo, Small, v3 "tekken"): no spaces around [INST]; the system message is
+# folded into the LAST user message, and dropped when the conversation ends with an assistant turn.
+MISTRAL = Family(
+    name="mistral",
+    description="Mistral (Nemo/Small, v3-tekken): <s>[INST]user[/INST]answer</s>, system in the last user turn",
+    jinja=r"""
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {%- if loop.last and system_message is defined %}
+            {{- '[INST]' + system_message + '\n\n' + message['content'] + '[/INST]' }}
+        {%- else %}
+            {{- '[INST]' + message['content'] + '[/INST]' }}
+        {%- endif %}
+    {%- elif message['role'] == 'assistant' %}
+        {%- generation %}
+            {{- message['content'] + eos_token }}
+        {%- endgeneration %}
+    {%- else %}
+        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}
+    {%- endif %}
+{%- endfor %}
+""".strip(),
+    ollama_template=(
+        '{{ $system := "" }}{{ $hasSystem := false }}'
+        '{{ range $i, $_ := .Messages }}{{ if and (eq $i 0) (eq .Role "system") }}'
+        "{{ $system = .Content }}{{ $hasSystem = true }}{{ end }}{{ end }}"
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if eq .Role "user" }}'
+        "[INST]{{ if and " + _GO_LAST + " $hasSystem }}{{ $system }}\n\n{{ end }}{{ .Content }}[/INST]"
+        '{{ else if eq .Role "assistant" }}{{ .Content }}</s>{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("</s>",),
+    stop_tokens=("</s>", "[INST]", "[/INST]"),
+    supports_system=True,
+    bos_token="<s>",
+    eos_token="</s>",
+)
+
+GEMMA = Family(
+    name="gemma",
+    description="Gemma / Gemma 2: <start_of_turn>user|model ... <end_of_turn>, no system role",
+    jinja=r"""
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {{- raise_exception('System role not supported') }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'assistant' %}
+        {{- '<start_of_turn>model\n' }}
+        {%- generation %}
+            {{- message['content'] | trim + '<end_of_turn>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- else %}
+        {{- '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim + '<end_of_turn>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<start_of_turn>model\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n'
+        '{{ else if ne .Role "system" }}<start_of_turn>{{ .Role }}\n{{ .Content }}<end_of_turn>\n{{ end }}'
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<start_of_turn>model\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<end_of_turn>",),
+    stop_tokens=("<end_of_turn>", "<start_of_turn>", "<eos>"),
+    supports_system=False,
+    bos_token="<bos>",
+    eos_token=None,
+    trims_content=True,
+)
+
+# Phi-3.5-mini's template: an empty system message is left out, other roles are skipped silently, and a
+# conversation rendered without the generation prompt ends with the EOS token.
+PHI3 = Family(
+    name="phi3",
+    description="Phi-3/3.5: <|user|> ... <|end|> <|assistant|> ... <|end|>",
+    jinja=r"""
+{%- for message in messages %}
+    {%- if message['role'] == 'system' and message['content'] %}
+        {{- '<|system|>\n' + message['content'] + '<|end|>\n' }}
+    {%- elif message['role'] == 'user' %}
+        {{- '<|user|>\n' + message['content'] + '<|end|>\n' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- '<|assistant|>\n' }}
+        {%- generation %}
+            {{- message['content'] + '<|end|>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>\n' }}
+{%- else %}
+    {{- eos_token }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if eq .Role "system" }}{{ if .Content }}<|system|>\n{{ .Content }}<|end|>\n{{ end }}'
+        '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n'
+        '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}<|end|>\n{{ end }}'
+        "{{ if " + _GO_LAST + ' }}{{ if eq .Role "assistant" }}<|endoftext|>{{ else }}<|assistant|>\n{{ end }}{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<|end|>",),
+    stop_tokens=("<|end|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"),
+    supports_system=True,
+    bos_token=None,
+    eos_token="<|endoftext|>",
+)
+
+# Alpaca-style instruction format for base models that have no chat template of their own. The answer ends
+# with the tokenizer's EOS, whatever it is, so the Ollama template is filled in per tokenizer.
+ALPACA = Family(
+    name="alpaca",
+    description="Alpaca-style: ### Instruction: / ### Response:, answers end with the tokenizer's EOS",
+    jinja=r"""
+{%- for message in messages %}
+    {%- if message['role'] == 'system' %}
+        {{- message['content'] + '\n\n' }}
+    {%- elif message['role'] == 'user' %}
+        {{- '### Instruction:\n' + message['content'] + '\n\n' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- '### Response:\n' }}
+        {%- generation %}
+            {{- message['content'] + eos_token }}
+        {%- endgeneration %}
+        {{- '\n\n' }}
+    {%- else %}
+        {{- raise_exception('Only system, user and assistant roles are supported') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '### Response:\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if eq .Role "system" }}{{ .Content }}\n\n'
+        '{{ else if eq .Role "user" }}### Instruction:\n{{ .Content }}\n\n'
+        '{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}' + EOS_PLACEHOLDER + "\n\n{{ end }}"
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}### Response:\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=(),  # the tokenizer's EOS: see end_of_turn_tokens_for
+    stop_tokens=("### Instruction:", "### Response:"),  # plus the tokenizer's EOS: see stop_tokens_for
+    supports_system=True,
+    bos_token=None,
+    eos_token=None,
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (CHATML, LLAMA3, LLAMA3_1, MISTRAL, GEMMA, PHI3, ALPACA)}
+
+
+def get_family(name: str) -> Family:
+    """The family called `name`; a UsageError that suggests the closest name otherwise."""
+    family = FAMILIES.get(name.strip().lower())
+    if family is not None:
+        return family
+    close = difflib.get_close_matches(name.strip().lower(), list(FAMILIES), n=1, cutoff=0.5)
+    suggestion = f"did you mean '{close[0]}'? " if close else ""
+    raise UsageError(
+        f"unknown chat-template family '{name}'",
+        hint=f"{suggestion}known families: {', '.join(FAMILIES)}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering like transformers' apply_chat_template
+# ----------------------------------------------------------------------------------------------------------------
+
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+# The span recorder of the render in progress on this thread (or task): (chunks rendered so far, spans found).
+_recorder: contextvars.ContextVar[tuple[list[str], list[tuple[int, int, str]]] | None] = contextvars.ContextVar(
+    "llmforge_chat_template_recorder", default=None
+)
+
+
+class _GenerationBlock(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: renders its body; during render_with_spans records where."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
+
+    def _render_body(self, caller: Any) -> str:
+        body = caller()
+        recorder = _recorder.get()
+        if recorder is not None:
+            chunks, spans = recorder
+            # Everything before this block has already been yielded by Template.generate(); checked afterwards.
+            start = sum(len(c) for c in chunks)
+            spans.append((start, start + len(body), body))
+        return body
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """Jinja's namespace() without underscore names, as transformers hardens it for untrusted templates."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - same signature trick as jinja2's Namespace
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for key in attrs:
+            _Namespace._check(key)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _Namespace._check(key)
+        jinja2.utils.Namespace.__setitem__(self, key, value)
+
+    @staticmethod
+    def _check(key: Any) -> None:
+        if isinstance(key, str) and key.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"chat templates cannot set underscore attributes ({key!r})")
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    # Like HF: plain json.dumps, no HTML escaping (Jinja's own tojson escapes <, >, & and ').
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+@lru_cache(maxsize=64)
+def _compile(template: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise UsageError(
+            f"the chat template does not parse: {e.message} (line {e.lineno})",
+            hint="check model.chat_template or the tokenizer's chat_template.jinja",
+        ) from e
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON-like data (what transformers hands a template): no objects with methods reach the sandbox."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if callable(getattr(value, "model_dump", None)):
+        return _plain(value.model_dump())
+    return f"<{type(value).__name__}>"
+
+
+def _template_vars(
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool,
+    bos_token: str | None,
+    eos_token: str | None,
+    special: Mapping[str, Any],
+) -> dict[str, Any]:
+    if not messages:
+        raise UsageError("cannot render an empty conversation", hint="give at least one message")
+    # transformers drops keys whose value is None (OpenAI clients send content=None) and always passes
+    # tools/documents (None when absent), so `tools is defined` holds in every template.
+    plain = [{k: _plain(v) for k, v in dict(m).items() if v is not None} for m in messages]
+    variables: dict[str, Any] = {"tools": None, "documents": None}
+    if bos_token is not None:
+        variables["bos_token"] = bos_token
+    if eos_token is not None:
+        variables["eos_token"] = eos_token
+    variables.update({k: _plain(v) for k, v in special.items()})
+    variables.update(messages=plain, add_generation_prompt=add_generation_prompt)
+    return variables
+
+
+def render(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    **special: Any,
+) -> str:
+    """Render `messages` with a Jinja chat template exactly as transformers' apply_chat_template(tokenize=False).
+
+    `special` carries the other variables transformers passes (unk_token, pad_token, date_string, ...).
+    A template that refuses the conversation (raise_exception, a type error) raises UsageError.
+    """
+    variables = _template_vars(messages, add_generation_prompt, bos_token, eos_token, special)
+    return "".join(_generate(_compile(template), variables))
+
+
+def _generate(compiled: jinja2.Template, variables: dict[str, Any]) -> Iterable[str]:
+    """The template's output chunks in order, with its refusals and failures turned into UsageError."""
+    try:
+        yield from compiled.generate(**variables)
+    except jinja2.TemplateError as e:
+        raise UsageError(
+            f"the chat template refused the conversation: {e.message or e}",
+            hint="llmforge supports an optional first system message, then user/assistant turns",
+        ) from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise UsageError(
+            f"the chat template failed on the conversation: {type(e).__name__}: {e}",
+            hint="check that every message has a string 'role' and 'content'",
+        ) from e
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """A rendered conversation and the [start, end) character span of each {% generation %} block in it."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+    def trained_text(self) -> list[str]:
+        return [self.text[a:b] for a, b in self.spans]
+
+
+def render_with_spans(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    **special: Any,
+) -> RenderedChat:
+    """Render like `render` and return where each {% generation %} block landed (the assistant-only loss mask).
+
+    Offsets are in characters of `text`; map them to tokens with the tokenizer's offset mapping
+    (transformers' return_assistant_tokens_mask does the same with char_to_token).
+    """
+    compiled = _compile(template)
+    variables = _template_vars(messages, add_generation_prompt, bos_token, eos_token, special)
+    chunks: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    token = _recorder.set((chunks, spans))
+    try:
+        for chunk in _generate(compiled, variables):
+            chunks.append(chunk)
+    finally:
+        _recorder.reset(token)
+    text = "".join(chunks)
+    for start, end, body in spans:
+        # A generation block nested inside a macro, {% set %} block or filter block renders into a buffer, so
+        # the offset seen at its call would be wrong: detect it rather than train on the wrong tokens.
+        if text[start:end] != body:
+            raise UsageError(
+                "cannot locate the {% generation %} blocks of this chat template in its output",
+                hint="keep {% generation %} at the top level of the message loop, not inside a macro or set block",
+            )
+    return RenderedChat(text=text, spans=tuple((s, e) for s, e, _ in spans))
+
+
+def has_generation_markers(template: str | None) -> bool:
+    """Whether a template marks assistant turns with {% generation %} (what TRL's assistant_only_loss needs)."""
+    return bool(template) and _GENERATION_RE.search(template) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Identifying a template by what it renders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A conversation every candidate template renders; `padded` marks content with outer whitespace."""
+
+    name: str
+    messages: tuple[dict[str, str], ...]
+    add_generation_prompt: bool
+    padded: bool = False
+
+
+def _m(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+_S, _U1, _A1, _U2, _A2 = (
+    _m("system", "You are a terse assistant."),
+    _m("user", "What is 2 + 2?"),
+    _m("assistant", "4."),
+    _m("user", "And times 3?"),
+    _m("assistant", "12."),
+)
+
+PROBES: tuple[Probe, ...] = (
+    Probe("user", (_U1,), True),
+    Probe("user-no-prompt", (_U1,), False),
+    Probe("exchange", (_U1, _A1), False),
+    Probe("two-exchanges-open", (_U1, _A1, _U2), True),
+    Probe("system-user", (_S, _U1), True),
+    Probe("system-exchanges", (_S, _U1, _A1, _U2, _A2), False),
+    Probe("system-exchanges-open", (_S, _U1, _A1, _U2), True),
+    Probe(
+        "unicode",
+        (
+            _m("system", "Réponds en français. 日本語でもよい。"),
+            _m("user", "Grüße — naïve café? 🙂 Ωμέγα «quote» Привет"),
+            _m("assistant", "Ça va ☕ — 你好！ 👍🏽"),
+            _m("user", "ok → next"),
+        ),
+        True,
+    ),
+    Probe(
+        "template-syntax-in-content",
+        (
+            _m(
+                "user",
+                '{{ .Content }} {{- .System -}} {% if x %}{{ "q" }}{% endif %} {# c #} {"a": [1, 2]} '
+                "'single' \"double\" back\\slash `tick` $.Messages",
+            ),
+            _m("assistant", "}} {{ {% %} end }}{{ {{/* go comment */}} <s> [INST]"),
+            _m("user", "{{"),
+        ),
+        True,
+    ),
+    Probe(
+        "template-syntax-closed",
+        (
+            _m("user", "}}"),
+            _m("assistant", '{{ raise_exception(\'x\') }}"""'),
+        ),
+        False,
+    ),
+    Probe("empty", (_m("system", ""), _m("user", ""), _m("assistant", ""), _m("user", "")), True),
+    Probe("empty-no-system", (_m("user", ""), _m("assistant", "")), False),
+    Probe(
+        "multiline",
+        (
+            _m("user", "line one\nline two\n\nline four\ttabbed"),
+            _m("assistant", "- a\n- b\n\n```\ncode\n```"),
+        ),
+        False,
+    ),
+    Probe(
+        "whitespace",
+        (
+            _m("user", "\n  padded question  \n"),
+            _m("assistant", "  padded answer \n\n"),
+            _m("user", " next "),
+        ),
+        True,
+        padded=True,
+    ),
+    Probe("whitespace-system", (_m("system", "  sys  \n"), _m("user", "q ")), True, padded=True),
+)
+
+
+def _outcome(
+    template: str, probe: Probe, bos_token: str | None, eos_token: str | None, special: Mapping[str, Any]
+) -> tuple[str, str]:
+    """('text', rendering) or ('refused', ''): two templates agree on a probe when both outcomes are equal."""
+    try:
+        return "text", render(
+            template,
+            probe.messages,
+            add_generation_prompt=probe.add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **special,
+        )
+    except UsageError:
+        _compile(template)  # a template that does not parse is an error, not a refusal
+        return "refused", ""
+
+
+def _family_tokens(family: Family, bos_token: str | None, eos_token: str | None) -> tuple[str | None, str | None]:
+    # A family renders with the tokens it is written for, so a template only matches when the tokenizer's
+    # BOS/EOS are those tokens too (the Ollama template writes them literally).
+    return (
+        family.bos_token if family.bos_token is not None else bos_token,
+        family.eos_token if family.eos_token is not None else eos_token,
+    )
+
+
+def _first_difference(
+    template: str, family: Family, bos_token: str | None, eos_token: str | None, special: Mapping[str, Any]
+) -> tuple[Probe, tuple[str, str], tuple[str, str]] | None:
+    fam_bos, fam_eos = _family_tokens(family, bos_token, eos_token)
+    for probe in PROBES:
+        got = _outcome(template, probe, bos_token, eos_token, special)
+        want = _outcome(family.jinja, probe, fam_bos, fam_eos, special)
+        if got != want:
+            return probe, got, want
+    return None
+
+
+def identify(template: str, *, bos_token: str | None, eos_token: str | None, **special: Any) -> Family | None:
+    """The family whose template renders every probe byte-identically to `template`, or None.
+
+    `bos_token`/`eos_token` are the tokenizer's (None when it has none). A template that refuses a probe
+    matches only a family that refuses it too. Raises UsageError if the template does not parse.
+    """
+    _compile(template)
+    for family in FAMILIES.values():
+        if _first_difference(template, family, bos_token, eos_token, special) is None:
+            return family
+    return None
+
+
+def explain_unknown(template: str, *, bos_token: str | None, eos_token: str | None) -> str:
+    """Why no family matches: the nearest family and the first probe where it differs, plus known obstacles."""
+    reasons = []
+    if "strftime_now" in template:
+        reasons.append("it writes today's date (strftime_now), which an Ollama template cannot reproduce")
+    if re.search(r"""split\(\s*['"]</think>""", template):
+        reasons.append("it rewrites assistant turns around <think>...</think> reasoning blocks")
+    best: tuple[float, str] | None = None
+    for family in FAMILIES.values():
+        diff = _first_difference(template, family, bos_token, eos_token, {})
+        if diff is None:
+            continue
+        probe, got, want = diff
+        ratio = difflib.SequenceMatcher(None, got[1], want[1]).ratio() if got[0] == want[0] == "text" else 0.0
+        if best is None or ratio > best[0]:
+            if got[0] != want[0]:
+                what = f"{family.name} {'refuses' if want[0] == 'refused' else 'renders'} it, this template does not"
+            else:
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(got[1], want[1])) if a != b), min(len(got[1]), len(want[1]))
+                )
+                what = (
+                    f"this template renders ...{got[1][max(0, at - 30) : at + 30]!r}, "
+                    f"{family.name} renders ...{want[1][max(0, at - 30) : at + 30]!r}"
+                )
+            best = (ratio, f"closest family: {family.name}; first difference on probe '{probe.name}': {what}")
+    if best is not None:
+        reasons.append(best[1])
+    return "; ".join(reasons)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What training and deployment ask
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingTemplate:
+    """The template to train with, the family it belongs to (None if unknown) and where it came from."""
+
+    template: str
+    family: Family | None
+    source: str  # "tokenizer" (already marked), "family" (tokenizer's, marked by us), "configured"
+
+
+def resolve_training_template(
+    tokenizer_template: str | None,
+    configured: str = "auto",
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+) -> TrainingTemplate:
+    """Choose the chat template to train with (model.chat_template is `configured`).
+
+    - a family name: that family's marked template (the user asked for it);
+    - auto, tokenizer template with {% generation %} markers: the tokenizer's own;
+    - auto, tokenizer template identified as a family: the family's marked template (renders identically);
+    - auto otherwise: UsageError naming the reason and the `model.chat_template: <family>` fix.
+    """
+    if configured and configured != "auto":
+        family = get_family(configured)
+        return TrainingTemplate(family.jinja, family, "configured")
+    names = ", ".join(FAMILIES)
+    if not tokenizer_template:
+        raise UsageError(
+            "the tokenizer has no chat template, so training cannot tell which tokens are the assistant's",
+            hint=f"set model.chat_template: <family> (one of {names})",
+        )
+    if has_generation_markers(tokenizer_template):
+        family = identify(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
+        return TrainingTemplate(tokenizer_template, family, "tokenizer")
+    family = identify(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
+    if family is not None:
+        return TrainingTemplate(family.jinja, family, "family")
+    why = explain_unknown(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
+    raise UsageError(
+        "the tokenizer's chat template has no {% generation %} markers and is not one that llmforge reproduces"
+        + (f" ({why})" if why else ""),
+        hint=f"set model.chat_template: <family> (one of {names}) to train with that family's template instead",
+    )
+
+
+def end_of_turn_tokens_for(family: Family | None, eos_token: str | None) -> tuple[str, ...]:
+    """The tokens that close an assistant turn: the family's, else (and for alpaca) the tokenizer's EOS."""
+    tokens = family.end_of_turn if family is not None else ()
+    if not tokens and eos_token:
+        tokens = (eos_token,)
+    return tokens
+
+
+def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str], *, assistant_turns: int) -> None:
+    """Raise UsageError unless there is one generation span per assistant turn and each holds an end-of-turn token.
+
+    A model whose end-of-turn token is outside the trained span never learns to stop: once deployed it rambles.
+    The train stage calls this on a rendered sample before training, then checks the same with real token ids.
+    """
+    tokens = tuple(t for t in end_of_turn if t)
+    if not tokens:
+        raise UsageError(
+            "no end-of-turn token is known for this chat template",
+            hint="the tokenizer needs an eos_token, or set model.chat_template: <family>",
+        )
+    if len(rendered.spans) != assistant_turns:
+        raise UsageError(
+            f"the chat template marks {len(rendered.spans)} {{% generation %}} spans for {assistant_turns} "
+            "assistant turns",
+            hint="every assistant turn needs exactly one {% generation %}...{% endgeneration %} block",
+        )
+    for start, end in rendered.spans:
+        trained = rendered.text[start:end]
+        if not any(t in trained for t in tokens):
+            after = rendered.text[end : end + 40]
+            raise UsageError(
+                f"the end-of-turn token ({' or '.join(tokens)}) is outside the trained span: the span "
+                f"{trained[-40:]!r} is followed by {after!r}, so the model would never learn to stop",
+                hint="move the end-of-turn token inside {% generation %}...{% endgeneration %}, or set "
+                "model.chat_template: <family> to use llmforge's marked template",
+            )
+
+
+def check_end_of_turn_ids_trained(
+    input_ids: Sequence[int], assistant_mask: Sequence[int], end_of_turn_ids: Iterable[int], *, assistant_turns: int
+) -> None:
+    """Token-level twin of `check_end_of_turn_trained`, for a tokenized sample and its assistant-only loss mask.
+
+    Each run of consecutive masked tokens is one trained assistant turn; there must be `assistant_turns` runs and
+    each must contain one of `end_of_turn_ids` (the ids of the end-of-turn tokens, e.g. from
+    tokenizer.convert_tokens_to_ids(end_of_turn_tokens_for(...))). Raises UsageError otherwise.
+    """
+    if len(input_ids) != len(assistant_mask):
+        raise ValueError(f"{len(input_ids)} token ids but {len(assistant_mask)} mask entries")
+    ends = set(end_of_turn_ids)
+    runs: list[list[int]] = []
+    previous = 0
+    for token, masked in zip(input_ids, assistant_mask):
+        if masked and not previous:
+            runs.append([])
+        if masked:
+            runs[-1].append(token)
+        previous = masked
+    if len(runs) != assistant_turns:
+        raise UsageError(
+            f"the loss mask trains {len(runs)} stretches of tokens for {assistant_turns} assistant turns",
+            hint="every assistant turn needs exactly one {% generation %}...{% endgeneration %} block",
+        )
+    for number, run in enumerate(runs, start=1):
+        if not ends & set(run):
+            raise UsageError(
+                f"assistant turn {number}: no end-of-turn token id ({sorted(ends)}) among its {len(run)} trained "
+                "tokens, so the model would never learn to stop",
+                hint="check that the end-of-turn token is a single special token inside {% generation %}",
+            )
+
+
+def check_template_trains_stop(
+    template: str, *, bos_token: str | None, eos_token: str | None, end_of_turn: Iterable[str] | None = None
+) -> None:
+    """`check_end_of_turn_trained` over every probe with an assistant turn that the template accepts."""
+    family = identify(template, bos_token=bos_token, eos_token=eos_token)
+    tokens = tuple(end_of_turn) if end_of_turn is not None else end_of_turn_tokens_for(family, eos_token)
+    checked = 0
+    for probe in PROBES:
+        assistant_turns = sum(1 for m in probe.messages if m["role"] == "assistant")
+        if not assistant_turns:
+            continue
+        try:
+            rendered = render_with_spans(
+                template, probe.messages, add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token
+            )
+        except UsageError:
+            continue
+        check_end_of_turn_trained(rendered, tokens, assistant_turns=assistant_turns)
+        checked += 1
+    if not checked:
+        raise UsageError(
+            "the chat template refused every probe conversation with an assistant turn",
+            hint="set model.chat_template: <family>",
+        )
+
+
+def stop_tokens_for(
+    template: str, *, bos_token: str | None, eos_token: str | None, extra_eos: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """Every stop string for a model with this template: the family's, the tokenizer's EOS, and `extra_eos`
+    (end-of-text tokens that generation_config.json declares). Unknown template: only the EOS tokens."""
+    family = identify(template, bos_token=bos_token, eos_token=eos_token)
+    found = list(family.stop_tokens) if family is not None else []
+    found += [eos_token] if eos_token else []
+    found += list(extra_eos)
+    return tuple(dict.fromkeys(t for t in found if t))
+
+
+def template_writes_bos(template: str, *, bos_token: str | None, eos_token: str | None = None) -> bool:
+    """Whether the rendered text starts with the BOS token. Training tokenizes the rendered text without adding
+    special tokens, so llama.cpp must add BOS itself (GGUF add_bos_token) exactly when this is true."""
+    if not bos_token:
+        return False
+    probe = PROBES[0]
+    text = render(template, probe.messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+    return text.startswith(bos_token)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modelfile text
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def modelfile_quote(text: str, *, what: str = "value") -> str:
+    """`text` as a Modelfile triple-quoted value, or UsageError when Ollama's parser would change it.
+
+    Ollama's Modelfile parser (parser/parser.go) has no escapes: a value in \"\"\"...\"\"\" ends at the first
+    \"\"\" followed by whitespace, and it silently drops characters that Go's strconv.IsPrint rejects other
+    than space, tab and newlines (control characters, no-break and other Unicode spaces, format characters).
+    """
+    if '"""' in text:
+        raise UsageError(
+            f'the {what} contains """, which a Modelfile cannot hold (its triple-quoted values have no escapes)',
+            hint='remove the """ from it',
+        )
+    dropped = sorted({ch for ch in text if not ch.isprintable() and ch not in " \t\r\n"})
+    if dropped:
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in dropped[:5])
+        raise UsageError(
+            f"the {what} contains characters Ollama's Modelfile parser drops ({shown})",
+            hint="remove or replace those characters",
+        )
+    return f'"""{text}"""'

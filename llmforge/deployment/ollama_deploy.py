@@ -1,0 +1,560 @@
+"""`llmforge deploy ollama`: a Modelfile that matches training, registered through the official client, then checked.
+
+The chat-template family is identified from the tokenizer's own template by rendering probe conversations
+(chat_templates.identify), never from the model's name; the family's Go template and every end-of-turn and
+end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
+own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmforge import atomic, manifest, registry
+from llmforge import chat_templates as ct
+from llmforge.config.deploy import DeployConfig
+from llmforge.deployment import modelfile as mf
+from llmforge.deployment.source import (
+    GgufFacts,
+    TrainingTokenizer,
+    choose_gguf,
+    read_gguf,
+    read_training_tokenizer,
+    training_max_length,
+)
+from llmforge.errors import InputError, LlmforgeError, UsageError
+from llmforge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+CHECK_PROMPT = "Hello! In one sentence, what can you help me with?"
+CHECK_MAX_TOKENS = 256
+# Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_' and '-'.
+NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass
+class DeployResult:
+    """What `deploy ollama` did; the CLI prints it."""
+
+    name: str
+    modelfile: Path
+    create_command: str
+    run_command: str
+    gguf: Path
+    export_id: str
+    family: str | None  # None: embedded (no TEMPLATE)
+    template_source: str  # "identified" | "configured" | "embedded"
+    stop: list[str]
+    parameters: dict[str, Any]
+    dry_run: bool
+    host: str | None = None
+    digest: str | None = None
+    manifest: Path | None = None
+    check: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def resolve_host(host: str | None) -> str:
+    return host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+
+
+def folder_name(name: str) -> str:
+    """deploy/<folder>/ for an Ollama name (a namespace '/' or tag ':' would make paths odd)."""
+    return name.replace("/", "_").replace(":", "_")
+
+
+def full_name(name: str) -> str:
+    """Ollama stores `name` as `name:latest` when no tag is given."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"'{name}' is not a valid Ollama model name",
+            hint="use letters, digits, '.', '_' and '-', optionally namespace/ and :tag, e.g. --name support-bot",
+        )
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deciding what the Modelfile says
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TemplateChoice:
+    family: ct.Family | None
+    ollama_template: str | None
+    source: str
+    warnings: list[str]
+
+
+def choose_template(setting: str, gguf: GgufFacts, tok: TrainingTokenizer) -> TemplateChoice:
+    """deploy.template: 'auto' identifies the family from the model's own template; a family name forces it;
+    'embedded' leaves TEMPLATE out. The training tokenizer's template wins over the GGUF's copy."""
+    warnings: list[str] = []
+    template = tok.chat_template or gguf.chat_template
+    bos = tok.bos_token or gguf.bos_token
+    eos = tok.eos_token or gguf.eos_token
+    if tok.chat_template and gguf.chat_template and tok.chat_template.strip() != gguf.chat_template.strip():
+        warnings.append(
+            f"the GGUF's embedded chat template differs from the training tokenizer's ({tok.folder}); "
+            "the Modelfile follows the training tokenizer"
+        )
+    setting = (setting or "auto").strip().lower()
+    names = ", ".join(ct.FAMILIES)
+    if setting == "embedded":
+        warnings.append(
+            "deploy.template is 'embedded': no TEMPLATE is written, so Ollama guesses one from the GGUF; "
+            "it is not checked against training and may ramble or leak template tokens"
+        )
+        return TemplateChoice(None, None, "embedded", warnings)
+    if setting != "auto":
+        family = ct.get_family(setting)
+        if template:
+            found = ct.identify(template, bos_token=bos, eos_token=eos)
+            if found is None or found.name != family.name:
+                seen = found.name if found else "no known family"
+                warnings.append(f"deploy.template is '{family.name}' but the model's own template is {seen}")
+        return TemplateChoice(family, family.ollama_template_for(eos), "configured", warnings)
+    if not template:
+        raise UsageError(
+            "the model has no chat template (neither its tokenizer nor the GGUF carries one), "
+            "so deploy cannot tell how conversations must be written",
+            hint=f"set deploy.template: <family> (one of {names}) to the format it was trained with",
+        )
+    family = ct.identify(template, bos_token=bos, eos_token=eos)
+    if family is None:
+        why = ct.explain_unknown(template, bos_token=bos, eos_token=eos)
+        raise UsageError(
+            "the model's chat template is not one llmforge can reproduce in an Ollama TEMPLATE"
+            + (f" ({why})" if why else ""),
+            hint=f"set deploy.template: <family> (one of {names}) if it was trained with that format, or "
+            "deploy.template: embedded to let Ollama use the GGUF's own template (unchecked)",
+        )
+    return TemplateChoice(family, family.ollama_template_for(eos), "identified", warnings)
+
+
+def stop_tokens(family: ct.Family | None, gguf: GgufFacts, tok: TrainingTokenizer, extra: list[str]) -> list[str]:
+    """Every end-of-turn and end-of-text token: the family's, the tokenizer's EOS, the GGUF's EOT/EOM and the
+    eos_token_id(s) of generation_config.json, then deploy.parameters.stop."""
+    eos = tok.eos_token or gguf.eos_token
+    found: list[str] = list(family.stop_tokens) if family else []
+    found += list(ct.end_of_turn_tokens_for(family, eos))
+    found += [t for t in (eos, gguf.eos_token) if t]
+    found += list(gguf.end_of_turn_tokens)
+    found += [gguf.tokens[i] for i in tok.generation_eos_ids if 0 <= i < len(gguf.tokens)]
+    found += extra
+    return list(dict.fromkeys(t for t in found if t))
+
+
+def leak_markers(family: ct.Family | None, gguf: GgufFacts, stops: list[str]) -> list[str]:
+    """Strings that must never appear in an answer: the stop tokens, BOS/EOS and the vocabulary's control tokens."""
+    found = list(stops) + [t for t in (gguf.bos_token, gguf.eos_token) if t]
+    if family and family.bos_token:
+        found.append(family.bos_token)
+    found += [t for t in gguf.control_tokens if len(t) >= 2 and t.strip()]
+    return list(dict.fromkeys(found))
+
+
+def _license_text(value: str | None) -> str | None:
+    if not value:
+        return None
+    path = Path(value)
+    if "\n" not in value and len(value) < 4096 and path.is_file():
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def _bos_check(family: ct.Family | None, gguf: GgufFacts, warnings: list[str]) -> None:
+    """The family's Ollama template leaves BOS to llama.cpp (chat_templates docstring): the GGUF must add it."""
+    if family is None or gguf.add_bos is None:
+        return
+    if family.bos_token and not gguf.add_bos:
+        raise UsageError(
+            f"the {family.name} template starts every prompt with {family.bos_token}, but the GGUF says "
+            "add_bos_token=false, so under Ollama the model would never see it",
+            hint="re-export the GGUF (llmforge export gguf --force) from a tokenizer that adds its BOS token",
+        )
+    if not family.bos_token and gguf.add_bos and gguf.bos_token:
+        warnings.append(
+            f"the GGUF adds {gguf.bos_token} before every prompt, which the {family.name} template never wrote in "
+            "training"
+        )
+
+
+def plan(
+    deploy: DeployConfig, workspace: Workspace, *, export: str | None, quant: str | None, system: str | None
+) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
+    """Everything short of writing and registering: the Modelfile spec and the facts for manifest and checks."""
+    chosen = choose_gguf(workspace, export, quant or deploy.quant)
+    gguf = read_gguf(chosen.path)
+    tok = read_training_tokenizer(chosen.model_dirs)
+    choice = choose_template(deploy.template, gguf, tok)
+    warnings = list(choice.warnings)
+    if chosen.verified is False:
+        warnings.append(f"{chosen.path.name} was not verified against the original model at export")
+    _bos_check(choice.family, gguf, warnings)
+
+    params = mf.check_parameters(dict(deploy.parameters))
+    stops = stop_tokens(choice.family, gguf, tok, params.pop("stop", []))
+    if "num_ctx" not in params:
+        length = training_max_length(workspace, chosen.run)
+        if length:
+            params["num_ctx"] = min(length, gguf.context_length) if gguf.context_length else length
+    system_text = system if system is not None else deploy.system
+    messages = mf.check_messages(list(deploy.messages))
+    if choice.family is not None and not choice.family.supports_system:
+        if system_text or any(m["role"] == "system" for m in messages):
+            raise UsageError(
+                f"the {choice.family.name} chat template has no system role, so a system prompt would be dropped",
+                hint="remove deploy.system / --system (and system MESSAGEs), or put the instruction in a user turn",
+            )
+    spec = mf.ModelfileSpec(
+        gguf=chosen.path,
+        template=choice.ollama_template,
+        system=system_text or None,
+        stop=stops,
+        parameters=params,
+        messages=messages,
+        license=_license_text(deploy.license),
+    )
+    facts = {
+        "chosen": chosen,
+        "family": choice.family,
+        "template_source": choice.source,
+        "warnings": warnings,
+        "leak_markers": leak_markers(choice.family, gguf, stops),
+    }
+    return spec, facts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The verb
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def deploy_ollama(
+    deploy: DeployConfig,
+    workspace: Workspace,
+    *,
+    export: str | None = None,
+    name: str | None = None,
+    quant: str | None = None,
+    system: str | None = None,
+    host: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> DeployResult:
+    timer = manifest.Timer()
+    name = check_name(name or deploy.name or "")
+    folder = workspace.deploy_dir(folder_name(name))
+    manifest_path = folder / "manifest.json"
+    atomic.refuse_overwrite(manifest_path, force, f"a deployment named '{name}'")
+    spec, facts = plan(deploy, workspace, export=export, quant=quant, system=system)
+    chosen = facts["chosen"]
+    family = facts["family"]
+    modelfile_path = folder / "Modelfile"
+    text = mf.render(spec, name=name)  # refuses unwritable text before anything is written or sent
+    result = DeployResult(
+        name=name,
+        modelfile=modelfile_path,
+        create_command=mf.create_command(name, modelfile_path),
+        run_command=f"ollama run {name}",
+        gguf=chosen.path,
+        export_id=chosen.export_id,
+        family=family.name if family else None,
+        template_source=facts["template_source"],
+        stop=list(spec.stop),
+        parameters=dict(spec.parameters),
+        dry_run=dry_run,
+        warnings=facts["warnings"],
+    )
+    if dry_run:
+        atomic.write_text(modelfile_path, text)
+        return result
+
+    import httpx
+    import ollama
+
+    result.host = resolve_host(host or deploy.host)
+    client = _client(result.host)
+    existing = _registered_names(client, result.host)
+    if full_name(name) in existing and not force:
+        raise UsageError(
+            f"Ollama at {result.host} already has a model named '{name}'",
+            hint="choose another --name, or pass --force to replace it",
+        )
+    atomic.write_text(modelfile_path, text)
+    try:
+        result.digest = client.create_blob(chosen.path)
+        statuses = [
+            p.status
+            for p in client.create(model=name, from_=None, stream=True, **mf.create_request(spec, result.digest))
+        ]
+    except ollama.ResponseError as e:
+        raise LlmforgeError(
+            f"Ollama at {result.host} refused to register '{name}': {e.error} (HTTP {e.status_code})",
+            hint=f"the Modelfile is at {modelfile_path}; try `{result.create_command}` to see Ollama's own message",
+        ) from None
+    except (ConnectionError, OSError, httpx.TransportError) as e:
+        raise _unreachable(result.host, e) from None
+    if not statuses or statuses[-1] != "success":
+        raise LlmforgeError(
+            f"Ollama at {result.host} did not finish registering '{name}' (last status: {statuses[-1:] or 'none'})",
+            hint=f"try `{result.create_command}` by hand",
+        )
+    log.info("registered %s at %s (%s)", name, result.host, ", ".join(statuses))
+    _check_registered_template(client, name, spec, result.host)
+
+    if deploy.check:
+        result.check = check_deployment(client, name, spec, facts["leak_markers"])
+    result.manifest = manifest_path
+    atomic.write_json(
+        manifest_path,
+        manifest.build(
+            "deploy",
+            inputs={"modelfile": modelfile_path},
+            timer=timer,
+            name=name,
+            host=result.host,
+            gguf={"path": str(chosen.path), "digest": result.digest, "quant": chosen.quant},
+            export=chosen.export_id,
+            family=result.family,
+            template_source=result.template_source,
+            stop=result.stop,
+            parameters=result.parameters,
+            check=result.check,
+            warnings=result.warnings,
+            config={"deploy": deploy.model_dump(mode="json")},
+        ),
+    )
+    registry.record(
+        workspace.registry_file,
+        "deployment",
+        name,
+        parent=chosen.export_id,
+        host=result.host,
+        family=result.family,
+        quant=chosen.quant,
+        modelfile=str(modelfile_path),
+        path=str(folder),
+        status="unchecked" if result.check is None else "complete" if result.check["ok"] else "check failed",
+        check_ok=None if result.check is None else result.check["ok"],
+    )
+    if result.check is not None and not result.check["ok"]:
+        raise LlmforgeError(
+            f"'{name}' is registered but its check failed: {result.check['problem']}",
+            hint=f"it stays registered for inspection (`ollama run {name}`); remove it with "
+            f"`llmforge deploy remove {name}`. The Modelfile is {modelfile_path}",
+        )
+    return result
+
+
+def _client(host: str):
+    import httpx
+    import ollama
+
+    return ollama.Client(host=host, timeout=httpx.Timeout(600.0, connect=10.0))
+
+
+def _unreachable(host: str, error: BaseException) -> LlmforgeError:
+    return LlmforgeError(
+        f"cannot reach Ollama at {host} ({type(error).__name__})",
+        hint="start it with `ollama serve` (or the Ollama app), or point at a running one with --host URL, "
+        "deploy.host or OLLAMA_HOST",
+    )
+
+
+def _registered_names(client, host: str) -> set[str]:
+    import httpx
+    import ollama
+
+    try:
+        listing = client.list()
+    except (ConnectionError, httpx.TransportError) as e:
+        raise _unreachable(host, e) from None
+    except ollama.ResponseError as e:
+        raise LlmforgeError(f"Ollama at {host} answered GET /api/tags with an error: {e.error}") from None
+    return {m.model for m in listing.models if m.model}
+
+
+def _check_registered_template(client, name: str, spec: mf.ModelfileSpec, host: str) -> None:
+    """Ollama must hold the TEMPLATE we sent (a server that ignores the field would silently guess its own)."""
+    import ollama
+
+    if spec.template is None:
+        return
+    try:
+        registered = client.show(name).template or ""
+    except ollama.ResponseError as e:
+        raise LlmforgeError(f"Ollama at {host} cannot show the model it just registered: {e.error}") from None
+    if registered != spec.template:
+        raise LlmforgeError(
+            f"Ollama at {host} registered '{name}' with a different TEMPLATE than the one sent "
+            f"({len(registered)} characters instead of {len(spec.template)})",
+            hint="the server may predate the template field of /api/create: upgrade Ollama, or register by hand "
+            f"with `ollama create {name} -f <the Modelfile>`; `llmforge deploy remove {name}` cleans up",
+        )
+
+
+def check_deployment(client, name: str, spec: mf.ModelfileSpec, markers: list[str]) -> dict[str, Any]:
+    """Chat once (streaming, greedy): the model must answer, stop by itself and leak no special token."""
+    import httpx
+    import ollama
+
+    content, done_reason, done = "", None, False
+    try:
+        for part in client.chat(
+            model=name,
+            messages=[{"role": "user", "content": CHECK_PROMPT}],
+            stream=True,
+            options={"temperature": 0, "num_predict": CHECK_MAX_TOKENS, "seed": 0},
+        ):
+            content += part.message.content or ""
+            if part.done:
+                done, done_reason = True, part.done_reason
+    except ollama.ResponseError as e:
+        return {"ok": False, "problem": f"the chat request failed: {e.error}", "content": content}
+    except (ConnectionError, httpx.TransportError) as e:
+        return {"ok": False, "problem": f"the chat request broke off ({type(e).__name__})", "content": content}
+    leaked = [m for m in markers if m in content]
+    shown = content if len(content) <= 160 else content[:160] + "..."
+    problem = None
+    if not done:
+        problem = "the chat stream ended without a final done message"
+    elif leaked:
+        problem = f"template tokens leaked into the answer ({', '.join(leaked)}): {shown!r}"
+    elif done_reason != "stop":
+        problem = (
+            f"it did not stop by itself within {CHECK_MAX_TOKENS} tokens (done_reason {done_reason!r}): the end-of-turn "
+            f"token is never produced or not recognised; stops were {spec.stop}; it wrote {shown!r}"
+        )
+    elif not content.strip():
+        problem = "it answered with empty text"
+    return {
+        "ok": problem is None,
+        "problem": problem,
+        "prompt": CHECK_PROMPT,
+        "content": content,
+        "done_reason": done_reason,
+        "leaked": leaked,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# list / show / remove
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _manifest_of(workspace: Workspace, name: str) -> dict[str, Any] | None:
+    path = workspace.deploy_dir(folder_name(name)) / "manifest.json"
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise InputError(f"{path}: invalid JSON", hint="remove the folder and deploy again") from None
+
+
+def list_deployments(workspace: Workspace) -> list[dict[str, Any]]:
+    """Deployments recorded in this workspace, oldest first, with their lineage."""
+    rows = []
+    for entry in registry.read(workspace.registry_file):
+        if entry.get("kind") != "deployment":
+            continue
+        chain = registry.lineage(workspace.registry_file, entry["id"])
+        rows.append(
+            {
+                "name": entry["id"],
+                "export": entry.get("parent"),
+                "host": entry.get("host"),
+                "family": entry.get("family"),
+                "quant": entry.get("quant"),
+                "check_ok": entry.get("check_ok"),
+                "recorded_at": entry.get("recorded_at"),
+                "modelfile": entry.get("modelfile"),
+                "lineage": [f"{e['kind']}:{e['id']}" for e in chain],
+            }
+        )
+    return rows
+
+
+def show_deployment(workspace: Workspace, name: str, *, host: str | None = None) -> dict[str, Any]:
+    """The recorded deployment (manifest, Modelfile, lineage) and, when Ollama answers, what it has registered."""
+    entry = next((r for r in list_deployments(workspace) if r["name"] == name), None)
+    recorded = _manifest_of(workspace, name)
+    if entry is None and recorded is None:
+        known = ", ".join(r["name"] for r in list_deployments(workspace)) or "none"
+        raise UsageError(
+            f"no deployment named '{name}' in this workspace (deployments: {known})",
+            hint="list them with: llmforge deploy list",
+        )
+    modelfile = workspace.deploy_dir(folder_name(name)) / "Modelfile"
+    info: dict[str, Any] = {
+        "name": name,
+        "record": entry,
+        "manifest": recorded,
+        "modelfile": modelfile.read_text(encoding="utf-8") if modelfile.is_file() else None,
+    }
+    target = resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
+    info["ollama"] = _ollama_view(target, name)
+    return info
+
+
+def _ollama_view(host: str, name: str) -> dict[str, Any]:
+    import httpx
+    import ollama
+
+    client = ollama.Client(host=host, timeout=httpx.Timeout(30.0, connect=5.0))
+    try:
+        shown = client.show(name)
+    except ollama.ResponseError as e:
+        if e.status_code == 404:
+            return {"host": host, "registered": False}
+        return {"host": host, "registered": None, "error": e.error}
+    except (ConnectionError, httpx.TransportError) as e:
+        return {"host": host, "registered": None, "error": f"unreachable ({type(e).__name__})"}
+    return {"host": host, "registered": True, "template": shown.template, "parameters": shown.parameters}
+
+
+def remove_deployment(workspace: Workspace, name: str, *, host: str | None = None) -> dict[str, Any]:
+    """Delete the model from Ollama (a model Ollama no longer has is fine) and forget it in the workspace."""
+    import shutil
+
+    import httpx
+    import ollama
+
+    entry = next((r for r in list_deployments(workspace) if r["name"] == name), None)
+    recorded = _manifest_of(workspace, name)
+    folder = workspace.deploy_dir(folder_name(name))
+    if entry is None and recorded is None and not folder.exists():
+        raise UsageError(f"no deployment named '{name}' in this workspace", hint="list them with: llmforge deploy list")
+    target = resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
+    client = ollama.Client(host=target, timeout=httpx.Timeout(60.0, connect=10.0))
+    try:
+        client.delete(name)
+        deleted = True
+    except ollama.ResponseError as e:
+        if e.status_code != 404:
+            raise LlmforgeError(f"Ollama at {target} refused to delete '{name}': {e.error}") from None
+        deleted = False
+    except (ConnectionError, httpx.TransportError) as e:
+        raise _unreachable(target, e) from None
+    shutil.rmtree(folder, ignore_errors=True)
+    registry.forget(workspace.registry_file, "deployment", name)
+    return {"name": name, "host": target, "deleted_from_ollama": deleted, "removed_folder": str(folder)}

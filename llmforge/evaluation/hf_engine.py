@@ -1,0 +1,203 @@
+"""Transformers targets (a model folder or hub id, optionally with a PEFT adapter): exact loss over the trained
+(assistant) tokens, and generation from the chat template's generation prompt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmforge.errors import LlmforgeError
+from llmforge.evaluation.examples import Example
+
+log = logging.getLogger(__name__)
+
+# A tokenizer saved as a plain `tokenizers` backend is loaded exactly as saved: AutoTokenizer may swap in a
+# model-specific class (e.g. Qwen2Tokenizer) with another pre-tokenizer, and the ids would differ from training.
+PLAIN_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(name) / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+        except ValueError:
+            cls = None
+        if cls in PLAIN_TOKENIZER_CLASSES and (Path(name) / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(name)
+    return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def use_training_template(tokenizer, configured: str = "auto") -> str:
+    """Score and prompt with the template training used (chat_templates.resolve_training_template): the
+    tokenizer's own when it has {% generation %} markers, else its family's marked twin, or the family named in
+    model.chat_template. A template no family reproduces is kept as it is (assistant spans then come from
+    rendering prefixes). Returns where the template came from."""
+    from llmforge.chat_templates import resolve_training_template
+    from llmforge.errors import UsageError
+
+    try:
+        chosen = resolve_training_template(
+            getattr(tokenizer, "chat_template", None), configured,
+            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+        )
+    except UsageError:
+        if getattr(tokenizer, "chat_template", None):
+            return "tokenizer (no generation markers)"
+        raise
+    tokenizer.chat_template = chosen.template
+    return chosen.source
+
+
+def chat_tokens(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int], str]:
+    """Token ids of a scored example and the mask of tokens that count (1 = trained/assistant token).
+
+    The chat template's {% generation %} markers decide which tokens are the assistant's, exactly as in training.
+    A template without them falls back to rendering prefixes (see _assistant_spans).
+    Plain-text records count every token. Returns (ids, mask, how the mask was made)."""
+    if example.text is not None:
+        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+        return ids[:max_length], [1] * len(ids[:max_length]), "all tokens"
+    if not getattr(tokenizer, "chat_template", None):
+        raise LlmforgeError(
+            "the tokenizer has no chat template, so conversations cannot be scored",
+            hint="set model.chat_template to a family, or evaluate a model whose tokenizer has one",
+        )
+    out = tokenizer.apply_chat_template(
+        example.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(out["input_ids"])
+    mask = [int(m) for m in out.get("assistant_masks") or []]
+    how = "generation markers"
+    if not any(mask):
+        mask, how = _assistant_spans(tokenizer, example.messages, ids)
+    return ids[:max_length], mask[:max_length], how
+
+
+def _render(tokenizer, messages: list[dict[str, str]], prompt: bool) -> list[int]:
+    if not messages:
+        return []
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=prompt)
+    return list(out["input_ids"])
+
+
+def _assistant_spans(tokenizer, messages: list[dict[str, str]], ids: list[int]) -> tuple[list[int], str]:
+    """Without generation markers: each assistant turn spans from the end of its generation prompt to the end of
+    the conversation rendered up to and including it. Templates that rewrite earlier turns (so a prefix does not
+    render as a prefix) fall back to the last assistant turn only."""
+    mask = [0] * len(ids)
+    for j, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:j], prompt=True)
+        upto = _render(tokenizer, messages[: j + 1], prompt=False)
+        if ids[: len(before)] != before or ids[: len(upto)] != upto:
+            last = max(i for i, msg in enumerate(messages) if msg["role"] == "assistant")
+            prompt = _render(tokenizer, messages[:last], prompt=True)
+            start = len(prompt) if ids[: len(prompt)] == prompt else len(ids)
+            return [0] * start + [1] * (len(ids) - start), "last assistant turn"
+        for i in range(len(before), len(upto)):
+            mask[i] = 1
+    return mask, "assistant turns"
+
+
+def nll_of(logits: torch.Tensor, ids: list[int], mask: list[int]) -> tuple[float, int]:
+    """Sum of -log p(token) over masked tokens (each predicted from the positions before it) and their count."""
+    if len(ids) < 2:
+        return 0.0, 0
+    logp = torch.log_softmax(logits[:-1].double(), dim=-1)
+    targets = torch.tensor(ids[1:], dtype=torch.long)
+    weights = torch.tensor(mask[1:], dtype=torch.double)
+    nll = -logp.gather(1, targets[:, None])[:, 0]
+    return float((nll * weights).sum()), int(weights.sum())
+
+
+class HFEngine:
+    """One transformers model in memory, on CUDA when there is one."""
+
+    def __init__(self, model: str, tokenizer: str | None, adapter: Path | None = None, *, revision: str | None = None,
+                 dtype: str = "auto", trust_remote_code: bool = False, chat_template: str = "auto"):
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one on screen
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
+                                        trust_remote_code)
+        self.template_source = use_training_template(self.tokenizer, chat_template)
+        torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+        if self.device == "cpu" and dtype == "auto":
+            torch_dtype = torch.float32  # half precision on CPU is slow and loses accuracy
+        try:
+            net = AutoModelForCausalLM.from_pretrained(
+                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
+        except OSError as exc:
+            raise LlmforgeError(f"cannot load model {model}: {exc}".splitlines()[0],
+                                hint="check model.name (a local folder or a hub id you can download)") from None
+        if adapter is not None:
+            from peft import PeftModel
+
+            # training may have added tokens (a pad token, a template's specials) and saved the resized embeddings
+            # with the adapter: the base must have the same rows before the adapter loads
+            rows = net.get_input_embeddings().weight.shape[0]
+            if len(self.tokenizer) > rows:
+                net.resize_token_embeddings(len(self.tokenizer))
+
+            net = PeftModel.from_pretrained(net, str(adapter))
+        self.model = net.to(self.device).eval()
+        self.mask_how: set[str] = set()
+
+    def score(self, example: Example, max_length: int) -> tuple[float, int]:
+        ids, mask, how = chat_tokens(self.tokenizer, example, max_length)
+        self.mask_how.add(how)
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float().cpu()
+        return nll_of(logits, ids, mask)
+
+    def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
+        tok = self.tokenizer
+        ids = tok.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
+        stops = [t for t in {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} if t is not None]
+        # A fresh generation config: the checkpoint's own (sampling, repetition penalty ...) would make this
+        # target decode differently from the others.
+        from transformers import GenerationConfig
+
+        decoding = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=temperature > 0, repetition_penalty=1.0,
+            eos_token_id=stops or None,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0],
+            **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}),
+        )
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=torch.tensor([list(ids)], device=self.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                generation_config=decoding,
+            )
+        seconds = time.perf_counter() - started
+        new = out[0, len(ids):].tolist()
+        while new and new[-1] in stops:
+            new.pop()
+        text = tok.decode(new, skip_special_tokens=True).strip()
+        return {"text": text, "new_tokens": len(new), "seconds": seconds}
+
+    def close(self) -> None:
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

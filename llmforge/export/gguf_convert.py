@@ -1,0 +1,332 @@
+"""Our HF -> GGUF converter for llama (Llama 2/3, Mistral), qwen2 and qwen3, written on the `gguf` library.
+
+It streams: the tensor table is planned from the safetensors headers, the GGUF header and tensor infos are written
+first, then each tensor is read, transformed (Q/K permutation for llama's rope layout), cast or quantized and
+written before the next is read, so peak memory is about one tensor, not the model. No torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmforge.atomic import atomic_path
+from llmforge.errors import InputError, UsageError
+from llmforge.export import gguf_vocab, safetensors_stream
+from llmforge.export.quant_types import QuantType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    gguf_arch: str  # gguf.MODEL_ARCH member name
+    permute_qk: bool  # llama.cpp's llama graph uses the interleaved rope layout; HF stores halves
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "LlamaForCausalLM": ArchSpec("LLAMA", True),
+    "MistralForCausalLM": ArchSpec("LLAMA", True),
+    "Qwen2ForCausalLM": ArchSpec("QWEN2", False),
+    "Qwen3ForCausalLM": ArchSpec("QWEN3", False),
+}
+
+_REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "rms_norm_eps")
+
+
+def supported_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def read_config(model_dir: Path) -> dict:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: no such model folder", hint="pass a run name or a saved HF model folder")
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise InputError(f"{model_dir}: no config.json", hint="point at a folder saved with save_pretrained")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg}", hint="re-save the model") from None
+    if "text_config" in config and "hidden_size" not in config:
+        config = {**config["text_config"], "architectures": config.get("architectures")}
+    return config
+
+
+def architecture_of(config: dict, path: Path) -> str:
+    archs = config.get("architectures") or []
+    if not archs:
+        raise InputError(f"{path}/config.json: architectures: missing", hint="re-save the model with transformers")
+    return archs[0]
+
+
+def arch_spec(config: dict, model_dir: Path) -> ArchSpec:
+    arch = architecture_of(config, model_dir)
+    if arch not in ARCHITECTURES:
+        raise UsageError(
+            f"{model_dir}: architecture {arch} is not supported by the built-in converter "
+            f"(supported: {', '.join(supported_architectures())})",
+            hint="set export.llama_cpp_dir to a llama.cpp checkout to use its convert_hf_to_gguf.py",
+        )
+    missing = [k for k in _REQUIRED_CONFIG if k not in config]
+    if missing:
+        raise InputError(f"{model_dir}/config.json: {missing[0]}: missing", hint="re-save the model with transformers")
+    return ARCHITECTURES[arch]
+
+
+def rope_settings(config: dict) -> tuple[float, dict]:
+    """(theta, scaling parameters). transformers 5 keeps both under rope_parameters; 4.x had rope_theta and
+    rope_scaling at the top level."""
+    params = dict(config.get("rope_parameters") or {})
+    scaling = dict(config.get("rope_scaling") or {})
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    merged = {**scaling, **params}
+    merged.setdefault("rope_type", merged.get("type", "default"))
+    return float(theta), merged
+
+
+def head_dim_of(config: dict) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def permute_qk(w, n_head: int):
+    """HF keeps each head's rotary pairs as two halves; llama.cpp's llama graph wants them interleaved."""
+    head_dim = w.shape[0] // n_head
+    return w.reshape(n_head, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(config: dict, theta: float, scaling: dict):
+    """Per-frequency divisors of Llama 3.1's rope (the "llama3" rope type), as llama.cpp's rope_freqs tensor."""
+    import numpy as np
+
+    dim = head_dim_of(config)
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi / (1.0 / theta ** (i / dim))
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class PlannedTensor:
+    gguf_name: str
+    entry: safetensors_stream.TensorEntry | None  # None for tensors we compute (rope_freqs)
+    shape: tuple[int, ...]
+    qtype: str  # gguf.GGMLQuantizationType member name
+    permute_heads: int = 0  # >0: apply permute_qk with this many heads
+
+
+def _tensor_type(shape: tuple[int, ...], quant: QuantType) -> str:
+    if len(shape) < 2:
+        return "F32"  # norms and biases stay f32: tiny, and llama.cpp computes them in f32 anyway
+    if quant.numpy in ("Q8_0", "Q4_0", "Q5_0") and shape[-1] % 32 != 0:
+        return "F16"  # block types need rows divisible by their block size (32)
+    return quant.numpy
+
+
+def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *,
+                 _permute: bool = True) -> list[PlannedTensor]:
+    import gguf
+
+    tensors = safetensors_stream.model_tensors(model_dir)
+    n_layers = int(config["num_hidden_layers"])
+    arch = getattr(gguf.MODEL_ARCH, spec.gguf_arch)
+    name_map = gguf.get_tensor_name_map(arch, n_layers)
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    tied = bool(config.get("tie_word_embeddings", False))
+    plan: list[PlannedTensor] = []
+    for name, entry in tensors.items():
+        if name.endswith(".rotary_emb.inv_freq"):
+            continue  # recomputed by llama.cpp from rope.freq_base
+        if name == "lm_head.weight" and tied:
+            continue  # tied: llama.cpp uses token_embd when output.weight is absent
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise InputError(
+                f"{entry.file}: tensor {name} has no GGUF name for architecture {spec.gguf_arch.lower()}",
+                hint="the checkpoint has extra weights this converter does not know; "
+                "set export.llama_cpp_dir to use llama.cpp's converter",
+            )
+        heads = 0
+        if spec.permute_qk and _permute:
+            if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
+                heads = n_head
+            elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
+                heads = n_kv
+        plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant), heads))
+    names = {p.gguf_name for p in plan}
+    if "token_embd.weight" not in names:
+        raise InputError(f"{model_dir}: no token embedding (model.embed_tokens.weight) in the safetensors",
+                         hint="the checkpoint is incomplete; re-save it")
+    if "output.weight" not in names and not tied:
+        raise InputError(f"{model_dir}: no lm_head.weight and tie_word_embeddings is false",
+                         hint="the checkpoint is incomplete; re-save it")
+    missing = [b for b in range(n_layers) if f"blk.{b}.attn_q.weight" not in names]
+    if missing:
+        raise InputError(f"{model_dir}: layer {missing[0]} has no attention weights but config says "
+                         f"{n_layers} layers", hint="the checkpoint is incomplete; re-save it")
+    return plan
+
+
+def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
+    import gguf
+
+    t = getattr(gguf.GGMLQuantizationType, qtype)
+    block, type_size = gguf.GGML_QUANT_SIZES[t]
+    count = 1
+    for d in shape:
+        count *= d
+    return count // block * type_size
+
+
+def _file_type(quant: QuantType) -> int:
+    import gguf
+
+    return {
+        "F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+        "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+    }[quant.numpy]
+
+
+def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType,
+                  _write_rope_theta: bool) -> None:
+    import gguf
+
+    writer.add_name(name)
+    writer.add_file_type(_file_type(quant))
+    if quant.numpy not in ("F32", "F16", "BF16"):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    n_head = int(config["num_attention_heads"])
+    head_dim = head_dim_of(config)
+    writer.add_vocab_size(len(vocab.tokens))
+    writer.add_context_length(int(config.get("max_position_embeddings") or 4096))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != int(config["hidden_size"]) // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    theta, scaling = rope_settings(config)
+    if _write_rope_theta:
+        writer.add_rope_freq_base(theta)
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif rope_type not in ("default", "llama3"):
+        raise UsageError(f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
+                         hint="set export.llama_cpp_dir to use llama.cpp's converter")
+    gguf_vocab.add_to_writer(writer, vocab)
+
+
+def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
+            _permute: bool = True, _write_rope_theta: bool = True,
+            _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
+    """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
+
+    The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
+    called after each tensor is written (tests interrupt the export there)."""
+    import gguf
+    import numpy as np
+
+    model_dir = Path(model_dir)
+    if quant.numpy is None:
+        raise UsageError(f"{quant.name} is made by llama.cpp's quantizer, not by the converter")
+    config = read_config(model_dir)
+    spec = arch_spec(config, model_dir)
+    plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute)
+    n_vocab = next(p.shape[0] for p in plan if p.gguf_name == "token_embd.weight")
+    vocab = gguf_vocab.load_vocab(model_dir, n_vocab)
+    if _pre_tokenizer is not None:
+        vocab.pre = _pre_tokenizer
+    theta, scaling = rope_settings(config)
+    extra = {}
+    if scaling.get("rope_type") == "llama3" and spec.gguf_arch == "LLAMA":
+        extra["rope_freqs.weight"] = llama3_rope_factors(config, theta, scaling)
+        plan.append(PlannedTensor("rope_freqs.weight", None, extra["rope_freqs.weight"].shape, "F32"))
+
+    arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, spec.gguf_arch)]
+    writer = gguf.GGUFWriter(None, arch_name)
+    _add_metadata(writer, config, spec, vocab, name or model_dir.name, quant, _write_rope_theta)
+    for p in plan:
+        qt = getattr(gguf.GGMLQuantizationType, p.qtype)
+        writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), _nbytes(p.shape, p.qtype), raw_dtype=qt)
+
+    with atomic_path(out_path) as tmp:
+        try:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+        finally:
+            writer.close()
+        # Tensor data: appended block by block (GGUFWriter wants each tensor whole in memory). Layout: the data
+        # section starts aligned, and each tensor is padded to the alignment, matching the offsets written above.
+        align = writer.data_alignment
+        with open(tmp, "ab") as out:
+            _pad(out, align)
+            for i, p in enumerate(plan):
+                written = 0
+                if p.entry is None:
+                    blocks = [extra[p.gguf_name]]
+                elif p.permute_heads:  # a head's rows must be together to permute; q/k are hidden x hidden at most
+                    blocks = [permute_qk(safetensors_stream.load(p.entry), p.permute_heads)]
+                else:
+                    blocks = safetensors_stream.iter_rows(p.entry)
+                for block in blocks:
+                    data = _encode(block, p.qtype)
+                    data.tofile(out)
+                    written += data.nbytes
+                    del data, block
+                if written != _nbytes(p.shape, p.qtype):
+                    raise RuntimeError(f"{p.gguf_name}: wrote {written} bytes, planned {_nbytes(p.shape, p.qtype)}")
+                _pad(out, align)
+                if _after_tensor is not None:
+                    _after_tensor(i)
+    return {
+        "architecture": architecture_of(config, model_dir),
+        "gguf_architecture": arch_name,
+        "tensors": len(plan),
+        "tokenizer_model": vocab.model,
+        "tokenizer_pre": vocab.pre,
+        "rope_theta": theta,
+        "tied_embeddings": "output.weight" not in {p.gguf_name for p in plan},
+    }
+
+
+def _pad(f, align: int) -> None:
+    f.write(b"\0" * (-f.tell() % align))
+
+
+def _encode(data, qtype: str):
+    import gguf
+    import numpy as np
+
+    if qtype == "F32":
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == "F16":
+        return np.ascontiguousarray(data, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32),
+                                getattr(gguf.GGMLQuantizationType, qtype))

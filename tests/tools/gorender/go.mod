@@ -1,0 +1,3 @@
+module llmforge.local/gorender
+
+go 1.19
