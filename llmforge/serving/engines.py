@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.errors import LlmforgeError, UsageError, require_extra
+from llmforge.serving.prompt import stop_token_texts
 from llmforge.serving.target import Target
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,11 @@ class LlamaCppEngine:
         self.eos_token = model.token_get_text(eos) if eos >= 0 else None
         self.add_bos = bool(model.add_bos_token()) and bos >= 0
         self._pieces: dict[int, bytes] = {}
+        # llama.cpp's end-of-generation tokens (EOS, EOT and the ones it recognises), and the chat family's
+        self._ends = _single_token_ids(
+            stop_token_texts(self.chat_template, self.bos_token, self.eos_token),
+            lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True),
+        )
 
     def tokenize(self, text: str, *, chat: bool) -> list[int]:
         # A chat template usually writes the BOS itself; add it only when the text does not start with it.
@@ -86,7 +92,7 @@ class LlamaCppEngine:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def is_end(self, token: int) -> bool:
-        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return token in self._ends or bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def detokenizer(self) -> _ByteDetokenizer:
         return _ByteDetokenizer(self._piece)
@@ -265,10 +271,9 @@ class TransformersEngine:
         ends = {tokenizer.eos_token_id}
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         ends.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        for text in END_OF_TURN_TOKENS:
-            token = tokenizer.convert_tokens_to_ids(text)
-            if isinstance(token, int) and token != tokenizer.unk_token_id:
-                ends.add(token)
+        extra = tuple(tokenizer.convert_ids_to_tokens(t) for t in ends if t is not None)
+        ends.update(_single_token_ids(stop_token_texts(self.chat_template, self.bos_token, self.eos_token, extra),
+                                      lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]))  # fmt: skip
         self._ends = {t for t in ends if t is not None}
 
     def tokenize(self, text: str, *, chat: bool) -> list[int]:
@@ -301,8 +306,14 @@ class TransformersEngine:
         pass
 
 
-# End-of-turn tokens of the families we know; a tokenizer that has one as a single token stops on it.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+def _single_token_ids(texts: tuple[str, ...], encode) -> set[int]:
+    """Ids of the stop texts that are one token in this vocabulary (a multi-token stop text is no token to stop on)."""
+    ids = set()
+    for text in texts:
+        encoded = encode(text)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return ids
 
 
 def _load_tokenizer(source: str, auto_tokenizer):

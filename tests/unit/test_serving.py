@@ -15,7 +15,7 @@ from llmforge.serving.chat_client import ChatSession, _base_url
 from llmforge.serving.conversations import ConversationLog
 from llmforge.serving.generation import EngineWorker, Job, Sampling, StopMatcher, generate
 from llmforge.serving.metrics import Histogram, Metrics
-from llmforge.serving.prompt import _fallback_render
+from llmforge.serving.prompt import render, stop_token_texts
 from llmforge.serving.target import resolve
 from llmforge.workspace import Workspace
 
@@ -193,16 +193,18 @@ def test_conversation_log_rotates(tmp_path):
     assert lines[0]["messages"][-1] == {"role": "assistant", "content": "a0"}
 
 
-def test_fallback_template_render_handles_generation_markers():
+def test_prompt_render_and_stop_tokens_come_from_chat_templates():
     template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' %}{% generation %}"
-        "{{ m['content'] }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+        "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "?"}]
-    assert _fallback_render(template, msgs, None, None) == "<|user|>hi<|assistant|>yo<|user|>?<|assistant|>"
-    with pytest.raises(UsageError, match="refused"):
-        _fallback_render("{{ raise_exception('roles must alternate') }}", msgs, None, None)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render(template, msgs, None, "<|im_end|>") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert "<|im_end|>" in stop_token_texts(template, None, "<|im_end|>")
+    assert stop_token_texts(None, None, "</s>") == ("</s>",)
+    with pytest.raises(UsageError):
+        render("{{ raise_exception('roles must alternate') }}", msgs, None, None)
 
 
 def test_chat_client_urls_and_history(tmp_path):
