@@ -152,18 +152,26 @@ class Gate:
         path = scope["path"]
         route = path if path in ROUTES else "other"
         status = [500]
+        recorded = [False]
+        start = time.perf_counter()
+
+        def record() -> None:
+            if not recorded[0]:
+                recorded[0] = True
+                self.metrics.finished(route, status[0], time.perf_counter() - start)
 
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last byte leaves: a client that reads /metrics next sees this request
             await send(message)
 
-        start = time.perf_counter()
         self.metrics.started()
         try:
             await self._handle(scope, receive, send_status, path)
         finally:
-            self.metrics.finished(route, status[0], time.perf_counter() - start)
+            record()
 
     async def _handle(self, scope, receive, send, path: str):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
