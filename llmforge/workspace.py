@@ -46,6 +46,15 @@ class Workspace:
     def data_report_md(self) -> Path:
         return self.data_dir / "report.md"
 
+    @property
+    def data_manifest(self) -> Path:
+        return self.data_dir / "manifest.json"
+
+    @property
+    def generated_file(self) -> Path:
+        """Question/answer pairs from `llmforge data generate` (an input to `data prepare`, not a split)."""
+        return self.data_dir / "generated.jsonl"
+
     # runs/<run>/
     @property
     def runs_dir(self) -> Path:

@@ -150,6 +150,12 @@ def main() -> None:
     (CORPUS / "brightwave-manual.md").write_text(manual(), encoding="utf-8")
     faq_text = "\n\n".join(f"Question: {q}\nAnswer: {a}" for _, a, qs in FACTS for q in qs)
     (CORPUS / "brightwave-questions.txt").write_text(faq_text + "\n", encoding="utf-8")
+    # The same text as {"text": ...} records, one paragraph each: what `llmforge train --method scratch` reads.
+    with open(CORPUS / "pretrain.jsonl", "w", encoding="utf-8") as fh:
+        for source in sorted(CORPUS.glob("*.md")) + sorted(CORPUS.glob("*.txt")):
+            for paragraph in source.read_text(encoding="utf-8").split("\n\n"):
+                if paragraph.strip():
+                    fh.write(json.dumps({"text": paragraph.strip()}, ensure_ascii=False) + "\n")
     print(f"{len(clean)} clean records, {len(messy(rng))} messy records, {len(FACTS[::4])} probes")
 
 

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from llmforge import __version__
 from llmforge.cli import chat as chat_cmd
 from llmforge.cli import config as config_cmd
+from llmforge.cli import data as data_cmd
 from llmforge.cli import deploy as deploy_cmd
 from llmforge.cli import doctor as doctor_cmd
 from llmforge.cli import evaluate as evaluate_cmd
@@ -69,14 +70,15 @@ def root(
     """Fine-tune language models from one YAML file."""
 
 
-app.add_typer(config_cmd.app, name="config")
-app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(data_cmd.app, name="data")
 app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
-app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(deploy_cmd.app, name="deploy")
 app.command("serve")(serve_cmd.serve)
 app.command("chat")(chat_cmd.chat)
+app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(config_cmd.app, name="config")
+app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`data:` where the training data comes from and how it is cleaned and split."""
+"""`data:` where the training data comes from and how it is cleaned, split, and generated from documents."""
 
 from __future__ import annotations
 
@@ -27,8 +27,15 @@ class SplitConfig(Section):
 
 class DedupeConfig(Section):
     exact: bool = Field(True, description="Drop exact duplicates (after normalization).")
-    near: bool = Field(True, description="Drop near duplicates (MinHash over word shingles).")
+    near: bool = Field(True, description="Find near duplicates (MinHash over word shingles).")
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity above which records are near duplicates.")
+    near_action: Literal["drop", "group"] = Field(
+        "drop",
+        description="'drop' keeps the first record of each near-duplicate cluster; 'group' keeps them all but puts "
+        "each cluster in a single split. Either way clusters never straddle splits.",
+    )
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: finer similarity, slower).")
+    shingle: int = Field(3, ge=1, le=16, description="Words per shingle for near-duplicate detection.")
 
 
 class PiiConfig(Section):
@@ -44,12 +51,43 @@ class FilterConfig(Section):
         1, ge=0, description="Drop records shorter than this (tokens, or characters without a tokenizer)."
     )
     max_tokens: int | None = Field(
-        None, ge=1, description="Drop records longer than this (default: train.max_length when a tokenizer is known)."
+        None,
+        ge=1,
+        description="Drop records longer than this (tokens of the rendered chat template when model.name is a "
+        "local model folder, else characters); unset: no limit.",
     )
     min_answer_chars: int = Field(
-        1, ge=0, description="Drop records whose answer is shorter than this many characters."
+        1, ge=0, description="Drop records whose answer (shortest assistant turn) is shorter than this many characters."
     )
     blocklist: list[str] = Field(default_factory=list, description="Regular expressions; a matching record is dropped.")
+
+
+class GenerateConfig(Section):
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (Ollama) or llmforge serve's."
+    )
+    model: str | None = Field(None, description="Model name the endpoint serves.")
+    api_key: str | None = Field(
+        None, description="Bearer key for the endpoint; prefer the env var LLMFORGE_DATA__GENERATE__API_KEY."
+    )
+    output: str | None = Field(
+        None, description="Where to write the pairs (default: <workspace>/data/generated.jsonl)."
+    )
+    pairs_per_chunk: int = Field(3, ge=1, le=50, description="Question/answer pairs asked for per chunk.")
+    chunk_chars: int = Field(
+        2000, ge=200, description="Target chunk size in characters (split on headings, paragraphs)."
+    )
+    chunk_overlap: int = Field(
+        200, ge=0, description="Characters of the previous chunk repeated at the start of the next."
+    )
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature for generation.")
+    max_tokens: int = Field(1024, ge=16, description="Most tokens the endpoint may answer with per chunk.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer.")
+    retries: int = Field(3, ge=0, le=20, description="Retries of a failed request (timeouts, 429, 5xx), with backoff.")
+    backoff: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles each retry.")
+    min_grounding: float = Field(
+        0.5, ge=0, le=1, description="Share of an answer's content words that must appear in its chunk; below: dropped."
+    )
 
 
 class DataConfig(Section):
@@ -58,7 +96,13 @@ class DataConfig(Section):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="'fail' stops at invalid records and writes nothing; 'skip' writes the good ones."
     )
+    max_record_chars: int = Field(
+        1_000_000, ge=100, description="A record longer than this is invalid (absurd length); documents are exempt."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="Personal data scrubbing.")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Length and content filters.")
+    generate: GenerateConfig = Field(
+        default_factory=GenerateConfig, description="Question/answer generation from documents (`data generate`)."
+    )

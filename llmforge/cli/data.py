@@ -1,0 +1,281 @@
+"""`llmforge data prepare|validate|stats|preview|convert|generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmforge.cli.options import ConfigOption, ForceOption, JsonOption, SetOption, load, workspace_of
+from llmforge.cli.output import console, escape, print_json
+
+app = typer.Typer(
+    help="Ingest, validate, clean, deduplicate, split, inspect, convert and generate training data.\n\n"
+    "Example:  llmforge data prepare examples/support-faq/faq.jsonl && llmforge data stats",
+    no_args_is_help=True,
+)
+
+InputsArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Input files, folders or globs (default: data.inputs).", show_default=False),
+]
+DatasetArgument = Annotated[
+    Optional[str],
+    typer.Argument(help="Dataset file, folder or glob (default: the workspace's prepared splits).", show_default=False),
+]
+
+
+def _spinner(json_: bool):
+    """A live status line for long passes; quiet with --json."""
+    import contextlib
+
+    if json_:
+        return contextlib.nullcontext(None)
+    return console.status("reading...", spinner="dots")
+
+
+@app.command("prepare")
+def prepare(
+    inputs: InputsArgument = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Ingest, validate, clean, deduplicate and split data into the workspace's data/ (train/val/test.jsonl).
+
+    Example:  llmforge data prepare chats.jsonl docs/ -s data.on_error=skip -s data.split.seed=7
+    """
+    from llmforge.data import prepare as run
+
+    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None)
+    with _spinner(json_) as status:
+
+        def progress(phase: str, n: int) -> None:
+            if status is not None:
+                status.update(f"{phase}: {n:,} records")
+
+        report = run(loaded.config.data, loaded.config.model, workspace_of(loaded), force=force, progress=progress)
+    if json_:
+        print_json(report)
+        return
+    from rich.table import Table
+
+    c = report["counts"]
+    table = Table(title=f"{report['dataset_kind']} dataset -> {escape(str(workspace_of(loaded).data_dir))}")
+    table.add_column("what")
+    table.add_column("records", justify="right")
+    for key in ("read", "rejected", "filtered", "exact_duplicates", "near_duplicates", "train", "val", "test"):
+        table.add_row(key.replace("_", " "), f"{c[key]:,}")
+    console.print(table)
+    pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
+    if pii:
+        console.print(f"PII replaced: {pii}")
+    if c["rejected"]:
+        console.print(
+            f"[yellow]{c['rejected']} invalid records skipped[/]: see {escape(report['outputs']['rejected'])}"
+        )
+    console.print(f"report: {escape(str(workspace_of(loaded).data_report_md))}")
+
+
+@app.command("validate")
+def validate(
+    inputs: InputsArgument = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Check every record and list every problem as file:line: field: reason; writes nothing; exit 2 if any.
+
+    Example:  llmforge data validate chats.jsonl --json
+    """
+    from llmforge.data import validate as run
+
+    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None)
+    result = run(loaded.config.data)
+    if json_:
+        print_json(result.to_dict())
+    else:
+        for problem in result.problems:
+            console.print(escape(str(problem)), soft_wrap=True)
+        if result.problem_count > len(result.problems):
+            console.print(f"... and {result.problem_count - len(result.problems)} more")
+        for warning in result.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        kinds = ", ".join(f"{k} {v}" for k, v in result.kinds.items())
+        verdict = "[green]ok[/]" if result.ok else f"[red]{result.problem_count} invalid[/]"
+        console.print(f"{verdict}: {result.records} records in {len(result.files)} file(s) ({kinds or 'none valid'})")
+    if not result.ok:
+        raise typer.Exit(2)
+
+
+@app.command("stats")
+def stats(
+    dataset: DatasetArgument = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Where to save the length histogram PNG.", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Counts, roles, turns and length distribution (tokens with a local model.name, else characters) + PNG.
+
+    Example:  llmforge data stats llmforge-work/demo/data/train.jsonl -s model.name=./my-model
+    """
+    from llmforge.data import stats as run
+
+    loaded = load(config, set_)
+    result = run(dataset, loaded.config.model, workspace_of(loaded), plot=plot)
+    if json_:
+        print_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table(title="records")
+    table.add_column("file")
+    table.add_column("records", justify="right")
+    for file, n in result.files.items():
+        table.add_row(escape(file), f"{n:,}")
+    console.print(table)
+    summary = Table(show_header=False)
+    summary.add_row("kinds", ", ".join(f"{k} {v:,}" for k, v in result.kinds.items()))
+    summary.add_row("roles", ", ".join(f"{k} {v:,}" for k, v in result.roles.items()))
+    if result.turns:
+        summary.add_row("turns", f"min {result.turns['min']}, mean {result.turns['mean']}, max {result.turns['max']}")
+    if result.invalid:
+        summary.add_row("invalid", f"[red]{result.invalid}[/]")
+    console.print(summary)
+    length = result.length
+    if "p50" in length:
+        lengths = Table(title=f"length ({length['unit']})")
+        for key in ("min", "mean", "p50", "p90", "p99", "max"):
+            lengths.add_column(key, justify="right")
+        lengths.add_row(*(f"{length[k]:g}" for k in ("min", "mean", "p50", "p90", "p99", "max")))
+        console.print(lengths)
+        widest = max(b["records"] for b in length["histogram"]) or 1
+        for b in length["histogram"]:
+            bar = "#" * round(30 * b["records"] / widest)
+            console.print(f"{b['from']:>10.0f}-{b['to']:<10.0f} {bar} {b['records']}")
+    if result.plot:
+        console.print(f"histogram: {escape(result.plot)}")
+
+
+@app.command("preview")
+def preview(
+    dataset: DatasetArgument = None,
+    n: Annotated[int, typer.Option("-n", "--count", min=1, help="How many records to show.")] = 3,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Show records rendered with the model's chat template: trained tokens highlighted, masked ones dimmed.
+
+    Example:  llmforge data preview -n 3 -s model.name=Qwen/Qwen2.5-0.5B-Instruct
+    """
+    from llmforge.data import preview as run
+
+    loaded = load(config, set_)
+    result = run(dataset, loaded.config.model, workspace_of(loaded), n=n)
+    if json_:
+        print_json(result.to_dict())
+        return
+    from rich.rule import Rule
+    from rich.text import Text
+
+    console.print(f"[bold green]trained[/] / [dim]masked[/]  (mask from {result.mask_source}, {escape(result.model)})")
+    for example in result.examples:
+        for rendering in example.renderings:
+            console.print(Rule(f"{escape(example.file)}:{example.line} {rendering.title}"))
+            text = Text()
+            for segment in rendering.segments:
+                text.append(segment["text"], style="bold green" if segment["trained"] else "dim")
+            console.print(text)
+            console.print(f"[bold]{rendering.tokens}[/] tokens, {rendering.trained_tokens} trained")
+
+
+@app.command("convert")
+def convert(
+    dataset: DatasetArgument = None,
+    to: Annotated[str, typer.Option("--to", help="Target format: chatml, alpaca, sharegpt, openai or text.")] = ...,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Output file (default: <name>.<format>.jsonl beside it).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Write a dataset in another tool's format.
+
+    Example:  llmforge data convert llmforge-work/demo/data/train.jsonl --to sharegpt -o train.sharegpt.jsonl
+    """
+    from llmforge.data import convert as run
+
+    loaded = load(config, set_)
+    result = run(dataset, to, output, workspace_of(loaded), force=force)
+    if json_:
+        print_json(result.to_dict())
+        return
+    console.print(f"wrote {result.written} records as {result.target} to {escape(result.output)}")
+    if result.skipped or result.invalid:
+        console.print(f"[yellow]skipped {result.skipped} not representable, {result.invalid} invalid[/]")
+        for line in result.examples:
+            console.print(f"  {escape(line)}", soft_wrap=True)
+
+
+@app.command("generate")
+def generate(
+    docs: Annotated[
+        list[str], typer.Option("--from", help="Documents (.txt/.md files, folders or globs); repeatable.")
+    ] = ...,
+    endpoint: Annotated[
+        Optional[str], typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1.")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")] = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="Output JSONL (default: data/generated.jsonl).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over instead of resuming.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Generate question/answer pairs from documents with an OpenAI-compatible endpoint; a rerun resumes.
+
+    Example:  llmforge data generate --from docs/ --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b
+    """
+    from llmforge.data import generate as run
+
+    loaded = load(
+        config,
+        set_,
+        data__generate__endpoint=endpoint,
+        data__generate__model=model,
+        data__generate__output=output,
+    )
+    if json_:
+        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force)
+        print_json(result.to_dict())
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("chunks", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=progress)
+    console.print(
+        f"wrote {result.pairs} pairs from {result.chunks} chunks of {result.documents} document(s) to "
+        f"{escape(result.output)} ({result.chunks_skipped} chunks done earlier, {result.chunks_failed} failed)"
+    )
+    if result.dropped:
+        console.print("dropped: " + ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
+    for line in result.errors[:10]:
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)

@@ -1,0 +1,114 @@
+"""The data stage: ingest, validate, clean, deduplicate, split, inspect, convert and generate training data.
+
+Outputs in the workspace's data/ folder (llmforge.workspace names them), the contract with `train` and `eval`:
+
+- train.jsonl, val.jsonl, test.jsonl: one canonical record per line, all of one kind per dataset:
+    chat        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+                (system only first, no two user or two assistant turns in a row, at least one assistant turn)
+    preference  {"prompt": [messages ending with a user turn],
+                 "chosen": [{"role": "assistant", "content": str}], "rejected": [...]}  (TRL's conversational DPO)
+    text        {"text": str}  (raw text for pretraining from scratch; .txt/.md documents become these)
+  No other keys: metadata of the inputs (such as `llmforge serve`'s conversation log) is dropped.
+- rejected.jsonl: invalid records (data.on_error: skip), each {"file", "line", "field", "reason", "record"}.
+- duplicates.jsonl: dropped duplicates, each {"file", "line", "kind": "exact"|"near", "duplicate_of": {file, line}}.
+- report.json / report.md: counts, formats, PII replacements, filters, clusters, lengths, timings; lengths.png.
+- manifest.json (inputs with sha256, outputs, versions, timings) and config.yaml (the resolved model + data config).
+
+Implementation modules are imported inside each verb, so importing this package stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmforge.config.data import DataConfig, GenerateConfig
+    from llmforge.config.model import ModelConfig
+    from llmforge.data.conversion import ConvertResult
+    from llmforge.data.generation import GenerateResult
+    from llmforge.data.inspect import Preview, Stats
+    from llmforge.data.pipeline import ValidateResult
+    from llmforge.workspace import Workspace
+
+__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate"]
+
+
+def prepare(
+    data: DataConfig,
+    model: ModelConfig,
+    workspace: Workspace,
+    *,
+    force: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest `data.inputs`, validate, clean, filter, deduplicate, split and write the workspace's data/ folder.
+
+    With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is written.
+    Returns the report (also written as report.json)."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data prepare", "data", "orjson", "numpy", "matplotlib")
+    if data.dedupe.near:
+        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
+    from llmforge.data.pipeline import prepare as run
+
+    return run(data, model, workspace, force=force, progress=progress)
+
+
+def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
+    """Check every record of `data.inputs` and return every problem; writes nothing."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data validate", "data", "orjson", "numpy")
+    from llmforge.data.pipeline import validate as run
+
+    return run(data, progress=progress)
+
+
+def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: Path | None = None) -> Stats:
+    """Counts, roles, turns and length distribution of a dataset (default: the prepared splits), plus a PNG."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data stats", "data", "orjson", "numpy", "matplotlib")
+    from llmforge.data.inspect import stats as run
+
+    return run(dataset, model, workspace, plot=plot)
+
+
+def preview(dataset: str | None, model: ModelConfig, workspace: Workspace, n: int = 3) -> Preview:
+    """The first `n` records rendered with the model's chat template, split into trained and masked spans."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data preview", "data", "orjson")
+    require_extra("llmforge data preview", "train", "transformers")
+    from llmforge.data.inspect import preview as run
+
+    return run(dataset, model, workspace, n=n)
+
+
+def convert(
+    dataset: str | None, target: str, output: Path | None, workspace: Workspace, *, force: bool = False
+) -> ConvertResult:
+    """Write a dataset in another tool's format: chatml, alpaca, sharegpt, openai or text."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data convert", "data", "orjson")
+    from llmforge.data.conversion import convert as run
+
+    return run(dataset, target, output, workspace, force=force)
+
+
+def generate(
+    docs: list[str],
+    generate: GenerateConfig,
+    workspace: Workspace,
+    *,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerateResult:
+    """Question/answer pairs from documents through an OpenAI-compatible endpoint, written as messages JSONL."""
+    from llmforge.data.generation import generate as run
+
+    return run(docs, generate, workspace, force=force, progress=progress)

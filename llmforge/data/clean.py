@@ -1,0 +1,162 @@
+"""Cleaning: Unicode NFC, whitespace normalization that leaves fenced code blocks intact, control characters,
+and PII scrubbing (e-mail, URL, phone, IPv4, Luhn-checked card numbers) into typed placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+
+# C0 controls except tab/newline/carriage return, DEL, C1 controls, zero-width characters and stray BOMs.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
+_ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
+_LINE_SEP = re.compile(r"\r\n?|[\u2028\u2029\x85]")
+_TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
+_BLANK_RUN = re.compile(r"\n{3,}")
+_FENCE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.MULTILINE | re.DOTALL)
+
+
+def _tidy(prose: str) -> str:
+    return _BLANK_RUN.sub("\n\n", _TRAILING.sub("", prose))
+
+
+def normalize_text(text: str) -> str:
+    """NFC, one newline convention, no control characters, no trailing spaces or runs of blank lines outside
+    fenced code blocks, no leading/trailing blank space. Indentation is kept (it may be code)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+        text = _ODD_SPACE.sub(" ", text)
+    if "\r" in text or not text.isascii():
+        text = _LINE_SEP.sub("\n", text)
+    if not text.isprintable():  # C-speed check: only then look for control characters (all are unprintable)
+        text = _CONTROL.sub("", text)
+    if "\n" not in text:
+        return text.strip()
+    if "```" in text or "~~~" in text:
+        pieces, last = [], 0
+        for match in _FENCE.finditer(text):
+            pieces.append(_tidy(text[last : match.start()]))
+            pieces.append(match.group(0))  # code stays byte for byte
+            last = match.end()
+        pieces.append(_tidy(text[last:]))
+        text = "".join(pieces)
+    else:
+        text = _tidy(text)
+    text = text.strip("\n").rstrip()
+    if text[:1] in (" ", "\t") and not text.startswith(("    ", "\t")):
+        text = text.lstrip(" \t")
+    return text
+
+
+# --- PII -------------------------------------------------------------------------------------------------------
+
+PLACEHOLDERS = {"email": "<EMAIL>", "url": "<URL>", "phone": "<PHONE>", "ip": "<IP>", "card": "<CARD>"}
+
+_URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"'`]+", re.IGNORECASE)
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# Exactly four octets: "3.10.12" (three parts) and "1.2.3.4.5" (five) are not addresses.
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+_VERSION_CONTEXT = re.compile(r"(?:\bv|version|release|python|release|build|\bver\.?)\s*$", re.IGNORECASE)
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+_PHONE = re.compile(
+    r"(?<![\w+./-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w/-]|\.\d)"
+    r"|(?<![\w+])\+\d{8,15}\b"
+)
+_DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
+_TIME = re.compile(r"^\d{1,2}[.:]\d{2}(?:[.:]\d{2})?$")
+_DIGIT = re.compile(r"\d")
+_URL_TRAILING = ".,;:!?)]}'\""
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = ord(char) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _is_phone(candidate: str) -> bool:
+    digits = sum(c.isdigit() for c in candidate)
+    if not 7 <= digits <= 15:
+        return False
+    if _DATE.match(candidate) or _TIME.match(candidate):
+        return False
+    has_prefix = candidate.startswith(("+", "("))
+    groups = re.split(r"[ .()-]+", candidate.strip("+()"))
+    groups = [g for g in groups if g]
+    separators = set(re.findall(r"[ .-]", candidate))
+    if not has_prefix:
+        if separators == {"."} and len(groups) <= 3:  # 1.234.567 or a version number
+            return False
+        if len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:]) and separators <= {" ", ","}:
+            return False  # "1 000 000": thousands, not a phone number
+        if len(groups) < 2:
+            return False
+    return True
+
+
+class PiiScrubber:
+    """Replaces the enabled kinds of PII with placeholders and counts what it replaced."""
+
+    def __init__(self, email: bool = True, url: bool = True, phone: bool = True, ip: bool = True, card: bool = True):
+        self.enabled = {"email": email, "url": url, "phone": phone, "ip": ip, "card": card}
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def active(self) -> bool:
+        return any(self.enabled.values())
+
+    def __call__(self, text: str) -> str:
+        on = self.enabled
+        if on["url"] and ("://" in text or "www." in text or "WWW." in text):
+            text = _URL.sub(self._url, text)
+        if on["email"] and "@" in text:
+            text, n = _EMAIL.subn(PLACEHOLDERS["email"], text)
+            self.counts["email"] += n
+        if _DIGIT.search(text) is None:
+            return text
+        if on["card"]:
+            text = _CARD.sub(self._card, text)
+        if on["ip"] and "." in text:
+            text = _IPV4.sub(self._ip, text)
+        if on["phone"]:
+            text = _PHONE.sub(self._phone, text)
+        return text
+
+    def _url(self, match: re.Match) -> str:
+        url = match.group(0)
+        stripped = url.rstrip(_URL_TRAILING)
+        # keep a closing bracket that closes an opening one inside the URL
+        while len(stripped) < len(url) and url[len(stripped)] == ")" and stripped.count("(") > stripped.count(")"):
+            stripped += ")"
+        self.counts["url"] += 1
+        return PLACEHOLDERS["url"] + url[len(stripped) :]
+
+    def _card(self, match: re.Match) -> str:
+        raw = match.group(0)
+        digits = raw.replace(" ", "").replace("-", "")
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+            self.counts["card"] += 1
+            return PLACEHOLDERS["card"]
+        return raw
+
+    def _ip(self, match: re.Match) -> str:
+        before = match.string[max(0, match.start() - 12) : match.start()]
+        if _VERSION_CONTEXT.search(before):
+            return match.group(0)
+        self.counts["ip"] += 1
+        return PLACEHOLDERS["ip"]
+
+    def _phone(self, match: re.Match) -> str:
+        candidate = match.group(0)
+        if _is_phone(candidate):
+            self.counts["phone"] += 1
+            return PLACEHOLDERS["phone"]
+        return candidate

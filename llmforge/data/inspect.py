@@ -1,0 +1,222 @@
+"""`data stats` and `data preview`: what a dataset holds, and what training will see of it token by token."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmforge.data import records as rec
+from llmforge.data import sources
+from llmforge.errors import UsageError
+from llmforge.workspace import Workspace
+
+
+def dataset_files(dataset: str | None, workspace: Workspace) -> list[Path]:
+    """The files of DATASET (a file, folder or glob), by default the workspace's prepared splits."""
+    if dataset:
+        return sources.resolve_inputs([dataset])
+    files = [workspace.split_file(s) for s in ("train", "val", "test") if workspace.split_file(s).is_file()]
+    if not files:
+        raise UsageError(
+            f"no prepared data in {workspace.data_dir}",
+            hint="run `llmforge data prepare INPUTS` or name a dataset file",
+        )
+    return files
+
+
+def iter_records(files: list[Path], max_record_chars: int = 10_000_000):
+    """(file, line, kind, canonical record or None, problem or None) for every record of `files`."""
+    warnings: list[str] = []
+    for path in files:
+        for item in sources.read(path, max_record_chars, warnings):
+            if item.reason is not None:
+                yield item.file, item.line, None, None, f"{item.field}: {item.reason}"
+                continue
+            try:
+                kind, record = rec.canonical(item.obj)
+            except rec.RecordError as exc:
+                yield item.file, item.line, None, None, f"{exc.field}: {exc.reason}"
+                continue
+            yield item.file, item.line, kind, record, None
+
+
+@dataclass
+class Stats:
+    files: dict[str, int]
+    records: int
+    invalid: int
+    kinds: dict[str, int]
+    roles: dict[str, int]
+    turns: dict[str, float]
+    length: dict[str, Any]
+    plot: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = None) -> Stats:
+    import numpy as np
+
+    from llmforge.data.report import histogram
+    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
+
+    files = dataset_files(dataset, workspace)
+    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    if tokenizer is not None:
+        use_training_template(tokenizer, model.chat_template)
+    counter = TokenCounter(tokenizer) if tokenizer is not None else None
+    per_file: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    roles: Counter[str] = Counter()
+    turns: list[int] = []
+    lengths: list[int] = []
+    problems: list[str] = []
+    invalid = 0
+    for file, line, kind, record, problem in iter_records(files):
+        per_file[file] += 1
+        if problem:
+            invalid += 1
+            if len(problems) < 20:
+                problems.append(f"{file}:{line}: {problem}")
+            continue
+        kinds[kind] += 1
+        messages = record.get("messages") or (record.get("prompt", []) + record.get("chosen", []))
+        for m in messages:
+            roles[m["role"]] += 1
+        if messages:
+            turns.append(len(messages))
+        lengths.append(counter.count(record) if counter else len(rec.plain(record)))
+    unit = "tokens" if counter else "characters"
+    length: dict[str, Any] = {"unit": unit}
+    if lengths:
+        arr = np.asarray(lengths)
+        p = np.percentile(arr, [50, 90, 99])
+        length.update(min=int(arr.min()), mean=round(float(arr.mean()), 1), p50=float(p[0]), p90=float(p[1]),
+                      p99=float(p[2]), max=int(arr.max()))  # fmt: skip
+        buckets = np.histogram(arr, bins=10)
+        length["histogram"] = [
+            {"from": float(lo), "to": float(hi), "records": int(n)}
+            for lo, hi, n in zip(buckets[1][:-1], buckets[1][1:], buckets[0])
+        ]
+    turn_stats = {}
+    if turns:
+        t = np.asarray(turns)
+        turn_stats = {"min": int(t.min()), "mean": round(float(t.mean()), 2), "max": int(t.max())}
+    written = None
+    if lengths:
+        target = plot or workspace.data_dir / "stats-lengths.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from llmforge import atomic
+
+        with atomic.atomic_path(target) as tmp:
+            histogram(lengths, tmp, f"record length ({unit})")
+        written = str(target)
+    return Stats(dict(per_file), sum(per_file.values()), invalid, dict(kinds), dict(roles), turn_stats, length,
+                 written, problems)  # fmt: skip
+
+
+# --- preview -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rendered:
+    """One rendering: the text in segments, each trained on or masked, and the token counts."""
+
+    title: str
+    segments: list[dict[str, Any]]  # {"text": str, "trained": bool}
+    tokens: int
+    trained_tokens: int
+
+
+@dataclass
+class Example:
+    file: str
+    line: int
+    kind: str
+    renderings: list[Rendered]
+
+
+@dataclass
+class Preview:
+    model: str
+    mask_source: str  # "generation markers", "prefix difference" or "raw text"
+    examples: list[Example]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ids(encoded) -> list[int]:
+    return list(encoded["input_ids"]) if hasattr(encoded, "keys") else list(encoded)
+
+
+def token_mask(tokenizer, messages: list[dict[str, str]], *, markers: bool) -> tuple[list[int], list[int]]:
+    """(token ids, mask) with mask 1 on the tokens training learns from (assistant turns)."""
+    if markers:
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+    # No {% generation %} markers: an assistant turn is what rendering it adds to the prompt before it.
+    ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True))
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(_ids(tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=True,
+                                                       add_generation_prompt=True)))  # fmt: skip
+        end = len(_ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=True)))
+        for j in range(start, min(end, len(ids))):
+            mask[j] = 1
+    return ids, mask
+
+
+def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]]:
+    segments, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            segments.append({"text": tokenizer.decode(ids[start:i]), "trained": bool(mask[start])})
+            start = i
+    return segments
+
+
+def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Preview:
+    from llmforge.data.tokens import conversation, load_tokenizer, use_training_template
+
+    if not model.name:
+        raise UsageError("preview needs the model's tokenizer", hint="set model.name (a local folder or hub id)")
+    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    if tokenizer is None:
+        raise UsageError(
+            f"no tokenizer found for {model.name} on this machine",
+            hint="point model.name at a local model folder, or download the model first",
+        )
+    files = dataset_files(dataset, workspace)
+    source, template_problem = use_training_template(tokenizer, model.chat_template)
+    from llmforge.chat_templates import has_generation_markers
+
+    markers = has_generation_markers(getattr(tokenizer, "chat_template", None))
+    examples: list[Example] = []
+    mask_source = "raw text"
+    for file, line, kind, record, problem in iter_records(files):
+        if problem:
+            continue
+        renderings = []
+        if kind == "text":
+            ids = tokenizer(record["text"])["input_ids"]
+            renderings.append(Rendered("text", _segments(tokenizer, ids, [1] * len(ids)), len(ids), len(ids)))
+        else:
+            if template_problem is not None:
+                raise template_problem  # training could not tell the assistant's tokens either
+            mask_source = f"{'generation markers' if markers else 'prefix difference'}, template: {source}"
+            for which in ("chosen", "rejected") if kind == "preference" else ("messages",):
+                ids, mask = token_mask(tokenizer, conversation(record, which), markers=markers)
+                renderings.append(Rendered(which, _segments(tokenizer, ids, mask), len(ids), sum(mask)))
+        examples.append(Example(file, line, kind, renderings))
+        if len(examples) >= n:
+            break
+    return Preview(str(model.name), mask_source, examples)

@@ -1,0 +1,537 @@
+"""`data prepare` and `data validate`: ingest -> validate -> normalize -> clean -> filter -> deduplicate -> split
+-> write, streaming. Records pass through once into a spill file; only compact per-record arrays (origin,
+content hash, length, MinHash band hashes) stay in memory; a second pass writes the splits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from llmforge import atomic, manifest, registry
+from llmforge.config.data import DataConfig
+from llmforge.config.model import ModelConfig
+from llmforge.data import records as rec
+from llmforge.data import sources
+from llmforge.data.clean import PiiScrubber
+from llmforge.errors import ConfigError, InputError, UsageError
+from llmforge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int], None]
+MAX_PROBLEMS_KEPT = 100_000
+MAX_PROBLEMS_SHOWN = 200
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.reason}"
+
+
+@dataclass
+class ValidateResult:
+    files: list[str]
+    records: int
+    valid: int
+    problems: list[Problem]
+    problem_count: int
+    kinds: dict[str, int]
+    formats: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["problems"] = [str(p) for p in self.problems]
+        return out
+
+
+class _Scan:
+    """Reads every input and yields (item, kind, canonical record) for valid records; collects problems."""
+
+    def __init__(self, data: DataConfig, files: list[Path]):
+        self.data = data
+        self.files = files
+        self.problems: list[Problem] = []
+        self.problem_count = 0
+        self.records = 0
+        self.kinds: Counter[str] = Counter()
+        self.formats: Counter[str] = Counter()
+        self.per_file: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.dataset_kind: str | None = None
+        self.read_seconds = 0.0
+        self.validate_seconds = 0.0
+
+    def problem(self, item: sources.Item, field_: str, reason: str) -> Problem:
+        self.problem_count += 1
+        found = Problem(item.file, item.line, field_, reason)
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(found)
+        return found
+
+    def __iter__(self) -> Iterator[tuple[sources.Item, str, dict[str, Any], Problem | None]]:
+        fmt = self.data.format
+        limit = self.data.max_record_chars
+        clock = time.perf_counter
+        for path in self.files:
+            before = self.records
+            stream = sources.read(path, limit, self.warnings)
+            while True:
+                t0 = clock()
+                item = next(stream, None)
+                t1 = clock()
+                self.read_seconds += t1 - t0
+                if item is None:
+                    self.per_file[str(path)] += self.records - before
+                    break
+                self.records += 1
+                if item.reason is not None:
+                    yield item, "", {}, self.problem(item, item.field or "record", item.reason)
+                    continue
+                try:
+                    detected = rec.detect(item.obj) if fmt == "auto" else fmt
+                    kind, record = rec.canonical(item.obj, detected)
+                    if self.dataset_kind is None:
+                        self.dataset_kind = kind
+                    elif kind != self.dataset_kind:
+                        raise rec.RecordError(
+                            "record", f"a {kind} record in a {self.dataset_kind} dataset (one kind per dataset)"
+                        )
+                except rec.RecordError as exc:
+                    self.validate_seconds += clock() - t1
+                    yield item, "", {}, self.problem(item, exc.field, exc.reason)
+                    continue
+                self.validate_seconds += clock() - t1
+                self.kinds[kind] += 1
+                self.formats[detected] += 1
+                yield item, kind, record, None
+
+    def result(self) -> ValidateResult:
+        return ValidateResult(
+            files=[str(f) for f in self.files],
+            records=self.records,
+            valid=self.records - self.problem_count,
+            problems=self.problems,
+            problem_count=self.problem_count,
+            kinds=dict(self.kinds),
+            formats=dict(self.formats),
+            warnings=self.warnings,
+        )
+
+
+def validate(data: DataConfig, progress: Progress | None = None) -> ValidateResult:
+    """Read and check every record; write nothing."""
+    scan = _Scan(data, sources.resolve_inputs(data.inputs))
+    for n, _ in enumerate(scan, 1):
+        if progress and n % 10_000 == 0:
+            progress("validate", n)
+    return scan.result()
+
+
+def problems_error(problems: list[Problem], count: int) -> InputError:
+    shown = "\n".join(str(p) for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = f"\n... and {count - MAX_PROBLEMS_SHOWN} more" if count > MAX_PROBLEMS_SHOWN else ""
+    return InputError(
+        f"{count} invalid record{'s' if count != 1 else ''}; nothing written:\n{shown}{more}",
+        hint="fix them, or set data.on_error: skip (-s data.on_error=skip) to write the good records and "
+        "rejected.jsonl; `llmforge data validate --json` lists every problem",
+    )
+
+
+def _outside(files: list[Path], workspace: Workspace) -> list[Path]:
+    """The inputs minus the workspace's own artifacts (`prepare .` must not eat earlier splits or metrics), except
+    the conversation log of `llmforge serve`, which is meant to come back as training data."""
+    root, log_dir = workspace.root.resolve(), workspace.conversations_dir.resolve()
+    kept = [f for f in files if not f.resolve().is_relative_to(root) or f.resolve().is_relative_to(log_dir)]
+    if len(kept) < len(files):
+        log.warning("ignoring %d input file(s) inside the workspace %s", len(files) - len(kept), workspace.root)
+    if not kept:
+        raise UsageError(
+            f"every input is inside the workspace {workspace.root}",
+            hint="name your source data, not the prepared splits",
+        )
+    return kept
+
+
+def _blocklist(patterns: list[str]) -> re.Pattern | None:
+    if not patterns:
+        return None
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"data.filter.blocklist: invalid regular expression {pattern!r} ({exc})") from None
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def _percentiles(values: array) -> dict[str, float]:
+    if not len(values):
+        return {}
+    arr = np.frombuffer(values, dtype=np.uint32) if values.typecode == "I" else np.asarray(values)
+    p = np.percentile(arr, [50, 90, 99])
+    return {
+        "min": int(arr.min()),
+        "mean": round(float(arr.mean()), 1),
+        "p50": float(p[0]),
+        "p90": float(p[1]),
+        "p99": float(p[2]),
+        "max": int(arr.max()),
+    }
+
+
+def _mix(values, seed: int):
+    """splitmix64 of (value xor seed): a stable, well-spread rank for each cluster key."""
+    with np.errstate(over="ignore"):
+        z = values ^ np.uint64((seed * 0x9E3779B97F4A7C15) & (2**64 - 1))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def assign_splits(keys, roots, keep, split, seed: int):
+    """Split label (0 train, 1 val, 2 test) for every record: whole clusters go to one split, ranked by a seeded
+    hash of the cluster's content key, filled test first, then val, then train, to the configured shares."""
+    labels = np.zeros(len(roots), dtype=np.uint8)
+    kept_roots = roots[keep]
+    if not len(kept_roots):
+        return labels
+    group_roots, sizes = np.unique(kept_roots, return_counts=True)
+    order = np.argsort(_mix(keys[group_roots], seed), kind="stable")
+    group_roots, sizes = group_roots[order], sizes[order]
+    total = int(sizes.sum())
+    want = {}
+    for name in ("test", "val"):
+        share = getattr(split, name)
+        n = int(round(total * share))
+        if share > 0 and n == 0 and total >= 3:
+            n = 1
+        want[name] = n
+    if split.train > 0:  # never leave training empty to fill val/test
+        while want["test"] + want["val"] >= total and (want["test"] or want["val"]):
+            key = "test" if want["test"] >= want["val"] else "val"
+            want[key] -= 1
+    before = np.cumsum(sizes) - sizes
+    is_test = before < want["test"]
+    test_total = int(sizes[is_test].sum())
+    is_val = ~is_test & (before - test_total < want["val"])
+    group_labels = np.zeros(len(group_roots), dtype=np.uint8)
+    group_labels[is_val] = 1
+    group_labels[is_test] = 2
+    by_root = np.zeros(len(roots), dtype=np.uint8)
+    by_root[group_roots] = group_labels
+    return by_root[roots]
+
+
+def prepare(
+    data: DataConfig,
+    model: ModelConfig,
+    workspace: Workspace,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline and write the workspace's data/ folder. Returns the report (also report.json)."""
+    timer = manifest.Timer()
+    files = _outside(sources.resolve_inputs(data.inputs), workspace)
+    out_dir = workspace.data_dir
+    atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
+    blocklist = _blocklist(data.filter.blocklist)
+
+    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
+
+    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    if tokenizer is not None:
+        use_training_template(tokenizer, model.chat_template)
+    counter = TokenCounter(tokenizer) if tokenizer is not None else None
+    unit = "tokens" if counter else "characters"
+    scrub = PiiScrubber(**data.pii.model_dump())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    try:
+        return _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress):
+    clock = time.perf_counter
+    seconds: Counter[str] = Counter()
+    scan = _Scan(data, files)
+    file_index = {str(f): i for i, f in enumerate(files)}
+    origin_file, origin_line = array("I"), array("I")
+    keys, lengths = array("Q"), array("I")
+    filtered: Counter[str] = Counter()
+    filtered_examples: list[str] = []
+    exact_seen: dict[int, int] = {}
+    exact_targets: Counter[int] = Counter()
+    exact_dupes = 0
+    near = None
+    if data.dedupe.near:
+        from llmforge.data.dedupe import NearDuplicates
+
+        near = NearDuplicates(work / "signatures.bin", data.dedupe.threshold, data.dedupe.num_perm, data.dedupe.shingle)
+    from llmforge.data.dedupe import exact_key
+
+    dumps = orjson.dumps
+    min_len, max_len = data.filter.min_tokens, data.filter.max_tokens
+    min_answer = data.filter.min_answer_chars
+    skip = data.on_error == "skip"
+    spill = open(work / "records.jsonl", "wb")
+    rejected = open(work / "rejected.jsonl", "wb")
+    duplicates = open(work / "duplicates.jsonl", "wb")
+    try:
+        for item, kind, record, problem in scan:
+            if problem is not None:
+                if skip:
+                    rejected.write(
+                        dumps({"file": item.file, "line": item.line, "field": problem.field, "reason": problem.reason,
+                               "record": item.obj}, default=str) + b"\n"
+                    )  # fmt: skip
+                continue
+            if scan.problem_count and not skip:
+                continue  # failing anyway: only collect the remaining problems
+            t0 = clock()
+            if scrub.active:
+                record = rec.map_texts(record, scrub)
+            t1 = clock()
+            text = rec.plain(record)
+            reason = None
+            size = counter.count(record) if counter else len(text)
+            if size < min_len:
+                reason = f"too short: {size} {unit} (min {min_len})"
+            elif max_len is not None and size > max_len:
+                reason = f"too long: {size} {unit} (max {max_len})"
+            elif kind != "text" and rec.answer_chars(record) < min_answer:
+                reason = f"answer shorter than {min_answer} characters"
+            elif blocklist is not None and (hit := blocklist.search(text)):
+                reason = f"matches the blocklist ({hit.group(0)[:40]!r})"
+            t2 = clock()
+            seconds["clean"] += t1 - t0
+            seconds["filter"] += t2 - t1
+            if reason:
+                filtered[reason.split(":")[0].split(" (")[0]] += 1
+                if len(filtered_examples) < 20:
+                    filtered_examples.append(f"{item.file}:{item.line}: {reason}")
+                continue
+            key = exact_key(text)
+            if data.dedupe.exact:
+                first = exact_seen.get(key)
+                if first is not None:
+                    exact_dupes += 1
+                    exact_targets[first] += 1
+                    duplicates.write(
+                        dumps({"file": item.file, "line": item.line, "kind": "exact",
+                               "duplicate_of": {"file": str(files[origin_file[first]]), "line": origin_line[first]}})
+                        + b"\n"
+                    )  # fmt: skip
+                    seconds["exact_dedupe"] += clock() - t2
+                    continue
+                exact_seen[key] = len(keys)
+            t3 = clock()
+            seconds["exact_dedupe"] += t3 - t2
+            spill.write(dumps(record) + b"\n")
+            origin_file.append(file_index[item.file])
+            origin_line.append(item.line)
+            keys.append(key)
+            lengths.append(size)
+            t4 = clock()
+            seconds["spill"] += t4 - t3
+            if near is not None:
+                near.add(text)
+                seconds["near_signatures"] += clock() - t4
+            if progress and scan.records % 10_000 == 0:
+                progress("read", scan.records)
+    finally:
+        spill.close()
+        rejected.close()
+        duplicates.close()
+        if near is not None:
+            near.close()
+    seconds["read"] = scan.read_seconds
+    seconds["validate_normalize"] = scan.validate_seconds
+    exact_seen.clear()
+
+    if scan.problem_count and not skip:
+        raise problems_error(scan.problems, scan.problem_count)
+
+    n = len(keys)
+    if n == 0:
+        raise InputError(
+            f"no records left to write: {scan.records} read, {scan.problem_count} invalid, "
+            f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
+            hint="check data.filter settings and the inputs; `llmforge data validate` lists invalid records",
+        )
+    t0 = clock()
+    if near is not None and n:
+        if progress:
+            progress("near-dedupe", n)
+        roots = near.clusters()
+    else:
+        roots = np.arange(n, dtype=np.int64)
+    seconds["near_cluster"] = clock() - t0
+    is_root = roots == np.arange(n)
+    keep = is_root if data.dedupe.near_action == "drop" else np.ones(n, dtype=bool)
+    t0 = clock()
+    key_arr = np.frombuffer(keys, dtype=np.uint64) if n else np.zeros(0, dtype=np.uint64)
+    labels = assign_splits(key_arr, roots, keep, data.split, data.split.seed)
+    seconds["split"] = clock() - t0
+
+    # second pass: write the splits (and near duplicates) from the spill file
+    t0 = clock()
+    counts = dict.fromkeys(SPLITS, 0)
+    near_dupes = 0
+    outs = {name: open(work / f"{name}.jsonl", "wb") for name in SPLITS}
+    try:
+        with open(work / "records.jsonl", "rb") as spill_in, open(work / "duplicates.jsonl", "ab") as duplicates:
+            drop_near = data.dedupe.near_action == "drop"
+            for i, line in enumerate(spill_in):
+                if drop_near and not is_root[i]:
+                    near_dupes += 1
+                    root = int(roots[i])
+                    duplicates.write(
+                        dumps({"file": str(files[origin_file[i]]), "line": origin_line[i], "kind": "near",
+                               "duplicate_of": {"file": str(files[origin_file[root]]), "line": origin_line[root]}})
+                        + b"\n"
+                    )  # fmt: skip
+                    continue
+                name = SPLITS[labels[i]]
+                outs[name].write(line)
+                counts[name] += 1
+                if progress and i % 50_000 == 0 and i:
+                    progress("write", i)
+    finally:
+        for fh in outs.values():
+            fh.close()
+    seconds["write"] = clock() - t0
+
+    clusters = _clusters(files, origin_file, origin_line, roots, exact_targets)
+    unique_keys = keep.sum()
+    report = {
+        "dataset_kind": scan.dataset_kind,
+        "inputs": [{"file": str(f), "records": scan.per_file.get(str(f), 0)} for f in files],
+        "counts": {
+            "read": scan.records,
+            "valid": scan.records - scan.problem_count,
+            "rejected": scan.problem_count,
+            "filtered": sum(filtered.values()),
+            "exact_duplicates": exact_dupes,
+            "near_duplicates": near_dupes,
+            "near_duplicate_clusters": clusters["near"]["count"],
+            "written": sum(counts.values()),
+            **counts,
+        },
+        "formats": dict(scan.formats),
+        "kinds": dict(scan.kinds),
+        "pii": {kind: scrub.counts.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
+        "filtered": dict(filtered),
+        "filtered_examples": filtered_examples,
+        "rejected_examples": [str(p) for p in scan.problems[:20]],
+        "warnings": scan.warnings[:100],
+        "length": {"unit": unit, **_percentiles(lengths)},
+        "clusters": clusters,
+        "split": {**data.split.model_dump(), "near_action": data.dedupe.near_action, "groups": int(unique_keys)},
+        "timings": {k: round(v, 3) for k, v in sorted(seconds.items())},
+        "records_per_second": round(scan.records / max(timer.seconds, 1e-9)),
+    }
+    return _publish(data, model, workspace, files, work, report, lengths, counts, timer, scan.problem_count)
+
+
+def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str, Any]:
+    def where(i: int) -> str:
+        return f"{files[origin_file[i]]}:{origin_line[i]}"
+
+    out: dict[str, Any] = {"exact": {"count": len(exact_targets), "largest": []}, "near": {"count": 0, "largest": []}}
+    for first, dupes in exact_targets.most_common(10):
+        out["exact"]["largest"].append({"first": where(first), "duplicates": dupes})
+    members = roots[roots != np.arange(len(roots))]
+    if len(members):
+        ids, sizes = np.unique(members, return_counts=True)
+        out["near"]["count"] = int(len(ids))
+        for idx in np.argsort(-sizes, kind="stable")[:10]:
+            root = int(ids[idx])
+            others = np.flatnonzero(roots == root)
+            out["near"]["largest"].append(
+                {"first": where(root), "size": int(sizes[idx]) + 1, "members": [where(int(i)) for i in others[:10]]}
+            )
+    return out
+
+
+def _publish(data, model, workspace, files, work, report, lengths, counts, timer, rejected_count):
+    """Report, plot, manifest and config in the work folder, then everything renamed into data/ at once.
+    Empty splits are not written (train reads an existing val.jsonl as a validation set; an empty one is an error)."""
+    from llmforge.data.report import histogram, markdown
+
+    out_dir = workspace.data_dir
+    written = [name for name in SPLITS if counts[name]]
+    shas = {name: manifest.sha256_file(work / f"{name}.jsonl") for name in written}
+    # The same id `llmforge train` records for the run's parent: the train split's sha256.
+    report["dataset_id"] = "data-" + shas[written[0]][:12]
+    plot = histogram(lengths, work / "lengths.png", f"record length ({report['length']['unit']})")
+    report["plots"] = [str(out_dir / "lengths.png")] if plot else []
+    report["outputs"] = {name: str(workspace.split_file(name)) for name in written}
+    report["outputs"]["duplicates"] = str(workspace.duplicates_file)
+    if rejected_count:
+        report["outputs"]["rejected"] = str(workspace.rejected_file)
+    report["finished_at"] = manifest.now()
+    atomic.write_json(work / "report.json", report)
+    atomic.write_text(work / "report.md", markdown(report))
+    import yaml
+
+    resolved = {"model": model.model_dump(mode="json"), "data": data.model_dump(mode="json")}
+    resolved["data"]["generate"]["api_key"] = None  # secrets never reach a file
+    atomic.write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    info = manifest.build(
+        "data",
+        inputs={str(f): f for f in files},
+        timer=timer,
+        outputs={
+            name: {"path": str(workspace.split_file(name)), "records": counts[name], "sha256": shas[name]}
+            for name in written
+        },
+        counts=report["counts"],
+        dataset_id=report["dataset_id"],
+    )
+    atomic.write_json(work / "manifest.json", info)
+    moves = [f"{name}.jsonl" for name in written] + ["duplicates.jsonl", "report.json", "report.md", "config.yaml"]
+    moves += ["lengths.png"] if plot else []
+    stale = [workspace.split_file(name) for name in SPLITS if name not in written]
+    if rejected_count:
+        moves.append("rejected.jsonl")
+    else:
+        stale.append(workspace.rejected_file)  # a stale one from an earlier run would mislead
+    for name in moves + ["manifest.json"]:  # the manifest last: its presence marks a finished dataset
+        os.replace(work / name, out_dir / name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    registry.record(
+        workspace.registry_file, "dataset", report["dataset_id"], folder=str(out_dir), counts=report["counts"]
+    )
+    log.info("prepared %s records into %s", report["counts"]["written"], out_dir)
+    return report

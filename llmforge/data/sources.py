@@ -1,0 +1,271 @@
+"""Reading inputs: files, folders and globs of .jsonl/.json/.csv/.tsv/.parquet/.txt/.md (each optionally gzipped),
+streamed one record at a time as (file, line, object) or (file, line, problem).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmforge.errors import UsageError
+
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown")
+SUFFIXES = RECORD_SUFFIXES + DOCUMENT_SUFFIXES
+# Columns that hold nested structure; in CSV/TSV cells they are JSON text.
+_NESTED = ("messages", "conversations", "chosen", "rejected", "prompt", "completion", "response")
+BOM = b"\xef\xbb\xbf"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One record read from a file, or the problem that stopped it from being read."""
+
+    file: str
+    line: int
+    obj: Any = None
+    field: str | None = None  # set when the record could not be read
+    reason: str | None = None
+
+
+def kind_of(path: Path) -> str:
+    """The inner suffix of a path ('.jsonl' for data.jsonl.gz), lower case."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return os.path.splitext(name)[1]
+
+
+def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
+    """Files named by `inputs` (files, folders searched recursively, globs), in a stable order, each once."""
+    if not inputs:
+        raise UsageError("no input data given", hint="pass files, folders or globs, or set data.inputs in the config")
+    found: list[Path] = []
+    for spec in inputs:
+        path = Path(spec).expanduser()
+        if any(ch in spec for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            files = [p for p in matches if p.is_file() and kind_of(p) in suffixes]
+            if not files:
+                raise UsageError(f"no data files match {spec}", hint=f"supported: {', '.join(suffixes)} (and .gz)")
+            found += files
+        elif path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and kind_of(p) in suffixes
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            records = [p for p in files if kind_of(p) in RECORD_SUFFIXES]
+            if records and len(records) < len(files):
+                # A folder of record files: its .txt/.md files are READMEs and notes, not training text.
+                log.info("%s: ignoring %d document(s) beside record files", spec, len(files) - len(records))
+                files = records
+            if not files:
+                raise UsageError(f"no data files in folder {spec}", hint=f"supported: {', '.join(suffixes)} (and .gz)")
+            found += files
+        elif path.is_file():
+            if kind_of(path) not in suffixes:
+                raise UsageError(
+                    f"{spec}: unsupported file type", hint=f"supported: {', '.join(suffixes)} (and .gz of any)"
+                )
+            found.append(path)
+        else:
+            raise UsageError(f"input not found: {spec}", hint="check the path (relative paths start at this folder)")
+    unique: dict[str, Path] = {}
+    for p in found:
+        unique.setdefault(str(p.resolve()), p)
+    return list(unique.values())
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _bad_utf8(raw: bytes) -> str | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start + 1}"
+    return None
+
+
+def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Item]:
+    """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too."""
+    kind = kind_of(path)
+    name = str(path)
+    try:
+        if kind in (".jsonl", ".ndjson"):
+            yield from _jsonl(path, name, max_record_chars, warnings)
+        elif kind == ".json":
+            yield from _json(path, name, max_record_chars, warnings)
+        elif kind in (".csv", ".tsv"):
+            yield from _csv(path, name, "\t" if kind == ".tsv" else ",", warnings)
+        elif kind == ".parquet":
+            yield from _parquet(path, name)
+        else:
+            yield from _document(path, name, warnings)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        yield Item(name, 0, field="file", reason=f"cannot read: {exc}")
+
+
+def _json_error(raw: bytes) -> str:
+    """orjson's message for a line, parsed without its newline so the position reads naturally."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return str(exc)
+    return "not a JSON value"
+
+
+def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
+    loads = orjson.loads
+    with _open_binary(path) as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[3:]
+                warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+            elif raw.startswith(BOM):
+                yield Item(
+                    name, number, field="encoding", reason="byte-order mark inside the file (concatenated files?)"
+                )
+                continue
+            if len(raw) > limit:
+                yield Item(name, number, field="record", reason=f"absurd length: {len(raw)} bytes (limit {limit})")
+                continue
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:
+                if not raw.strip():
+                    continue
+                bad = _bad_utf8(raw)
+                if bad:
+                    yield Item(name, number, field="encoding", reason=bad)
+                else:
+                    yield Item(name, number, field="json", reason=f"invalid JSON ({_json_error(raw.strip())})")
+                continue
+            yield Item(name, number, obj)
+
+
+def _decode_document(path: Path, name: str, warnings: list[str]) -> tuple[str | None, Item | None]:
+    with _open_binary(path) as fh:
+        raw = fh.read()
+    if raw.startswith(BOM):
+        raw = raw[3:]
+        warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return None, Item(name, line, field="encoding", reason=f"invalid UTF-8 (byte {exc.start + 1} of the file)")
+
+
+def _json(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
+    text, problem = _decode_document(path, name, warnings)
+    if problem:
+        yield problem
+        return
+    try:
+        top = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield Item(name, exc.lineno, field="json", reason=f"invalid JSON ({exc.msg}, column {exc.colno})")
+        return
+    if isinstance(top, dict):
+        lists = [k for k, v in top.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        record_keys = {"messages", "conversations", "instruction", "text", "prompt", "chosen"}
+        if record_keys & set(top) or len(lists) != 1:
+            yield Item(name, 1, top)  # one record in a .json file
+            return
+        key = lists[0]
+        items = top[key]
+        marker = f"{json.dumps(key)}"
+        start = text.find("[", text.find(marker) + len(marker))
+    elif isinstance(top, list):
+        items = top
+        start = text.find("[")
+    else:
+        yield Item(name, 1, field="json", reason="expected an array of records or an object holding one")
+        return
+    # Line numbers: walk the array with the decoder to find where each element starts.
+    decoder = json.JSONDecoder()
+    pos, line, counted = start + 1, 1, 0
+    for obj in items:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        _, end = decoder.raw_decode(text, pos)
+        if end - pos > limit:
+            yield Item(name, line, field="record", reason=f"absurd length: {end - pos} characters (limit {limit})")
+        else:
+            yield Item(name, line, obj)
+        pos = end
+
+
+def _csv(path: Path, name: str, delimiter: str, warnings: list[str]) -> Iterator[Item]:
+    raw = _open_binary(path)
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        first = fh.read(1)
+        if first == "\ufeff":
+            warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+        elif first:
+            fh.seek(0)
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        start = reader.line_num + 1
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield Item(name, line, field="row", reason=f"{len(row)} fields, the header has {len(header)}")
+                continue
+            if any("\udc80" <= ch <= "\udcff" for cell in row for ch in cell):
+                yield Item(name, line, field="encoding", reason="invalid UTF-8")
+                continue
+            obj: dict[str, Any] = {}
+            for key, cell in zip(header, row):
+                if key in _NESTED and cell[:1] in ("[", "{"):
+                    try:
+                        cell = json.loads(cell)
+                    except json.JSONDecodeError as exc:
+                        yield Item(name, line, field=key, reason=f"invalid JSON in cell ({exc.msg})")
+                        break
+                obj[key] = cell
+            else:
+                yield Item(name, line, obj)
+
+
+def _parquet(path: Path, name: str) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    source = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path
+    number = 0
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+        for obj in batch.to_pylist():
+            number += 1
+            yield Item(name, number, obj)
+
+
+def _document(path: Path, name: str, warnings: list[str]) -> Iterator[Item]:
+    text, problem = _decode_document(path, name, warnings)
+    if problem:
+        yield problem
+        return
+    yield Item(name, 1, {"text": text})

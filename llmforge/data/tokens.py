@@ -1,0 +1,94 @@
+"""The model's tokenizer for the data stage: loaded from a local folder (model.name) to count tokens of the
+rendered chat template and to preview which tokens are trained. Without one, lengths are in characters.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from llmforge.data.records import plain
+from llmforge.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of `model.name` when it can be had without a download, else None."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir():
+            if (path / "tokenizer.json").is_file():
+                # Load exactly what was saved: AutoTokenizer may swap in a model-specific class with other ids.
+                from transformers import PreTrainedTokenizerFast
+
+                return PreTrainedTokenizerFast.from_pretrained(path)
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except ImportError:
+        log.info("transformers is not installed: lengths are counted in characters")
+    except (OSError, ValueError) as exc:
+        log.info("no local tokenizer for %s (%s): lengths are counted in characters", name, exc)
+    return None
+
+
+def use_training_template(tokenizer, chat_template: str = "auto") -> tuple[str, Exception | None]:
+    """Give the tokenizer the chat template training will use (llmforge.chat_templates decides: the tokenizer's
+    own when it has {% generation %} markers, else its family's marked twin, or the configured family), so that
+    lengths and previews match training token for token. Returns (where it came from, the problem if none fits)."""
+    from llmforge.chat_templates import resolve_training_template
+
+    try:
+        chosen = resolve_training_template(
+            getattr(tokenizer, "chat_template", None),
+            chat_template,
+            bos_token=getattr(tokenizer, "bos_token", None),
+            eos_token=getattr(tokenizer, "eos_token", None),
+        )
+    except UsageError as exc:
+        log.info("no training chat template: %s", exc)
+        return "none", exc
+    tokenizer.chat_template = chosen.template
+    family = f" ({chosen.family.name})" if chosen.family else ""
+    return f"{chosen.source}{family}", None
+
+
+def _ids(encoded: Any) -> list[int]:
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        return list(encoded["input_ids"])
+    return list(encoded)
+
+
+def conversation(record: dict[str, Any], which: str = "chosen") -> list[dict[str, str]] | None:
+    """The messages a record trains on (prompt + chosen for preference), None for raw text."""
+    if "messages" in record:
+        return record["messages"]
+    if "prompt" in record:
+        return record["prompt"] + record[which]
+    return None
+
+
+class TokenCounter:
+    """Counts tokens of a canonical record as training will see it: the chat template rendered and tokenized."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def count(self, record: dict[str, Any]) -> int:
+        if "text" in record or not self.has_template:
+            return len(self.tokenizer(plain(record), add_special_tokens=True)["input_ids"])
+        sizes = []
+        for which in ("chosen", "rejected") if "prompt" in record else ("chosen",):
+            encoded = self.tokenizer.apply_chat_template(conversation(record, which), tokenize=True, return_dict=True)
+            sizes.append(len(_ids(encoded)))
+        return max(sizes)

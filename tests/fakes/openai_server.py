@@ -1,0 +1,105 @@
+"""A stand-in OpenAI-compatible endpoint: a real HTTP server on 127.0.0.1 (random port) in a thread.
+
+POST /v1/chat/completions answers from the document in the prompt (between <document> tags), deterministically:
+each pair asks about one sentence of the chunk and answers with that sentence. It can be told to fail the next N
+requests (HTTP 500), to answer with broken JSON (trailing commas, truncation, code fences), or with ungrounded
+answers, or to answer slowly (for timeouts). Every request body is kept in `requests` for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.fail_next = 0
+        self.mode = "ok"  # ok | trailing_comma | truncated | fenced | garbage | ungrounded
+        self.requests: list[dict] = []
+        self.status_on_fail = 500
+        self.slow_next = 0  # the next N requests answer only after `delay` seconds
+        self.delay = 0.0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, body: dict) -> str:
+        prompt = body["messages"][-1]["content"]
+        wanted = int(re.search(r"Write (\d+) question", prompt).group(1))
+        document = re.search(r"<document>\n(.*)\n</document>", prompt, re.DOTALL).group(1)
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", document) if len(s.strip()) > 20]
+        pairs = []
+        for sentence in sentences[:wanted]:
+            topic = " ".join(sentence.split()[:4])
+            answer = sentence if self.mode != "ungrounded" else "Bananas orbit quietly around purple mountains forever."
+            pairs.append({"question": f"What does the text say about {topic}?", "answer": answer})
+        text = json.dumps({"pairs": pairs})
+        if self.mode == "trailing_comma":
+            text = text.replace("}]}", "},]}")
+        elif self.mode == "truncated":
+            text = text[: text.rfind("{")]  # the last pair cut off mid-way
+        elif self.mode == "fenced":
+            text = f"Here you go:\n```json\n{text}\n```"
+        elif self.mode == "garbage":
+            text = "I cannot help with that."
+        return text
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                fake.requests.append(body)
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": "not found"}})
+                    return
+                if fake.slow_next > 0:
+                    fake.slow_next -= 1
+                    time.sleep(fake.delay)
+                if fake.fail_next > 0:
+                    fake.fail_next -= 1
+                    self._send(fake.status_on_fail, {"error": {"message": "temporarily overloaded"}})
+                    return
+                content = fake.answer(body)
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "model": body.get("model"),
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                        ],
+                    },
+                )
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler

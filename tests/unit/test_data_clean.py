@@ -1,0 +1,107 @@
+"""Normalization (NFC, whitespace outside code blocks, control characters) and PII scrubbing, false positives too."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmforge.data.clean import PiiScrubber, luhn_ok, normalize_text
+
+
+def test_nfc_and_odd_spaces_and_controls():
+    decomposed = "Cafe\u0301\u00a0menu\x07\u200b"
+    assert normalize_text(decomposed) == "Caf\u00e9 menu"
+    assert normalize_text("a\r\nb\rc\u2028d") == "a\nb\nc\nd"
+    assert normalize_text("\x00\x1b[31mred\x7f\x85") == "[31mred"
+
+
+def test_whitespace_outside_code_blocks_only():
+    text = (
+        "  Intro line.   \n\n\n\n\nNext paragraph.\t\n```python\ndef f():   \n\n\n\n    return 1\n```\nAfter.  \n\n\n"
+    )
+    assert normalize_text(text) == (
+        "Intro line.\n\nNext paragraph.\n```python\ndef f():   \n\n\n\n    return 1\n```\nAfter."
+    )
+
+
+def test_indented_code_keeps_its_indentation():
+    assert normalize_text("    indented = True\n    more = 1") == "    indented = True\n    more = 1"
+
+
+@pytest.mark.parametrize(
+    "kind, text, expected",
+    [
+        ("email", "write to jane.doe+news@mail.example.co.uk today", "write to <EMAIL> today"),
+        ("url", "docs at https://example.com/a/b?x=1&y=2.", "docs at <URL>."),
+        ("url", "see www.example.org/page, then", "see <URL>, then"),
+        ("url", "(link: https://en.wikipedia.org/wiki/Foo_(bar))", "(link: <URL>)"),
+        ("phone", "call +1 (555) 123-4567 now", "call <PHONE> now"),
+        ("phone", "call 555-123-4567 now", "call <PHONE> now"),
+        ("phone", "ring +447911123456", "ring <PHONE>"),
+        ("phone", "tel. 030 1234 5678", "tel. <PHONE>"),
+        ("ip", "the host 10.0.0.1 answered", "the host <IP> answered"),
+        ("ip", "gateway 192.168.1.254.", "gateway <IP>."),
+        ("card", "card 4111 1111 1111 1111 expires", "card <CARD> expires"),
+        ("card", "card 5500-0000-0000-0004.", "card <CARD>."),
+    ],
+)
+def test_each_pii_kind_is_replaced_and_counted(kind, text, expected):
+    scrub = PiiScrubber()
+    assert scrub(text) == expected
+    assert scrub.counts[kind] == 1
+    assert sum(scrub.counts.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Python 3.10.12 is installed",  # a version, three parts
+        "upgrade to version 1.2.3.4 today",  # four parts after 'version'
+        "release v2.0.0.1 notes",
+        "1.2.3.4.5 is a five-part version",
+        "300.1.1.1 is not an address",
+        "on 2024-01-15 we met",  # a date, not a phone
+        "due 15/01/2024 or 01.02.2024",
+        "at 12:30:45 sharp",
+        "pi is 3.14159265",
+        "1 000 000 people",
+        "ISBN 978-3-16-148410-0",
+        "card 4111 1111 1111 1112 fails Luhn",
+        "order number 123456789",
+        "user@localhost has no domain",
+        "a ratio of 1:2 and 2024",
+    ],
+)
+def test_false_positives_are_left_alone(text):
+    scrub = PiiScrubber()
+    assert scrub(text) == text
+    assert sum(scrub.counts.values()) == 0
+
+
+def test_each_kind_can_be_switched_off():
+    text = "mail a@b.com from 10.0.0.1 at https://x.org call 555-123-4567 card 4111111111111111"
+    assert PiiScrubber(email=False, url=False, phone=False, ip=False, card=False)(text) == text
+    assert PiiScrubber(email=False)(text) == "mail a@b.com from <IP> at <URL> call <PHONE> card <CARD>"
+
+
+def test_luhn():
+    assert luhn_ok("4111111111111111") and luhn_ok("79927398713")
+    assert not luhn_ok("4111111111111112")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
+def test_normalize_is_idempotent_and_clean(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+    assert not any(ch in once for ch in "\r\x00\x07\x1b\u200b\ufeff")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abc@. 0123456789-+:/wh", max_size=80))
+def test_scrubbing_is_idempotent(text):
+    once = PiiScrubber()(text)
+    assert PiiScrubber()(once) == once

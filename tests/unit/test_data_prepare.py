@@ -1,0 +1,331 @@
+"""The prepare pipeline: outputs and their schema, on_error, filters, exact and near dedupe, seeded splits without
+leakage, and atomic output."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from llmforge.config.data import DataConfig
+from llmforge.config.model import ModelConfig
+from llmforge.data import prepare
+from llmforge.errors import InputError, UsageError
+from llmforge.workspace import Workspace
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
+         "romeo sierra tango uniform victor whiskey xray yankee zulu river mountain forest ocean desert valley "
+         "planet comet galaxy nebula orbit").split()  # fmt: skip
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def sentence(rng: random.Random, n: int = 24) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write(path: str, rows: list) -> str:
+    Path(path).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run(inputs, ws=None, force=False, **cfg) -> tuple[dict, Workspace]:
+    ws = ws or Workspace(Path("work"))
+    return prepare(DataConfig(inputs=list(inputs), **cfg), ModelConfig(), ws, force=force), ws
+
+
+def all_records(ws: Workspace) -> list[dict]:
+    return [r for split in ("train", "val", "test") for r in read(ws.split_file(split))]
+
+
+def test_outputs_schema_report_manifest_and_registry(tmp_path):
+    rng = random.Random(0)
+    rows = [chat(f"Question {i}: {sentence(rng, 8)}?", sentence(rng)) for i in range(40)]
+    report, ws = run([write("in.jsonl", rows)])
+    for split in ("train", "val", "test"):
+        for record in read(ws.split_file(split)):
+            assert list(record) == ["messages"]
+            assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+    assert report["counts"]["read"] == 40 and report["counts"]["written"] == 40
+    assert (report["counts"]["train"], report["counts"]["val"], report["counts"]["test"]) == (36, 2, 2)
+    on_disk = json.loads(ws.data_report_json.read_text())
+    assert on_disk["counts"] == report["counts"]
+    assert "# Data report" in ws.data_report_md.read_text()
+    assert (ws.data_dir / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((ws.data_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "data" and manifest["finished_at"]
+    assert manifest["outputs"]["train"]["records"] == 36 and len(manifest["outputs"]["train"]["sha256"]) == 64
+    assert report["dataset_id"] == on_disk["dataset_id"] == "data-" + manifest["outputs"]["train"]["sha256"][:12]
+    assert "api_key: null" in (ws.data_dir / "config.yaml").read_text()
+    registry = json.loads(ws.registry_file.read_text())["entries"]
+    assert registry[0]["kind"] == "dataset" and registry[0]["id"] == report["dataset_id"]
+    assert not ws.rejected_file.exists()
+    assert [p.name for p in ws.data_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_text_and_preference_datasets_feed_train(tmp_path):
+    Path("docs").mkdir()
+    for i in range(5):
+        Path(f"docs/{i}.md").write_text(f"# Doc {i}\n\n{sentence(random.Random(i), 40)}\n")
+    report, ws = run(["docs"])
+    assert report["dataset_kind"] == "text"
+    assert all(list(r) == ["text"] for r in all_records(ws)) and len(all_records(ws)) == 5
+    rows = [{"prompt": f"Q{i} {sentence(random.Random(i), 6)}", "chosen": f"good {i}", "rejected": f"bad {i}"}
+            for i in range(6)]  # fmt: skip
+    report, ws2 = run([write("pref.jsonl", rows)], ws=Workspace(Path("work2")))
+    assert report["dataset_kind"] == "preference"
+    record = all_records(ws2)[0]
+    assert list(record) == ["prompt", "chosen", "rejected"]
+    assert record["prompt"][-1]["role"] == "user" and record["chosen"][0]["role"] == "assistant"
+
+
+def test_on_error_fail_writes_nothing_and_lists_every_problem(tmp_path):
+    path = write("in.jsonl", [chat("Hi?", "Hello"), "{oops", chat("Again?", "Yes"), {"messages": []}])
+    with pytest.raises(InputError) as info:
+        run([path])
+    assert info.value.exit_code == 2
+    assert "in.jsonl:2: json: invalid JSON" in info.value.message
+    assert "in.jsonl:4: messages: empty conversation" in info.value.message
+    assert not Path("work/data/train.jsonl").exists()
+    assert list(Path("work/data").iterdir()) == []
+
+
+def test_on_error_skip_writes_good_records_and_rejected(tmp_path):
+    path = write("in.jsonl", [chat("Hi?", "Hello"), "{oops", chat("Again?", "Yes"), {"messages": []}])
+    report, ws = run([path], on_error="skip")
+    assert report["counts"]["rejected"] == 2 and report["counts"]["written"] == 2
+    rejected = read(ws.rejected_file)
+    assert [(r["file"], r["line"], r["field"]) for r in rejected] == [
+        ("in.jsonl", 2, "json"),
+        ("in.jsonl", 4, "messages"),
+    ]
+    assert rejected[1]["reason"] == "empty conversation" and rejected[1]["record"] == {"messages": []}
+    # a clean rerun removes the stale rejected.jsonl
+    run([write("in.jsonl", [chat("Hi?", "Hello")])], force=True)
+    assert not ws.rejected_file.exists()
+
+
+def test_existing_output_needs_force(tmp_path):
+    path = write("in.jsonl", [chat("Hi?", "Hello")])
+    run([path])
+    with pytest.raises(UsageError, match="already exists") as info:
+        run([path])
+    assert "--force" in info.value.hint
+    run([path], force=True)
+
+
+def test_filters_lengths_answer_and_blocklist(tmp_path):
+    rows = [chat("Short?", "ok"), chat("Long " * 50, "x" * 10), chat("Fine question?", "A fine answer."),
+            chat("Tell me a secret", "The password is hunter2."), chat("Hi", "Hey")]  # fmt: skip
+    report, ws = run(
+        [write("in.jsonl", rows)],
+        filter={"min_tokens": 25, "max_tokens": 200, "min_answer_chars": 3, "blocklist": [r"password\s+is"]},
+        split={"train": 1.0, "val": 0.0, "test": 0.0},
+    )
+    assert report["length"]["unit"] == "characters"
+    assert report["filtered"] == {
+        "too short": 1, "too long": 1, "answer shorter than 3 characters": 1, "matches the blocklist": 1
+    }  # fmt: skip
+    assert report["filtered_examples"][0] == "in.jsonl:1: answer shorter than 3 characters"
+    assert [r["messages"][0]["content"] for r in all_records(ws)] == ["Fine question?"]
+
+
+def test_bad_blocklist_regex_is_a_config_error(tmp_path):
+    with pytest.raises(UsageError, match="blocklist"):
+        run([write("in.jsonl", [chat("a", "b")])], filter={"blocklist": ["("]})
+
+
+def test_pii_is_scrubbed_and_counted(tmp_path):
+    report, ws = run([write("in.jsonl", [chat("My mail is bob@example.com", "Noted, I will call 555-123-4567.")])],
+                     split={"train": 1.0, "val": 0.0, "test": 0.0})  # fmt: skip
+    assert report["pii"]["email"] == 1 and report["pii"]["phone"] == 1
+    assert all_records(ws)[0]["messages"][1]["content"] == "Noted, I will call <PHONE>."
+
+
+def test_exact_duplicates_keep_the_first_and_point_to_it(tmp_path):
+    rows = [chat("What is up?", "The sky."), chat("Other?", "Yes."), chat("what  is UP?", "the sky."),
+            chat("What is up?", "The sky.")]  # fmt: skip
+    report, ws = run([write("in.jsonl", rows)], dedupe={"near": False})
+    assert report["counts"]["exact_duplicates"] == 2 and report["counts"]["written"] == 2
+    dupes = read(ws.duplicates_file)
+    assert [(d["line"], d["kind"], d["duplicate_of"]["line"]) for d in dupes] == [(3, "exact", 1), (4, "exact", 1)]
+    assert report["clusters"]["exact"]["largest"][0] == {"first": "in.jsonl:1", "duplicates": 2}
+
+
+def test_near_duplicates_are_clustered_and_dropped(tmp_path):
+    rng = random.Random(1)
+    base = [sentence(rng, 60) for _ in range(30)]
+    rows = [chat(f"Q{i}", text) for i, text in enumerate(base)]
+    words = base[3].split()
+    words[30] = "zebra"  # one word changed in 60: Jaccard of 3-shingles about 0.9
+    rows.append(chat("Q3", " ".join(words)))
+    rows.append(chat("Q3", " ".join(words[:-1])))  # and one word shorter
+    report, ws = run([write("in.jsonl", rows)], dedupe={"threshold": 0.8})
+    assert report["counts"]["near_duplicates"] == 2
+    assert report["counts"]["written"] == 30
+    dupes = read(ws.duplicates_file)
+    assert sorted((d["line"], d["kind"], d["duplicate_of"]["line"]) for d in dupes) == [
+        (31, "near", 4),
+        (32, "near", 4),
+    ]
+    cluster = report["clusters"]["near"]["largest"][0]
+    assert cluster["first"] == "in.jsonl:4" and cluster["size"] == 3
+
+
+def test_dissimilar_records_are_not_near_duplicates(tmp_path):
+    rng = random.Random(2)
+    rows = [chat(f"Q{i}", sentence(rng, 40)) for i in range(200)]
+    report, _ = run([write("in.jsonl", rows)])
+    assert report["counts"]["near_duplicates"] == 0 and report["counts"]["written"] == 200
+
+
+def _split_of(ws: Workspace) -> dict[str, str]:
+    return {json.dumps(r, sort_keys=True): s for s in ("train", "val", "test") for r in read(ws.split_file(s))}
+
+
+def test_split_is_deterministic_and_seeded(tmp_path):
+    rng = random.Random(3)
+    path = write("in.jsonl", [chat(f"Q{i} {sentence(rng, 5)}", sentence(rng, 20)) for i in range(300)])
+    split = {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 7}
+    r1, ws1 = run([path], ws=Workspace(Path("a")), split=split)
+    _, ws2 = run([path], ws=Workspace(Path("b")), split=split)
+    _, ws3 = run([path], ws=Workspace(Path("c")), split={**split, "seed": 8})
+    assert (r1["counts"]["train"], r1["counts"]["val"], r1["counts"]["test"]) == (240, 30, 30)
+    for s in ("train", "val", "test"):
+        assert ws1.split_file(s).read_bytes() == ws2.split_file(s).read_bytes()
+    assert _split_of(ws1) != _split_of(ws3)
+    # the split of a record does not depend on the order of the input
+    lines = Path(path).read_text().splitlines()
+    random.Random(0).shuffle(lines)
+    Path("shuffled.jsonl").write_text("\n".join(lines) + "\n")
+    _, ws4 = run(["shuffled.jsonl"], ws=Workspace(Path("d")), split=split)
+    assert _split_of(ws4) == _split_of(ws1)
+
+
+def test_near_duplicate_clusters_never_straddle_splits(tmp_path):
+    rng = random.Random(4)
+    rows, families = [], {}
+    for family in range(60):
+        text = sentence(rng, 200)
+        for variant in range(3):
+            words = text.split()
+            words[10 + 40 * variant] = f"variant{variant}"  # pairwise Jaccard of 3-shingles about 0.94
+            answer = " ".join(words)
+            families[answer] = family
+            rows.append(chat(f"Family {family}?", answer))
+    rng.shuffle(rows)
+    split = {"train": 0.6, "val": 0.2, "test": 0.2}
+    report, ws = run([write("in.jsonl", rows)], dedupe={"near_action": "group"}, split=split)
+    assert report["counts"]["written"] == 180 and report["clusters"]["near"]["count"] == 60
+    where: dict[int, set[str]] = {}
+    for s in ("train", "val", "test"):
+        for r in read(ws.split_file(s)):
+            where.setdefault(families[r["messages"][1]["content"]], set()).add(s)
+    assert len(where) == 60 and all(len(splits) == 1 for splits in where.values())
+    assert {s for splits in where.values() for s in splits} == {"train", "val", "test"}
+
+
+def test_failure_mid_write_leaves_no_outputs(tmp_path):
+    rng = random.Random(5)
+    path = write("in.jsonl", [chat(f"Q{i}", sentence(rng, 10)) for i in range(120_000 // 1000)])
+
+    def explode(phase: str, n: int) -> None:
+        if phase == "near-dedupe":
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        prepare(DataConfig(inputs=[path]), ModelConfig(), Workspace(Path("work")), progress=explode)
+    assert list(Path("work/data").iterdir()) == []  # no train.jsonl, no temp folder left behind
+
+
+def test_signatures_are_datasketch_minhashes(tmp_path):
+    """The spilled signatures are exactly datasketch's MinHash of the record's word shingles."""
+    import zlib
+
+    import numpy as np
+    from datasketch import MinHash
+
+    from llmforge.data.dedupe import NearDuplicates, shingles
+
+    texts = [sentence(random.Random(i), 30) for i in range(5)]
+    near = NearDuplicates(tmp_path / "sig.bin", num_perm=64)
+    for text in texts:
+        near.add(text)
+    near.close()
+    stored = np.fromfile(tmp_path / "sig.bin", dtype=np.uint32).reshape(5, 64)
+    for text, row in zip(texts, stored):
+        reference = MinHash(num_perm=64, seed=1, hashfunc=zlib.crc32)
+        reference.update_batch(shingles(text, 3))
+        assert (reference.hashvalues == row).all()
+        assert abs(MinHash(num_perm=64, hashvalues=row, scheme=reference.scheme).jaccard(reference) - 1.0) < 1e-9
+
+
+def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
+    write("in.jsonl", [chat("Hi?", "Hello"), chat("Bye?", "Goodbye")])
+    report, ws = run(["."], ws=Workspace(Path("llmforge-work/p")))
+    assert report["counts"]["read"] == 2
+    report, _ = run(["."], ws=ws, force=True)  # the splits written above are not read back as inputs
+    assert report["counts"]["read"] == 2
+    with pytest.raises(UsageError, match="inside the workspace"):
+        run([str(ws.data_dir)], ws=ws, force=True)
+
+
+def test_nothing_left_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no records left to write: 2 read, 1 invalid, 1 filtered out"):
+        run([write("in.jsonl", [chat("Hi?", "ok"), "{bad"])], on_error="skip", filter={"min_answer_chars": 5})
+    assert not Path("work/data/train.jsonl").exists()
+
+
+def test_the_serve_conversation_log_comes_back_as_training_data(tmp_path):
+    """`llmforge serve` logs {"messages": [...], "metadata": {...}} under serve/conversations/ in the workspace."""
+    ws = Workspace(Path("llmforge-work/p"))
+    ws.conversations_dir.mkdir(parents=True)
+    logged = [{**chat(f"Question {i}?", f"Answer {i}."),
+               "metadata": {"model": "bot", "created": "2026-11-22T04:00:00Z", "latency_ms": 12, "usage": {"total": 9}}}
+              for i in range(3)]  # fmt: skip
+    write(str(ws.conversations_dir / "conversations.jsonl"), logged[:2])
+    write(str(ws.conversations_dir / "conversations-20261122-040000-000000.jsonl"), logged[2:])
+    report, _ = run([str(ws.conversations_dir)], ws=ws, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    assert report["counts"]["read"] == 3 and report["counts"]["rejected"] == 0
+    assert all(list(r) == ["messages"] for r in read(ws.split_file("train")))
+
+
+def test_empty_splits_are_not_written(tmp_path):
+    path = write("in.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(4)])
+    report, ws = run([path], split={"train": 0.5, "val": 0.5, "test": 0.0})
+    assert (report["counts"]["train"], report["counts"]["val"], report["counts"]["test"]) == (2, 2, 0)
+    assert ws.split_file("val").exists() and not ws.split_file("test").exists()
+    run([path], force=True, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    assert not ws.split_file("val").exists()  # the earlier val.jsonl is gone, not left stale
+
+
+def test_minhash_estimates_track_true_jaccard(tmp_path):
+    """CRC32 shingle hashes still give unbiased estimates: mean error small over many pairs."""
+    from datasketch import MinHash
+
+    from llmforge.data.dedupe import NearDuplicates, shingles
+
+    rng = random.Random(9)
+    errors = []
+    near = NearDuplicates(tmp_path / "s.bin")
+    for _ in range(100):
+        words = sentence(rng, 80).split()
+        other = list(words)
+        for _ in range(rng.randint(1, 12)):
+            other[rng.randrange(len(other))] = rng.choice(WORDS)
+        a, b = set(shingles(" ".join(words), 3)), set(shingles(" ".join(other), 3))
+        ma, mb = near._minhash.copy(), near._minhash.copy()
+        ma.clear(), mb.clear()
+        ma.update_batch(list(a)), mb.update_batch(list(b))
+        assert isinstance(ma, MinHash)
+        errors.append(ma.jaccard(mb) - len(a & b) / len(a | b))
+    assert abs(sum(errors) / len(errors)) < 0.02
+    assert max(abs(e) for e in errors) < 0.2
