@@ -125,3 +125,25 @@ def test_chat_needs_the_key(llamacpp_engine, tmp_path):  # noqa: F811
     with serving(llamacpp_engine, tmp_path, "serve.api_key=sk-chat") as url:
         r = llmforge("chat", url, input="hi\n", cwd=tmp_path)
     assert r.returncode == 1 and "wants an API key" in r.stderr
+
+
+def test_chat_with_an_ollama_model(tiny_gguf, tmp_path):  # noqa: F811
+    """`llmforge chat ollama:NAME` through the official client against the Ollama stand-in (real REST API)."""
+    ollama = pytest.importorskip("ollama")
+    from fakes.ollama_server import StandIn
+
+    with StandIn() as server:
+        client = ollama.Client(host=server.host)
+        digest = client.create_blob(tiny_gguf)
+        client.create("tiny", files={"model.gguf": digest}, stream=False)
+        env = cli_env(OLLAMA_HOST=server.host)
+        r = subprocess.run([sys.executable, "-m", "llmforge", "chat", "ollama:tiny", "--max-tokens", "6"],
+                           input="hello there\n/save talk.json\n", capture_output=True, text=True, env=env,
+                           timeout=120, cwd=tmp_path)  # fmt: skip
+        chats = [body for method, path, body in server.requests if path == "/api/chat"]
+    assert r.returncode == 0, r.stderr
+    assert f"chatting with tiny at ollama model tiny at {server.host}" in " ".join(r.stdout.split())
+    saved = json.loads((tmp_path / "talk.json").read_text())["messages"]
+    assert [m["role"] for m in saved] == ["user", "assistant"]
+    assert saved[1]["content"] in r.stdout
+    assert chats and chats[0]["stream"] is True and chats[0]["options"]["num_predict"] == 6
