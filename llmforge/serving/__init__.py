@@ -90,6 +90,8 @@ def serve(
             f"cannot listen on {serve.host}:{serve.port}: {exc.strerror}", hint="pick another with --port"
         ) from None
     port = sock.getsockname()[1]
+    if serve.log_conversations:
+        _write_manifest(serve, workspace, engine)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if on_ready is not None:
@@ -109,3 +111,25 @@ def serve(
     finally:
         sock.close()
         engine.close()
+
+
+def _write_manifest(serve: ServeConfig, workspace: Workspace, engine) -> None:
+    """serve/manifest.json: which model wrote the conversation logs beside it (the key stays masked)."""
+    import json
+
+    from llmforge import manifest
+    from llmforge.atomic import write_json
+
+    # The export's manifest already holds the GGUF's sha256; hashing gigabytes at every start would be slow.
+    sha256 = None
+    export_manifest = Path(engine.path).parent / "manifest.json"
+    if engine.engine == "llamacpp" and export_manifest.is_file():
+        try:
+            files = json.loads(export_manifest.read_text(encoding="utf-8")).get("files", [])
+            sha256 = next((f.get("sha256") for f in files if f.get("path") == Path(engine.path).name), None)
+        except (ValueError, AttributeError):
+            sha256 = None
+    body = manifest.build("serve", {}, manifest.Timer(), model=engine.name, engine=engine.engine,
+                          model_path=str(engine.path), model_sha256=sha256,
+                          config=serve.model_dump(mode="json"))  # fmt: skip
+    write_json(workspace.serve_dir / "manifest.json", body)

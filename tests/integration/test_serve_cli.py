@@ -32,7 +32,8 @@ def llmforge(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_serve_command_serves_until_interrupted(tiny_gguf, tmp_path):  # noqa: F811
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmforge", "serve", "--model", str(tiny_gguf), "--port", "0", "--json"],
+        [sys.executable, "-m", "llmforge", "serve", "--model", str(tiny_gguf), "--port", "0", "--json",
+         "-s", "serve.log_conversations=true", "-s", "project.workdir=work"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(LLMFORGE_SERVE__API_KEY="sk-env"),
         cwd=tmp_path,
     )  # fmt: skip
@@ -63,6 +64,10 @@ def test_serve_command_serves_until_interrupted(tiny_gguf, tmp_path):  # noqa: F
         assert r.status_code == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+        manifest = json.loads((tmp_path / "work" / "serve" / "manifest.json").read_text())
+        assert manifest["engine"] == "llamacpp" and manifest["model_path"] == str(tiny_gguf)
+        assert manifest["model_sha256"] and manifest["config"]["api_key"] == "**********"
+        assert "sk-env" not in (tmp_path / "work" / "serve" / "manifest.json").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
