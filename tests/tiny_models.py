@@ -6,49 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmforge.training.scratch import CHATML_TEMPLATE, SPECIAL_TOKENS  # noqa: F401 (re-exported for tests)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CORPUS = FIXTURES / "corpus.txt"
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-# ChatML with the assistant's content and its end-of-turn token inside the trained (generation) span.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
-    "{%- else %}"
-    "{{- message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 
 def build_tokenizer(out_dir: Path, vocab_size: int = 512, corpus: Path = CORPUS) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from llmforge import checkpoints
+    from llmforge.training.scratch import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=1,
-        show_progress=False,
-    )
-    lines = corpus.read_text(encoding="utf-8").splitlines()
-    tok.train_from_iterator(lines, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    fast.chat_template = CHATML_TEMPLATE
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(out_dir)
+    fast = train_tokenizer(corpus.read_text(encoding="utf-8").splitlines(), vocab_size)
+    checkpoints.save_tokenizer(fast, out_dir)
     return out_dir
 
 
@@ -72,38 +41,21 @@ def build_model(
     tie_word_embeddings: bool | None = None,
     seed: int = 0,
 ) -> Path:
-    import shutil
-
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from llmforge.training.scratch import build_model as build
+    from llmforge.training.scratch import save_base_model
 
     tok = load_tokenizer(tokenizer_dir)
-    common = dict(
-        vocab_size=len(tok),
+    model = build(
+        tok,
+        architecture,
         hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
         intermediate_size=intermediate_size or hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
         max_position_embeddings=512,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
+        rope_theta=rope_theta,
+        tie_word_embeddings=tie_word_embeddings,
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    if architecture == "llama":
-        config = LlamaConfig(**common, tie_word_embeddings=bool(tie_word_embeddings))
-        model = LlamaForCausalLM(config)
-    elif architecture == "qwen2":
-        config = Qwen2Config(**common, tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings)
-        model = Qwen2ForCausalLM(config)
-    else:
-        raise ValueError(architecture)
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    for item in Path(tokenizer_dir).iterdir():
-        shutil.copy(item, out_dir / item.name)
-    return out_dir
+    return save_base_model(model, tok, Path(out_dir))

@@ -43,6 +43,9 @@ class DpoConfig(Section):
     reference_model: str | None = Field(
         None, description="Reference model (default: the base model, via the adapter switched off)."
     )
+    lora: bool = Field(
+        True, description="Train a LoRA adapter (train.lora settings); false trains every weight against a frozen copy."
+    )
 
 
 class ScratchConfig(Section):
@@ -78,8 +81,14 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(1024, ge=8, description="Maximum sequence length in tokens.")
     packing: bool = Field(False, description="Pack several examples into each sequence.")
-    optimizer: str = Field(
-        "adamw_torch", description="Optimizer name as transformers knows it (adamw_torch, adamw_8bit, ...)."
+    assistant_only_loss: bool = Field(
+        True,
+        description="Chat data: train only on the assistant's tokens (and its end-of-turn token); false trains on all.",
+    )
+    optimizer: str | None = Field(
+        None,
+        description="Optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, adamw_8bit, ...); "
+        "unset: transformers' default (fused AdamW on torch >= 2.8).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision ('auto': bf16 on GPUs that support it, else fp32)."
@@ -97,6 +106,9 @@ class TrainConfig(Section):
     save_total_limit: int | None = Field(3, ge=1, description="Keep at most this many checkpoints.")
     logging_steps: int = Field(10, ge=1, description="Log loss, lr and tokens/s every N steps.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping.")
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config file (FSDP, DeepSpeed) used when --nproc relaunches the training."
+    )
     report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Experiment tracker.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings (lora, qlora, dpo).")
     qlora: QloraConfig = Field(default_factory=QloraConfig, description="4-bit quantization settings (qlora).")

@@ -3,14 +3,8 @@ as the HF targets, and generation in our own loop so the new-token limit holds (
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +18,7 @@ class GGUFEngine:
     def __init__(self, path: str, tokenizer: str | None, *, max_length: int, max_new_tokens: int, seed: int,
                  chat_template: str = "auto", examples: list[Example] | None = None):
         require_extra("evaluating a GGUF file", "llamacpp", "llama_cpp")
-        from llama_cpp import Llama
+        from llmforge.llamacpp import open_llama
 
         # The HF tokenizer (when we have one) renders the chat template with its generation markers; the GGUF
         # shares its vocabulary id for id, so ids go to llama.cpp directly and both engines see the same tokens.
@@ -42,8 +36,7 @@ class GGUFEngine:
 
             longest = max(len(chat_tokens(self.tokenizer, ex, max_length)[0]) for ex in examples)
             n_ctx = min(n_ctx, -(-(longest + max_new_tokens + 1) // 64) * 64)
-        with _model_params(extra_buffers=extra_buffers_work(str(path))):
-            self.llm = Llama(model_path=str(Path(path)), n_ctx=n_ctx, logits_all=True, seed=seed, verbose=False)
+        self.llm = open_llama(path, n_ctx=n_ctx, logits_all=True, seed=seed, verbose=False)
         self.n_ctx = n_ctx
         self.mask_how: set[str] = set()
         vocab = self.llm.n_vocab()
@@ -102,57 +95,3 @@ class GGUFEngine:
 
     def close(self) -> None:
         self.llm.close()
-
-
-# Some virtual machines advertise Intel AMX (cpuid, /proc/cpuinfo) but fault on its first instruction; a llama.cpp
-# built with -march=native then dies (SIGILL/SIGSEGV in ggml_backend_amx_mul_mat) on the first quantized matmul,
-# because its AMX kernels come in as an "extra buffer type". On such CPUs we try the model once in a child process
-# and, if it dies, load it without extra buffer types (plain CPU kernels: same results, a little slower).
-_PROBE = (
-    "import sys\nfrom llama_cpp import Llama\n"
-    "llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)\nllm.eval([0, 0])\n"
-)
-
-
-def _advertises_amx() -> bool:
-    try:
-        return "amx_" in Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-
-
-@functools.cache
-def extra_buffers_work(path: str) -> bool:
-    if not _advertises_amx():
-        return True
-    try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        return False
-    if probe.returncode != 0:
-        log.warning("llama.cpp crashed (exit %s) with its AMX kernels on this CPU; loading %s without them",
-                    probe.returncode, path)
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _model_params(extra_buffers: bool) -> Iterator[None]:
-    """`Llama()` has no argument for llama_model_params.use_extra_bufts; set it on the defaults it starts from."""
-    if extra_buffers:
-        yield
-        return
-    import llama_cpp.llama_cpp as capi
-
-    original = capi.llama_model_default_params
-
-    def without_extra_buffers():
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    capi.llama_model_default_params = without_extra_buffers
-    try:
-        yield
-    finally:
-        capi.llama_model_default_params = original

@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,37 +94,17 @@ def _n_threads() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else max(1, min(4, os.cpu_count() or 1))
 
 
-@contextlib.contextmanager
-def _plain_cpu_buffers() -> Iterator[None]:
-    """llama-cpp-python 0.3.36 segfaults (in ggml_backend_amx_mul_mat) evaluating ANY quantized GGUF on CPUs with
-    AMX (seen on Sapphire Rapids, hidden 64 to 1024, q8_0/q4_0/q4_k_m) when its "extra buffer types" are on, as they
-    are by default. Verification checks the file, not the kernels, so it loads with plain CPU buffers."""
-    import llama_cpp.llama_cpp as lib
-
-    original = lib.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = original
-
-
 def open_gguf(path: Path, *, vocab_only: bool = False, n_ctx: int = 512, lora_path: Path | None = None):
-    import llama_cpp
     import llama_cpp.llama_cpp as lib
 
-    with _plain_cpu_buffers():
-        return llama_cpp.Llama(
-            str(path), vocab_only=vocab_only, logits_all=not vocab_only, n_ctx=n_ctx, n_batch=n_ctx,
-            n_threads=_n_threads(), verbose=False, lora_path=str(lora_path) if lora_path else None,
-            type_k=lib.GGML_TYPE_F32, type_v=lib.GGML_TYPE_F32,  # an f16 KV cache would add its own error
-        )
+    from llmforge.llamacpp import open_llama
+
+    # Verification checks the file, not the kernels: plain CPU buffers always (see llmforge/llamacpp.py).
+    return open_llama(
+        path, extra_buffers=False, vocab_only=vocab_only, logits_all=not vocab_only, n_ctx=n_ctx, n_batch=n_ctx,
+        n_threads=_n_threads(), verbose=False, lora_path=str(lora_path) if lora_path else None,
+        type_k=lib.GGML_TYPE_F32, type_v=lib.GGML_TYPE_F32,  # an f16 KV cache would add its own error
+    )
 
 
 def check_tokenization(gguf_path: Path, ref: Reference) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.errors import LlmforgeError, UsageError, require_extra
+from llmforge.llamacpp import open_llama
 from llmforge.serving.prompt import stop_token_texts
 from llmforge.serving.target import Target
 
@@ -57,8 +58,8 @@ class LlamaCppEngine:
             self.parallel = max(1, parallel)
             # With several sequences the Llama object only tokenizes; generation runs in a context of our own
             # with one KV sequence per request, each `context_length` long.
-            self.llm = llama_cpp.Llama(
-                str(path),
+            self.llm = open_llama(
+                path,
                 n_ctx=context_length if self.parallel == 1 else 64,
                 n_threads=threads,
                 n_threads_batch=threads,
@@ -234,27 +235,28 @@ class TransformersEngine:
         self.parallel = max(1, parallel)  # requests served in turns, each with its own KV cache
         require_extra("llmforge serve (transformers engine)", "train", "torch", "transformers")
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmforge import checkpoints
 
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
         path = str(target.path)
-        tokenizer_source = path
-        try:
-            if target.base_model:
-                from peft import PeftModel
-
-                base = AutoModelForCausalLM.from_pretrained(target.base_model, dtype=torch_dtype or "auto")
-                model = PeftModel.from_pretrained(base, path).merge_and_unload()
-                if not (Path(path) / "tokenizer_config.json").exists():
-                    tokenizer_source = target.base_model
-            else:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype or "auto")
-            tokenizer = _load_tokenizer(tokenizer_source, AutoTokenizer)
-        except OSError as exc:
-            raise LlmforgeError(f"{path}: transformers cannot load this model: {exc}") from None
+        if target.tokenizer is not None:
+            tokenizer_source = str(target.tokenizer)
+        elif target.base_model and not (Path(path) / "tokenizer_config.json").exists():
+            tokenizer_source = target.base_model
+        else:
+            tokenizer_source = path
+        tokenizer = checkpoints.load_tokenizer(tokenizer_source)
+        if dtype == "auto" and not torch.cuda.is_available():
+            dtype = "float32"  # half precision on CPU is slow and loses accuracy
+        model = checkpoints.load_model(target.base_model or path, dtype=dtype)
+        if target.base_model:
+            # training may have added tokens and saved resized embeddings with the adapter: match the rows first
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+            model = checkpoints.load_adapter(model, path).merge_and_unload()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -314,21 +316,6 @@ def _single_token_ids(texts: tuple[str, ...], encode) -> set[int]:
         if len(encoded) == 1:
             ids.add(encoded[0])
     return ids
-
-
-def _load_tokenizer(source: str, auto_tokenizer):
-    # AutoTokenizer may swap in a model-specific class whose ids differ from a tokenizer saved as a plain fast
-    # tokenizer (facts.md); honour the saved class when it is the generic one.
-    config = Path(source) / "tokenizer_config.json"
-    if config.exists():
-        import json
-
-        cls = json.loads(config.read_text()).get("tokenizer_class")
-        if cls in ("PreTrainedTokenizerFast", "TokenizersBackend"):
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast.from_pretrained(source)
-    return auto_tokenizer.from_pretrained(source)
 
 
 def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:

@@ -19,6 +19,7 @@ class Target:
     path: Path  # the GGUF file, or the HF model / adapter folder
     name: str  # the model id shown in /v1/models
     base_model: str | None = None  # for an adapter: the model it was trained on
+    tokenizer: Path | None = None  # where the run saved its tokenizer (default: beside the weights, else the base)
 
 
 def resolve(model_name: str | None, model_spec: str | None, engine: str, workspace: Workspace) -> Target:
@@ -94,18 +95,22 @@ def _folder_target(spec: str, engine: str) -> Target:
 
 
 def _run_target(workspace: Workspace, run: str) -> Target:
-    model_dir, adapter_dir = workspace.model_dir(run), workspace.adapter_dir(run)
-    if (model_dir / "config.json").exists():
-        return Target("transformers", model_dir, run)
-    if (adapter_dir / "adapter_config.json").exists():
-        manifest = json.loads(workspace.run_manifest(run).read_text())
-        base = manifest.get("base_model")
+    from llmforge.checkpoints import read_run
+
+    parts = read_run(workspace.run_dir(run))
+    model_dir = parts.get("model") or workspace.model_dir(run)
+    adapter_dir = parts.get("adapter") or workspace.adapter_dir(run)
+    tokenizer = parts.get("tokenizer")
+    if (Path(model_dir) / "config.json").exists():
+        return Target("transformers", Path(model_dir), run, tokenizer=tokenizer)
+    if (Path(adapter_dir) / "adapter_config.json").exists():
+        base = parts.get("base_model")
         if not base:
-            config = json.loads((adapter_dir / "adapter_config.json").read_text())
+            config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
             base = config.get("base_model_name_or_path")
         if not base:
             raise UsageError(f"{workspace.run_manifest(run)}: base_model: missing; cannot load the adapter")
-        return Target("transformers", adapter_dir, run, base_model=base)
+        return Target("transformers", Path(adapter_dir), run, base_model=base, tokenizer=tokenizer)
     raise UsageError(f"run {run!r} has neither {model_dir} nor {adapter_dir}")
 
 

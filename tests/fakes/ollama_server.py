@@ -153,7 +153,8 @@ class StandIn:
     # chat ------------------------------------------------------------------------------------------------------
     def _llama(self, digest: str, n_ctx: int):
         import gguf
-        import llama_cpp
+
+        from llmforge.llamacpp import open_llama
 
         fields = gguf.GGUFReader(str(self.blob_path(digest))).fields
         arch = fields["general.architecture"].contents()
@@ -162,9 +163,8 @@ class StandIn:
             n_ctx = min(n_ctx, int(trained.contents()))
         key = (digest, n_ctx)
         if key not in self._llamas:
-            self._llamas[key] = llama_cpp.Llama(
-                str(self.blob_path(digest)), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0
-            )
+            # Like a real Ollama on this CPU, it must survive llama.cpp's AMX fault (llmforge/llamacpp.py).
+            self._llamas[key] = open_llama(self.blob_path(digest), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0)
         return self._llamas[key]
 
     def render_prompt(self, model: dict[str, Any], llm: Any, messages: list[dict[str, Any]]) -> str:

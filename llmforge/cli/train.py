@@ -1,0 +1,177 @@
+"""`llmforge train`: flags -> config -> the training verb -> a progress bar and a summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
+from llmforge.cli.output import console, escape, print_json
+
+METHODS = ["scratch", "sft", "lora", "qlora", "dpo"]
+
+
+def _method(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in METHODS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(METHODS)}")
+    return value
+
+
+def train(
+    method: Annotated[
+        Optional[str],
+        typer.Option("--method", "-m", help="scratch, sft, lora, qlora or dpo (default: train.method).",
+                     callback=_method, show_default=False),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest unfinished run (or train.run_name) from its "
+                           "newest checkpoint; refused if config or data changed (unless --force).")
+    ] = False,
+    nproc: Annotated[
+        Optional[int], typer.Option("--nproc", min=1, help="Train with N processes (relaunches under torchrun).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+    dry_run: DryRunOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Train a model: from scratch, full SFT, LoRA, QLoRA or DPO; writes runs/<run>/ in the workspace.
+
+    Example:  llmforge train --method lora -s model.name=Qwen/Qwen2.5-0.5B-Instruct -s train.max_steps=200
+    """
+    loaded = load(config, set_, train__method=method)
+    cfg = loaded.config
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ and not dry_run:
+        from llmforge.training import relaunch
+        from llmforge.workspace import timestamp
+
+        argv = _argv_without_nproc(sys.argv[1:])
+        if argv and argv[0] == "train":
+            argv = argv[1:]
+        run_name = None if resume else (cfg.train.run_name or f"{cfg.train.method}-{timestamp()}")
+        raise typer.Exit(relaunch(argv, nproc, run_name, cfg.train.accelerate_config))
+
+    from llmforge.training import train as train_verb
+
+    main = os.environ.get("RANK", "0") == "0"
+    if dry_run or json_ or not main:
+        result = train_verb(cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=dry_run)
+    else:
+        with _ProgressBar() as bar:
+            result = train_verb(
+                cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=False,
+                progress=bar.update,
+            )
+    if not result.get("is_main", True):
+        return
+    if json_:
+        print_json(result)
+    elif dry_run:
+        _print_plan(result)
+    else:
+        _print_result(result)
+
+
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
+
+
+class _ProgressBar:
+    """A rich progress bar fed by the verb's progress events: loss, learning rate, tokens/s and ETA."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("train", total=None, stats="")
+        return self
+
+    def update(self, event: dict) -> None:
+        if event.get("total_steps"):
+            self.progress.update(self.task, total=event["total_steps"])
+        if event.get("event") in ("start", "step"):
+            parts = []
+            if event.get("loss") is not None:
+                parts.append(f"loss {event['loss']:.4f}")
+            if event.get("learning_rate") is not None:
+                parts.append(f"lr {event['learning_rate']:.2e}")
+            if event.get("tokens_per_second"):
+                parts.append(f"{event['tokens_per_second']:.0f} tok/s")
+            self.progress.update(self.task, completed=event.get("step", 0), stats="  ".join(parts))
+        elif event.get("event") == "eval":
+            self.progress.console.print(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+
+def _print_plan(plan: dict) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    mem = plan["memory_estimate"]
+    rows = [
+        ("method", plan["method"]),
+        ("backend", f"{plan['backend']} ({plan['backend_why']})"),
+        ("base model", plan["base_model"]),
+        ("parameters", f"{plan['parameters']:,}"),
+        ("trainable", f"{plan['trainable_parameters']:,} ({plan['trainable_share']:.2%})"),
+        ("data", f"{plan['train_examples']:,} {plan['data_kind']} records, {plan['val_examples']:,} for validation"),
+        ("tokens per epoch", f"{plan['tokens_per_epoch']:,}"),
+        ("steps", f"{plan['steps']:,} ({plan['steps_per_epoch']:,} per epoch, batch {plan['effective_batch']})"),
+        ("learning rate", f"{plan['learning_rate']:g}"),
+        ("precision", plan["precision"]),
+        ("memory estimate", f"{mem['total_gib']:.2f} GiB (weights {mem['weights_gib']:.2f}, optimizer "
+         f"{mem['gradients_optimizer_gib']:.2f}, activations {mem['activations_gib']:.2f})"),
+    ]
+    if plan.get("four_bit"):
+        rows.append(("4-bit", plan["four_bit"]))
+    if plan.get("chat_template"):
+        rows.append(("chat template", f"{plan['chat_template']} {plan.get('chat_template_family') or ''}".strip()))
+    if plan.get("resume_from"):
+        rows.append(("resume from", plan["resume_from"]))
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    console.print("[bold]training plan[/] (dry run: nothing trained)")
+    console.print(table)
+    for note in plan.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _print_result(result: dict) -> None:
+    loss = result.get("final_loss")
+    first = result.get("first_loss")
+    line = f"[green]trained[/] {escape(result['run'])}: {result['steps']} steps"
+    if loss is not None:
+        line += f", loss {first:.4f} -> {loss:.4f}" if first is not None else f", loss {loss:.4f}"
+    if result.get("final_eval_loss") is not None:
+        line += f", eval loss {result['final_eval_loss']:.4f}"
+    line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
+    console.print(line)
+    console.print(f"output: {escape(result['output'])}")

@@ -1,0 +1,48 @@
+"""`llmforge train`: pretrain from scratch, full SFT, LoRA, QLoRA or DPO, with resume, progress and clean stops.
+
+The verb takes the `model` and `train` config sections; the implementation modules are imported inside it so
+that importing this package stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmforge.config.model import ModelConfig
+    from llmforge.config.train import TrainConfig
+    from llmforge.workspace import Workspace
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def train(
+    model: ModelConfig,
+    train: TrainConfig,
+    workspace: Workspace,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train as `train` says, starting from `model` (unused for scratch), reading data from the workspace (or
+    `train.data`) and writing `runs/<run>/`. Returns the result (or, with dry_run, the plan) as a dict.
+
+    `progress` receives events {"event": "start"|"step"|"eval", "step", "total_steps", "loss", "learning_rate",
+    "tokens_per_second", "eval_loss"} on the main process only.
+    """
+    from llmforge.training import runner
+
+    return runner.run(model, train, workspace, resume=resume, force=force, dry_run=dry_run, progress=progress)
+
+
+def relaunch(argv: list[str], nproc: int, run_name: str | None, accelerate_config: str | None = None) -> int:
+    """Run `llmforge train <argv>` again under torchrun (or accelerate with a config) with `nproc` processes."""
+    from llmforge.training import launch
+
+    return launch.relaunch(argv, nproc, run_name, accelerate_config)
+
+
+__all__ = ["train", "relaunch"]

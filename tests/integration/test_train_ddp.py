@@ -1,0 +1,60 @@
+"""Two processes on CPU (gloo) for real: `--nproc 2` relaunches under torchrun, both ranks train, rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_data import chat_rows, workspace_with  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_nproc_2_runs_ddp_and_only_rank_0_writes(tiny_llama_dir, tmp_path):
+    ws = workspace_with(tmp_path / "ws", chat_rows(16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "llmforge", "train", "--nproc", "2", "--method", "lora", "--json",
+         "-s", f"project.workdir={ws}", "-s", f"model.name={tiny_llama_dir}", "-s", "train.max_steps=4",
+         "-s", "train.logging_steps=2", "-s", "train.batch_size=2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = [p for p in (ws / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1  # both processes agreed on one run folder
+    manifest = json.loads((runs[0] / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["steps"] == 4
+    # the global batch is 2 processes x 2 examples: 4 steps see 16 examples
+    assert manifest["epochs"] == 1.0
+    assert out.stdout.count('"run":') == 1  # one result printed (rank 0)
+    assert (runs[0] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llama_dir, tmp_path):
+    import signal
+    import time
+
+    ws = workspace_with(tmp_path / "ws", chat_rows(16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmforge", "train", "--nproc", "2", "--method", "lora", "-s", f"project.workdir={ws}",
+         "-s", f"model.name={tiny_llama_dir}", "-s", "train.max_steps=100000", "-s", "train.save_every=100000",
+         "-s", "train.run_name=d", "-s", "train.logging_steps=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    metrics = ws / "runs" / "d" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.count("hint: continue with: llmforge train --resume -s train.run_name=d") == 1  # rank 0 only
+    saved = list((ws / "runs" / "d" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert len(saved) == 1  # both ranks stopped at the same step and saved it once
