@@ -132,4 +132,4 @@ def _write_manifest(serve: ServeConfig, workspace: Workspace, engine) -> None:
     body = manifest.build("serve", {}, manifest.Timer(), model=engine.name, engine=engine.engine,
                           model_path=str(engine.path), model_sha256=sha256,
                           config=serve.model_dump(mode="json"))  # fmt: skip
-    write_json(workspace.serve_dir / "manifest.json", body)
+    write_json(workspace.serve_manifest, body)
