@@ -147,6 +147,10 @@ class Workspace:
     def conversations_dir(self) -> Path:
         return self.serve_dir / "conversations"
 
+    @property
+    def serve_manifest(self) -> Path:
+        return self.serve_dir / "manifest.json"
+
     # the registry of runs, exports and deployments
     @property
     def registry_file(self) -> Path:

@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from llmforge import __version__
+from llmforge.cli import chat as chat_cmd
 from llmforge.cli import config as config_cmd
 from llmforge.cli import data as data_cmd
 from llmforge.cli import deploy as deploy_cmd
@@ -17,6 +18,7 @@ from llmforge.cli import doctor as doctor_cmd
 from llmforge.cli import evaluate as evaluate_cmd
 from llmforge.cli import export as export_cmd
 from llmforge.cli import runs as runs_cmd
+from llmforge.cli import serve as serve_cmd
 from llmforge.cli import train as train_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
@@ -74,6 +76,8 @@ app.command("train")(train_cmd.train)
 app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
 app.add_typer(deploy_cmd.app, name="deploy")
+app.command("serve")(serve_cmd.serve)
+app.command("chat")(chat_cmd.chat)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)

@@ -1,0 +1,135 @@
+"""`llmforge serve`: an OpenAI-compatible HTTP server (llama.cpp or transformers engine) with a chat page.
+
+The public verbs live here; the implementation modules (FastAPI, uvicorn, the engines) are imported inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge.config.model import ModelConfig
+from llmforge.config.serve import ServeConfig
+from llmforge.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ServeInfo:
+    """What `serve` is about to serve, handed to `on_ready` before it blocks."""
+
+    url: str
+    model: str
+    engine: str
+    path: str
+    api_key_required: bool
+    log_dir: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
+    """Which file or folder would be served, with which engine (no model is loaded)."""
+    from llmforge.serving.target import resolve
+
+    return resolve(model.name, serve.model, serve.engine, workspace)
+
+
+def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
+    from llmforge.serving import engines
+
+    target = resolve_target(model, serve, workspace)
+    return engines.load(
+        target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype, parallel=serve.parallel
+    )
+
+
+def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine=None):
+    """The FastAPI application (for tests and embedding); loads the engine unless one is given."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+    from llmforge.serving.api import create_app
+
+    if engine is None:
+        engine = load_engine(model, serve, workspace)
+    return create_app(engine, serve, workspace.conversations_dir)
+
+
+def serve(
+    model: ModelConfig,
+    serve: ServeConfig,
+    workspace: Workspace,
+    *,
+    on_ready: Callable[[ServeInfo], None] | None = None,
+) -> None:
+    """Load the model and serve it until interrupted (Ctrl-C)."""
+    from llmforge.errors import LlmforgeError, require_extra
+
+    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+    import uvicorn
+
+    engine = load_engine(model, serve, workspace)
+    app = build_app(model, serve, workspace, engine=engine)
+    import socket
+
+    # Bind first so a busy port fails before the banner, and port 0 reports the port it got.
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only for sockets that say they
+    # are TCP; without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    family = socket.AF_INET6 if ":" in serve.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((serve.host, serve.port))
+    except OSError as exc:
+        sock.close()
+        engine.close()
+        raise LlmforgeError(
+            f"cannot listen on {serve.host}:{serve.port}: {exc.strerror}", hint="pick another with --port"
+        ) from None
+    port = sock.getsockname()[1]
+    if serve.log_conversations:
+        _write_manifest(serve, workspace, engine)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        host = f"[{serve.host}]" if ":" in serve.host else serve.host
+        on_ready(
+            ServeInfo(
+                url=f"http://{host}:{port}",
+                model=engine.name,
+                engine=engine.engine,
+                path=str(Path(engine.path)),
+                api_key_required=serve.api_key is not None,
+                log_dir=str(workspace.conversations_dir) if serve.log_conversations else None,
+            )
+        )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        engine.close()
+
+
+def _write_manifest(serve: ServeConfig, workspace: Workspace, engine) -> None:
+    """serve/manifest.json: which model wrote the conversation logs beside it (the key stays masked)."""
+    import json
+
+    from llmforge import manifest
+    from llmforge.atomic import write_json
+
+    # The export's manifest already holds the GGUF's sha256; hashing gigabytes at every start would be slow.
+    sha256 = None
+    export_manifest = Path(engine.path).parent / "manifest.json"
+    if engine.engine == "llamacpp" and export_manifest.is_file():
+        try:
+            files = json.loads(export_manifest.read_text(encoding="utf-8")).get("files", [])
+            sha256 = next((f.get("sha256") for f in files if f.get("path") == Path(engine.path).name), None)
+        except (ValueError, AttributeError):
+            sha256 = None
+    body = manifest.build("serve", {}, manifest.Timer(), model=engine.name, engine=engine.engine,
+                          model_path=str(engine.path), model_sha256=sha256,
+                          config=serve.model_dump(mode="json"))  # fmt: skip
+    write_json(workspace.serve_manifest, body)

@@ -1,0 +1,579 @@
+"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page.
+
+One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
+limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
+request into a Job for the engine worker and relay its events as JSON or server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmforge.errors import UsageError
+from llmforge.serving.conversations import ConversationLog, plain_messages
+from llmforge.serving.generation import EngineWorker, Job, QueueFull, Result, Sampling
+from llmforge.serving.metrics import Metrics
+from llmforge.serving.prompt import render
+
+log = logging.getLogger(__name__)
+
+OPEN_ROUTES = {"/health", "/"}  # the chat page loads without a key and asks for one (conventions.md)
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/generate", "/chat"}
+MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256
+POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its client is still there
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _SamplingBody(_Body):
+    model: str | None = None
+    max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    ignore_eos: bool = Field(False, description="Keep generating past end-of-turn tokens (for benchmarks).")
+
+
+class ChatRequest(_SamplingBody):
+    messages: list[Message]
+    max_completion_tokens: int | None = None
+
+
+class CompletionRequest(_SamplingBody):
+    prompt: str | list[str]
+
+
+class GenerateRequest(_Body):
+    prompt: str
+    max_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stream: bool = False
+
+
+# ---------------------------------------------------------------- errors
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.type, self.param, self.code), self.status, headers=headers)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+# ---------------------------------------------------------------- the gate in front of every route
+
+
+class RateLimiter:
+    """At most `per_minute` requests in any 60 s window per identity (the key, else the client address)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._seen: dict[str, deque[float]] = {}
+
+    def retry_after(self, identity: str, now: float) -> float | None:
+        if len(self._seen) > 10_000:  # forget identities idle for a minute, so the table cannot grow without end
+            self._seen = {k: v for k, v in self._seen.items() if v and now - v[-1] < 60.0}
+        times = self._seen.setdefault(identity, deque())
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= self.per_minute:
+            return 60.0 - (now - times[0])
+        times.append(now)
+        return None
+
+
+class Gate:
+    def __init__(self, app, *, metrics: Metrics, api_key: str | None, max_body: int, rate_limit: int | None):
+        self.app = app
+        self.metrics = metrics
+        self.api_key = api_key
+        self.max_body = max_body
+        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        status = [500]
+        recorded = [False]
+        start = time.perf_counter()
+
+        def record() -> None:
+            if not recorded[0]:
+                recorded[0] = True
+                self.metrics.finished(route, status[0], time.perf_counter() - start)
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last byte leaves: a client that reads /metrics next sees this request
+            await send(message)
+
+        self.metrics.started()
+        try:
+            await self._handle(scope, receive, send_status, path)
+        finally:
+            record()
+
+    async def _handle(self, scope, receive, send, path: str):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        presented = None
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
+        if path not in OPEN_ROUTES:
+            if self.api_key is not None and not (
+                presented is not None and hmac.compare_digest(presented.encode(), self.api_key.encode())
+            ):
+                body = error_body(
+                    "Invalid or missing API key. Send it as 'Authorization: Bearer KEY'.", code="invalid_api_key"
+                )
+                return await _send_json(send, 401, body, {"WWW-Authenticate": "Bearer"})
+            if self.limiter is not None:
+                client = scope.get("client") or ("unknown", 0)
+                identity = "key:" + presented if presented else "addr:" + str(client[0])
+                wait = self.limiter.retry_after(identity, time.monotonic())
+                if wait is not None:
+                    body = error_body("Rate limit reached; retry later.", "rate_limit_error", code="rate_limit_exceeded")
+                    return await _send_json(send, 429, body, {"Retry-After": str(max(1, int(wait + 0.999)))})
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # Read the whole body here, bounded, then replay it: a body past the limit never reaches the parser.
+        length = headers.get("content-length")
+        too_big = error_body(f"Request body larger than {self.max_body} bytes.", code="request_too_large")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _send_json(send, 413, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return await _send_json(send, 413, too_big)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# ---------------------------------------------------------------- the application
+
+
+class Server:
+    """What the handlers share: the engine, its worker, limits, metrics and the conversation log."""
+
+    def __init__(self, engine, serve, conversations_dir):
+        self.engine = engine
+        self.serve = serve
+        self.metrics = Metrics()
+        self.worker = EngineWorker(engine, max_queue=serve.max_queue)
+        self.log = ConversationLog(conversations_dir, serve.log_max_bytes) if serve.log_conversations else None
+        self.created = int(time.time())
+
+    # request -> job
+    def sampling(self, body, prompt_len: int, max_tokens: int | None) -> Sampling:
+        limit = self.serve.max_tokens_limit
+        room = self.engine.context_length - prompt_len
+        if room < 1:
+            raise APIError(
+                400,
+                f"The prompt is {prompt_len} tokens; the context window is {self.engine.context_length}.",
+                param="messages" if isinstance(body, ChatRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise APIError(400, "max_tokens must be at least 1.", param="max_tokens", code="invalid_value")
+        if max_tokens is not None and max_tokens > limit:
+            raise APIError(400, f"max_tokens may be at most {limit} on this server.", param="max_tokens",
+                           code="invalid_value")  # fmt: skip
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
+            raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} strings of up to {MAX_STOP_LENGTH} characters.",
+                           param="stop", code="invalid_value")  # fmt: skip
+        if getattr(body, "n", None) not in (None, 1):
+            raise APIError(400, "Only n=1 is supported.", param="n", code="invalid_value")
+        return Sampling(
+            max_tokens=min(max_tokens or limit, room),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            stop=tuple(stop),
+            ignore_eos=getattr(body, "ignore_eos", False),
+        )
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        if not messages:
+            raise APIError(400, "messages must not be empty.", param="messages", code="invalid_value")
+        if not self.engine.chat_template:
+            raise APIError(400, "This model has no chat template; use /v1/completions with a raw prompt.",
+                           param="messages", code="no_chat_template")  # fmt: skip
+        try:
+            text = render(self.engine.chat_template, messages, self.engine.bos_token, self.engine.eos_token)
+        except UsageError as exc:
+            raise APIError(400, exc.message, param="messages", code="invalid_value") from None
+        return self.engine.tokenize(text, chat=True)
+
+    def text_prompt(self, prompt: str | list[str]) -> list[int]:
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "prompt: send one string (batches are not supported).", param="prompt")
+            prompt = prompt[0]
+        ids = self.engine.tokenize(prompt, chat=False)
+        if not ids:
+            raise APIError(400, "prompt must not be empty.", param="prompt", code="invalid_value")
+        return ids
+
+    def events(self, request: Request, prompt: list[int], sampling: Sampling):
+        """Queue the job now (503 if the queue is full) and return an async iterator of its events:
+        ("text", str) then ("done", Result). Leaving the iterator early, or the client going away, stops the job."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def emit(kind: str, value: object) -> None:
+            if kind == "done":  # counted here, in the worker thread: a client that left never reads this event
+                self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
+                                    value.cached_tokens)  # fmt: skip
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, (kind, value))
+            except RuntimeError:  # the loop has closed (server shutting down)
+                pass
+
+        job = Job(prompt, sampling, emit)
+        try:
+            self.worker.submit(job)
+        except QueueFull:
+            raise APIError(503, "The server is busy; retry shortly.", type="server_error", code="queue_full") from None
+        return _relay(request, job, inbox)
+
+    def account(self, started: float, first: float | None, result: Result) -> None:
+        if first is not None:
+            self.metrics.first_token(first - started)
+
+    def record(self, messages, answer: str, result: Result, started: float, route: str) -> None:
+        if self.log is None or result.finish_reason not in ("stop", "length"):
+            return
+        self.log.record(
+            messages,
+            answer,
+            {
+                "model": self.engine.name,
+                "engine": self.engine.engine,
+                "route": route,
+                "created": int(time.time()),
+                "latency_s": round(time.perf_counter() - started, 4),
+                "finish_reason": result.finish_reason,
+                "usage": usage(result),
+            },
+        )
+
+
+async def _relay(request: Request, job: Job, inbox: asyncio.Queue):
+    # Check the client every POLL_SECONDS whether or not events arrive: a busy generation fills the inbox
+    # without pause, and a non-streaming request has nothing else that would notice the client leaving.
+    checked = time.monotonic()
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(inbox.get(), timeout=POLL_SECONDS)
+            except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked >= POLL_SECONDS:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    return
+            if kind is None:
+                continue
+            yield kind, value
+            if kind == "done":
+                return
+    finally:
+        job.cancel()  # a no-op once done; otherwise the worker skips or stops this job
+
+
+def usage(result: Result) -> dict[str, Any]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def create_app(engine, serve, conversations_dir) -> FastAPI:
+    server = Server(engine, serve, conversations_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        server.worker.start()
+        try:
+            yield
+        finally:
+            server.worker.stop()
+
+    app = FastAPI(title="llmforge", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response({"Retry-After": "1"} if exc.status == 503 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body("The request body is not valid JSON.", code="invalid_json"), 400)
+        where = ".".join(loc) or "body"
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body(message, param=".".join(loc) or None, code="invalid_value"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), code=code), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("Internal server error.", "server_error", code="internal_error"), 500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page():
+        page = resources.files("llmforge.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(
+            server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [{"id": engine.name, "object": "model", "created": server.created, "owned_by": "llmforge"}],
+        }
+
+    async def chat(request: Request, body: ChatRequest, route: str):
+        started = time.perf_counter()
+        messages = plain_messages(body.messages)
+        prompt = server.chat_prompt(messages)
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        sampling = server.sampling(body, len(prompt), max_tokens)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": ident, "created": created, "model": engine.name}
+        events = server.events(request, prompt, sampling)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        if body.stream:
+
+            async def stream():
+                first, parts = None, []
+                chunk = {**head, "object": "chat.completion.chunk"}
+                yield sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "logprobs": None, "finish_reason": None}]})  # fmt: skip
+                async for kind, value in events:
+                    if kind == "text":
+                        first = first or time.perf_counter()
+                        parts.append(value)
+                        yield sse({**chunk, "choices": [{"index": 0, "delta": {"content": value}, "logprobs": None,
+                                                         "finish_reason": None}]})  # fmt: skip
+                        continue
+                    server.account(started, first, value)
+                    if value.finish_reason == "cancelled":
+                        return
+                    if value.finish_reason == "error":
+                        yield sse(error_body("Generation failed.", "server_error", code="engine_error"))
+                        return
+                    yield sse({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                     "finish_reason": value.finish_reason}]})  # fmt: skip
+                    if include_usage:
+                        yield sse({**chunk, "choices": [], "usage": usage(value)})
+                    yield b"data: [DONE]\n\n"
+                    server.record(messages, "".join(parts), value, started, route)
+
+            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+        text, result = await collect(events, server, started)
+        server.record(messages, text, result, started, route)
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": result.finish_reason}],  # fmt: skip
+            "usage": usage(result),
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatRequest):
+        return await chat(request, body, "/v1/chat/completions")
+
+    @app.post("/chat")
+    async def simple_chat(request: Request, body: ChatRequest):
+        """The same as /v1/chat/completions, for scripts that want a short path."""
+        return await chat(request, body, "/chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest):
+        started = time.perf_counter()
+        prompt = server.text_prompt(body.prompt)
+        sampling = server.sampling(body, len(prompt), body.max_tokens)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": engine.name}  # fmt: skip
+        events = server.events(request, prompt, sampling)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+
+            async def stream():
+                first = None
+                async for kind, value in events:
+                    if kind == "text":
+                        first = first or time.perf_counter()
+                        yield sse({**head, "choices": [{"index": 0, "text": value, "logprobs": None,
+                                                        "finish_reason": None}]})  # fmt: skip
+                        continue
+                    server.account(started, first, value)
+                    if value.finish_reason in ("cancelled", "error"):
+                        if value.finish_reason == "error":
+                            yield sse(error_body("Generation failed.", "server_error", code="engine_error"))
+                        return
+                    yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                    "finish_reason": value.finish_reason}]})  # fmt: skip
+                    if include_usage:
+                        yield sse({**head, "choices": [], "usage": usage(value)})
+                    yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        text, result = await collect(events, server, started)
+        return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                     "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
+
+    @app.post("/generate")
+    async def generate(request: Request, body: GenerateRequest):
+        """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
+        started = time.perf_counter()
+        prompt = server.text_prompt(body.prompt)
+        sampling = server.sampling(body, len(prompt), body.max_tokens)
+        events = server.events(request, prompt, sampling)
+        if body.stream:
+
+            async def stream():
+                first = None
+                async for kind, value in events:
+                    if kind == "text":
+                        first = first or time.perf_counter()
+                        yield sse({"text": value})
+                        continue
+                    server.account(started, first, value)
+                    if value.finish_reason in ("cancelled", "error"):
+                        return
+                    yield sse({"text": "", "finish_reason": value.finish_reason, "usage": usage(value)})
+                    yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        text, result = await collect(events, server, started)
+        return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
+
+    key = serve.api_key.get_secret_value() if serve.api_key is not None else None
+    app.add_middleware(
+        Gate, metrics=server.metrics, api_key=key, max_body=serve.max_body_bytes, rate_limit=serve.rate_limit
+    )
+    return app
+
+
+async def collect(events, server: Server, started: float) -> tuple[str, Result]:
+    parts: list[str] = []
+    first = None
+    result = Result("cancelled", 0, 0)
+    async for kind, value in events:
+        if kind == "text":
+            first = first or time.perf_counter()
+            parts.append(value)
+        else:
+            result = value
+    server.account(started, first, result)
+    if result.finish_reason == "error":
+        raise APIError(500, "Generation failed.", type="server_error", code="engine_error")
+    return "".join(parts), result

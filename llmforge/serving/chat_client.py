@@ -1,0 +1,187 @@
+"""The client side of `llmforge chat`: a conversation with an OpenAI-compatible endpoint or an Ollama model.
+
+The CLI owns the prompt and the printing; this module keeps the history and streams answers as text pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmforge.errors import LlmforgeError, UsageError
+
+DEFAULT_TIMEOUT = 600.0
+
+
+class ChatSession:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ):
+        self.ollama_model = endpoint[len("ollama:") :] if endpoint.startswith("ollama:") else None
+        if self.ollama_model == "":
+            raise UsageError("ollama: needs a model name", hint="e.g. llmforge chat ollama:my-model")
+        self.base_url = None if self.ollama_model else _base_url(endpoint)
+        self.api_key = api_key
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.system: str | None = system
+        self.messages: list[dict[str, str]] = []
+
+    @property
+    def target(self) -> str:
+        if self.ollama_model:
+            return f"ollama model {self.ollama_model} at {ollama_host()}"
+        return self.base_url
+
+    # ------------------------------------------------------------ conversation state
+    def reset(self) -> None:
+        self.messages = []
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+
+    def conversation(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def save(self, path: Path) -> Path:
+        """Write the conversation as one canonical JSON record (refuses to replace an existing file)."""
+        from llmforge.atomic import refuse_overwrite, write_json
+
+        path = Path(path)
+        refuse_overwrite(path, False, "conversation file")
+        return write_json(path, {"messages": self.conversation()})
+
+    # ------------------------------------------------------------ talking
+    def connect(self) -> str:
+        """Check the endpoint answers; returns the model it serves. Raises LlmforgeError (exit 1) when down."""
+        if self.ollama_model:
+            client = self._ollama()
+            try:
+                client.show(self.ollama_model)
+            except ConnectionError as exc:
+                raise self._down(exc) from None
+            except Exception as exc:  # ollama.ResponseError: unknown model
+                raise LlmforgeError(f"ollama: {exc}", hint="list models with: ollama list") from None
+            return self.ollama_model
+        import httpx
+
+        try:
+            r = httpx.get(self.base_url + "/v1/models", headers=self._headers(), timeout=10)
+        except httpx.HTTPError as exc:
+            raise self._down(exc) from None
+        if r.status_code == 401:
+            raise LlmforgeError(
+                f"{self.base_url} wants an API key", hint="pass --api-key or set LLMFORGE_SERVE__API_KEY"
+            )
+        if r.status_code != 200:
+            raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}")
+        data = r.json().get("data") or [{}]
+        self.model = self.model or data[0].get("id")
+        return self.model or "unknown"
+
+    def ask(self, text: str) -> Iterator[str]:
+        """Send a user message; yield the answer in pieces. The exchange enters the history once complete."""
+        self.messages.append({"role": "user", "content": text})
+        parts: list[str] = []
+        try:
+            stream = self._ollama_stream() if self.ollama_model else self._openai_stream()
+            for piece in stream:
+                parts.append(piece)
+                yield piece
+        except BaseException:
+            self.messages.pop()
+            raise
+        self.messages.append({"role": "assistant", "content": "".join(parts)})
+
+    def _openai_stream(self) -> Iterator[str]:
+        import httpx
+
+        body: dict[str, Any] = {"messages": self.conversation(), "stream": True}
+        for key in ("model", "temperature", "max_tokens"):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
+        url = self.base_url + "/v1/chat/completions"
+        try:
+            with httpx.stream("POST", url, json=body, headers=self._headers(), timeout=DEFAULT_TIMEOUT) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise LlmforgeError(f"{url} answered HTTP {r.status_code}: {_error_message(r)}")
+                for line in r.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[6:]
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.HTTPError as exc:
+            raise self._down(exc) from None
+
+    def _ollama_stream(self) -> Iterator[str]:
+        options = {}
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            options["num_predict"] = self.max_tokens
+        try:
+            for chunk in self._ollama().chat(
+                self.ollama_model, messages=self.conversation(), stream=True, options=options or None
+            ):
+                piece = chunk["message"]["content"]
+                if piece:
+                    yield piece
+        except ConnectionError as exc:
+            raise self._down(exc) from None
+
+    def _ollama(self):
+        from llmforge.errors import require_extra
+
+        require_extra("llmforge chat ollama:NAME", "deploy", "ollama")
+        import ollama
+
+        return ollama.Client(host=ollama_host())
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _down(self, exc: Exception) -> LlmforgeError:
+        hint = "start Ollama (ollama serve) or set OLLAMA_HOST" if self.ollama_model else "start it: llmforge serve"
+        return LlmforgeError(f"cannot reach {self.target}: {exc}", hint=hint)
+
+
+def ollama_host() -> str:
+    return os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+
+
+def _base_url(endpoint: str) -> str:
+    url = endpoint.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    for suffix in ("/v1/chat/completions", "/v1"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url
+
+
+def _error_message(response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]

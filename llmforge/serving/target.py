@@ -1,0 +1,125 @@
+"""Which model to serve and with which engine: a GGUF for llama.cpp, or an HF folder / run for transformers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmforge.errors import UsageError
+from llmforge.workspace import Workspace
+
+# When an export holds several quantizations, serve the first of these that exists.
+QUANT_PREFERENCE = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16", "q4_0")
+
+
+@dataclass(frozen=True)
+class Target:
+    engine: str  # "llamacpp" | "transformers"
+    path: Path  # the GGUF file, or the HF model / adapter folder
+    name: str  # the model id shown in /v1/models
+    base_model: str | None = None  # for an adapter: the model it was trained on
+    tokenizer: Path | None = None  # where the run saved its tokenizer (default: beside the weights, else the base)
+
+
+def resolve(model_name: str | None, model_spec: str | None, engine: str, workspace: Workspace) -> Target:
+    """`model_spec` is serve.model (a path, run or export name, or None); `model_name` is model.name."""
+    if engine not in ("auto", "llamacpp", "transformers"):
+        raise UsageError(f"serve.engine: unknown engine {engine!r}", hint="use auto, llamacpp or transformers")
+    if model_spec:
+        return _resolve_spec(model_spec, engine, workspace)
+    if engine in ("auto", "llamacpp") and workspace.exports():
+        export = workspace.latest_export()
+        return Target("llamacpp", pick_gguf(workspace.export_dir(export)), export)
+    if engine == "llamacpp":
+        raise UsageError(
+            f"no GGUF export in {workspace.export_root} to serve with llama.cpp",
+            hint="export one (llmforge export gguf) or pass --model FILE.gguf",
+        )
+    if workspace.runs():
+        run = workspace.latest_run()
+        return _run_target(workspace, run)
+    if model_name:
+        return _folder_target(model_name, engine)
+    raise UsageError(
+        "nothing to serve: no export, no finished run, and no model.name",
+        hint="pass --model PATH (a .gguf file or a Hugging Face model folder)",
+    )
+
+
+def _resolve_spec(spec: str, engine: str, workspace: Workspace) -> Target:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UsageError(f"{path}: not a .gguf file", hint="pass a GGUF file or a Hugging Face model folder")
+        if engine == "transformers":
+            raise UsageError(f"{path}: a GGUF file is served by llama.cpp", hint="use --engine llamacpp or auto")
+        return Target("llamacpp", path, path.stem)
+    if path.is_dir():
+        if engine == "llamacpp" or (engine == "auto" and not _is_hf_folder(path) and list(path.glob("*.gguf"))):
+            return Target("llamacpp", pick_gguf(path), path.name)
+        return _folder_target(str(path), engine)
+    # a run or export of this workspace, by name
+    if (workspace.export_manifest(spec)).exists() and engine in ("auto", "llamacpp"):
+        return Target("llamacpp", pick_gguf(workspace.export_dir(spec)), spec)
+    if workspace.run_manifest(spec).exists():
+        return _run_target(workspace, spec)
+    if engine == "llamacpp":
+        raise UsageError(f"serve.model: {spec!r} is neither a GGUF file nor an export", hint="pass a .gguf path")
+    # a hub id: transformers will find it in the local cache (or fail with its own message)
+    if "/" in spec and not spec.startswith((".", "/")):
+        return Target("transformers", Path(spec), spec)
+    raise UsageError(
+        f"serve.model: {spec!r} is not a file, a folder, a run or an export",
+        hint=f"runs: {', '.join(workspace.runs()) or 'none'}; exports: {', '.join(workspace.exports()) or 'none'}",
+    )
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").exists() or (path / "adapter_config.json").exists()
+
+
+def _folder_target(spec: str, engine: str) -> Target:
+    path = Path(spec).expanduser()
+    if engine == "llamacpp":
+        raise UsageError(f"{spec}: llama.cpp serves GGUF files", hint="export it first: llmforge export gguf")
+    if (path / "adapter_config.json").exists():
+        config = json.loads((path / "adapter_config.json").read_text())
+        base = config.get("base_model_name_or_path")
+        if not base:
+            raise UsageError(f"{path}/adapter_config.json: base_model_name_or_path: missing")
+        return Target("transformers", path, path.name, base_model=base)
+    if path.is_dir() and not (path / "config.json").exists():
+        raise UsageError(f"{path}: no config.json (not a Hugging Face model folder)")
+    return Target("transformers", path, path.name if path.is_dir() else spec)
+
+
+def _run_target(workspace: Workspace, run: str) -> Target:
+    from llmforge.checkpoints import read_run
+
+    parts = read_run(workspace.run_dir(run))
+    model_dir = parts.get("model") or workspace.model_dir(run)
+    adapter_dir = parts.get("adapter") or workspace.adapter_dir(run)
+    tokenizer = parts.get("tokenizer")
+    if (Path(model_dir) / "config.json").exists():
+        return Target("transformers", Path(model_dir), run, tokenizer=tokenizer)
+    if (Path(adapter_dir) / "adapter_config.json").exists():
+        base = parts.get("base_model")
+        if not base:
+            config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+            base = config.get("base_model_name_or_path")
+        if not base:
+            raise UsageError(f"{workspace.run_manifest(run)}: base_model: missing; cannot load the adapter")
+        return Target("transformers", Path(adapter_dir), run, base_model=base, tokenizer=tokenizer)
+    raise UsageError(f"run {run!r} has neither {model_dir} nor {adapter_dir}")
+
+
+def pick_gguf(folder: Path) -> Path:
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise UsageError(f"{folder}: no .gguf file", hint="export one: llmforge export gguf")
+    for quant in QUANT_PREFERENCE:
+        for f in files:
+            if f.stem.lower().endswith("-" + quant):
+                return f
+    return files[0]

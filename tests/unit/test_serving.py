@@ -1,0 +1,247 @@
+"""Serving pieces without a model: stop strings, the generation loop's limits, rate limit, metrics text, model
+resolution, the conversation log and the chat client's URL handling. No torch here."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmforge.errors import UsageError
+from llmforge.serving.chat_client import ChatSession, _base_url
+from llmforge.serving.conversations import ConversationLog
+from llmforge.serving.generation import EngineWorker, Job, Sampling, StopMatcher, generate
+from llmforge.serving.metrics import Histogram, Metrics
+from llmforge.serving.prompt import render, stop_token_texts
+from llmforge.serving.target import resolve
+from llmforge.workspace import Workspace
+
+
+def feed_all(stops, pieces):
+    m = StopMatcher(stops)
+    out = []
+    for p in pieces:
+        text, hit = m.feed(p)
+        out.append(text)
+        if hit:
+            return "".join(out), True
+    return "".join(out) + m.flush(), False
+
+
+def test_stop_string_split_over_pieces():
+    assert feed_all(["END"], ["abc E", "N", "D more"]) == ("abc ", True)
+    assert feed_all(["END"], ["abc E", "NX"]) == ("abc ENX", False)
+    assert feed_all(["\n\n", "##"], ["a\n", "#", "#b"]) == ("a\n", True)
+    assert feed_all([], ["a", "b"]) == ("ab", False)
+
+
+@given(text=st.text(max_size=40), stop=st.text(min_size=1, max_size=4), cuts=st.lists(st.integers(0, 40), max_size=6))
+def test_stop_matcher_equals_cutting_the_whole_text(text, stop, cuts):
+    bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    got, hit = feed_all([stop], pieces)
+    if stop in text:
+        assert (got, hit) == (text[: text.index(stop)], True)
+    else:
+        assert (got, hit) == (text, False)
+
+
+class CountingEngine:
+    """A stand-in for a model at the engine edge: emits token ids 0, 1, 2 ... forever, each decoding to 'ab'."""
+
+    def __init__(self, end_at: int | None = None):
+        self.end_at = end_at
+        self.closed = 0
+
+    def tokens(self, prompt, *, temperature, top_p, seed):
+        i = 0
+        try:
+            while True:
+                yield i
+                i += 1
+        finally:
+            self.closed += 1
+
+    def is_end(self, token):
+        return token == self.end_at
+
+    def detokenizer(self):
+        class D:
+            def add(self, token):
+                return "ab"
+
+            def flush(self):
+                return ""
+
+        return D()
+
+
+def run(engine, sampling):
+    out = []
+    job = Job([1, 2, 3], sampling, lambda kind, value: out.append((kind, value)))
+    result = generate(engine, job)
+    return "".join(v for k, v in out if k == "text"), result
+
+
+def test_generation_loop_limits():
+    engine = CountingEngine()
+    text, result = run(engine, Sampling(max_tokens=5))
+    assert (text, result.finish_reason, result.completion_tokens, result.prompt_tokens) == ("ab" * 5, "length", 5, 3)
+    assert engine.closed == 1  # the token stream is closed: llama.cpp stops generating
+    text, result = run(CountingEngine(end_at=3), Sampling(max_tokens=50))
+    assert (text, result.finish_reason, result.completion_tokens) == ("ababab", "stop", 3)
+    text, result = run(CountingEngine(end_at=3), Sampling(max_tokens=6, ignore_eos=True))
+    assert result.completion_tokens == 6
+    text, result = run(CountingEngine(), Sampling(max_tokens=50, stop=("bab",)))
+    assert (text, result.finish_reason) == ("a", "stop")
+
+
+def test_worker_is_fifo_and_skips_cancelled_jobs():
+    worker = EngineWorker(CountingEngine(), max_queue=8)
+    order, done = [], threading.Event()
+
+    def emit_for(name):
+        def emit(kind, value):
+            if kind == "done":
+                order.append((name, value.finish_reason, value.completion_tokens))
+                if len(order) == 3:
+                    done.set()
+
+        return emit
+
+    jobs = [Job([0], Sampling(max_tokens=3), emit_for(n)) for n in "abc"]
+    jobs[1].cancel()
+    for j in jobs:
+        worker.submit(j)
+    worker.start()
+    assert done.wait(10)
+    worker.stop()
+    assert order == [("a", "length", 3), ("b", "cancelled", 0), ("c", "length", 3)]
+
+
+def test_histogram_and_metrics_text():
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.5, 5.0):
+        h.observe(v)
+    assert h.lines("x") == ['x_bucket{le="0.1"} 1', 'x_bucket{le="1"} 2', 'x_bucket{le="+Inf"} 3', "x_sum 5.550000",
+                            "x_count 3"]  # fmt: skip
+    m = Metrics()
+    m.started()
+    m.finished("/v1/models", 401, 0.01)
+    text = m.render(queued=2)
+    assert 'llmforge_requests_total{route="/v1/models",code="401"} 1' in text
+    assert 'llmforge_request_errors_total{route="/v1/models"} 1' in text
+    assert "llmforge_queue_length 2" in text and "llmforge_requests_in_flight 0" in text
+
+
+def test_rate_limiter_window():
+    from llmforge.serving.api import RateLimiter
+
+    limiter = RateLimiter(2)
+    assert limiter.retry_after("k", 0.0) is None
+    assert limiter.retry_after("k", 1.0) is None
+    assert limiter.retry_after("k", 2.0) == pytest.approx(58.0)
+    assert limiter.retry_after("other", 2.0) is None
+    assert limiter.retry_after("k", 60.5) is None
+
+
+def finished(folder):
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"finished_at": "2026-11-22T00:00:00"}))
+    return folder
+
+
+def test_resolve_prefers_the_newest_export_then_run_then_model_name(tmp_path):
+    ws = Workspace(tmp_path / "w")
+    with pytest.raises(UsageError, match="nothing to serve"):
+        resolve(None, None, "auto", ws)
+    hf = tmp_path / "base"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    assert resolve(str(hf), None, "auto", ws).engine == "transformers"
+    run = finished(ws.run_dir("lora-1"))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"finished_at": "x", "base_model": "org/base"}))
+    t = resolve(str(hf), None, "auto", ws)
+    assert (t.engine, t.name, t.base_model) == ("transformers", "lora-1", "org/base")
+    export = finished(ws.export_dir("lora-1"))
+    for quant in ("f16", "q4_k_m"):
+        (export / f"demo-{quant}.gguf").write_bytes(b"GGUF")
+    t = resolve(str(hf), None, "auto", ws)
+    assert (t.engine, t.path.name) == ("llamacpp", "demo-q4_k_m.gguf")
+    assert resolve(str(hf), None, "transformers", ws).name == "lora-1"
+    assert resolve(None, str(export / "demo-f16.gguf"), "auto", ws).path.name == "demo-f16.gguf"
+    assert resolve(None, "lora-1", "transformers", ws).base_model == "org/base"
+    with pytest.raises(UsageError, match="served by llama.cpp"):
+        resolve(None, str(export / "demo-f16.gguf"), "transformers", ws)
+    with pytest.raises(UsageError, match="not a file, a folder, a run or an export"):
+        resolve(None, "nothing-here", "auto", ws)
+
+
+def test_conversation_log_rotates(tmp_path):
+    log = ConversationLog(tmp_path / "conv", max_bytes=1024)
+    for i in range(20):
+        log.record([{"role": "user", "content": f"q{i} " * 10}], f"a{i}", {"model": "m"})
+    files = log.files()
+    assert len(files) > 1 and files[-1].name == "conversations.jsonl"
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert len(lines) == 20
+    assert lines[0]["messages"][-1] == {"role": "assistant", "content": "a0"}
+
+
+def test_prompt_render_and_stop_tokens_come_from_chat_templates():
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+        "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render(template, msgs, None, "<|im_end|>") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert "<|im_end|>" in stop_token_texts(template, None, "<|im_end|>")
+    assert stop_token_texts(None, None, "</s>") == ("</s>",)
+    with pytest.raises(UsageError):
+        render("{{ raise_exception('roles must alternate') }}", msgs, None, None)
+
+
+def test_chat_client_urls_and_history(tmp_path):
+    assert _base_url("localhost:8000") == "http://localhost:8000"
+    assert _base_url("http://h:1/v1/") == "http://h:1"
+    assert _base_url("https://h/v1/chat/completions") == "https://h"
+    s = ChatSession("http://h:1", system="be brief")
+    s.messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    assert [m["role"] for m in s.conversation()] == ["system", "user", "assistant"]
+    s.save(tmp_path / "c.json")
+    with pytest.raises(UsageError, match="already exists"):
+        s.save(tmp_path / "c.json")
+    s.reset()
+    s.set_system("")
+    assert s.conversation() == []
+    assert ChatSession("ollama:tiny").ollama_model == "tiny"
+    with pytest.raises(UsageError):
+        ChatSession("ollama:")
+
+
+def test_worker_with_two_slots_takes_turns():
+    worker = EngineWorker(CountingEngine(), max_queue=8, slots=2)
+    events, done = [], threading.Event()
+
+    def emit_for(name):
+        def emit(kind, value):
+            events.append((name, kind))
+            if kind == "done" and sum(k == "done" for _, k in events) == 3:
+                done.set()
+
+        return emit
+
+    for name in "abc":
+        worker.submit(Job([0], Sampling(max_tokens=2), emit_for(name)))
+    worker.start()
+    assert done.wait(10)
+    worker.stop()
+    texts = [name for name, kind in events if kind == "text"]
+    # a and b alternate token by token; c, third in line, starts when a slot frees
+    assert texts == ["a", "b", "a", "b", "c", "c"]
