@@ -25,13 +25,16 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check llmforge tests benchmarks
+	$(VENV)/bin/ruff check llmforge tests benchmarks scripts
 
 test: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+demo: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) scripts/demo.py
 
 docs: install
 	$(PY) scripts/gen_docs.py

@@ -204,11 +204,18 @@ def show(summary: dict) -> None:
     table.add_column("stage")
     table.add_column("result")
     d = summary["data"]
-    table.add_row("data", f"{d['read']} records read, {d['rejected']} rejected, {d['exact_duplicates']} exact + "
-                  f"{d['near_duplicates']} near duplicates dropped; train/val/test {d['train']}/{d['val']}/{d['test']}")
+    table.add_row(
+        "data",
+        f"{d['read']} records read, {d['rejected']} rejected, {d['exact_duplicates']} exact + "
+        f"{d['near_duplicates']} near duplicates dropped; train/val/test {d['train']}/{d['val']}/{d['test']}",
+    )
     s, lo = summary["scratch"], summary["lora"]
-    table.add_row("scratch base", f"{s['parameters']:,} parameters, loss {s['first_loss']:.2f} -> {s['final_loss']:.2f}")
-    table.add_row("lora", f"{lo['trainable_parameters']:,} trainable, loss {lo['first_loss']:.2f} -> {lo['final_loss']:.2f}")
+    table.add_row(
+        "scratch base", f"{s['parameters']:,} parameters, loss {s['first_loss']:.2f} -> {s['final_loss']:.2f}"
+    )
+    table.add_row(
+        "lora", f"{lo['trainable_parameters']:,} trainable, loss {lo['first_loss']:.2f} -> {lo['final_loss']:.2f}"
+    )
     table.add_row(
         "perplexity (held-out)",
         f"base {metric('eval_test', 'base', 'perplexity'):.2f} -> fine-tuned {metric('eval_test', run_key, 'perplexity'):.2f}",
@@ -219,15 +226,17 @@ def show(summary: dict) -> None:
         f"{metric('eval_probes', run_key, 'exact_match'):.2f}  ({PROBES} memorised questions)",
     )
     files = summary["export"].get("files", [])
-    table.add_row("export", ", ".join(f"{Path(f['path']).name} ({'verified' if f.get('verified') else 'unverified'})" for f in files))
+    table.add_row(
+        "export",
+        ", ".join(f"{Path(f['path']).name} ({'verified' if f.get('verified') else 'unverified'})" for f in files),
+    )
     table.add_row("deploy", summary["deploy"]["mode"])
     sv = summary["serve"]
     table.add_row("serve", f"{sv['engine']}: {sv['answer']!r} ({sv['finish_reason']})")
     Console().print(table)
-    better = (
-        metric("eval_test", run_key, "perplexity") < metric("eval_test", "base", "perplexity")
-        and metric("eval_probes", run_key, "exact_match") > metric("eval_probes", "base", "exact_match")
-    )
+    better = metric("eval_test", run_key, "perplexity") < metric("eval_test", "base", "perplexity") and metric(
+        "eval_probes", run_key, "exact_match"
+    ) > metric("eval_probes", "base", "exact_match")
     print("fine-tuned beats base: " + ("yes" if better else "NO"))
     if not better:
         raise DemoFailed("the fine-tuned model did not beat its base")
