@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+import upstream_templates
 from tiny_models import CHATML_TEMPLATE, load_tokenizer
 
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
 
-def _find_fixtures() -> Path | None:
-    """The real upstream templates: vendored in the repository if they are, else the shared fixtures folder."""
-    root = Path(__file__).resolve().parents[2]
-    candidates = [
-        root / "tests" / "fixtures" / "chat_templates",
-        root.parent / "shared" / "fixtures" / "chat_templates",
-    ]
-    candidates.append(Path("/work/shared/fixtures/chat_templates"))
-    return next((c for c in candidates if c.is_dir()), None)
-
-
-FIXTURES = _find_fixtures()
-MISSING = "upstream chat templates not found: copy shared/fixtures/chat_templates to tests/fixtures/chat_templates"
-
-
-UPSTREAM_TOKENS = {
-    "google-gemma-2-2b-it": ("<bos>", "<eos>"),
-    "microsoft-Phi-3.5-mini-instruct": ("<s>", "<|endoftext|>"),
-    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>"),
-    "meta-llama-Llama-3.1-8B-Instruct": ("<|begin_of_text|>", "<|eot_id|>"),
-    "Qwen-Qwen3-0.6B": (None, "<|im_end|>"),
-    "ibm-granite-granite-3.3-2B-Instruct": (None, "<|end_of_text|>"),
-}
-
-
 def _cases():
-    for name, (bos, eos) in UPSTREAM_TOKENS.items():
-        if FIXTURES is None:
-            yield pytest.param(None, bos, eos, id=name, marks=pytest.mark.skip(reason=MISSING))
-        else:
-            yield pytest.param((FIXTURES / f"{name}.jinja").read_text(), bos, eos, id=name)
+    for name, (bos, eos) in upstream_templates.TOKENS.items():
+        yield pytest.param(upstream_templates.read(name), bos, eos, id=name)
     for family in ct.FAMILIES.values():
         yield pytest.param(family.jinja, family.bos_token, family.eos_token or "</s>", id=f"family-{family.name}")
     yield pytest.param(CHATML_TEMPLATE, None, "<|im_end|>", id="tiny-tokenizer-chatml")

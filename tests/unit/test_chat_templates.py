@@ -8,44 +8,27 @@ import sys
 from pathlib import Path
 
 import pytest
+import upstream_templates
 
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
-
-def _find_fixtures() -> Path | None:
-    """The real upstream templates: vendored in the repository if they are, else the shared fixtures folder."""
-    root = Path(__file__).resolve().parents[2]
-    candidates = [
-        root / "tests" / "fixtures" / "chat_templates",
-        root.parent / "shared" / "fixtures" / "chat_templates",
-    ]
-    candidates.append(Path("/work/shared/fixtures/chat_templates"))
-    return next((c for c in candidates if c.is_dir()), None)
-
-
-FIXTURES = _find_fixtures()
-MISSING = "upstream chat templates not found: copy shared/fixtures/chat_templates to tests/fixtures/chat_templates"
-
-
 # Each upstream template with the BOS/EOS its tokenizer declares, and what identify() must say about it.
-UPSTREAM = {
-    "google-gemma-2-2b-it": ("<bos>", "<eos>", "gemma"),
-    "microsoft-Phi-3.5-mini-instruct": ("<s>", "<|endoftext|>", "phi3"),
-    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "mistral"),
-    "meta-llama-Llama-3.1-8B-Instruct": ("<|begin_of_text|>", "<|eot_id|>", "llama3.1"),
+EXPECTED_FAMILY = {
+    "google-gemma-2-2b-it": "gemma",
+    "microsoft-Phi-3.5-mini-instruct": "phi3",
+    "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
+    "meta-llama-Llama-3.1-8B-Instruct": "llama3.1",
     # Refused: Qwen3 rewrites assistant turns (an empty <think></think> block on the last one, text split at
     # </think>), Granite 3.3 writes a default system prompt with today's date. No Ollama template reproduces
     # either exactly, so llmforge refuses them instead of deploying something that differs.
-    "Qwen-Qwen3-0.6B": (None, "<|im_end|>", None),
-    "ibm-granite-granite-3.3-2B-Instruct": (None, "<|end_of_text|>", None),
+    "Qwen-Qwen3-0.6B": None,
+    "ibm-granite-granite-3.3-2B-Instruct": None,
 }
+UPSTREAM = {name: (*upstream_templates.TOKENS[name], family) for name, family in EXPECTED_FAMILY.items()}
 
 
-def upstream(name: str) -> str:
-    if FIXTURES is None:
-        pytest.skip(MISSING)
-    return (FIXTURES / f"{name}.jinja").read_text()
+upstream = upstream_templates.read
 
 
 CONVERSATION = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import upstream_templates
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,28 +177,22 @@ def test_the_family_comes_from_rendering_the_models_template_not_its_name():
     assert set(leak_markers(choice.family, facts(), stops)) >= {"<|im_end|>", "<|im_start|>", "<|endoftext|>"}
 
 
-FIXTURES = Path("/work/shared/fixtures/chat_templates")
-if not FIXTURES.is_dir():  # the repository copy, once the lead vendors the fixtures
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
-
-# Upstream template, its tokenizer's BOS/EOS, and what deploy writes: the family, or None for a clear refusal.
-UPSTREAM = {
-    "google-gemma-2-2b-it": ("<bos>", "<eos>", "gemma"),
-    "microsoft-Phi-3.5-mini-instruct": ("<s>", "<|endoftext|>", "phi3"),
-    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "mistral"),
-    "meta-llama-Llama-3.1-8B-Instruct": ("<|begin_of_text|>", "<|eot_id|>", "llama3.1"),
-    "Qwen-Qwen3-0.6B": (None, "<|im_end|>", None),
-    "ibm-granite-granite-3.3-2B-Instruct": (None, "<|end_of_text|>", None),
+# What deploy writes for each upstream template: its family, or None for a clear refusal.
+EXPECTED_FAMILY = {
+    "google-gemma-2-2b-it": "gemma",
+    "microsoft-Phi-3.5-mini-instruct": "phi3",
+    "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
+    "meta-llama-Llama-3.1-8B-Instruct": "llama3.1",
+    "Qwen-Qwen3-0.6B": None,
+    "ibm-granite-granite-3.3-2B-Instruct": None,
 }
+UPSTREAM = {name: (*upstream_templates.TOKENS[name], family) for name, family in EXPECTED_FAMILY.items()}
 
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM))
 def test_upstream_templates_are_deployed_with_their_family_or_refused_clearly(name):
-    path = FIXTURES / f"{name}.jinja"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not here")
     bos, eos, expected = UPSTREAM[name]
-    tok = TrainingTokenizer(chat_template=path.read_text(encoding="utf-8"), bos_token=bos, eos_token=eos)
+    tok = TrainingTokenizer(chat_template=upstream_templates.read(name), bos_token=bos, eos_token=eos)
     g = facts(tokens=tuple(t for t in (bos, eos) if t), bos_token=bos, eos_token=eos, add_bos=bos is not None)
     if expected is None:
         with pytest.raises(UsageError, match="not one llmforge can reproduce") as e:
