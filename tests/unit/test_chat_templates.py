@@ -13,19 +13,7 @@ import upstream_templates
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
-# Each upstream template with the BOS/EOS its tokenizer declares, and what identify() must say about it.
-EXPECTED_FAMILY = {
-    "google-gemma-2-2b-it": "gemma",
-    "microsoft-Phi-3.5-mini-instruct": "phi3",
-    "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
-    "meta-llama-Llama-3.1-8B-Instruct": "llama3.1",
-    # Refused: Qwen3 rewrites assistant turns (an empty <think></think> block on the last one, text split at
-    # </think>), Granite 3.3 writes a default system prompt with today's date. No Ollama template reproduces
-    # either exactly, so llmforge refuses them instead of deploying something that differs.
-    "Qwen-Qwen3-0.6B": None,
-    "ibm-granite-granite-3.3-2B-Instruct": None,
-}
-UPSTREAM = {name: (*upstream_templates.TOKENS[name], family) for name, family in EXPECTED_FAMILY.items()}
+UPSTREAM = upstream_templates.expectations()
 
 
 upstream = upstream_templates.read

@@ -177,16 +177,7 @@ def test_the_family_comes_from_rendering_the_models_template_not_its_name():
     assert set(leak_markers(choice.family, facts(), stops)) >= {"<|im_end|>", "<|im_start|>", "<|endoftext|>"}
 
 
-# What deploy writes for each upstream template: its family, or None for a clear refusal.
-EXPECTED_FAMILY = {
-    "google-gemma-2-2b-it": "gemma",
-    "microsoft-Phi-3.5-mini-instruct": "phi3",
-    "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
-    "meta-llama-Llama-3.1-8B-Instruct": "llama3.1",
-    "Qwen-Qwen3-0.6B": None,
-    "ibm-granite-granite-3.3-2B-Instruct": None,
-}
-UPSTREAM = {name: (*upstream_templates.TOKENS[name], family) for name, family in EXPECTED_FAMILY.items()}
+UPSTREAM = upstream_templates.expectations()
 
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM))
