@@ -530,8 +530,10 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
         os.replace(work / name, out_dir / name)
     for path in stale:
         path.unlink(missing_ok=True)
+    counts = report["counts"]
     registry.record(
-        workspace.registry_file, "dataset", report["dataset_id"], folder=str(out_dir), counts=report["counts"]
-    )
+        workspace.registry_file, "dataset", report["dataset_id"], path=str(out_dir), status="complete",
+        counts=counts, metrics={split: counts[split] for split in ("train", "val", "test")},
+    )  # fmt: skip
     log.info("prepared %s records into %s", report["counts"]["written"], out_dir)
     return report

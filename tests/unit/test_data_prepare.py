@@ -67,6 +67,9 @@ def test_outputs_schema_report_manifest_and_registry(tmp_path):
     assert "api_key: null" in (ws.data_dir / "config.yaml").read_text()
     registry = json.loads(ws.registry_file.read_text())["entries"]
     assert registry[0]["kind"] == "dataset" and registry[0]["id"] == report["dataset_id"]
+    # `llmforge runs list` shows the folder's size and the split counts from these keys.
+    assert registry[0]["path"] == str(ws.data_dir) and registry[0]["status"] == "complete"
+    assert registry[0]["metrics"] == {k: report["counts"][k] for k in ("train", "val", "test")}
     assert not ws.rejected_file.exists()
     assert [p.name for p in ws.data_dir.iterdir() if p.name.startswith(".")] == []
 
