@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -24,6 +25,27 @@ from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
 
 DEBUG_ENV = "LLMFORGE_DEBUG"
+
+
+# Known-harmless library noise, dropped at its source logger (facts.md: bitsandbytes logs this on every import on
+# CPUs with AVX512-BF16; the optional `kernels` package only speeds up 4-bit inference there).
+KNOWN_NOISE = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_known_noise() -> None:
+    for name, prefix in KNOWN_NOISE.items():
+        source = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in source.filters):
+            source.addFilter(_DropMessage(prefix))
 
 
 def debug_enabled() -> bool:
@@ -69,6 +91,7 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Fine-tune language models from one YAML file."""
+    quiet_known_noise()
 
 
 app.add_typer(data_cmd.app, name="data")

@@ -114,3 +114,16 @@ def test_debug_env_shows_traceback(monkeypatch):
     monkeypatch.setenv("LLMFORGE_DEBUG", "1")
     result = runner.invoke(_app_raising(UsageError("bad input")), ["boom"])
     assert isinstance(result.exception, UsageError)
+
+
+def test_known_library_noise_is_dropped_and_other_warnings_kept(caplog):
+    import logging
+
+    from llmforge.cli.app import quiet_known_noise
+
+    quiet_known_noise()
+    source = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        source.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "no kernels")
+        source.warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
