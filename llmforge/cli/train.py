@@ -125,8 +125,10 @@ class _ProgressBar:
         elif event.get("event") == "eval":
             self.progress.console.print(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
 
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:  # a failed run: its error stands alone, without an empty bar above it
+            self.progress.live.transient = True
+        return self.progress.__exit__(exc_type, exc, tb)
 
 
 def _print_plan(plan: dict) -> None:
