@@ -270,11 +270,9 @@ def judge(
             Verdict("deploy ollama", True, f"Ollama at {ollama.data.get('host')} ({ollama.data.get('models')} models)")
         )
     else:
-        verdicts.append(
-            Verdict(
-                "deploy ollama",
-                False,
-                f"{ollama.error}; start it with `ollama serve` or set OLLAMA_HOST (deploy --dry-run still writes the Modelfile)",
-            )
-        )
+        if not libraries["ollama"]:
+            detail = "the ollama client is not installed: add the 'deploy' extra"
+        else:
+            detail = f"{ollama.error}; start it with `ollama serve` or set OLLAMA_HOST"
+        verdicts.append(Verdict("deploy ollama", False, detail + " (deploy --dry-run still writes the Modelfile)"))
     return verdicts

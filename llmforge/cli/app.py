@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -55,7 +54,7 @@ def debug_enabled() -> bool:
 class LlmforgeGroup(TyperGroup):
     """Maps the errors a user can fix to one line, a hint and an exit code; LLMFORGE_DEBUG=1 shows tracebacks."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except LlmforgeError as exc:

@@ -75,6 +75,9 @@ class ChatSession:
             except Exception as exc:  # ollama.ResponseError: unknown model
                 raise LlmforgeError(f"ollama: {exc}", hint="list models with: ollama list") from None
             return self.ollama_model
+        from llmforge.errors import require_extra
+
+        require_extra("llmforge chat", "serve", "httpx")
         import httpx
 
         try:

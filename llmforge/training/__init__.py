@@ -33,6 +33,9 @@ def train(
     `progress` receives events {"event": "start"|"step"|"eval", "step", "total_steps", "loss", "learning_rate",
     "tokens_per_second", "eval_loss"} on the main process only.
     """
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge train", "train", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
     from llmforge.training import runner
 
     return runner.run(model, train, workspace, resume=resume, force=force, dry_run=dry_run, progress=progress)

@@ -35,7 +35,7 @@ def with_libraries(monkeypatch, installed: set[str]):
     monkeypatch.setattr(doctor, "_installed", lambda name: "1.0" if name in installed else None)
 
 
-ALL_TRAIN = {"torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "gguf"}
+ALL_TRAIN = {"torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "gguf", "ollama"}
 
 
 def test_cpu_machine_verdicts(monkeypatch, tmp_path):
@@ -98,6 +98,7 @@ def test_light_install_says_which_extra(monkeypatch, tmp_path):
     report = diagnose(tmp_path, runner=fake_runner({}), ollama_probe=no_ollama)
     v = verdicts(report)
     assert "'train' extra" in v["lora"].detail and "'gguf' extra" in v["export gguf"].detail
+    assert "'deploy' extra" in v["deploy ollama"].detail and "ollama serve" not in v["deploy ollama"].detail
     assert report.torch == {}
 
 
