@@ -44,6 +44,8 @@ def normalize_text(text: str) -> str:
     else:
         text = _tidy(text)
     text = text.strip("\n").rstrip()
+    if "\n" not in text:  # down to one line: the same rule as text that came as one line, so that f(f(x)) == f(x)
+        return text.strip()
     if text[:1] in (" ", "\t") and not text.startswith(("    ", "\t")):
         text = text.lstrip(" \t")
     return text
