@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.data.records import plain
-from llmforge.errors import UsageError
+from llmforge.errors import LlmforgeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,10 @@ def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_c
     path = Path(name).expanduser()
     try:
         if path.is_dir():
-            if (path / "tokenizer.json").is_file():
-                # Load exactly what was saved: AutoTokenizer may swap in a model-specific class with other ids.
-                from transformers import PreTrainedTokenizerFast
+            # The same tokenizer training will use (plain tokenizers load exactly as saved).
+            from llmforge.checkpoints import load_tokenizer as load
 
-                return PreTrainedTokenizerFast.from_pretrained(path)
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            return load(path, trust_remote_code=trust_remote_code)
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(
@@ -36,7 +32,7 @@ def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_c
         )
     except ImportError:
         log.info("transformers is not installed: lengths are counted in characters")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LlmforgeError) as exc:
         log.info("no local tokenizer for %s (%s): lengths are counted in characters", name, exc)
     return None
 

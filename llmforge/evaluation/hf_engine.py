@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -18,21 +16,13 @@ log = logging.getLogger(__name__)
 
 # A tokenizer saved as a plain `tokenizers` backend is loaded exactly as saved: AutoTokenizer may swap in a
 # model-specific class (e.g. Qwen2Tokenizer) with another pre-tokenizer, and the ids would differ from training.
-PLAIN_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The tokenizer as training saved it (checkpoints.load_tokenizer: plain tokenizers load as saved)."""
+    from llmforge.checkpoints import load_tokenizer as load
 
-    config = Path(name) / "tokenizer_config.json"
-    if config.is_file():
-        try:
-            cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-        except ValueError:
-            cls = None
-        if cls in PLAIN_TOKENIZER_CLASSES and (Path(name) / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(name)
-    return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    return load(name, revision=revision, trust_remote_code=trust_remote_code)
 
 
 def use_training_template(tokenizer, configured: str = "auto") -> str:
@@ -124,7 +114,6 @@ class HFEngine:
 
     def __init__(self, model: str, tokenizer: str | None, adapter: Path | None = None, *, revision: str | None = None,
                  dtype: str = "auto", trust_remote_code: bool = False, chat_template: str = "auto"):
-        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress bar is the one on screen
@@ -132,26 +121,18 @@ class HFEngine:
         self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
                                         trust_remote_code)
         self.template_source = use_training_template(self.tokenizer, chat_template)
-        torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-        if self.device == "cpu" and dtype == "auto":
-            torch_dtype = torch.float32  # half precision on CPU is slow and loses accuracy
-        try:
-            net = AutoModelForCausalLM.from_pretrained(
-                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
-            )
-        except OSError as exc:
-            raise LlmforgeError(f"cannot load model {model}: {exc}".splitlines()[0],
-                                hint="check model.name (a local folder or a hub id you can download)") from None
-        if adapter is not None:
-            from peft import PeftModel
+        from llmforge import checkpoints
 
+        # half precision on CPU is slow and loses accuracy: fp32 there unless asked otherwise
+        load_dtype = "float32" if self.device == "cpu" and dtype == "auto" else dtype
+        net = checkpoints.load_model(model, revision=revision, trust_remote_code=trust_remote_code, dtype=load_dtype)
+        if adapter is not None:
             # training may have added tokens (a pad token, a template's specials) and saved the resized embeddings
             # with the adapter: the base must have the same rows before the adapter loads
             rows = net.get_input_embeddings().weight.shape[0]
             if len(self.tokenizer) > rows:
                 net.resize_token_embeddings(len(self.tokenizer))
-
-            net = PeftModel.from_pretrained(net, str(adapter))
+            net = checkpoints.load_adapter(net, adapter)
         self.model = net.to(self.device).eval()
         self.mask_how: set[str] = set()
 

@@ -51,9 +51,8 @@ def merge_adapters(base: str | Path, adapters: list[Path], out_dir: Path, dtype:
     """Write the merged model (safetensors, config, generation config, tokenizer, chat template) into out_dir
     (which must exist and be empty: the caller makes it atomically). Returns facts for the manifest."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
+    from llmforge import checkpoints
     from llmforge.export.verify import load_hf_tokenizer
 
     if not adapters:
@@ -66,14 +65,14 @@ def merge_adapters(base: str | Path, adapters: list[Path], out_dir: Path, dtype:
     # The tokenizer the adapter was trained with (training may add tokens or set a template) wins over the base's.
     tok_dir = next((a for a in reversed(adapters) if (a / "tokenizer_config.json").is_file()), base_path)
     tokenizer = load_hf_tokenizer(tok_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)  # merge in fp32, cast after
+    model = checkpoints.load_model(base, dtype="float32")  # merge in fp32, cast after
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))
     probe = torch.tensor([tokenizer("The quick brown fox", add_special_tokens=True)["input_ids"] or [0]])
     max_diff = 0.0
     for adapter in adapters:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
+        peft_model = checkpoints.load_adapter(model, adapter)
         peft_model.eval()
         with torch.no_grad():
             expected = peft_model(probe).logits

@@ -5,7 +5,6 @@ must agree with HF transformers (fp32) on probe prompts. Figures are returned fo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -49,31 +48,22 @@ class Reference:
 
 
 def load_hf_tokenizer(model_dir: Path):
-    """The tokenizer exactly as saved. AutoTokenizer would swap in a model-specific class for some model types
-    (Qwen2Tokenizer re-splits digits), changing ids; a tokenizer saved as the generic backend stays generic."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The tokenizer exactly as saved (checkpoints.load_tokenizer): AutoTokenizer would swap in a model-specific
+    class for some model types (Qwen2Tokenizer re-splits digits), changing ids."""
+    from llmforge.checkpoints import load_tokenizer
 
-    config_path = Path(model_dir) / "tokenizer_config.json"
-    tok_class = None
-    if config_path.is_file():
-        tok_class = json.loads(config_path.read_text(encoding="utf-8")).get("tokenizer_class")
-    if tok_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    return load_tokenizer(model_dir)
 
 
 def load_reference(model_dir: Path, adapter_dirs: list[Path] | None = None, with_model: bool = True) -> Reference:
     tokenizer = load_hf_tokenizer(model_dir)
     model = None
     if with_model:
-        import torch
-        from transformers import AutoModelForCausalLM
+        from llmforge import checkpoints
 
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = checkpoints.load_model(model_dir, dtype="float32")
         for adapter in adapter_dirs or []:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter))
+            model = checkpoints.load_adapter(model, adapter)
         model.eval()
     return Reference(tokenizer, model)
 
