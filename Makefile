@@ -34,7 +34,7 @@ test-all: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 demo: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) scripts/demo.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) scripts/demo.py
 
 docs: install
 	$(PY) scripts/gen_docs.py
