@@ -18,23 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def command_paths():
-    import typer.main
-
-    from llmforge.cli.app import app
-
-    def walk(cmd, path):
-        yield path, cmd
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            yield from walk(sub, [*path, name])
-
-    return list(walk(typer.main.get_command(app), []))
-
-
 def cli_markdown() -> str:
     from typer.testing import CliRunner
 
-    from llmforge.cli.app import app
+    from llmforge.cli.app import app, command_paths
 
     runner = CliRunner()
     parts = [
@@ -43,7 +30,7 @@ def cli_markdown() -> str:
         "Generated from `--help` by `make docs` (scripts/gen_docs.py); a test fails when it drifts.",
         "",
     ]
-    for path, _ in command_paths():
+    for path in command_paths():
         title = " ".join(["llmforge", *path])
         result = runner.invoke(app, [*path, "--help"], env={"TERMINAL_WIDTH": "100", "NO_COLOR": "1"})
         text = "\n".join(line.rstrip() for line in result.output.strip().splitlines())

@@ -105,6 +105,18 @@ app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor_cmd.doctor)
 
 
+def command_paths() -> list[list[str]]:
+    """Every command as its argument path, the root (`[]`) first, subcommands sorted: for docs and help tests."""
+    import typer.main
+
+    def walk(cmd, path: list[str]):
+        yield path
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

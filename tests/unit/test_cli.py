@@ -9,19 +9,10 @@ import typer
 import typer.main
 from typer.testing import CliRunner
 
-from llmforge.cli.app import app
+from llmforge.cli.app import app, command_paths
 from llmforge.errors import LlmforgeError, UsageError
 
 runner = CliRunner()
-
-
-def command_paths():
-    def walk(cmd, path):
-        yield path
-        for name, sub in getattr(cmd, "commands", {}).items():
-            yield from walk(sub, [*path, name])
-
-    return list(walk(typer.main.get_command(app), []))
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "llmforge")
