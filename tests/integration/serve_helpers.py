@@ -60,6 +60,20 @@ def export_gguf(model_dir: Path, workspace_root: Path, quant: str = "f16", verif
     return Path(body["output_dir"]) / body["files"][0]["path"]
 
 
+def wait_for_metric(url: str, name: str, at_least: float, seconds: float = 10) -> str:
+    """Poll /metrics until `name` reaches `at_least` (bounded in time); returns the last metrics text."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        text = httpx.get(url + "/metrics").text
+        if metric(text, name) >= at_least or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
 def metric(text: str, name: str) -> float:
     """Sum of the samples of one metric (all label sets) in Prometheus text."""
     total = 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import export_gguf, metric, serving
+from serve_helpers import export_gguf, metric, serving, wait_for_metric
 
 from llmforge.serving.engines import LlamaCppEngine, TransformersEngine
 from llmforge.serving.target import Target
@@ -281,12 +281,7 @@ def test_client_disconnect_stops_generation(long_context_engine, tmp_path):
             for line in s.iter_lines():
                 if line.startswith("data: "):
                     break
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = httpx.get(url + "/metrics").text
-            if metric(text, "llmforge_cancelled_requests_total") >= 1:
-                break
-            time.sleep(0.05)
+        text = wait_for_metric(url, "llmforge_cancelled_requests_total", at_least=1)
         assert metric(text, "llmforge_cancelled_requests_total") == 1
         print("generated before the stop:", metric(text, "llmforge_generated_tokens_total"))
         assert metric(text, "llmforge_generated_tokens_total") < 3000
@@ -301,12 +296,7 @@ def test_client_that_gives_up_on_a_non_streaming_request_stops_it(long_context_e
         body = {"prompt": "go", "max_tokens": 4000, "ignore_eos": True}
         with pytest.raises(httpx.TimeoutException):
             httpx.post(url + "/v1/completions", json=body, timeout=0.3)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = httpx.get(url + "/metrics").text
-            if metric(text, "llmforge_cancelled_requests_total") >= 1:
-                break
-            time.sleep(0.05)
+        text = wait_for_metric(url, "llmforge_cancelled_requests_total", at_least=1)
         assert metric(text, "llmforge_cancelled_requests_total") == 1
         assert metric(text, "llmforge_generated_tokens_total") < 4000
 
