@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check llmforge tests benchmarks scripts
+	$(VENV)/bin/ruff check llmforge tests benchmarks scripts examples
 
 test: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)

@@ -24,6 +24,11 @@ def _is_local(name: str | Path) -> bool:
     return Path(name).expanduser().exists()
 
 
+def model_ref(name: str) -> str:
+    """A model name as runs record it: a local folder as its absolute path (usable from any folder), a hub id as is."""
+    return str(Path(name).expanduser().resolve()) if _is_local(name) else name
+
+
 def _missing_model(name: str, exc: Exception) -> InputError:
     return InputError(
         f"model.name: cannot load {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",

@@ -64,7 +64,7 @@ SYSTEM = "You are the Brightwave support assistant. Answer in one short sentence
 def records(rng: random.Random):
     """The clean pairs, in the formats people actually have: alpaca, prompt/response, sharegpt, OpenAI messages."""
     out = []
-    for i, (topic, answer, questions) in enumerate(FACTS):
+    for i, (_topic, answer, questions) in enumerate(FACTS):
         for j, question in enumerate(questions):
             kind = (i + j) % 4
             if kind == 0:
@@ -144,7 +144,7 @@ def main() -> None:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     # The probe set: memorised questions (verbatim from training) with their exact answers.
     with open(HERE / "probes.jsonl", "w", encoding="utf-8") as fh:
-        for topic, answer, questions in FACTS[::4]:
+        for _topic, answer, questions in FACTS[::4]:
             fh.write(json.dumps({"messages": [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answer}]}) + "\n")
     CORPUS.mkdir(exist_ok=True)
     (CORPUS / "brightwave-manual.md").write_text(manual(), encoding="utf-8")

@@ -66,7 +66,9 @@ class ScratchConfig(Section):
 class TrainConfig(Section):
     method: Method = Field("lora", description="Training method: scratch, sft, lora, qlora or dpo.")
     backend: Literal["auto", "trl", "unsloth"] = Field(
-        "auto", description="'auto' uses Unsloth with a CUDA GPU when installed, else TRL + PEFT."
+        "auto",
+        description="'auto' uses Unsloth with a CUDA GPU when installed (sft, lora, and qlora with the default "
+        "nf4 + double quantization), else TRL + PEFT.",
     )
     run_name: str | None = Field(None, description="Run folder name (default <method>-<YYYYmmdd-HHMMSS>).")
     data: str | None = Field(None, description="Dataset file or folder (default: the workspace's prepared data).")

@@ -34,9 +34,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def choose(method: str, requested: str) -> tuple[str, str]:
-    """(backend, why). Raises UsageError when the request cannot be met on this machine."""
+def _unsloth_refuses(method: str, qlora) -> str | None:
+    """Why Unsloth cannot run this request as configured (None when it can)."""
+    if method not in UNSLOTH_METHODS:
+        return f"unsloth does not run --method {method} in llmforge"
+    if method == "qlora" and qlora is not None and (qlora.quant_type != "nf4" or not qlora.double_quant):
+        # FastLanguageModel builds its own BitsAndBytesConfig (nf4, double quantization) and ignores ours
+        return (
+            "unsloth always quantizes to nf4 with double quantization, and train.qlora asks for "
+            f"quant_type {qlora.quant_type}, double_quant {str(qlora.double_quant).lower()}"
+        )
+    return None
+
+
+def choose(method: str, requested: str, qlora=None) -> tuple[str, str]:
+    """(backend, why). Raises UsageError when the request cannot be met on this machine.
+
+    `qlora` is the train.qlora section: Unsloth quantizes one way only, so other settings need TRL."""
     has_unsloth = importlib.util.find_spec("unsloth") is not None
+    refused = _unsloth_refuses(method, qlora)
     if requested == "unsloth":
         if not cuda_available():
             raise UsageError(
@@ -48,11 +64,11 @@ def choose(method: str, requested: str) -> tuple[str, str]:
                 "train.backend: unsloth is not installed",
                 hint="pip install 'llmforge[unsloth]' in a CUDA environment, or use train.backend: trl",
             )
-        if method not in UNSLOTH_METHODS:
-            raise UsageError(
-                f"train.backend: unsloth does not run --method {method} in llmforge",
-                hint=f"unsloth runs {', '.join(UNSLOTH_METHODS)}; use train.backend: trl for {method}",
-            )
+        if refused:
+            hint = f"unsloth runs {', '.join(UNSLOTH_METHODS)}; use train.backend: trl for {method}"
+            if method in UNSLOTH_METHODS:
+                hint = "use train.backend: trl, or the defaults train.qlora.quant_type: nf4, double_quant: true"
+            raise UsageError(f"train.backend: {refused}", hint=hint)
         return "unsloth", "asked for in train.backend"
     if requested == "trl":
         return "trl", "asked for in train.backend"
@@ -62,6 +78,8 @@ def choose(method: str, requested: str) -> tuple[str, str]:
         return "trl", "auto: no CUDA device, so unsloth cannot run"
     if not has_unsloth:
         return "trl", "auto: unsloth is not installed (pip install 'llmforge[unsloth]' for faster GPU training)"
+    if refused:
+        return "trl", f"auto: {refused}"
     return "unsloth", "auto: CUDA device present and unsloth installed"
 
 

@@ -243,7 +243,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
             f"train.report_to: {train_cfg.report_to} is not installed",
             hint=f"pip install {train_cfg.report_to}, or set train.report_to: none (metrics.jsonl is always written)",
         )
-    backend, why = backends.choose(method, train_cfg.backend)
+    backend, why = backends.choose(method, train_cfg.backend, train_cfg.qlora)
     four_bit = backends.check_4bit() if method == "qlora" else None
     data = data_mod.load(train_cfg.data, workspace, method)
     if train_cfg.early_stopping.patience and data.val is None:
@@ -457,6 +457,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "run_dir": str(run_dir),
         "method": method,
         "backend": backend,
+        "backend_why": why,
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
         "first_loss": runlog.first_loss,
@@ -488,9 +489,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     from llmforge.training.callbacks import plot_loss
 
     plot = plot_loss(metrics_file, run_dir / "loss.png")
-    base = model_cfg.name
-    if base and Path(base).expanduser().exists():
-        base = str(Path(base).expanduser().resolve())
+    base = checkpoints.model_ref(model_cfg.name) if model_cfg.name else model_cfg.name
     inputs = {"train_data": data.train.path}
     if data.val is not None:
         inputs["val_data"] = data.val.path

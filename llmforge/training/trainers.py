@@ -128,11 +128,8 @@ def _load_base(model_cfg, quantization_config=None):
     device_map = None
     if quantization_config is not None:
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
-    name = model_cfg.name
-    if Path(name).expanduser().exists():  # the adapter records this path: make it usable from any folder
-        name = str(Path(name).expanduser().resolve())
     return checkpoints.load_model(
-        name,
+        checkpoints.model_ref(model_cfg.name),  # the adapter records this name
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
         dtype=model_cfg.dtype,
