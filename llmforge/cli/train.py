@@ -49,6 +49,11 @@ def train(
         from llmforge.training import relaunch
         from llmforge.workspace import timestamp
 
+        if cfg.train.accelerate_config:
+            from llmforge.training.launch import check_accelerate_config
+
+            check_accelerate_config(cfg.train.accelerate_config, nproc)
+
         argv = _argv_without_nproc(sys.argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]

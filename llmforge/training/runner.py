@@ -31,6 +31,7 @@ from llmforge import atomic, manifest, registry
 from llmforge.errors import ConfigError, LlmforgeError, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
+from llmforge.training import launch
 from llmforge.workspace import Workspace, timestamp
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     method = train_cfg.method
 
     # 1. Everything that can be refused without loading a model.
+    launch.check_world(world)
     if method != "scratch" and not model_cfg.name:
         raise ConfigError(
             f"model.name is required for --method {method}",

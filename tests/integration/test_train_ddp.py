@@ -58,3 +58,57 @@ def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llam
     assert err.count("hint: continue with: llmforge train --resume -s train.run_name=d") == 1  # rank 0 only
     saved = list((ws / "runs" / "d" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     assert len(saved) == 1  # both ranks stopped at the same step and saved it once
+
+
+ACCELERATE_FSDP = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: false
+rdzv_backend: static
+same_network: true
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: SHARDED_STATE_DICT
+"""
+
+
+def test_nproc_with_an_accelerate_config_launches_through_accelerate(tiny_llama_dir, tmp_path):
+    # On CPU the Trainer keeps FSDP off (use_cpu) and trains data-parallel; what this checks is llmforge's part:
+    # the config reaches `accelerate launch`, it starts both processes, and they share one run folder.
+    ws = workspace_with(tmp_path / "ws", chat_rows(16))
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(ACCELERATE_FSDP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "llmforge", "train", "--nproc", "2", "--method", "lora", "--json",
+         "-s", f"project.workdir={ws}", "-s", f"model.name={tiny_llama_dir}", "-s", "train.max_steps=4",
+         "-s", "train.batch_size=2", "-s", f"train.accelerate_config={config}", "-s", "train.run_name=acc"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((ws / "runs" / "acc" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["epochs"] == 1.0  # 4 steps x 2 processes x 2 examples = 16
+    assert out.stdout.count('"run":') == 1
+
+
+def test_an_accelerate_config_that_would_start_one_process_is_refused_before_launching(tmp_path):
+    ws = workspace_with(tmp_path / "ws", chat_rows(4))
+    config = tmp_path / "cpu.yaml"
+    config.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\nuse_cpu: true\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "llmforge", "train", "--nproc", "2", "--method", "lora", "-s", f"project.workdir={ws}",
+            "-s", "model.name=no/such-model"]
+    out = subprocess.run([*base, "-s", f"train.accelerate_config={config}"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "accelerate would start one process" in out.stderr and "distributed_type MULTI_CPU, use_cpu" in out.stderr
+    assert "leave train.accelerate_config unset" in out.stderr and "Traceback" not in out.stderr
+    assert not (ws / "runs").exists()
+
+    out = subprocess.run([*base, "-s", f"train.accelerate_config={tmp_path / 'nope.yaml'}"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "cannot read" in out.stderr and "nope.yaml" in out.stderr

@@ -30,6 +30,17 @@ def test_unsloth_without_cuda_is_refused_before_loading(tmp_path):
     assert "cannot load" not in out.output and "Traceback" not in out.output
 
 
+def test_a_process_started_by_a_launcher_that_ignored_nproc_refuses(tmp_path, monkeypatch):
+    # what `accelerate launch` does on CPU with some configs: one process, where --nproc asked for two
+    monkeypatch.setenv("LLMFORGE_NPROC", "2")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ws = workspace_with(tmp_path / "ws", chat_rows(4))
+    out = invoke(ws, "--method", "lora", "-s", f"model.name={MISSING_MODEL}")
+    assert out.exit_code == 2
+    assert "--nproc 2: the launcher started 1 process(es), not 2" in out.output and "torchrun" in out.output
+    assert not (ws / "runs").exists()
+
+
 def test_qlora_where_bitsandbytes_cannot_quantize_is_refused_before_loading(tmp_path):
     # A process-edge stand-in: a bitsandbytes whose import fails, as on a build without this device's kernels.
     shadow = tmp_path / "shadow" / "bitsandbytes"
