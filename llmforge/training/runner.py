@@ -116,7 +116,8 @@ def _new_run_name(train_cfg, method: str, world: int) -> str:
     return name
 
 
-def _precision(train_cfg) -> dict[str, Any]:
+def _precision(train_cfg, model_cfg, method: str) -> dict[str, Any]:
+    """Mixed precision for the Trainer, and the dtype to load weights in (`weights`, a model.dtype value)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -125,7 +126,18 @@ def _precision(train_cfg) -> dict[str, Any]:
         p = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
     if p == "fp16" and not cuda:
         raise ConfigError("train.precision: fp16 needs a CUDA GPU", hint="use train.precision: auto (fp32 on CPU)")
-    return {"bf16": p == "bf16", "fp16": p == "fp16", "use_cpu": not cuda, "_name": p}
+    weights = model_cfg.dtype
+    full = method in ("sft", "scratch") or (method == "dpo" and not train_cfg.dpo.lora)
+    if p == "fp16" and full:
+        # fp16 mixed precision steps fp32 master weights: the grad scaler cannot unscale half-precision parameters
+        if weights in ("float16", "bfloat16"):
+            raise ConfigError(
+                f"train.precision fp16 cannot train every weight of a model loaded as model.dtype {weights}",
+                hint="set model.dtype: auto (llmforge then loads float32 weights for fp16 training), "
+                "or train an adapter (--method lora)",
+            )
+        weights = "float32"
+    return {"bf16": p == "bf16", "fp16": p == "fp16", "use_cpu": not cuda, "_name": p, "weights": weights}
 
 
 def _token_lengths(tokenizer, split: data_mod.Split, method: str, max_length: int, limit: int = 20000) -> list[int]:
@@ -255,7 +267,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         from llmforge.training import unsloth_backend
 
         unsloth_backend.import_first()
-    prec = _precision(train_cfg)
+    prec = _precision(train_cfg, model_cfg, method)
     lr = train_cfg.learning_rate or DEFAULT_LR[method]
     fp = fingerprint(model_cfg, train_cfg, data)
 

@@ -122,7 +122,7 @@ def _dataset(rows):
     return Dataset.from_list(rows)
 
 
-def _load_base(model_cfg, quantization_config=None):
+def _load_base(model_cfg, dtype: str, quantization_config=None):
     import torch
 
     device_map = None
@@ -132,7 +132,7 @@ def _load_base(model_cfg, quantization_config=None):
         checkpoints.model_ref(model_cfg.name),  # the adapter records this name
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
-        dtype=model_cfg.dtype,
+        dtype=dtype,
         quantization_config=quantization_config,
         device_map=device_map,
     )
@@ -186,12 +186,12 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if method == "qlora":
-            model = _load_base(model_cfg, bnb_config(train_cfg, prec))
+            model = _load_base(model_cfg, prec["weights"], bnb_config(train_cfg, prec))
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=train_cfg.gradient_checkpointing
             )
         else:
-            model = _load_base(model_cfg)
+            model = _load_base(model_cfg, prec["weights"])
         if is_adapter:
             model = get_peft_model(model, lora_config(train_cfg))
         if method == "qlora":
@@ -229,7 +229,7 @@ def _dpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> 
     from trl import DPOConfig, DPOTrainer
 
     d = train_cfg.dpo
-    model = _load_base(model_cfg)
+    model = _load_base(model_cfg, prec["weights"])
     ref_model = None
     if d.reference_model:
         ref_model = checkpoints.load_model(

@@ -121,13 +121,13 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llama_dir, tmp_path):
 
 def test_end_of_turn_token_is_inside_the_loss_mask(tiny_llama_dir, tmp_path):
     from llmforge.training import data as data_mod
-    from llmforge.training import trainers
+    from llmforge.training import runner, trainers
 
     ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(4)))
     cfg = config(model__name=str(tiny_llama_dir), train__method="lora")
     tok = checkpoints.load_tokenizer(tiny_llama_dir)
     data = data_mod.load(None, ws, "lora")
-    prec = {"bf16": False, "fp16": False, "use_cpu": True, "_name": "fp32"}
+    prec = runner._precision(cfg.train, cfg.model, "lora")
     built = trainers.build(cfg.model, cfg.train, "lora", "trl", data, tok, prec, 1e-3, output_dir=tmp_path / "c",
                            world=1)
     batch = built.trainer.data_collator([built.trainer.train_dataset[0]])
