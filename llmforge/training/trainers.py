@@ -122,12 +122,20 @@ def _dataset(rows):
     return Dataset.from_list(rows)
 
 
-def _load_base(model_cfg, dtype: str, quantization_config=None):
+def quantized_device_map() -> dict[str, Any]:
+    """Where 4-bit weights load: they cannot be moved after loading, so straight onto this process's device (under
+    torchrun each rank's own GPU, LOCAL_RANK; the Trainer sets the CUDA device only later)."""
+    import os
+
     import torch
 
-    device_map = None
-    if quantization_config is not None:
-        device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": "cpu"}
+
+
+def _load_base(model_cfg, dtype: str, quantization_config=None):
+    device_map = quantized_device_map() if quantization_config is not None else None
     return checkpoints.load_model(
         checkpoints.model_ref(model_cfg.name),  # the adapter records this name
         revision=model_cfg.revision,

@@ -1,4 +1,5 @@
-"""The precision each device trains in, and the dtype weights load in: decided before any model loads.
+"""Decided before any model loads: the precision each device trains in, the dtype weights load in, and where
+4-bit weights load.
 
 The GPU cases are decided from torch.cuda's answers, which these tests set (no GPU here); that the chosen
 precision then really trains on a GPU is tests/gpu's job."""
@@ -44,3 +45,15 @@ def test_adapters_and_bf16_keep_the_configured_weight_dtype(monkeypatch):
     assert decide(monkeypatch, cuda=True, bf16=False, method="lora")["weights"] == "auto"  # adapters train in fp32
     assert decide(monkeypatch, cuda=True, method="sft")["weights"] == "auto"
     assert decide(monkeypatch, cuda=True, method="sft", **{"model.dtype": "bfloat16"})["weights"] == "bfloat16"
+
+
+def test_4bit_weights_load_onto_this_ranks_gpu(monkeypatch):
+    from llmforge.training import trainers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process of `--nproc 2` on one machine
+    assert trainers.quantized_device_map() == {"": 1}
+    monkeypatch.delenv("LOCAL_RANK")
+    assert trainers.quantized_device_map() == {"": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainers.quantized_device_map() == {"": "cpu"}
