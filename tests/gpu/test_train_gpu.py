@@ -24,14 +24,17 @@ from llmforge.training import train  # noqa: E402
 from llmforge.workspace import Workspace  # noqa: E402
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_trains_on_the_gpu_with_the_auto_backend(method, tmp_path):
+@pytest.mark.parametrize("method,backend", [("lora", "auto"), ("qlora", "auto"), ("qlora", "trl"), ("sft", "auto")])
+def test_trains_on_the_gpu(method, backend, tmp_path):
     model = build_model(tmp_path / "m", build_tokenizer(tmp_path / "t"), "llama", hidden_size=256, heads=4,
                         kv_heads=4, intermediate_size=512)
     ws = Workspace(workspace_with(tmp_path / "ws", chat_rows()))
     cfg = load_config(None, [], {"model.name": str(model), "train.method": method, "train.max_steps": 10,
-                                 "train.learning_rate": 1e-3}).config
+                                 "train.backend": backend, "train.run_name": f"{method}-{backend}", "train.logging_steps": 2,
+                                 "train.learning_rate": 1e-3 if method != "sft" else 1e-4}).config
     result = train(cfg.model, cfg.train, ws)
-    expected = "unsloth" if importlib.util.find_spec("unsloth") is not None else "trl"
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    expected = "unsloth" if backend == "auto" and has_unsloth else "trl"
     assert result["backend"] == expected and result["steps"] == 10
     assert result["final_loss"] < result["first_loss"]
+    assert Path(result["output"]).is_dir()
