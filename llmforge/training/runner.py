@@ -7,6 +7,7 @@ Run folder (workspace.run_dir(run)):
     config.yaml          resolved `model` and `train` sections
     checkpoints/checkpoint-<step>/   Trainer checkpoints (optimizer, scheduler, RNG, data position)
     metrics.jsonl, loss.png
+    tensorboard/         TensorBoard event files (train.report_to: tensorboard)
     adapter/             PEFT adapter + tokenizer (lora, qlora, dpo with LoRA)   | one of the two
     model/               full model + tokenizer + generation_config (scratch, sft, dpo full)
     manifest.json        written last; `finished_at` marks the run complete
@@ -40,6 +41,9 @@ DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "sft": 2e-5, "dpo": 5e-6, "scratch": 
 # Config keys that do not change what is learned: a resume may change them freely.
 NOT_FINGERPRINTED = ("run_name", "report_to", "logging_steps", "save_total_limit", "save_every", "accelerate_config")
 FINGERPRINT_FILE = "fingerprint.json"
+# What transformers' integrations accept for each tracker (tensorboard: either writer).
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+TENSORBOARD_DIR = "tensorboard"
 TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -252,7 +256,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         raise ConfigError(
             "train.early_stopping.patience needs train.eval_every", hint="e.g. -s train.eval_every=50"
         )
-    if train_cfg.report_to != "none" and importlib.util.find_spec(train_cfg.report_to) is None:
+    if train_cfg.report_to != "none" and not any(
+        importlib.util.find_spec(m) for m in TRACKER_MODULES[train_cfg.report_to]
+    ):
         raise UsageError(
             f"train.report_to: {train_cfg.report_to} is not installed",
             hint=f"pip install {train_cfg.report_to}, or set train.report_to: none (metrics.jsonl is always written)",
@@ -420,6 +426,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
 
     trainer.remove_callback(PrinterCallback)  # the library does not print; progress goes to the callback
     trainer.remove_callback(ProgressCallback)
+    for callback in trainer.callback_handler.callbacks:
+        # TensorBoard's events go in the run folder (transformers' default is under checkpoints/runs/<date_host>),
+        # unless TENSORBOARD_LOGGING_DIR says otherwise
+        if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
+            callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
 
     from llmforge.training.callbacks import RunLog, StopOnSignal
 
@@ -528,6 +539,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         end_of_turn=list(chosen.end_of_turn) if chosen else None,
         metrics="metrics.jsonl",
         loss_plot="loss.png" if plot else None,
+        tensorboard=TENSORBOARD_DIR if (run_dir / TENSORBOARD_DIR).is_dir() else None,
         steps=state.global_step,
         epochs=result["epochs"],
         tokens_seen=result["tokens_seen"],

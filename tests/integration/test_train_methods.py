@@ -245,6 +245,38 @@ def test_report_to_a_tracker_that_is_not_installed_is_refused(tmp_path):
         train(cfg.model, cfg.train, ws)
 
 
+def read_tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars from TensorBoard event files, read record by record (length, crc, event proto, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_report_to_tensorboard_writes_the_losses_into_the_run_folder(tiny_llama_dir, tmp_path):
+    pytest.importorskip("tensorboardX")
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(8)))
+    cfg = config(model__name=str(tiny_llama_dir), train__method="lora", train__max_steps=4, train__logging_steps=2,
+                 train__report_to="tensorboard", train__run_name="tb")
+    result = train(cfg.model, cfg.train, ws)
+    scalars = read_tensorboard_scalars(ws.run_dir("tb") / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == [2, 4]
+    assert scalars["train/loss"][-1][1] == pytest.approx(result["final_loss"], rel=1e-5)
+    assert json.loads(ws.run_manifest("tb").read_text())["tensorboard"] == "tensorboard"
+    assert not (ws.checkpoints_dir("tb") / "runs").exists()  # not transformers' default place
+
+
 def test_unmarked_template_of_a_known_family_trains_with_the_family_marked_template(tiny_llama_dir, tmp_path):
     import shutil
 
