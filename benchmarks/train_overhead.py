@@ -1,5 +1,6 @@
 """Step time and peak memory of `llmforge train` against a bare TRL script on the same model, data and
-hyperparameters (LoRA SFT); on a CUDA machine with unsloth installed, also Unsloth against TRL.
+hyperparameters (LoRA SFT); on a CUDA machine with unsloth installed, also a bare Unsloth script against TRL, and
+`llmforge train` on the unsloth backend against the bare Unsloth script.
 
 Each measurement runs in its own process (peak RSS / CUDA peak memory are per process); the arms alternate and
 repeat, and medians are reported, because timings on shared machines are noisy.
@@ -191,7 +192,8 @@ def main() -> None:
         has_unsloth = importlib.util.find_spec("unsloth") is not None
     except ImportError:
         has_unsloth = False
-    arms = ["llmforge", "trl"] + (["unsloth"] if cuda and has_unsloth else [])
+    # with Unsloth: the bare Unsloth script, and `llmforge train` on the unsloth backend (our overhead there too)
+    arms = ["llmforge", "trl"] + (["unsloth", "llmforge-unsloth"] if cuda and has_unsloth else [])
     with tempfile.TemporaryDirectory() as tmp:
         base, data = make_inputs(Path(tmp), args.hidden, args.layers)
         runs: dict[str, list[dict]] = {arm: [] for arm in arms}
@@ -217,7 +219,9 @@ def main() -> None:
         },
         "unsloth_vs_trl": (
             {"tokens_per_second_ratio": med["unsloth"]["tokens_per_second"] / med["trl"]["tokens_per_second"],
-             "peak_cuda_ratio": med["unsloth"]["peak_cuda_mb"] / med["trl"]["peak_cuda_mb"]}
+             "peak_cuda_ratio": med["unsloth"]["peak_cuda_mb"] / med["trl"]["peak_cuda_mb"],
+             "llmforge_over_unsloth_step_time": med["llmforge-unsloth"]["median_step_s"] / med["unsloth"]["median_step_s"],
+             "llmforge_over_unsloth_peak_cuda": med["llmforge-unsloth"]["peak_cuda_mb"] / med["unsloth"]["peak_cuda_mb"]}
             if "unsloth" in med else "not measured: needs a CUDA GPU and unsloth installed"
         ),
     }
