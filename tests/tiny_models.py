@@ -59,3 +59,22 @@ def build_model(
         seed=seed,
     )
     return save_base_model(model, tok, Path(out_dir))
+
+
+def reference_perplexity(model_dir: Path, texts: list[str]) -> float:
+    """Perplexity over plain texts computed independently of llmforge: transformers' own loss, on the CPU, in fp32,
+    weighted by the number of predicted tokens of each text."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    return math.exp(total / count)

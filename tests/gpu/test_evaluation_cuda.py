@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -19,8 +18,7 @@ pytestmark = [
 
 
 def test_cuda_perplexity_matches_cpu(tmp_path):
-    from tiny_models import build_model, build_tokenizer, load_tokenizer
-    from transformers import AutoModelForCausalLM
+    from tiny_models import build_model, build_tokenizer, reference_perplexity
 
     from llmforge.config.eval import EvalConfig
     from llmforge.config.model import ModelConfig
@@ -33,12 +31,5 @@ def test_cuda_perplexity_matches_cpu(tmp_path):
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     result = evaluate(ModelConfig(name=str(model_dir), dtype="float32"), EvalConfig(data=str(data)),
                       Workspace(tmp_path / "ws"), targets="base")
-    tok = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    total, count = 0.0, 0
-    for t in texts:
-        ids = torch.tensor([tok(t)["input_ids"]])
-        with torch.no_grad():
-            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
-        count += ids.shape[1] - 1
-    assert result.report["metrics"]["base"]["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-3)
+    assert result.report["metrics"]["base"]["perplexity"] == pytest.approx(reference_perplexity(model_dir, texts),
+                                                                           rel=1e-3)
