@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmforge.errors import InputError, UsageError
+
 # Set on the relaunched processes: how many `--nproc` asked for, so each can tell when the launcher started fewer.
 NPROC_ENV = "LLMFORGE_NPROC"
 
@@ -16,8 +18,6 @@ NPROC_ENV = "LLMFORGE_NPROC"
 def check_world(world: int) -> None:
     """Refuse a relaunched process whose launcher started another number of processes than --nproc asked for:
     `accelerate launch` on CPU starts one process, whatever the config says, unless it goes through mpirun."""
-    from llmforge.errors import UsageError
-
     asked = os.environ.get(NPROC_ENV)
     if asked and asked.isdigit() and int(asked) != world:
         raise UsageError(
@@ -31,8 +31,6 @@ def check_accelerate_config(path: str, nproc: int) -> None:
     """Refuse, before launching, an accelerate config under which `accelerate launch` starts a single process
     (it uses its one-process launcher for `distributed_type` NO or MULTI_CPU without mpirun, and for `use_cpu`)."""
     import yaml
-
-    from llmforge.errors import InputError, UsageError
 
     config_file = Path(path).expanduser()
     try:

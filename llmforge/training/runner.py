@@ -120,6 +120,11 @@ def _new_run_name(train_cfg, method: str, world: int) -> str:
     return name
 
 
+def _trains_adapter(train_cfg, method: str) -> bool:
+    """LoRA adapters on a frozen base (lora, qlora, dpo with LoRA), rather than every weight."""
+    return method in ("lora", "qlora") or (method == "dpo" and train_cfg.dpo.lora)
+
+
 def _precision(train_cfg, model_cfg, method: str) -> dict[str, Any]:
     """Mixed precision for the Trainer, and the dtype to load weights in (`weights`, a model.dtype value)."""
     import torch
@@ -131,8 +136,7 @@ def _precision(train_cfg, model_cfg, method: str) -> dict[str, Any]:
     if p == "fp16" and not cuda:
         raise ConfigError("train.precision: fp16 needs a CUDA GPU", hint="use train.precision: auto (fp32 on CPU)")
     weights = model_cfg.dtype
-    full = method in ("sft", "scratch") or (method == "dpo" and not train_cfg.dpo.lora)
-    if p == "fp16" and full:
+    if p == "fp16" and not _trains_adapter(train_cfg, method):
         # fp16 mixed precision steps fp32 master weights: the grad scaler cannot unscale half-precision parameters
         if weights in ("float16", "bfloat16"):
             raise ConfigError(
@@ -185,8 +189,7 @@ def _count_params(model_cfg, train_cfg, method: str, tokenizer) -> tuple[int, in
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     total = sum(p.numel() for p in model.parameters())
-    uses_lora = method in ("lora", "qlora") or (method == "dpo" and train_cfg.dpo.lora)
-    if not uses_lora:
+    if not _trains_adapter(train_cfg, method):
         return total, total, model.config
     targets = train_cfg.lora.target_modules
     rank = train_cfg.lora.rank
