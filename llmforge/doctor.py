@@ -237,7 +237,7 @@ def judge(
         verdicts.append(Verdict("qlora", True, f"available on {device}: 4-bit forward and backward ran"))
 
     if not libraries["unsloth"]:
-        verdicts.append(Verdict("unsloth", False, "not installed (pip install 'llmforge[unsloth]' on a CUDA machine)"))
+        verdicts.append(Verdict("unsloth", False, "not installed (pip install 'llmforge-cli[unsloth]' on a CUDA machine)"))
     elif not cuda:
         verdicts.append(Verdict("unsloth", False, "not available: no CUDA device; training uses TRL + PEFT"))
     elif not results.get("unsloth", ProbeResult(False)).ok:

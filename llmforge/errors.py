@@ -12,6 +12,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+# The name on the package index. `llmforge` there is another author's placeholder, so installing by that name would
+# fetch someone else's code; the command and the import name stay `llmforge`.
+DISTRIBUTION = "llmforge-cli"
+
+
+def install_hint(extra: str) -> str:
+    """How to add an extra, for pipx and pip users alike."""
+    return f"pipx inject {DISTRIBUTION} '{DISTRIBUTION}[{extra}]'   or   pip install '{DISTRIBUTION}[{extra}]'"
+
 
 class LlmforgeError(Exception):
     """The work failed for a reason the user can act on (exit 1)."""
@@ -50,7 +59,7 @@ class MissingExtraError(UsageError):
         missing = ", ".join(modules)
         super().__init__(
             f"{what} needs the '{extra}' extra ({missing} not installed)",
-            hint=f"pipx inject llmforge 'llmforge[{extra}]'   or   pip install 'llmforge[{extra}]'",
+            hint=install_hint(extra),
         )
         self.extra = extra
         self.modules = modules

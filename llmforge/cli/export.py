@@ -112,7 +112,7 @@ def _print_files(result: dict, key: str = "files") -> None:
         )
     console.print(table)
     if any("not installed" in str(f.get("verification", "")) for f in result[key]):
-        warn("not verified: llama-cpp-python is not installed (pip install 'llmforge[llamacpp]')")
+        warn("not verified: llama-cpp-python is not installed (pip install 'llmforge-cli[llamacpp]')")
     console.print(f"files: {', '.join(f['path'] for f in result[key])}")
     console.print(f"in: {result['output_dir']}  (manifest.json beside them)")
 

@@ -31,10 +31,18 @@ class ServeInfo:
 
 
 def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
-    """Which file or folder would be served, with which engine (no model is loaded)."""
+    """Which file or folder would be served, with which engine (no model is loaded). Raises MissingExtraError when
+    this install lacks what serving it needs, so `serve --dry-run` fails exactly where the real run would."""
+    from llmforge.errors import require_extra
     from llmforge.serving.target import resolve
 
-    return resolve(model.name, serve.model, serve.engine, workspace)
+    target = resolve(model.name, serve.model, serve.engine, workspace)
+    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+    if target.engine == "llamacpp":
+        require_extra("serving a GGUF file", "llamacpp", "llama_cpp")
+    else:
+        require_extra("serving a transformers model", "train", "torch", "transformers", "safetensors")
+    return target
 
 
 def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace):

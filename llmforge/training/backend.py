@@ -62,7 +62,7 @@ def choose(method: str, requested: str, qlora=None) -> tuple[str, str]:
         if not has_unsloth:
             raise UsageError(
                 "train.backend: unsloth is not installed",
-                hint="pip install 'llmforge[unsloth]' in a CUDA environment, or use train.backend: trl",
+                hint="pip install 'llmforge-cli[unsloth]' in a CUDA environment, or use train.backend: trl",
             )
         if refused:
             hint = f"unsloth runs {', '.join(UNSLOTH_METHODS)}; use train.backend: trl for {method}"
@@ -77,7 +77,7 @@ def choose(method: str, requested: str, qlora=None) -> tuple[str, str]:
     if not cuda_available():
         return "trl", "auto: no CUDA device, so unsloth cannot run"
     if not has_unsloth:
-        return "trl", "auto: unsloth is not installed (pip install 'llmforge[unsloth]' for faster GPU training)"
+        return "trl", "auto: unsloth is not installed (pip install 'llmforge-cli[unsloth]' for faster GPU training)"
     if refused:
         return "trl", f"auto: {refused}"
     return "unsloth", "auto: CUDA device present and unsloth installed"
@@ -88,7 +88,7 @@ def check_4bit() -> str:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError(
             "--method qlora needs bitsandbytes, which is not installed",
-            hint="pip install 'llmforge[train]' (bitsandbytes >= 0.45 quantizes on CPU and CUDA), "
+            hint="pip install 'llmforge-cli[train]' (bitsandbytes >= 0.45 quantizes on CPU and CUDA), "
             "or use --method lora, which needs no quantization",
         )
     if cuda_available():
