@@ -1,5 +1,5 @@
-"""What a core install (`pipx install llmforge-cli`, no extras) gives must work: --help, config and doctor, and every other command must
-name the extra it lacks. Proven in a subprocess where importing anything outside the core dependencies (as the
+"""What a core install (`pipx install llmforge-cli`, no extras) gives must work: --help, config and doctor, and every
+other command must name the extra it lacks. Proven in a subprocess where importing anything outside the core dependencies (as the
 installed package metadata declares them, transitively) fails, as it would in a core-only environment."""
 
 from __future__ import annotations
