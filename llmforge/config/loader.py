@@ -104,9 +104,61 @@ def field_info(dotted: str):
     raise ConfigError(f"empty config key {dotted!r}")
 
 
+# Names users bring from Hugging Face TrainingArguments, TRL, PEFT and axolotl configs, and what llmforge calls them.
+# Checked before spelling distance: `eval_steps` is not a typo of `max_steps`, it is `train.eval_every`.
+KNOWN_NAMES = {
+    "num_train_epochs": "train.epochs",
+    "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "micro_batch_size": "train.batch_size",
+    "train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "eval_steps": "train.eval_every",
+    "save_steps": "train.save_every",
+    "lr": "train.learning_rate",
+    "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.scheduler",
+    "lr_scheduler": "train.scheduler",
+    "optim": "train.optimizer",
+    "max_seq_length": "train.max_length",
+    "sequence_len": "train.max_length",
+    "model_max_length": "train.max_length",
+    "lora_r": "train.lora.rank",
+    "r": "train.lora.rank",
+    "lora_alpha": "train.lora.alpha",
+    "lora_dropout": "train.lora.dropout",
+    "lora_target_modules": "train.lora.target_modules",
+    "use_dora": "train.lora.dora",
+    "bnb_4bit_quant_type": "train.qlora.quant_type",
+    "bnb_4bit_use_double_quant": "train.qlora.double_quant",
+    "bnb_4bit_compute_dtype": "train.qlora.compute_dtype",
+    "output_dir": "train.run_name",
+    "base_model": "model.name",
+    "model_name_or_path": "model.name",
+    "dataset_name": "train.data",
+    "datasets": "data.inputs",
+    "resume_from_checkpoint": "--resume",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+}
+
+
+def _known_name(key: str) -> str | None:
+    """llmforge's key for a name from another tool's config, if it has one in this tree (or is a flag)."""
+    target = KNOWN_NAMES.get(key.lower())
+    if target is None or target.startswith("--"):
+        return target
+    return target if target in leaf_paths() or any(p.startswith(target + ".") for p in leaf_paths()) else None
+
+
 def _unknown_key_message(model: type[BaseModel], parents: list[str], key: str, where: str) -> str:
     dotted = ".".join([*parents, key])
     valid = list(model.model_fields)
+    known = _known_name(key)
+    if known is not None:
+        if known.startswith("--"):
+            return f"{dotted}: unknown config key ({where}); llmforge spells it as the flag {known}"
+        return f"{dotted}: unknown config key ({where}); llmforge calls it '{known}'"
     guess = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if guess:
         suggestion = ".".join([*parents, guess[0]])
