@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -21,6 +22,10 @@ def _method(value: Optional[str]) -> Optional[str]:
 
 
 def train(
+    config_file: Annotated[
+        Optional[Path],
+        typer.Argument(help="YAML config file (the same as --config).", show_default=False, metavar="[CONFIG]"),
+    ] = None,
     method: Annotated[
         Optional[str],
         typer.Option("--method", "-m", help="scratch, sft, lora, qlora or dpo (default: train.method).",
@@ -33,6 +38,21 @@ def train(
     nproc: Annotated[
         Optional[int], typer.Option("--nproc", min=1, help="Train with N processes (relaunches under torchrun).")
     ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Base model: hub id or local folder (model.name).", show_default=False)
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Dataset file or folder (train.data; default: the workspace's prepared data).",
+                     show_default=False),
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (train.max_steps).",
+                                    show_default=False)
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Run name: runs/<name>/ (train.run_name).", show_default=False)
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
@@ -41,9 +61,12 @@ def train(
 ) -> None:
     """Train a model: from scratch, full SFT, LoRA, QLoRA or DPO; writes runs/<run>/ in the workspace.
 
-    Example:  llmforge train --method lora -s model.name=Qwen/Qwen2.5-0.5B-Instruct -s train.max_steps=200
+    Example:  llmforge train my.yaml --method lora --model Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl --max-steps 200
     """
-    loaded = load(config, set_, train__method=method)
+    if config_file is not None and config is not None and config_file != config:
+        raise typer.BadParameter(f"two config files given ({config_file} and --config {config}); give one")
+    loaded = load(config or config_file, set_, train__method=method, model__name=model, train__data=data,
+                  train__max_steps=max_steps, train__run_name=name)  # fmt: skip
     cfg = loaded.config
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ and not dry_run:
         from llmforge.training import relaunch

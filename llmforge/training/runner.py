@@ -302,7 +302,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if resume_from is None:
             raise UsageError(f"--resume: run {run_name} has no checkpoint yet", hint="start it again without --resume")
     else:
-        run_name = "<new>" if dry_run else _new_run_name(train_cfg, method, world)
+        run_name = (train_cfg.run_name or "<new>") if dry_run else _new_run_name(train_cfg, method, world)
         run_dir = workspace.run_dir(run_name)
         # rank 0 alone decides: the others would race with its mkdir
         if is_main and not dry_run and run_dir.exists() and any(run_dir.iterdir()):

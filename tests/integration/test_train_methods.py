@@ -119,6 +119,24 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llama_dir, tmp_path):
     assert not ws.runs_dir.exists()
 
 
+def test_config_file_as_argument_and_typed_flags_for_what_every_run_sets(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    data = workspace_with(tmp_path / "elsewhere", chat_rows(20)) / "data"
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text(f"project:\n  workdir: {tmp_path / 'ws'}\ntrain:\n  method: lora\n  max_steps: 50\n")
+    out = CliRunner().invoke(app, ["train", str(cfg), "--model", str(tiny_llama_dir), "--data", str(data),
+                                   "--max-steps", "7", "--name", "first", "--dry-run", "--json"])
+    assert out.exit_code == 0, out.output
+    plan = json.loads(out.output)
+    assert plan["base_model"] == str(tiny_llama_dir) and plan["steps"] == 7 and plan["method"] == "lora"
+    assert plan["run"] == "first" and plan["train_examples"] == 20  # the folder given by --data
+    both = CliRunner().invoke(app, ["train", str(cfg), "-c", str(tmp_path / "other.yaml"), "--dry-run"])
+    assert both.exit_code == 2 and "two config files" in both.output
+
+
 def test_end_of_turn_token_is_inside_the_loss_mask(tiny_llama_dir, tmp_path):
     from llmforge.training import data as data_mod
     from llmforge.training import runner, trainers
