@@ -239,3 +239,17 @@ def test_plain_text_records_score_every_token(workspace, tiny_llama_dir, tmp_pat
     assert metrics["perplexity"] == pytest.approx(reference_perplexity(tiny_llama_dir, texts), rel=1e-5)
     assert metrics["exact_match"] is None  # nothing to answer in plain text
     assert result.report["targets"][0]["mask"] == "all tokens" and result.exit_code == 0
+
+
+def test_a_target_that_names_nothing_is_a_usage_error_and_writes_nothing(workspace, tiny_llama_dir):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    before = sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*"))
+    for spec in ("nosuchtarget", "run:nosuchrun", "gguf:q2_k"):
+        out = CliRunner().invoke(app, ["eval", "base", spec, "-s", f"project.workdir={workspace.root}",
+                                       "-s", f"model.name={tiny_llama_dir}"])  # fmt: skip
+        assert out.exit_code == 2, (spec, out.output)
+        assert spec.split(":")[-1] in out.output
+    assert sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*")) == before  # no folder, no entry
