@@ -1,5 +1,6 @@
 """Reading inputs: files, folders and globs of .jsonl/.json/.csv/.tsv/.parquet/.txt/.md (each optionally gzipped),
-streamed one record at a time as (file, line, object) or (file, line, problem).
+streamed one record at a time as (file, line, object) or (file, line, problem). A file that cannot be read on (corrupt
+compression or parquet, a broken disk) ends in one file-level problem: it never stops the other files.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,10 @@ SUFFIXES = RECORD_SUFFIXES + DOCUMENT_SUFFIXES
 _NESTED = ("messages", "conversations", "chosen", "rejected", "prompt", "completion", "response")
 BOM = b"\xef\xbb\xbf"
 log = logging.getLogger(__name__)
+
+
+class _Unreadable(Exception):
+    """A reader's word that the rest of its file cannot be read (the library's own error, as a message)."""
 
 
 @dataclass
@@ -104,22 +110,29 @@ def _bad_utf8(raw: bytes) -> str | None:
 
 
 def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Item]:
-    """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too."""
+    """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too, and
+    so does a file that breaks off (line 0, field "file"): the records before the break still count."""
     kind = kind_of(path)
     name = str(path)
+    if kind in (".jsonl", ".ndjson"):
+        stream = _jsonl(path, name, max_record_chars, warnings)
+    elif kind == ".json":
+        stream = _json(path, name, max_record_chars, warnings)
+    elif kind in (".csv", ".tsv"):
+        stream = _csv(path, name, "\t" if kind == ".tsv" else ",", warnings)
+    elif kind == ".parquet":
+        stream = _parquet(path, name)
+    else:
+        stream = _document(path, name, warnings)
+    last = 0
     try:
-        if kind in (".jsonl", ".ndjson"):
-            yield from _jsonl(path, name, max_record_chars, warnings)
-        elif kind == ".json":
-            yield from _json(path, name, max_record_chars, warnings)
-        elif kind in (".csv", ".tsv"):
-            yield from _csv(path, name, "\t" if kind == ".tsv" else ",", warnings)
-        elif kind == ".parquet":
-            yield from _parquet(path, name)
-        else:
-            yield from _document(path, name, warnings)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        yield Item(name, 0, field="file", reason=f"cannot read: {exc}")
+        for item in stream:
+            last = item.line
+            yield item
+    except (OSError, EOFError, zlib.error, _Unreadable) as exc:
+        # zlib.error: a gzip stream corrupt in the middle (a bad header is an OSError, a cut-off one an EOFError).
+        where = f" past the record at line {last}" if last else ""
+        yield Item(name, 0, field="file", reason=f"cannot read{where}: {str(exc).strip()}")
 
 
 def _json_error(raw: bytes) -> str:
@@ -183,6 +196,12 @@ def _json(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[It
     except json.JSONDecodeError as exc:
         yield Item(name, exc.lineno, field="json", reason=f"invalid JSON ({exc.msg}, column {exc.colno})")
         return
+    except RecursionError:
+        yield Item(name, 1, field="json", reason="invalid JSON (nested too deeply)")
+        return
+    except ValueError as exc:  # an integer of more digits than Python converts (the rest: Python's own advice)
+        yield Item(name, 1, field="json", reason=f"invalid JSON ({str(exc).split(';')[0]})")
+        return
     if isinstance(top, dict):
         lists = [k for k, v in top.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         record_keys = {"messages", "conversations", "instruction", "text", "prompt", "chosen"}
@@ -228,8 +247,19 @@ def _csv(path: Path, name: str, delimiter: str, warnings: list[str]) -> Iterator
             header = next(reader)
         except StopIteration:
             return
+        except csv.Error as exc:
+            yield Item(name, 1, field="header", reason=str(exc))
+            return
         start = reader.line_num + 1
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a cell over the csv module's size limit: this row only, the reader goes on
+                line, start = start, reader.line_num + 1
+                yield Item(name, line, field="row", reason=str(exc))
+                continue
             line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
@@ -254,13 +284,17 @@ def _csv(path: Path, name: str, delimiter: str, warnings: list[str]) -> Iterator
 
 def _parquet(path: Path, name: str) -> Iterator[Item]:
     import pyarrow.parquet as pq
+    from pyarrow import ArrowException
 
     source = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path
     number = 0
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
-        for obj in batch.to_pylist():
-            number += 1
-            yield Item(name, number, obj)
+    try:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+            for obj in batch.to_pylist():
+                number += 1
+                yield Item(name, number, obj)
+    except ArrowException as exc:  # not parquet, truncated, corrupt pages, an unsupported codec
+        raise _Unreadable(str(exc)) from exc
 
 
 def _document(path: Path, name: str, warnings: list[str]) -> Iterator[Item]:

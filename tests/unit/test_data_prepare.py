@@ -332,3 +332,35 @@ def test_minhash_estimates_track_true_jaccard(tmp_path):
         errors.append(ma.jaccard(mb) - len(a & b) / len(a | b))
     assert abs(sum(errors) / len(errors)) < 0.02
     assert max(abs(e) for e in errors) < 0.2
+
+
+# --- hostile and broken input ---------------------------------------------------------------------------------------
+
+
+def test_an_unreadable_file_is_skipped_and_named_or_fails_the_run(tmp_path):
+    Path("d").mkdir()
+    rng = random.Random(3)
+    write("d/good.jsonl", [chat(f"Question {i}: {sentence(rng, 8)}?", sentence(rng)) for i in range(10)])
+    Path("d/broken.parquet").write_bytes(b"PAR1 not a parquet file PAR1")
+    report, ws = run(["d"], on_error="skip")
+    assert report["counts"]["written"] == 10  # the folder's other file is still read
+    [rejected] = read(ws.rejected_file)
+    assert (rejected["file"], rejected["line"], rejected["field"]) == ("d/broken.parquet", 0, "file")
+    assert rejected["reason"].startswith("cannot read: ") and "Parquet" in rejected["reason"]
+    assert {"file": "d/broken.parquet", "records": 0, "error": rejected["reason"]} in report["inputs"]
+    assert {"file": "d/good.jsonl", "records": 10} in report["inputs"]
+    assert f"- `d/broken.parquet`: {rejected['reason']}" in ws.data_report_md.read_text()
+
+    with pytest.raises(InputError) as info:
+        run(["d"], ws=Workspace(Path("work2")))
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith("1 unreadable file; nothing written:\nd/broken.parquet: file: cannot read: ")
+    assert "remove the unreadable files" in info.value.hint and "data.on_error: skip" in info.value.hint
+
+
+def test_a_record_nested_too_deeply_to_write_is_rejected_without_it(tmp_path):
+    deep = '{"messages": ' + "[" * 300 + "]" * 300 + "}"
+    report, ws = run([write("in.jsonl", [chat("Hi?", "Hello"), deep])], on_error="skip")
+    assert report["counts"]["written"] == 1
+    [rejected] = read(ws.rejected_file)
+    assert (rejected["line"], rejected["field"], rejected["record"]) == (2, "messages[0]", None)
