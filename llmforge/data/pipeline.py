@@ -317,6 +317,8 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     min_len, max_len = data.filter.min_tokens, data.filter.max_tokens
     min_answer = data.filter.min_answer_chars
     skip = data.on_error == "skip"
+    # rejected.jsonl and the report's examples quote the inputs: scrubbed like the records, counted apart from them
+    scrub_rejected = PiiScrubber(**data.pii.model_dump())
     spill = open(work / "records.jsonl", "wb")
     rejected = open(work / "rejected.jsonl", "wb")
     duplicates = open(work / "duplicates.jsonl", "wb")
@@ -324,7 +326,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         for item, kind, record, problem in scan:
             if problem is not None:
                 if skip:
-                    rejected.write(_rejected_line(item, problem))
+                    rejected.write(_rejected_line(item, problem, scrub_rejected))
                 continue
             if scan.problem_count and not skip:
                 continue  # failing anyway: only collect the remaining problems
@@ -463,7 +465,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         "pii": {kind: scrub.counts.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
         "filtered": dict(filtered),
         "filtered_examples": filtered_examples,
-        "rejected_examples": [str(p) for p in scan.problems[:20]],
+        "rejected_examples": [_scrubbed(str(p), scrub_rejected) for p in scan.problems[:20]],
         "warnings": scan.warnings[:100],
         "length": {"unit": unit, **_percentiles(lengths)},
         "clusters": clusters,
@@ -474,10 +476,20 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     return _publish(data, model, workspace, files, work, report, lengths, counts, timer, scan.problem_count)
 
 
-def _rejected_line(item: sources.Item, problem: Problem) -> bytes:
-    """One line of rejected.jsonl: where, why, and the record as read."""
-    entry = {"file": item.file, "line": item.line, "field": problem.field, "reason": problem.reason,
-             "record": item.obj}  # fmt: skip
+def _scrubbed(text: str, scrub: PiiScrubber) -> str:
+    return scrub(text) if scrub.active else text
+
+
+def _rejected_line(item: sources.Item, problem: Problem, scrub: PiiScrubber) -> bytes:
+    """One line of rejected.jsonl: where, why, and the record as read, PII scrubbed when data.pii asks for it."""
+    record = item.obj
+    if scrub.active and record is not None:
+        try:
+            record = scrub.scrub_value(record)
+        except RecursionError:
+            record = None
+    entry = {"file": item.file, "line": item.line, "field": problem.field,
+             "reason": _scrubbed(problem.reason, scrub), "record": record}  # fmt: skip
     try:
         return orjson.dumps(entry, default=str) + b"\n"
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels): keep where and why

@@ -358,6 +358,28 @@ def test_an_unreadable_file_is_skipped_and_named_or_fails_the_run(tmp_path):
     assert "remove the unreadable files" in info.value.hint and "data.on_error: skip" in info.value.hint
 
 
+def test_rejected_records_are_scrubbed_like_the_written_ones(tmp_path):
+    rows = [
+        chat("Fine question?", "A fine answer."),
+        {"messages": [{"role": "user", "content": "Mail bob@example.com or call 555-123-4567"}]},  # no answer
+        {"messages": [{"role": "bob@example.com", "content": "hi"}]},  # the reason quotes the role
+        {"contact": "see https://example.com/bob", "cards": [{"n": "4111 1111 1111 1111"}]},  # unknown format
+    ]
+    report, ws = run([write("in.jsonl", rows)], on_error="skip")
+    text = ws.rejected_file.read_text()
+    for secret in ("bob@example.com", "555-123-4567", "https://example.com/bob", "4111 1111 1111 1111"):
+        assert secret not in text and secret not in ws.data_report_json.read_text(), secret
+    rejected = read(ws.rejected_file)
+    assert rejected[0]["record"]["messages"][0]["content"] == "Mail <EMAIL> or call <PHONE>"
+    assert rejected[1]["reason"].startswith("unknown role '<EMAIL>'")
+    assert rejected[2]["record"] == {"contact": "see <URL>", "cards": [{"n": "<CARD>"}]}
+    assert report["pii"] == {"email": 0, "url": 0, "phone": 0, "ip": 0, "card": 0}  # the dataset's own count
+    # scrubbing off: rejected.jsonl keeps the records as they were read
+    _, ws2 = run(["in.jsonl"], ws=Workspace(Path("work2")), on_error="skip",
+                 pii={"email": False, "url": False, "phone": False, "ip": False, "card": False})  # fmt: skip
+    assert read(ws2.rejected_file)[0]["record"] == rows[1]
+
+
 def test_a_record_nested_too_deeply_to_write_is_rejected_without_it(tmp_path):
     deep = '{"messages": ' + "[" * 300 + "]" * 300 + "}"
     report, ws = run([write("in.jsonl", [chat("Hi?", "Hello"), deep])], on_error="skip")
