@@ -28,6 +28,8 @@ SUFFIXES = RECORD_SUFFIXES + DOCUMENT_SUFFIXES
 # Columns that hold nested structure; in CSV/TSV cells they are JSON text.
 _NESTED = ("messages", "conversations", "chosen", "rejected", "prompt", "completion", "response")
 BOM = b"\xef\xbb\xbf"
+# Bytes of a plain-text document read at a time: memory holds about one block plus one record of it.
+DOCUMENT_BLOCK = 1 << 20
 log = logging.getLogger(__name__)
 
 
@@ -111,7 +113,8 @@ def _bad_utf8(raw: bytes) -> str | None:
 
 def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Item]:
     """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too, and
-    so does a file that breaks off (line 0, field "file"): the records before the break still count."""
+    so does a file that breaks off (line 0, field "file"): the records before the break still count.
+    Plain-text documents longer than `max_record_chars` come back as several records, cut at paragraph breaks."""
     kind = kind_of(path)
     name = str(path)
     if kind in (".jsonl", ".ndjson"):
@@ -123,7 +126,7 @@ def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Ite
     elif kind == ".parquet":
         stream = _parquet(path, name)
     else:
-        stream = _document(path, name, warnings)
+        stream = _document(path, name, max_record_chars, warnings)
     last = 0
     try:
         for item in stream:
@@ -297,9 +300,55 @@ def _parquet(path: Path, name: str) -> Iterator[Item]:
         raise _Unreadable(str(exc)) from exc
 
 
-def _document(path: Path, name: str, warnings: list[str]) -> Iterator[Item]:
-    text, problem = _decode_document(path, name, warnings)
-    if problem:
-        yield problem
-        return
-    yield Item(name, 1, {"text": text})
+def _document(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
+    """A plain-text document as one {"text"} record or, when it is longer than `limit` characters, as several,
+    each cut at a paragraph break (else a line break, else anywhere) in the second half of its `limit` characters.
+    Read a block at a time: memory holds about one block and one record, whatever the size of the file."""
+    pending = ""  # decoded text not yet given out; it starts on line `line` of the file
+    line, offset, newlines, carry = 1, 0, 0, b""  # offset, newlines: bytes and newlines decoded so far
+    given = False
+    with _open_binary(path) as fh:
+        while True:
+            block = fh.read(DOCUMENT_BLOCK)
+            raw = carry + block
+            if offset == 0 and raw.startswith(BOM):
+                raw, offset = raw[3:], 3
+                warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+            try:
+                text, carry = raw.decode("utf-8"), b""
+            except UnicodeDecodeError as exc:
+                if not (block and exc.end == len(raw) and exc.reason == "unexpected end of data"):
+                    line_of = newlines + raw.count(b"\n", 0, exc.start) + 1
+                    where = f"byte {offset + exc.start + 1} of the file"
+                    yield Item(name, line_of, field="encoding", reason=f"invalid UTF-8 ({where})")
+                    return
+                # a character cut by the end of the block: it completes with the next one
+                text, carry = raw[: exc.start].decode("utf-8"), raw[exc.start :]
+            offset += len(raw) - len(carry)
+            newlines += text.count("\n")
+            pending += text
+            if not block:
+                break
+            start = 0
+            while len(pending) - start > limit:
+                cut = _cut(pending, start, limit)
+                piece = pending[start:cut]
+                if piece.strip():  # a run of blank space longer than half a record is no record
+                    given = True
+                    yield Item(name, line, {"text": piece})
+                line += piece.count("\n")
+                start = cut
+            pending = pending[start:]
+    if not given or pending.strip():  # an empty document is still reported, as one empty record
+        yield Item(name, line, {"text": pending})
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where the piece of `text` that begins at `start` ends: after the last blank line in the second half of its
+    `limit` characters, else after the last newline there, else at `limit`."""
+    end, half = start + limit, start + limit // 2
+    cut = max(text.rfind("\n\n", half, end) + 2, text.rfind("\n\r\n", half, end) + 3)
+    if cut > half:
+        return cut
+    newline = text.rfind("\n", half, end)
+    return newline + 1 if newline >= 0 else end

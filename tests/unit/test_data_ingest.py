@@ -313,3 +313,20 @@ def test_records_before_a_break_are_kept_and_the_break_is_named(tmp_path):
         "Compressed file ended before the end-of-stream marker was reached"
     ]
     assert result.unreadable == {"cut.jsonl.gz": result.problems[0].reason}
+
+
+def test_a_long_document_becomes_records_cut_at_paragraph_breaks(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "word " * (i % 7 + 3) for i in range(40)]
+    text = "\n\n".join(paragraphs) + "\n"
+    Path("doc.md").write_text(text)
+    from llmforge.data import sources
+
+    items = list(sources.read(Path("doc.md"), 200, []))
+    assert len(items) > 5 and all(len(i.obj["text"]) <= 200 for i in items)
+    assert "".join(i.obj["text"] for i in items) == text  # nothing lost or repeated
+    for item in items:  # each piece is whole paragraphs and starts on its own line of the file
+        assert item.obj["text"].startswith("Paragraph ")
+        assert item.obj["text"].endswith("\n\n" if item is not items[-1] else "\n")
+        assert text.splitlines()[item.line - 1].startswith(item.obj["text"].split("\n")[0])
+    # under the limit it is one record, as it always was
+    assert [i.obj for i in sources.read(Path("doc.md"), len(text), [])] == [{"text": text}]

@@ -4,7 +4,10 @@ leakage, and atomic output."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,7 +261,7 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
 
     from llmforge.data.dedupe import NearDuplicates, shingles
 
-    texts = [sentence(random.Random(i), 30) for i in range(5)]
+    texts = [sentence(random.Random(i), 30) for i in range(4)] + [sentence(random.Random(4), 20_000)]  # sliced
     near = NearDuplicates(tmp_path / "sig.bin", num_perm=64)
     for text in texts:
         near.add(text)
@@ -386,3 +389,31 @@ def test_a_record_nested_too_deeply_to_write_is_rejected_without_it(tmp_path):
     assert report["counts"]["written"] == 1
     [rejected] = read(ws.rejected_file)
     assert (rejected["line"], rejected["field"], rejected["record"]) == (2, "messages[0]", None)
+
+
+@pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs os.wait4 for the child's own peak memory")
+def test_a_big_document_is_prepared_in_bounded_memory(tmp_path):
+    """A 4 MB plain-text document: the old reader kept it whole as one record and near-dedupe hashed all its
+    shingles at once (760 MB peak here, 8 GB for 50 MB); now it is read in blocks and cut into records (150 MB)."""
+    rng = random.Random(0)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+                  for _ in range(5000)]  # fmt: skip
+    paragraphs, size = [], 0
+    while size < 4_000_000:
+        paragraphs.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(20, 120))) + ".")
+        size += len(paragraphs[-1]) + 2
+    Path("docs").mkdir()
+    Path("docs/big.txt").write_text("\n\n".join(paragraphs) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    with open("out.txt", "wb") as out:
+        child = subprocess.Popen([sys.executable, "-m", "llmforge", "data", "prepare", "docs", "--json"], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, Path("out.txt").read_text()[-2000:]
+    peak_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+    report = json.loads(Path("out.txt").read_text())
+    assert 4 <= report["counts"]["read"] <= 8 and report["length"]["max"] <= 1_000_000  # pieces of 0.5-1M chars
+    written = [r["text"] for r in all_records(Workspace(Path("llmforge-work/llmforge-project")))]
+    assert sorted(p for text in written for p in text.split("\n\n")) == sorted(paragraphs)  # nothing lost
