@@ -72,6 +72,9 @@ def prepare(
     pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
     if pii:
         console.print(f"PII replaced: {pii}")
+    for entry in report["inputs"]:
+        if "error" in entry:
+            console.print(f"[yellow]unreadable file skipped[/]: {escape(entry['file'])}: {escape(entry['error'])}")
     if c["rejected"]:
         console.print(
             f"[yellow]{c['rejected']} invalid records skipped[/]: see {escape(report['outputs']['rejected'])}"

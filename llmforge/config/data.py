@@ -97,7 +97,10 @@ class DataConfig(Section):
         "fail", description="'fail' stops at invalid records and writes nothing; 'skip' writes the good ones."
     )
     max_record_chars: int = Field(
-        1_000_000, ge=100, description="A record longer than this is invalid (absurd length); documents are exempt."
+        1_000_000,
+        ge=100,
+        description="A record longer than this is invalid (absurd length); a .txt/.md document longer than this "
+        "becomes several records, cut at paragraph breaks.",
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
