@@ -90,8 +90,17 @@ class GenerateConfig(Section):
     )
 
 
+class HubConfig(Section):
+    split: str = Field("train", description="Split of a Hugging Face dataset input, e.g. train_sft.")
+    subset: str | None = Field(None, description="Configuration (subset) of a Hugging Face dataset input.")
+    revision: str | None = Field(None, description="Revision (branch, tag or commit) of a Hugging Face dataset input.")
+
+
 class DataConfig(Section):
-    inputs: list[str] = Field(default_factory=list, description="Input files, folders or globs.")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Input files, folders or globs, or Hugging Face dataset ids (owner/name, or hf:owner/name).",
+    )
     format: DataFormat = Field("auto", description="Record format; 'auto' detects it per record.")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="'fail' stops at invalid records and writes nothing; 'skip' writes the good ones."
@@ -108,4 +117,9 @@ class DataConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Length and content filters.")
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig, description="Question/answer generation from documents (`data generate`)."
+    )
+    hub: HubConfig = Field(
+        default_factory=HubConfig,
+        description="Hugging Face dataset inputs: read with the `datasets` library, from its local cache when "
+        "HF_HUB_OFFLINE=1.",
     )

@@ -15,6 +15,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import orjson
 from llmforge import atomic, manifest, registry
 from llmforge.config.data import DataConfig
 from llmforge.config.model import ModelConfig
+from llmforge.data import hub as hub_inputs
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
@@ -153,11 +155,16 @@ class _Scan:
 
 def validate(data: DataConfig, progress: Progress | None = None) -> ValidateResult:
     """Read and check every record; write nothing."""
-    scan = _Scan(data, sources.resolve_inputs(data.inputs))
+    scan = _Scan(data, _input_files(data))
     for n, _ in enumerate(scan, 1):
         if progress and n % 10_000 == 0:
             progress("validate", n)
     return scan.result()
+
+
+def _input_files(data: DataConfig) -> list[Path]:
+    """The files data.inputs names; Hub dataset ids among them are read into the datasets cache first."""
+    return sources.resolve_inputs(data.inputs, hub=partial(hub_inputs.materialize, hub=data.hub))
 
 
 def problems_error(problems: list[Problem], count: int, unreadable: int = 0) -> InputError:
@@ -272,7 +279,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Run the whole pipeline and write the workspace's data/ folder. Returns the report (also report.json)."""
     timer = manifest.Timer()
-    files = _outside(sources.resolve_inputs(data.inputs), workspace)
+    files = _outside(_input_files(data), workspace)
     out_dir = workspace.data_dir
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)

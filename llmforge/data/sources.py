@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from llmforge.data.hub import is_hub_id as _is_hub_id
 from llmforge.errors import UsageError
 
 RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
@@ -56,8 +57,11 @@ def kind_of(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
-def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
-    """Files named by `inputs` (files, folders searched recursively, globs), in a stable order, each once."""
+def resolve_inputs(
+    inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES, hub: Callable[[str], Path] | None = None
+) -> list[Path]:
+    """Files named by `inputs` (files, folders searched recursively, globs), in a stable order, each once.
+    With `hub`, an input that is no local path but a Hub dataset id becomes the file `hub(spec)` returns."""
     if not inputs:
         raise UsageError("no input data given", hint="pass files, folders or globs, or set data.inputs in the config")
     found: list[Path] = []
@@ -91,6 +95,8 @@ def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> l
                     f"{spec}: unsupported file type", hint=f"supported: {', '.join(suffixes)} (and .gz of any)"
                 )
             found.append(path)
+        elif hub is not None and _is_hub_id(spec):
+            found.append(hub(spec))
         else:
             raise UsageError(f"input not found: {spec}", hint="check the path (relative paths start at this folder)")
     unique: dict[str, Path] = {}
