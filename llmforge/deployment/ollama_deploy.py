@@ -161,8 +161,8 @@ def choose_template(setting: str, gguf: GgufFacts, tok: TrainingTokenizer) -> Te
     if verdict.family is None:
         raise UsageError(
             f"the model's chat template is not one llmforge can reproduce in an Ollama TEMPLATE ({verdict.reason})",
-            hint="deploy.template: embedded lets Ollama use the GGUF's own template (unchecked); a family name "
-            f"({names}) only if the model was really trained with that format",
+            hint="deploy.template: embedded lets Ollama use the GGUF's own template (unchecked); a model trained "
+            f"with model.chat_template: <family> ({names}) carries that family's template and deploys exactly",
         )
     family = verdict.family
     return TemplateChoice(

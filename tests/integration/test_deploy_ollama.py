@@ -285,7 +285,7 @@ def test_unknown_template_is_refused_with_both_ways_out(tiny_gguf, tiny_tokenize
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "not one llmforge can reproduce" in text
-    assert "deploy.template: <family>" in text and "deploy.template: embedded" in text
+    assert "model.chat_template: <family>" in text and "deploy.template: embedded" in text
 
 
 def test_embedded_template_omits_template_warns_and_is_still_checked(tiny_gguf, tiny_tokenizer_dir, tmp_path, gorender):
