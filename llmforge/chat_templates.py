@@ -21,20 +21,31 @@ The contract:
   * BOS: a family whose Jinja template writes ``bos_token`` (``Family.bos_token`` set) leaves it out of the
     Ollama template because llama.cpp prepends the BOS token itself; the GGUF must then say add_bos_token=true,
     and false for every other family, or the model sees a BOS it never saw in training (or misses one).
-  * Families with ``trims_content`` strip whitespace around message text in Jinja; Go templates have no trim
-    function in Ollama, so content with leading/trailing whitespace renders with it there.
-  * A family without a system role (gemma) refuses a system message in Jinja; its Ollama template cannot
-    refuse, so it drops system messages: deploy must refuse a SYSTEM prompt for such a family.
+  * What Go cannot do is named in ``Family.caveats`` (ids from CAVEATS), never left silent: families with
+    ``trims_content`` strip whitespace around message text in Jinja and Go templates have no trim function in
+    Ollama (``trims-whitespace``); a family without a system role (gemma) refuses a system message in Jinja while
+    its Ollama template drops it (``drops-system``; deploy refuses a SYSTEM prompt for such a family).
 - What the Ollama templates rely on (ollama/ollama template/template.go, server/routes.go, server/prompt.go):
   a template that mentions .Messages is executed once over {System, Messages, Tools, Response: "", ...};
   .Messages includes the system messages, with consecutive same-role messages merged ("\n\n"); .System joins
   all system texts; the Modelfile SYSTEM is prepended as a system message unless the request starts with one;
   MESSAGE few-shots come before the request's messages (so a request's own system message then lands after
-  them); the only template function is `json`. tests/tools/gorender/main.go mirrors exactly this.
+  them); the template functions are `json`, `currentDate` (today as YYYY-MM-DD, arguments ignored),
+  `yesterdayDate` and `toTypeScriptType`; .Think/.IsThinkSet/.ThinkLevel carry the request's think flag.
+  tests/tools/gorender/main.go mirrors exactly this.
+- Deploying a model's own template: ``deploy_verdict`` matches it, by rendering the probes at a fixed date
+  (PROBE_DATE; strftime_now and currentDate both take it) with reasoning unset/on/off, against every family and
+  against variants built from its own renders (default system prompt, today's date, BOS, Qwen3/QwQ reasoning
+  switches; ChatML, Granite, Mistral v7, Cohere and Phi-3 layouts). Its answer is 'exact', 'caveats' (the named
+  CAVEATS: trims-whitespace, drops-system, no-tools, date-format, reasoning-history) or 'refused' with the reason.
+  Refused rather than caveated: anything the probes show differs in a way no caveat names (system text folded
+  into a user turn, reasoning-mode flags parsed out of the system text, a harmony/channel format, tool-only
+  templates). ``identify`` (training's question) still answers with the fixed families only.
 - Stop tokens: ``stop_tokens_for`` gives every end-of-turn, end-of-text and next-turn-header string; deploy
   writes one PARAMETER stop each, serve stops on them, and a reply containing any of them leaked a token.
 
-Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown,
+Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown, deploy_verdict,
+CAVEATS, Caveat, DeployVerdict, fixed_date, PROBE_DATE,
 resolve_training_template, check_end_of_turn_trained, check_end_of_turn_ids_trained, check_template_trains_stop, end_of_turn_tokens_for,
 stop_tokens_for, template_writes_bos, Family.ollama_template_for, modelfile_quote.
 Only the standard library and jinja2 are imported here, so the CLI, deploy and serve can use it cheaply.
@@ -63,7 +74,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llmforge.errors import UsageError
 
 __all__ = [
+    "CAVEATS",
     "FAMILIES",
+    "PROBE_DATE",
+    "Caveat",
+    "DeployVerdict",
     "Family",
     "PROBES",
     "Probe",
@@ -72,8 +87,10 @@ __all__ = [
     "check_end_of_turn_ids_trained",
     "check_end_of_turn_trained",
     "check_template_trains_stop",
+    "deploy_verdict",
     "end_of_turn_tokens_for",
     "explain_unknown",
+    "fixed_date",
     "get_family",
     "has_generation_markers",
     "identify",
