@@ -962,7 +962,8 @@ class _Options:
     empty_system_is_default: bool = False  # an empty system message counts as none
     think: str | None = None  # "qwen3": empty <think> block on a closing answer, off-switch; "qwq": <think> prefill
     eos_when_closed: str | None = None  # written after the last answer when there is no generation prompt
-    trim: bool = False  # message text is stripped of surrounding whitespace (Go cannot: trims-whitespace)
+    # Roles whose message text is stripped of surrounding whitespace (Go cannot: trims-whitespace).
+    trim: tuple[str, ...] = ()
     skip_empty_system: bool = False  # a system message with empty text writes nothing
 
 
@@ -1046,8 +1047,11 @@ def _default_system_go(opts: _Options) -> str:
     return "{{ currentDate }}".join(_go_text(p) for p in (opts.default_system or "").split(_DATE_MARK))
 
 
+def _trim(opts: _Options, role: str) -> str:
+    return " | trim" if role in opts.trim else ""
+
+
 def _layout_jinja(lay: _Layout, opts: _Options) -> str:
-    trim = " | trim" if opts.trim else ""
     lines = []
     if opts.bos:
         lines.append("{{- bos_token }}")
@@ -1080,7 +1084,7 @@ def _layout_jinja(lay: _Layout, opts: _Options) -> str:
         lines.append(f"        {{%- if loop.last %}}{{{{- {_jinja_str(_QWEN3_EMPTY_THINK)} }}}}{{%- endif %}}")
     lines += [
         "        {%- generation %}",
-        f"            {{{{- message['content']{trim} + {_jinja_str(lay.end['assistant'])} }}}}",
+        f"            {{{{- message['content']{_trim(opts, 'assistant')} + {_jinja_str(lay.end['assistant'])} }}}}",
         "        {%- endgeneration %}",
         f"        {{{{- {_jinja_str(lay.after['assistant'])} }}}}",
     ]
@@ -1089,7 +1093,7 @@ def _layout_jinja(lay: _Layout, opts: _Options) -> str:
         nonempty = " and message['content']" if role == "system" and opts.skip_empty_system else ""
         lines += [
             f"    {{%- elif message['role'] == '{role}'{nonempty} %}}",
-            f"        {{{{- {opened} + message['content']{trim} + {closed} }}}}",
+            f"        {{{{- {opened} + message['content']{_trim(opts, role)} + {closed} }}}}",
         ]
     lines += ["    {%- endif %}", "{%- endfor %}", "{%- if add_generation_prompt %}"]
     lines.append(f"    {{{{- {_jinja_str(lay.prompt)} }}}}")
@@ -1250,7 +1254,10 @@ def _candidates(template: str, bos_token: str | None, eos_token: str | None) -> 
             # Options the template's text cannot use are not tried (a pruning of the search, not an identification).
             thinks = (None, "qwen3", "qwq") if "think" in template else (None,)
             eos_options = (None, eos_token) if eos_token and "eos_token" in template else (None,)
-            trims = (False, True) if "trim" in template else (False,)
+            every, turns = ("system", "user", "assistant"), ("user", "assistant")
+            trims: tuple[tuple[str, ...], ...] = (
+                ((), every, turns) if "trim" in template or ".strip(" in template else ((),)
+            )
             for default, fmt in defaults:
                 empties = (False, True) if default is not None else (False,)
                 skips = (False,) if default is not None else (False, True)

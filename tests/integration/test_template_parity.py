@@ -87,8 +87,8 @@ def jinja_outcome(template, messages, generation_prompt, bos, eos, think, *, iso
             return "refused", ""
 
 
-def _stripped(messages):
-    return [{**m, "content": m["content"].strip()} for m in messages]
+def _stripped(messages, roles=("system", "user", "assistant")):
+    return [{**m, "content": m["content"].strip()} if m["role"] in roles else m for m in messages]
 
 
 def _without_reasoning(messages):
@@ -122,7 +122,7 @@ def test_ollama_template_renders_like_the_models_jinja_except_for_named_caveats(
         messages = list(probe.messages)
         variants = [messages]
         if "trims-whitespace" in caveats:
-            variants.append(_stripped(messages))
+            variants += [_stripped(messages), _stripped(messages, ("user", "assistant"))]
         if "reasoning-history" in caveats:
             variants.append(_without_reasoning(messages))
         if {"trims-whitespace", "reasoning-history"} <= caveats:
@@ -139,6 +139,7 @@ def test_ollama_template_renders_like_the_models_jinja_except_for_named_caveats(
         by_caveat = {}
         if "trims-whitespace" in caveats:
             by_caveat["trims-whitespace"] = prefix + next(rendered)
+            by_caveat["trims-whitespace "] = prefix + next(rendered)  # templates that leave system text alone
         if "reasoning-history" in caveats:
             by_caveat["reasoning-history"] = prefix + next(rendered)
         if {"trims-whitespace", "reasoning-history"} <= caveats:
@@ -163,7 +164,7 @@ def test_ollama_template_renders_like_the_models_jinja_except_for_named_caveats(
         for jinja_reason, jinja_text in jinja_side:
             for go_reason, go_text in go_side:
                 if jinja_text == ("text", go_text):
-                    explained = [r for r in (*jinja_reason.split("+"), *go_reason.split("+")) if r]
+                    explained = [r.strip() for r in (*jinja_reason.split("+"), *go_reason.split("+")) if r.strip()]
                     break
             if explained:
                 break

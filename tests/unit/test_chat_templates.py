@@ -351,7 +351,7 @@ CORPUS_VERDICTS = {
     "ibm-granite-granite-4.0": ("caveats", "granite", ("no-tools",)),
     "LiquidAI-LFM2": ("caveats", "chatml", ("no-tools",)),
     "LFM2.5-Instruct": ("caveats", "chatml", ("no-tools", "reasoning-history")),
-    "CohereLabs-aya-expanse-8b": ("refused", None, ()),
+    "CohereLabs-aya-expanse-8b": ("caveats", "cohere", ("trims-whitespace",)),
     "openai-gpt-oss-120b": ("refused", None, ()),
 }
 
