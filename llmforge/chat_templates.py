@@ -1193,6 +1193,110 @@ def _dated_llama3_1(date_format: str) -> Family:
     )
 
 
+# Families deploy also knows (tried by deploy_verdict only, so that training's `identify` answers as before).
+
+# Gemma 3: no system turn; a system message's text opens the first user turn, followed by a blank line.
+GEMMA3 = Family(
+    name="gemma3",
+    description="Gemma 3: Gemma turns, a system message written at the start of the first user turn",
+    jinja=r"""
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set first_user_prefix = '' %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'assistant' %}
+        {{- '<start_of_turn>model\n' + (first_user_prefix if loop.first else '') }}
+        {%- generation %}
+            {{- message['content'] | trim + '<end_of_turn>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- else %}
+        {{- '<start_of_turn>' + message['role'] + '\n' + (first_user_prefix if loop.first else '') }}
+        {{- message['content'] | trim + '<end_of_turn>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<start_of_turn>model\n' }}
+{%- endif %}
+""".strip(),
+    ollama_template=(
+        '{{ $prefix := "" }}{{ if eq (index $.Messages 0).Role "system" }}'
+        '{{ $prefix = printf "%s\\n\\n" (index $.Messages 0).Content }}{{ end }}'
+        "{{ range $i, $_ := .Messages }}"
+        '{{ if and (eq $i 0) (eq .Role "system") }}'
+        '{{ else }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+        "{{ if le $i 1 }}{{ $prefix }}{{ end }}{{ .Content }}<end_of_turn>\n{{ end }}"
+        "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<start_of_turn>model\n{{ end }}'
+        "{{ end }}"
+    ),
+    end_of_turn=("<end_of_turn>",),
+    stop_tokens=("<end_of_turn>", "<start_of_turn>", "<eos>"),
+    supports_system=True,
+    bos_token="<bos>",
+    eos_token=None,
+    trims_content=True,
+    caveats=("trims-whitespace",),
+)
+
+
+def _deepseek_r1(think_switch: bool) -> Family:
+    """DeepSeek-R1 distills: the last system text first, then <｜User｜>/<｜Assistant｜> turns; the reply opens a
+    <think> block, closed at once unless thinking is on when the template has the switch."""
+    switch_jinja = "{%- if not enable_thinking %}{{- '</think>' }}{%- endif %}" if think_switch else ""
+    switch_go = "{{ if not $.Think }}</think>{{ end }}" if think_switch else ""
+    return Family(
+        name="deepseek-r1",
+        description="DeepSeek-R1 distills: <｜User｜>question<｜Assistant｜>answer<｜end▁of▁sentence｜>, <think> prefill",
+        jinja=r"""
+{%- set ns = namespace(system_prompt='') %}
+{%- for message in messages %}
+    {%- if message['role'] == 'system' %}
+        {%- set ns.system_prompt = message['content'] %}
+    {%- endif %}
+{%- endfor %}
+{{- bos_token + ns.system_prompt }}
+{%- for message in messages %}
+    {%- if message['role'] == 'user' %}
+        {{- '<｜User｜>' + message['content'] }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- '<｜Assistant｜>' }}
+        {%- generation %}
+            {{- message['content'] + '<｜end▁of▁sentence｜>' }}
+        {%- endgeneration %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<｜Assistant｜><think>\n' }}SWITCH
+{%- endif %}
+""".strip().replace("SWITCH", switch_jinja),
+        ollama_template=(
+            '{{ $system := "" }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end }}'
+            "{{ $system }}{{ range $i, $_ := .Messages }}"
+            '{{ if eq .Role "user" }}<｜User｜>{{ .Content }}'
+            '{{ else if eq .Role "assistant" }}<｜Assistant｜>{{ .Content }}<｜end▁of▁sentence｜>{{ end }}'
+            "{{ if and " + _GO_LAST + ' (ne .Role "assistant") }}<｜Assistant｜><think>\n' + switch_go + "{{ end }}"
+            "{{ end }}"
+        ),
+        end_of_turn=("<｜end▁of▁sentence｜>",),
+        stop_tokens=("<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
+        supports_system=True,
+        bos_token="<｜begin▁of▁sentence｜>",
+        eos_token=None,
+        variant="reasoning switch (think)" if think_switch else "",
+    )
+
+
+DEPLOY_FAMILIES: tuple[Family, ...] = (GEMMA3, _deepseek_r1(False), _deepseek_r1(True))
+
+
 def _think_settings(*templates: str) -> tuple[bool | None, ...]:
     return (None, True, False) if any("enable_thinking" in t for t in templates) else (None,)
 
@@ -1233,6 +1337,7 @@ def _default_system_of(template: str, lay: _Layout, bos: str | None, eos: str | 
 def _candidates(template: str, bos_token: str | None, eos_token: str | None) -> Iterator[Family]:
     """Families, then variants built from what the template renders for probe conversations (never its name)."""
     yield from FAMILIES.values()
+    yield from DEPLOY_FAMILIES
     if "strftime_now" in template or "date_string" in template:
         yield from (_dated_llama3_1(fmt) for fmt in _DATE_FORMATS)
     bos_options: tuple[str | None, ...] = (None,)

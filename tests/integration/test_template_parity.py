@@ -91,9 +91,10 @@ def _stripped(messages, roles=("system", "user", "assistant")):
     return [{**m, "content": m["content"].strip()} if m["role"] in roles else m for m in messages]
 
 
-def _without_reasoning(messages):
+def _without_reasoning(messages, strip="\n"):
+    """Assistant text after its last </think>, as the templates cut it (most also drop the newlines after it)."""
     return [
-        {**m, "content": m["content"].split("</think>")[-1].lstrip("\n")} if m["role"] == "assistant" else m
+        {**m, "content": m["content"].split("</think>")[-1].lstrip(strip)} if m["role"] == "assistant" else m
         for m in messages
     ]
 
@@ -124,7 +125,7 @@ def test_ollama_template_renders_like_the_models_jinja_except_for_named_caveats(
         if "trims-whitespace" in caveats:
             variants += [_stripped(messages), _stripped(messages, ("user", "assistant"))]
         if "reasoning-history" in caveats:
-            variants.append(_without_reasoning(messages))
+            variants += [_without_reasoning(messages), _without_reasoning(messages, strip="")]
         if {"trims-whitespace", "reasoning-history"} <= caveats:
             variants.append(_stripped(_without_reasoning(messages)))
         requests += [{"template": go_template, "messages": v, "date": date, "think": think} for v in variants]
@@ -142,6 +143,7 @@ def test_ollama_template_renders_like_the_models_jinja_except_for_named_caveats(
             by_caveat["trims-whitespace "] = prefix + next(rendered)  # templates that leave system text alone
         if "reasoning-history" in caveats:
             by_caveat["reasoning-history"] = prefix + next(rendered)
+            by_caveat["reasoning-history "] = prefix + next(rendered)  # templates that keep the newlines
         if {"trims-whitespace", "reasoning-history"} <= caveats:
             by_caveat["trims-whitespace+reasoning-history"] = prefix + next(rendered)
         want = jinja_outcome(template, messages, generation_prompt, bos, eos, think)
