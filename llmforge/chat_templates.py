@@ -1382,6 +1382,24 @@ def _template_caveats(template: str) -> list[str]:
     return found
 
 
+def _refusal_reason(template: str, bos_token: str | None, eos_token: str | None) -> str:
+    """Why no twin matches: what the template does that an Ollama TEMPLATE cannot, then the nearest family."""
+    reasons = []
+    try:
+        with fixed_date(PROBE_DATE):
+            render(template, PROBES[0].messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+    except UsageError as e:
+        reasons.append(f"it refuses a plain conversation without tools ({e.message})")
+    if "<|channel|>" in template:
+        reasons.append("it writes OpenAI's harmony format (channels, developer turns, reasoning effort)")
+    if "/no_think" in template:
+        reasons.append("it reads /think and /no_think out of the system message, which Go templates cannot search")
+    # explain_unknown speaks for training, where a date cannot be reproduced; deploy has currentDate.
+    known = explain_unknown(template, bos_token=bos_token, eos_token=eos_token).split("; ")
+    reasons += [r for r in known if r and "strftime_now" not in r]
+    return "; ".join(reasons)
+
+
 def deploy_verdict(template: str | None, bos_token: str | None, eos_token: str | None) -> DeployVerdict:
     """Whether deploy can write an Ollama TEMPLATE for this Jinja chat template, and at what cost.
 
@@ -1406,7 +1424,7 @@ def deploy_verdict(template: str | None, bos_token: str | None, eos_token: str |
                     detail["date-format"] = f"it writes {written!r} where Ollama writes {PROBE_DATE:%Y-%m-%d}"
             caveats = tuple(caveat(i, detail.get(i, "")) for i in ids)
             return DeployVerdict("caveats" if caveats else "exact", family, caveats)
-    why = explain_unknown(template, bos_token=bos_token, eos_token=eos_token)
+    why = _refusal_reason(template, bos_token, eos_token)
     return DeployVerdict(
         "refused",
         None,
