@@ -253,6 +253,7 @@ def plan(
         parameters=params,
         messages=messages,
         license=_license_text(deploy.license),
+        notes=[f"caveat {c.id}: {c.text}" for c in choice.caveats],
     )
     facts = {
         "chosen": chosen,

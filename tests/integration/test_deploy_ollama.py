@@ -355,6 +355,7 @@ def test_an_upstream_template_deploys_with_its_named_caveats(tiny_gguf, tiny_tok
         human = deploy("--name", "qwen-bot", "--host", server.host, "--dry-run")
         assert human.exit_code == 0, human.output
         assert "caveat no-tools:" in human.output and "chatml (default system prompt) [caveats]" in human.output
+        assert "\n# caveat no-tools: the template's tool-calling path" in ws.modelfile("qwen-bot").read_text()
 
         result = deploy("--name", "qwen-bot", "--host", server.host, "--json", "--force")
         assert result.exit_code == 0, result.output
