@@ -65,7 +65,11 @@ THINK = (None, True, False)  # the /api/chat think flag left out, on, off (Jinja
 
 def deployable() -> dict[str, tuple[str, str | None, str | None]]:
     """Every family and every corpus template that deploys: id -> (Jinja template, BOS, EOS)."""
-    found = {f"family:{n}": (f.jinja, f.bos_token, f.eos_token or "</s>") for n, f in ct.FAMILIES.items()}
+    families = [*ct.FAMILIES.values(), *ct.DEPLOY_FAMILIES]
+    found = {
+        f"family:{f.name}" + (f" ({f.variant})" if f.variant else ""): (f.jinja, f.bos_token, f.eos_token or "</s>")
+        for f in families
+    }
     for name, (_, bos, eos, _) in upstream_templates.corpus().items():
         template = upstream_templates.read(name)
         if ct.deploy_verdict(template, bos, eos).status != "refused":
