@@ -1156,7 +1156,7 @@ def _layout_family(lay: _Layout, opts: _Options) -> Family:
     if opts.date_format and opts.date_format != "%Y-%m-%d":
         caveats.append("date-format")
     if opts.think:
-        variant.append("reasoning switch (think)")
+        variant.append("reasoning switch")
     if opts.eos_when_closed:
         variant.append("EOS after a closed conversation")
     if opts.skip_empty_system:
@@ -1290,7 +1290,7 @@ def _deepseek_r1(think_switch: bool) -> Family:
         supports_system=True,
         bos_token="<｜begin▁of▁sentence｜>",
         eos_token=None,
-        variant="reasoning switch (think)" if think_switch else "",
+        variant="reasoning switch" if think_switch else "",
     )
 
 
