@@ -36,11 +36,11 @@ The contract:
 - Deploying a model's own template: ``deploy_verdict`` matches it, by rendering the probes at a fixed date
   (PROBE_DATE; strftime_now and currentDate both take it) with reasoning unset/on/off, against every family and
   against variants built from its own renders (default system prompt, today's date, BOS, Qwen3/QwQ reasoning
-  switches; ChatML, Granite, Mistral v7, Cohere and Phi-3 layouts). Its answer is 'exact', 'caveats' (the named
-  CAVEATS: trims-whitespace, drops-system, no-tools, date-format, reasoning-history) or 'refused' with the reason.
-  Refused rather than caveated: anything the probes show differs in a way no caveat names (system text folded
-  into a user turn, reasoning-mode flags parsed out of the system text, a harmony/channel format, tool-only
-  templates). ``identify`` (training's question) still answers with the fixed families only.
+  switches; ChatML, Granite, Mistral v7, Cohere and Phi-3 layouts; Gemma 3, DeepSeek-R1 and SmolLM3-style
+  reasoning headers). Its answer is 'exact', 'caveats' (the named
+  CAVEATS: trims-whitespace, drops-system, no-tools, date-format, reasoning-history, system-flags) or 'refused'
+  with the reason. Refused rather than caveated: anything the probes show differs in a way no caveat names (a
+  harmony/channel format, tool-only templates, any layout no twin reproduces). ``identify`` (training's question) still answers with the fixed families only.
 - Stop tokens: ``stop_tokens_for`` gives every end-of-turn, end-of-text and next-turn-header string; deploy
   writes one PARAMETER stop each, serve stops on them, and a reply containing any of them leaked a token.
 
@@ -890,6 +890,9 @@ CAVEATS: dict[str, str] = {
     "no-tools": "the template's tool-calling path (tool definitions, tool calls, tool results) is not in the Ollama "
     "TEMPLATE: Ollama lists the model without the tools capability and refuses requests that pass tools",
     "date-format": "the template writes today's date in its own format; Ollama's currentDate writes it as YYYY-MM-DD",
+    "system-flags": "the template reads /think and /no_think in the system message (switching reasoning and cutting "
+    "them out of the text) and Go templates cannot search text: under Ollama they stay in the system text and "
+    "switch nothing; use the request's think flag instead",
     "reasoning-history": "the template cuts <think>...</think> reasoning out of earlier assistant turns; Ollama "
     "renders assistant text as the client sends it back (clients that keep reasoning in the text send it again)",
 }
@@ -1334,12 +1337,120 @@ def _default_system_of(template: str, lay: _Layout, bos: str | None, eos: str | 
     return default, None
 
 
+def _reasoning_header_family(template: str, bos_token: str | None, eos_token: str | None) -> Family | None:
+    """A ChatML twin for templates that always open with a system turn announcing the reasoning mode (SmolLM3's
+    "Reasoning Mode: /think" or "/no_think"), read from three renders: no system message with reasoning unset and
+    off, and one with a marker as system text. None when the renders do not have that shape."""
+    marker, user = "\x01system\x01", PROBES[0].messages
+
+    def rendered(messages: Sequence[Mapping[str, Any]], **special: Any) -> str | None:
+        try:
+            with fixed_date(PROBE_DATE):
+                return render(template, messages, add_generation_prompt=True, bos_token=bos_token,
+                              eos_token=eos_token, **special)  # fmt: skip
+        except UsageError:
+            return None
+
+    on, off = rendered(user), rendered(user, enable_thinking=False)
+    custom = rendered([{"role": "system", "content": marker}, *user])
+    close, turn = "<|im_end|>\n", "<|im_start|>user\n"
+    if not on or not off or not custom or "/think" not in on or "/no_think" not in off or marker not in custom:
+        return None
+    head = on[: on.index("/think")]
+    if not off.startswith(head + "/no_think") or not custom.startswith(head + "/think") or close + turn not in on:
+        return None
+    mid = custom[len(head) + len("/think") : custom.index(marker)]
+    after = custom[custom.index(marker) + len(marker) : custom.index(close)]
+    think_default = on[len(head) + len("/think") + len(mid) : on.index(close + turn)]
+    plain_default = off[len(head) + len("/no_think") + len(mid) : off.index(close + turn)]
+    if not off[len(head) + len("/no_think") :].startswith(mid):
+        return None
+    empty = "<think>\n\n</think>\n"
+    q = _jinja_str
+    jinja = "\n".join(
+        [
+            "{%- set thinking = enable_thinking is not defined or enable_thinking %}",
+            "{%- if messages[0]['role'] == 'system' %}",
+            "    {%- set custom = messages[0]['content'].rstrip() %}",
+            "{%- else %}",
+            "    {%- set custom = '' %}",
+            "{%- endif %}",
+            f"{{{{- {q(head)} + ('/think' if thinking else '/no_think') + {q(mid)} }}}}",
+            f"{{%- if custom %}}{{{{- custom + {q(after)} }}}}",
+            f"{{%- elif thinking %}}{{{{- {q(think_default)} }}}}",
+            f"{{%- else %}}{{{{- {q(plain_default)} }}}}{{%- endif %}}",
+            f"{{{{- {q(close)} }}}}",
+            "{%- for message in messages %}",
+            "    {%- if message['role'] == 'user' or message['role'] == 'tool' %}",
+            f"        {{{{- {q(turn)} + message['content'] + {q(close)} }}}}",
+            "    {%- elif message['role'] == 'assistant' %}",
+            "        {{- '<|im_start|>assistant\\n' }}",
+            f"        {{%- if not thinking %}}{{{{- {q(empty)} }}}}{{%- endif %}}",
+            "        {%- generation %}",
+            "            {{- message['content'].lstrip('\\n') + '<|im_end|>' }}",
+            "        {%- endgeneration %}",
+            "        {{- '\\n' }}",
+            "    {%- endif %}",
+            "{%- endfor %}",
+            "{%- if add_generation_prompt %}",
+            f"    {{{{- '<|im_start|>assistant\\n' }}}}{{%- if not thinking %}}{{{{- {q(empty)} }}}}{{%- endif %}}",
+            "{%- endif %}",
+        ]
+    )
+    go = (
+        "{{ $think := or (not $.IsThinkSet) $.Think }}"
+        '{{ $custom := "" }}{{ if eq (index $.Messages 0).Role "system" }}'
+        "{{ $custom = (index $.Messages 0).Content }}{{ end }}"
+        + _go_text(head)
+        + "{{ if $think }}/think{{ else }}/no_think{{ end }}"
+        + _go_text(mid)
+        + "{{ if $custom }}{{ $custom }}"
+        + _go_text(after)
+        + "{{ else if $think }}"
+        + _go_text(think_default)
+        + "{{ else }}"
+        + _go_text(plain_default)
+        + "{{ end }}"
+        + _go_text(close)
+        + "{{ range $i, $_ := .Messages }}"
+        + '{{ if or (eq .Role "user") (eq .Role "tool") }}'
+        + _go_text(turn)
+        + "{{ .Content }}"
+        + _go_text(close)
+        + '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ if not $think }}'
+        + empty
+        + "{{ end }}{{ .Content }}<|im_end|>\n{{ end }}"
+        + "{{ if and "
+        + _GO_LAST
+        + ' (ne .Role "assistant") }}<|im_start|>assistant\n{{ if not $think }}'
+        + empty
+        + "{{ end }}{{ end }}{{ end }}"
+    )
+    return Family(
+        name="chatml-reasoning-header",
+        description="ChatML with a system turn that always announces the reasoning mode (SmolLM3)",
+        jinja=jinja,
+        ollama_template=go,
+        end_of_turn=("<|im_end|>",),
+        stop_tokens=CHATML.stop_tokens,
+        supports_system=True,
+        bos_token=None,
+        eos_token=None,
+        caveats=("trims-whitespace", "system-flags"),
+        variant="reasoning switch, default system prompts",
+    )
+
+
 def _candidates(template: str, bos_token: str | None, eos_token: str | None) -> Iterator[Family]:
     """Families, then variants built from what the template renders for probe conversations (never its name)."""
     yield from FAMILIES.values()
     yield from DEPLOY_FAMILIES
     if "strftime_now" in template or "date_string" in template:
         yield from (_dated_llama3_1(fmt) for fmt in _DATE_FORMATS)
+    if "/no_think" in template:
+        header = _reasoning_header_family(template, bos_token, eos_token)
+        if header is not None:
+            yield header
     bos_options: tuple[str | None, ...] = (None,)
     if bos_token:
         with fixed_date(PROBE_DATE):

@@ -2,7 +2,7 @@
 
 The tokenizer's own template gets a verdict from chat_templates.deploy_verdict (by rendering probe conversations,
 never from the model's name): 'exact', 'caveats' (named differences Ollama cannot reproduce, e.g. trims-whitespace,
-drops-system, no-tools, date-format, reasoning-history; each printed, and kept in --json, the manifest, the registry
+drops-system, no-tools, date-format, reasoning-history, system-flags; each printed, and kept in --json, the manifest, the registry
 and `deploy show`) or 'refused' (deploy stops with the reason). The matching family's Go template and every
 end-of-turn and end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
 own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).

@@ -344,7 +344,7 @@ CORPUS_VERDICTS = {
     "google-gemma-3-it": ("caveats", "gemma3", ("trims-whitespace",)),
     "microsoft-Phi-3-mini-4k-instruct": ("exact", "phi3", ()),
     "microsoft-Phi-3.5-mini-instruct": ("exact", "phi3", ()),
-    "HuggingFaceTB-SmolLM3-3B": ("refused", None, ()),
+    "HuggingFaceTB-SmolLM3-3B": ("caveats", "chatml-reasoning-header", ("trims-whitespace", "system-flags")),
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": ("caveats", "deepseek-r1", ("no-tools", "reasoning-history")),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("caveats", "deepseek-r1", ("no-tools", "reasoning-history")),
     "ibm-granite-granite-3.3-2B-Instruct": ("caveats", "granite", ("date-format", "no-tools")),
@@ -359,7 +359,6 @@ CORPUS_VERDICTS = {
 # The first thing each refusal names: what the template does that no Ollama TEMPLATE llmforge writes can.
 REFUSED_BECAUSE = {
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "it refuses a plain conversation without tools",
-    "HuggingFaceTB-SmolLM3-3B": "it reads /think and /no_think out of the system message",
     "openai-gpt-oss-120b": "it writes OpenAI's harmony format",
 }
 
