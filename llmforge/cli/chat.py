@@ -20,10 +20,8 @@ HELP = (
 def chat(
     endpoint: Annotated[
         Optional[str],
-        typer.Argument(
-            help="URL of an OpenAI-compatible server, or ollama:NAME (default: serve.host:serve.port).",
-            show_default=False,
-        ),
+        typer.Argument(help="URL of an OpenAI-compatible server, or ollama:NAME (default: serve.host:serve.port).",
+                       show_default=False),
     ] = None,
     api_key: Annotated[
         Optional[str], typer.Option("--api-key", help="Bearer key (default: serve.api_key).", show_default=False)

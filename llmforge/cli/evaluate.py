@@ -13,9 +13,7 @@ TARGET_HELP = "base, run[:NAME], gguf:QUANT, ollama:NAME, http://HOST:PORT/v1[?m
 
 
 def evaluate(
-    target: Annotated[
-        Optional[str], typer.Argument(help=f"What to evaluate: {TARGET_HELP}.", show_default=False)
-    ] = None,
+    target: Annotated[Optional[str], typer.Argument(help=f"What to evaluate: {TARGET_HELP}.", show_default=False)] = None,
     compare: Annotated[
         Optional[str],
         typer.Option("--compare", help="Comma-separated targets to compare side by side, e.g. base,run,gguf:q4_k_m."),
@@ -50,14 +48,8 @@ def evaluate(
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
             tasks: dict[tuple[str, str], int] = {}
 
             def progress(label: str, phase: str, done: int, total: int) -> None:
@@ -68,9 +60,8 @@ def evaluate(
                     tasks[key] = bar.add_task(escape(f"{label}: {phase}"), total=total)
                 bar.update(tasks[key], completed=done, total=total)
 
-            result = run_eval(
-                cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare, progress=progress
-            )
+            result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare,
+                              progress=progress)
         show(result.report, str(result.folder))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
@@ -80,19 +71,8 @@ def show(report: dict, folder: str) -> None:
     """One row per metric, one column per target (a table stays readable in 80 columns with several targets)."""
     from rich.table import Table
 
-    keys = [
-        "perplexity",
-        "loss",
-        "bleu",
-        "rouge1",
-        "rouge2",
-        "rougeL",
-        "chrf",
-        "exact_match",
-        "f1",
-        "latency_s",
-        "tokens_per_second",
-    ]
+    keys = ["perplexity", "loss", "bleu", "rouge1", "rouge2", "rougeL", "chrf", "exact_match", "f1", "latency_s",
+            "tokens_per_second"]
     keys += sorted({k for ms in report["metrics"].values() for k in ms if k.startswith("judge_")})
     keys = [k for k in keys if any(ms.get(k) is not None for ms in report["metrics"].values())]
     table = Table(title=f"eval {report['stamp']}: {report['data']['examples']} examples", header_style="bold")
@@ -120,10 +100,8 @@ def show(report: dict, folder: str) -> None:
     if deltas:
         console.print(f"[dim](deltas against {escape(report['reference'])}; bold = 95% interval excludes 0)[/]")
     for label, f in report["failed"].items():
-        console.print(
-            f"[red]{escape(label)} failed:[/] {escape(f['error'])}"
-            + (f"\n  [yellow]hint:[/] {escape(f['hint'])}" if f.get("hint") else "")
-        )
+        console.print(f"[red]{escape(label)} failed:[/] {escape(f['error'])}"
+                      + (f"\n  [yellow]hint:[/] {escape(f['hint'])}" if f.get("hint") else ""))
     for t in targets:
         if t.get("judge_error"):
             console.print(f"[yellow]judge failed for {escape(t['label'])}:[/] {escape(t['judge_error'])}")

@@ -18,13 +18,8 @@ app = typer.Typer(
 
 QuantOption = Annotated[
     Optional[str],
-    typer.Option(
-        "--quant",
-        "-q",
-        help="Comma-separated GGUF types: f16, bf16, f32, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, "
-        "q4_0, q3_k_m, q2_k (default: export.quant).",
-        show_default=False,
-    ),
+    typer.Option("--quant", "-q", help="Comma-separated GGUF types: f16, bf16, f32, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, "
+                 "q4_0, q3_k_m, q2_k (default: export.quant).", show_default=False),
 ]
 DtypeOption = Annotated[
     str, typer.Option("--dtype", help="Dtype of the merged weights: auto (the base's), float32, bfloat16, float16.")
@@ -34,13 +29,9 @@ NoVerifyOption = Annotated[bool, typer.Option("--no-verify", help="Skip loading 
 
 @app.command("merge")
 def merge(
-    runs: Annotated[
-        Optional[list[str]],
-        typer.Argument(
-            help="Runs (or adapter folders) whose adapters are merged in this order; default: the latest run.",
-            show_default=False,
-        ),
-    ] = None,
+    runs: Annotated[Optional[list[str]], typer.Argument(
+        help="Runs (or adapter folders) whose adapters are merged in this order; default: the latest run.",
+        show_default=False)] = None,
     dtype: DtypeOption = "auto",
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -61,21 +52,15 @@ def merge(
     if json_:
         print_json(result)
         return
-    console.print(
-        f"merged {len(result['adapters'])} adapter(s) into {result['base_model']} -> {result['output']} "
-        f"({result['dtype']}; merged vs adapter logits max diff {result['merge_max_abs_diff']:.2e})"
-    )
+    console.print(f"merged {len(result['adapters'])} adapter(s) into {result['base_model']} -> {result['output']} "
+                  f"({result['dtype']}; merged vs adapter logits max diff {result['merge_max_abs_diff']:.2e})")
 
 
 @app.command("gguf")
 def gguf(
-    source: Annotated[
-        Optional[str],
-        typer.Argument(
-            help="A run name, run folder, adapter folder or HF model folder; default: the latest run.",
-            show_default=False,
-        ),
-    ] = None,
+    source: Annotated[Optional[str], typer.Argument(
+        help="A run name, run folder, adapter folder or HF model folder; default: the latest run.",
+        show_default=False)] = None,
     quant: QuantOption = None,
     name: Annotated[Optional[str], typer.Option("--name", help="File name stem (default: the run name).")] = None,
     dtype: DtypeOption = "auto",
@@ -119,9 +104,7 @@ def _print_files(result: dict, key: str = "files") -> None:
         logits = f.get("logits") or {}
         tok = f.get("tokenization") or {}
         table.add_row(
-            f["quant"],
-            f"{f['bytes'] / 2**20:.1f} MiB",
-            "[green]yes[/]" if f["verified"] else "[red]no[/]",
+            f["quant"], f"{f['bytes'] / 2**20:.1f} MiB", "[green]yes[/]" if f["verified"] else "[red]no[/]",
             "ok" if tok.get("ok") else ("DIFFERS" if tok else "-"),
             f"{logits['top1_agreement']:.3f}" if logits else "-",
             f"{logits['max_abs_diff']:.4f}" if logits else "-",
@@ -136,18 +119,11 @@ def _print_files(result: dict, key: str = "files") -> None:
 
 @app.command("lora-gguf")
 def lora_gguf(
-    source: Annotated[
-        Optional[str],
-        typer.Argument(help="A LoRA run name or adapter folder; default: the latest run.", show_default=False),
-    ] = None,
-    base_gguf: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--base-gguf",
-            help="Base model GGUF to verify the adapter against (default: convert the base to f16).",
-            show_default=False,
-        ),
-    ] = None,
+    source: Annotated[Optional[str], typer.Argument(
+        help="A LoRA run name or adapter folder; default: the latest run.", show_default=False)] = None,
+    base_gguf: Annotated[Optional[Path], typer.Option(
+        "--base-gguf", help="Base model GGUF to verify the adapter against (default: convert the base to f16).",
+        show_default=False)] = None,
     no_verify: NoVerifyOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,

@@ -13,12 +13,8 @@ from llmforge.cli.output import console, escape, print_json
 def serve(
     model: Annotated[
         Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="GGUF file, model folder, run or export name (default: newest export).",
-            show_default=False,
-        ),
+        typer.Option("--model", "-m", help="GGUF file, model folder, run or export name (default: newest export).",
+                     show_default=False),
     ] = None,
     engine: Annotated[
         Optional[str], typer.Option("--engine", help="auto, llamacpp or transformers.", show_default=False)
@@ -27,7 +23,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option("--port", "-p", help="Port (default 8000).")] = None,
     api_key: Annotated[
         Optional[str],
-        typer.Option("--api-key", help="Require this Bearer key (or set LLMFORGE_SERVE__API_KEY).", show_default=False),
+        typer.Option("--api-key", help="Require this Bearer key (or set LLMFORGE_SERVE__API_KEY).",
+                     show_default=False),
     ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -54,9 +51,7 @@ def serve(
         if json_:
             print_json(plan)
         else:
-            console.print(
-                f"would serve {escape(str(target.path))} with {target.engine} on {cfg.serve.host}:{cfg.serve.port}"
-            )
+            console.print(f"would serve {escape(str(target.path))} with {target.engine} on {cfg.serve.host}:{cfg.serve.port}")
         return
 
     def ready(info) -> None:
@@ -64,9 +59,7 @@ def serve(
             print_json(info.to_dict())
             return
         console.print(f"[bold]serving[/] {escape(info.model)} ({info.engine}) from {escape(info.path)}")
-        console.print(
-            f"  API        {info.url}/v1   (OpenAI-compatible{', Bearer key required' if info.api_key_required else ''})"
-        )
+        console.print(f"  API        {info.url}/v1   (OpenAI-compatible{', Bearer key required' if info.api_key_required else ''})")
         console.print(f"  chat page  {info.url}/")
         console.print(f"  metrics    {info.url}/metrics")
         if info.log_dir:

@@ -23,21 +23,12 @@ def _method(value: Optional[str]) -> Optional[str]:
 def train(
     method: Annotated[
         Optional[str],
-        typer.Option(
-            "--method",
-            "-m",
-            help="scratch, sft, lora, qlora or dpo (default: train.method).",
-            callback=_method,
-            show_default=False,
-        ),
+        typer.Option("--method", "-m", help="scratch, sft, lora, qlora or dpo (default: train.method).",
+                     callback=_method, show_default=False),
     ] = None,
     resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the newest unfinished run (or train.run_name) from its "
-            "newest checkpoint; refused if config or data changed (unless --force).",
-        ),
+        bool, typer.Option("--resume", help="Continue the newest unfinished run (or train.run_name) from its "
+                           "newest checkpoint; refused if config or data changed (unless --force).")
     ] = False,
     nproc: Annotated[
         Optional[int], typer.Option("--nproc", min=1, help="Train with N processes (relaunches under torchrun).")
@@ -77,12 +68,7 @@ def train(
     else:
         with _ProgressBar() as bar:
             result = train_verb(
-                cfg.model,
-                cfg.train,
-                workspace_of(loaded),
-                resume=resume,
-                force=force,
-                dry_run=False,
+                cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=False,
                 progress=bar.update,
             )
     if not result.get("is_main", True):
@@ -168,11 +154,8 @@ def _print_plan(plan: dict) -> None:
         ("steps", f"{plan['steps']:,} ({plan['steps_per_epoch']:,} per epoch, batch {plan['effective_batch']})"),
         ("learning rate", f"{plan['learning_rate']:g}"),
         ("precision", plan["precision"]),
-        (
-            "memory estimate",
-            f"{mem['total_gib']:.2f} GiB (weights {mem['weights_gib']:.2f}, optimizer "
-            f"{mem['gradients_optimizer_gib']:.2f}, activations {mem['activations_gib']:.2f})",
-        ),
+        ("memory estimate", f"{mem['total_gib']:.2f} GiB (weights {mem['weights_gib']:.2f}, optimizer "
+         f"{mem['gradients_optimizer_gib']:.2f}, activations {mem['activations_gib']:.2f})"),
     ]
     if plan.get("four_bit"):
         rows.append(("4-bit", plan["four_bit"]))

@@ -49,7 +49,9 @@ class EvalConfig(Section):
     bootstrap: int = Field(
         1000, ge=0, description="Bootstrap resamples for the confidence intervals of deltas against the base (0 = off)."
     )
-    cache: bool = Field(True, description="Reuse generations cached per (target, prompt, decoding) under eval/cache/.")
+    cache: bool = Field(
+        True, description="Reuse generations cached per (target, prompt, decoding) under eval/cache/."
+    )
     ollama_host: str | None = Field(
         None, description="Ollama address for ollama:NAME targets (default: $OLLAMA_HOST, else 127.0.0.1:11434)."
     )

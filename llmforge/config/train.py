@@ -93,8 +93,7 @@ class TrainConfig(Section):
         "unset: transformers' default (fused AdamW on torch >= 2.8).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
-        description="Training precision ('auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU).",
+        "auto", description="Training precision ('auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU)."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps for learning-rate warmup.")

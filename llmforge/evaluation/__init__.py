@@ -72,12 +72,8 @@ def evaluate(
                 compared[r.label] = deltas(reference, r, eval)
     judge = None
     if eval.judge.endpoint:
-        judge = {
-            "endpoint": eval.judge.endpoint,
-            "model": eval.judge.model,
-            "criteria": eval.judge.criteria,
-            "scale": eval.judge.scale,
-        }
+        judge = {"endpoint": eval.judge.endpoint, "model": eval.judge.model, "criteria": eval.judge.criteria,
+                 "scale": eval.judge.scale}
 
     stamp = stamp or timestamp()
     folder = ws.eval_dir(stamp)
@@ -87,17 +83,8 @@ def evaluate(
         n += 1
     stamp = folder.name
     run = next((r.run for r in results if r.run), None)
-    report = report_io.build(
-        stamp,
-        results,
-        items,
-        data,
-        reference.label if reference else None,
-        compared,
-        decoding_of(eval),
-        judge,
-        {"run": run},
-    )
+    report = report_io.build(stamp, results, items, data, reference.label if reference else None, compared,
+                             decoding_of(eval), judge, {"run": run})
     import yaml
 
     with atomic.atomic_dir(folder) as tmp:
@@ -105,46 +92,28 @@ def evaluate(
         atomic.write_json(tmp / "report.json", report)
         atomic.write_text(tmp / "report.md", report_io.markdown(report))
         atomic.write_text(tmp / "predictions.jsonl", report_io.predictions_jsonl(results, items))
-        atomic.write_text(
-            tmp / "config.yaml",
-            yaml.safe_dump(
-                {"model": model.model_dump(mode="json"), "eval": eval.model_dump(mode="json")}, sort_keys=False
-            ),
-        )
+        atomic.write_text(tmp / "config.yaml", yaml.safe_dump(
+            {"model": model.model_dump(mode="json"), "eval": eval.model_dump(mode="json")}, sort_keys=False))
         # Hash the data and the adapters (small); weights are identified by each target's fingerprint instead,
         # since re-reading gigabytes of checkpoints and GGUFs on every eval would cost more than the eval.
         inputs: dict[str, Path | str] = {"data": data}
         for r in results:
             if r.ok and r.adapter:
                 inputs[f"{r.label} adapter"] = r.adapter
-        atomic.write_json(
-            tmp / "manifest.json",
-            build("eval", inputs, timer, targets=[r.summary() for r in results], failed=sorted(report["failed"])),
-        )
+        atomic.write_json(tmp / "manifest.json", build(
+            "eval", inputs, timer, targets=[r.summary() for r in results],
+            failed=sorted(report["failed"])))
     # `llmforge runs` shows a flat metrics dict: the run's own numbers (else the first target that reported).
-    headline = next((r for r in ok if r.run and r.kind == "hf"), next((r for r in ok if r is not reference), reference))
-    flat = (
-        {}
-        if headline is None
-        else {
-            k: headline.metrics.get(k)
-            for k in ("exact_match", "f1", "perplexity", "bleu", "rougeL", "chrf")
-            if headline.metrics.get(k) is not None
-        }
-    )
+    headline = next((r for r in ok if r.run and r.kind == "hf"), next((r for r in ok if r is not reference),
+                                                                      reference))
+    flat = {} if headline is None else {
+        k: headline.metrics.get(k) for k in ("exact_match", "f1", "perplexity", "bleu", "rougeL", "chrf")
+        if headline.metrics.get(k) is not None}
     failed = sorted(report["failed"])
-    registry.record(
-        ws.registry_file,
-        "eval",
-        f"eval-{stamp}",
-        parent=run,
-        path=str(folder),
-        status=f"{len(failed)} of {len(results)} targets failed" if failed else "complete",
-        metrics=flat,
-        metrics_of=headline.label if headline else None,
-        targets=[r.label for r in results],
-        failed=failed,
-    )
+    registry.record(ws.registry_file, "eval", f"eval-{stamp}", parent=run, path=str(folder),
+                    status=f"{len(failed)} of {len(results)} targets failed" if failed else "complete",
+                    metrics=flat, metrics_of=headline.label if headline else None,
+                    targets=[r.label for r in results], failed=failed)
     return EvalResult(report=report, folder=folder, failed=[r.label for r in results if not r.ok])
 
 

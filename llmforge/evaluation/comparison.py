@@ -72,36 +72,18 @@ def wanted(config: EvalConfig) -> tuple[bool, bool]:
 def open_engine(target: Target, model: ModelConfig, config: EvalConfig, items: list[Example]):
     """The engine for one target: a plain `if` over its kind (architecture.md rule 4)."""
     if target.kind == "hf":
-        require_extra(
-            "evaluating a transformers model",
-            "train",
-            "torch",
-            "transformers",
-            *(["peft"] if target.adapter is not None else []),
-        )
+        require_extra("evaluating a transformers model", "train", "torch", "transformers",
+                      *(["peft"] if target.adapter is not None else []))
         from llmforge.evaluation.hf_engine import HFEngine
 
-        return HFEngine(
-            target.model,
-            target.tokenizer,
-            target.adapter,
-            revision=target.revision,
-            dtype=model.dtype,
-            trust_remote_code=model.trust_remote_code,
-            chat_template=model.chat_template,
-        )
+        return HFEngine(target.model, target.tokenizer, target.adapter, revision=target.revision, dtype=model.dtype,
+                        trust_remote_code=model.trust_remote_code, chat_template=model.chat_template)
     if target.kind == "gguf":
         from llmforge.evaluation.gguf_engine import GGUFEngine
 
-        return GGUFEngine(
-            target.model,
-            target.tokenizer,
-            max_length=config.max_length,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-            chat_template=model.chat_template,
-            examples=items,
-        )
+        return GGUFEngine(target.model, target.tokenizer, max_length=config.max_length,
+                          max_new_tokens=config.max_new_tokens, seed=config.seed, chat_template=model.chat_template,
+                          examples=items)
     from llmforge.evaluation.remote import HTTPEngine, OllamaEngine
 
     if target.kind == "ollama":
@@ -206,9 +188,8 @@ def summarise(result: TargetResult, items: list[Example], keep: set[str] | None 
     result.metrics = metrics
 
 
-def run_judge(
-    results: list[TargetResult], items: list[Example], config: EvalConfig, cache_dir: Path | None, progress: Progress
-) -> None:
+def run_judge(results: list[TargetResult], items: list[Example], config: EvalConfig, cache_dir: Path | None,
+              progress: Progress) -> None:
     from llmforge.evaluation.judge import Judge
 
     by_index = {ex.index: ex for ex in items}

@@ -15,17 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class GGUFEngine:
-    def __init__(
-        self,
-        path: str,
-        tokenizer: str | None,
-        *,
-        max_length: int,
-        max_new_tokens: int,
-        seed: int,
-        chat_template: str = "auto",
-        examples: list[Example] | None = None,
-    ):
+    def __init__(self, path: str, tokenizer: str | None, *, max_length: int, max_new_tokens: int, seed: int,
+                 chat_template: str = "auto", examples: list[Example] | None = None):
         require_extra("evaluating a GGUF file", "llamacpp", "llama_cpp")
         from llmforge.llamacpp import open_llama
 
@@ -75,24 +66,16 @@ class GGUFEngine:
         if self.tokenizer is None:
             return self._chat_completion(prompt, max_new_tokens, temperature, seed)
         tok = self.tokenizer
-        ids = list(
-            tok.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
-        )
+        ids = list(tok.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)[
+            "input_ids"])
         stops = {t for t in (tok.eos_token_id, self.llm.token_eos()) if t is not None and t >= 0}
         self.llm.set_seed(seed)
         self.llm.reset()
         new: list[int] = []
         started = time.perf_counter()
         if max_new_tokens > 0:
-            for token in self.llm.generate(
-                ids,
-                temp=temperature,
-                top_k=0 if temperature > 0 else 1,
-                top_p=1.0,
-                min_p=0.0,
-                repeat_penalty=1.0,
-                reset=True,
-            ):
+            for token in self.llm.generate(ids, temp=temperature, top_k=0 if temperature > 0 else 1, top_p=1.0,
+                                           min_p=0.0, repeat_penalty=1.0, reset=True):
                 if token in stops:
                     break
                 new.append(int(token))
@@ -104,19 +87,11 @@ class GGUFEngine:
     def _chat_completion(self, prompt, max_new_tokens, temperature, seed) -> dict:
         """No HF tokenizer: llama.cpp renders the GGUF's embedded chat template itself."""
         started = time.perf_counter()
-        out = self.llm.create_chat_completion(
-            messages=prompt,
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=1 if temperature == 0 else 0,
-            seed=seed,
-        )
+        out = self.llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=temperature,
+                                              top_k=1 if temperature == 0 else 0, seed=seed)
         seconds = time.perf_counter() - started
-        return {
-            "text": (out["choices"][0]["message"].get("content") or "").strip(),
-            "new_tokens": int(out.get("usage", {}).get("completion_tokens") or 0),
-            "seconds": seconds,
-        }
+        return {"text": (out["choices"][0]["message"].get("content") or "").strip(),
+                "new_tokens": int(out.get("usage", {}).get("completion_tokens") or 0), "seconds": seconds}
 
     def close(self) -> None:
         self.llm.close()

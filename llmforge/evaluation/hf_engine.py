@@ -35,10 +35,8 @@ def use_training_template(tokenizer, configured: str = "auto") -> str:
 
     try:
         chosen = resolve_training_template(
-            getattr(tokenizer, "chat_template", None),
-            configured,
-            bos_token=tokenizer.bos_token,
-            eos_token=tokenizer.eos_token,
+            getattr(tokenizer, "chat_template", None), configured,
+            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
         )
     except UsageError:
         if getattr(tokenizer, "chat_template", None):
@@ -114,24 +112,14 @@ def nll_of(logits: torch.Tensor, ids: list[int], mask: list[int]) -> tuple[float
 class HFEngine:
     """One transformers model in memory, on CUDA when there is one."""
 
-    def __init__(
-        self,
-        model: str,
-        tokenizer: str | None,
-        adapter: Path | None = None,
-        *,
-        revision: str | None = None,
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
-        chat_template: str = "auto",
-    ):
+    def __init__(self, model: str, tokenizer: str | None, adapter: Path | None = None, *, revision: str | None = None,
+                 dtype: str = "auto", trust_remote_code: bool = False, chat_template: str = "auto"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress bar is the one on screen
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = load_tokenizer(
-            tokenizer or model, revision if tokenizer in (None, model) else None, trust_remote_code
-        )
+        self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
+                                        trust_remote_code)
         self.template_source = use_training_template(self.tokenizer, chat_template)
         from llmforge import checkpoints
 
@@ -164,9 +152,7 @@ class HFEngine:
         from transformers import GenerationConfig
 
         decoding = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            repetition_penalty=1.0,
+            max_new_tokens=max_new_tokens, do_sample=temperature > 0, repetition_penalty=1.0,
             eos_token_id=stops or None,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0],
             **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}),
@@ -180,7 +166,7 @@ class HFEngine:
                 generation_config=decoding,
             )
         seconds = time.perf_counter() - started
-        new = out[0, len(ids) :].tolist()
+        new = out[0, len(ids):].tolist()
         while new and new[-1] in stops:
             new.pop()
         text = tok.decode(new, skip_special_tokens=True).strip()

@@ -13,9 +13,8 @@ from llmforge.evaluation.remote import HTTPEngine
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
-def rubric_prompt(
-    criteria: list[str], scale: int, question: list[dict[str, str]], reference: str, answer: str
-) -> list[dict[str, str]]:
+def rubric_prompt(criteria: list[str], scale: int, question: list[dict[str, str]], reference: str,
+                  answer: str) -> list[dict[str, str]]:
     conversation = "\n".join(f"{m['role']}: {m['content']}" for m in question)
     keys = ", ".join(f'"{c}": <1-{scale}>' for c in criteria)
     system = (

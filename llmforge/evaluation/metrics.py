@@ -76,12 +76,8 @@ def score_texts(predictions: Sequence[str], references: Sequence[str]) -> TextSc
     predictions = [p or "" for p in predictions]
     if not predictions:
         empty = np.zeros((0, 0))
-        return TextScores(
-            corpus=dict.fromkeys(TEXT_METRICS),
-            per_example={k: [] for k in TEXT_METRICS},
-            bleu_stats=empty,
-            chrf_stats=empty,
-        )
+        return TextScores(corpus=dict.fromkeys(TEXT_METRICS), per_example={k: [] for k in TEXT_METRICS},
+                          bleu_stats=empty, chrf_stats=empty)
     bleu, chrf, sentence_bleu = _scorers()
     refs = [list(references)]
     n = len(predictions)
@@ -118,9 +114,7 @@ def perplexity(nll_sum: float, tokens: int) -> float:
     return math.exp(nll_sum / tokens) if tokens else float("nan")
 
 
-def metric_rows(
-    name: str, scores: TextScores | None, nll: Sequence[tuple[float, int]] | None
-) -> tuple[np.ndarray, Callable]:
+def metric_rows(name: str, scores: TextScores | None, nll: Sequence[tuple[float, int]] | None) -> tuple[np.ndarray, Callable]:
     """Per-example rows for metric `name` and the function that turns a selection of rows into the corpus score."""
     if name in ("loss", "perplexity"):
         rows = np.array(nll, dtype=float).reshape(-1, 2)

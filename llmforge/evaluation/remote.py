@@ -36,22 +36,18 @@ class HTTPEngine:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, headers=headers, method="GET" if body is None else "POST"
-        )
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
+                                     method="GET" if body is None else "POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:200]
-            raise LlmforgeError(
-                f"{self.base_url}{path} answered HTTP {exc.code}: {detail}",
-                hint="check the endpoint URL, its model name (?model=NAME) and API key",
-            ) from None
+            raise LlmforgeError(f"{self.base_url}{path} answered HTTP {exc.code}: {detail}",
+                                hint="check the endpoint URL, its model name (?model=NAME) and API key") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise LlmforgeError(
-                f"cannot reach {self.base_url} ({_reason(exc)})", hint="is the server running? check the host and port"
-            ) from None
+            raise LlmforgeError(f"cannot reach {self.base_url} ({_reason(exc)})",
+                                hint="is the server running? check the host and port") from None
         except ValueError as exc:
             raise LlmforgeError(f"{self.base_url}{path} did not answer JSON ({exc})") from None
 
@@ -66,17 +62,10 @@ class HTTPEngine:
 
     def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
         started = time.perf_counter()
-        out = self._request(
-            "/chat/completions",
-            {
-                "model": self.model,
-                "messages": prompt,
-                "max_tokens": max_new_tokens,
-                "temperature": temperature,
-                "seed": seed,
-                "stream": False,
-            },
-        )
+        out = self._request("/chat/completions", {
+            "model": self.model, "messages": prompt, "max_tokens": max_new_tokens, "temperature": temperature,
+            "seed": seed, "stream": False,
+        })
         seconds = time.perf_counter() - started
         try:
             text = out["choices"][0]["message"].get("content") or ""
@@ -100,15 +89,11 @@ class OllamaEngine:
         try:
             listed = self.client.list()
         except (ConnectionError, OSError) as exc:
-            raise LlmforgeError(
-                f"cannot reach Ollama at {host} ({_reason(exc)})",
-                hint="start it (ollama serve) or set OLLAMA_HOST / eval.ollama_host",
-            ) from None
+            raise LlmforgeError(f"cannot reach Ollama at {host} ({_reason(exc)})",
+                                hint="start it (ollama serve) or set OLLAMA_HOST / eval.ollama_host") from None
         except Exception as exc:  # httpx errors and ollama.ResponseError
-            raise LlmforgeError(
-                f"Ollama at {host} failed: {_reason(exc)}",
-                hint="start it (ollama serve) or set OLLAMA_HOST / eval.ollama_host",
-            ) from None
+            raise LlmforgeError(f"Ollama at {host} failed: {_reason(exc)}",
+                                hint="start it (ollama serve) or set OLLAMA_HOST / eval.ollama_host") from None
         names = {}
         for item in getattr(listed, "models", None) or []:
             name = getattr(item, "model", None) or getattr(item, "name", None)
@@ -117,21 +102,15 @@ class OllamaEngine:
         wanted = [model, f"{model}:latest"]
         found = next((n for n in wanted if n in names), None)
         if found is None:
-            raise LlmforgeError(
-                f"Ollama at {host} has no model {model!r}",
-                hint=f"deploy it first (llmforge deploy ollama --name {model}); has: "
-                + (", ".join(sorted(names)) or "none"),
-            )
+            raise LlmforgeError(f"Ollama at {host} has no model {model!r}",
+                                hint=f"deploy it first (llmforge deploy ollama --name {model}); has: "
+                                + (", ".join(sorted(names)) or "none"))
         self.digest = names[found]
 
     def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
         # repeat_penalty 1.0: Ollama's default (1.1) would decode differently from every other target
-        options: dict[str, Any] = {
-            "temperature": temperature,
-            "seed": seed,
-            "num_predict": max_new_tokens,
-            "repeat_penalty": 1.0,
-        }
+        options: dict[str, Any] = {"temperature": temperature, "seed": seed, "num_predict": max_new_tokens,
+                                   "repeat_penalty": 1.0}
         if temperature == 0:
             options["top_k"] = 1
         started = time.perf_counter()

@@ -31,32 +31,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def build(
-    stamp: str,
-    results: list[TargetResult],
-    items: list[Example],
-    data: Path,
-    reference: str | None,
-    deltas: dict[str, dict],
-    decoding: dict,
-    judge: dict | None,
-    extra: dict,
-) -> dict[str, Any]:
-    return _clean(
-        {
-            "stamp": stamp,
-            "data": {"path": str(data), "examples": len(items), "generation_examples": sum(e.generates for e in items)},
-            "decoding": decoding,
-            "reference": reference,
-            "metrics": {r.label: r.metrics for r in results if r.ok},
-            "deltas": deltas,
-            "targets": [r.summary() for r in results],
-            "failed": {r.label: {"error": r.error, "hint": r.hint} for r in results if not r.ok},
-            "judge": judge,
-            "scales": SCALES,
-            **extra,
-        }
-    )
+def build(stamp: str, results: list[TargetResult], items: list[Example], data: Path, reference: str | None,
+          deltas: dict[str, dict], decoding: dict, judge: dict | None, extra: dict) -> dict[str, Any]:
+    return _clean({
+        "stamp": stamp,
+        "data": {"path": str(data), "examples": len(items), "generation_examples": sum(e.generates for e in items)},
+        "decoding": decoding,
+        "reference": reference,
+        "metrics": {r.label: r.metrics for r in results if r.ok},
+        "deltas": deltas,
+        "targets": [r.summary() for r in results],
+        "failed": {r.label: {"error": r.error, "hint": r.hint} for r in results if not r.ok},
+        "judge": judge,
+        "scales": SCALES,
+        **extra,
+    })
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -70,16 +59,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation {report['stamp']}", ""]
     d = report["data"]
-    lines += [
-        f"Data: `{d['path']}`: {d['examples']} examples, {d['generation_examples']} with a reference answer.",
-        f"Decoding: {', '.join(f'{k}={v}' for k, v in report['decoding'].items())}.",
-        "",
-    ]
-    keys = [
-        k
-        for k in METRIC_KEYS + ["latency_s", "tokens_per_second"]
-        if any(k in ms and ms[k] is not None for ms in report["metrics"].values())
-    ]
+    lines += [f"Data: `{d['path']}`: {d['examples']} examples, {d['generation_examples']} with a reference answer.",
+              f"Decoding: {', '.join(f'{k}={v}' for k, v in report['decoding'].items())}.", ""]
+    keys = [k for k in METRIC_KEYS + ["latency_s", "tokens_per_second"]
+            if any(k in ms and ms[k] is not None for ms in report["metrics"].values())]
     judge_keys = sorted({k for ms in report["metrics"].values() for k in ms if k.startswith("judge_")})
     keys += judge_keys
     lines += ["| target | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -93,15 +76,9 @@ def markdown(report: dict[str, Any]) -> str:
     if report["deltas"]:
         lines += [f"## Deltas against `{report['reference']}` (95% paired bootstrap intervals)", ""]
         for label, per in report["deltas"].items():
-            lines.append(
-                f"- **{label}**: "
-                + "; ".join(
-                    f"{k} {v['delta']:+.4g}"
-                    + (f" [{v['low']:+.4g}, {v['high']:+.4g}]" if v.get("low") is not None else "")
-                    for k, v in per.items()
-                    if v.get("delta") is not None
-                )
-            )
+            lines.append(f"- **{label}**: " + "; ".join(
+                f"{k} {v['delta']:+.4g}" + (f" [{v['low']:+.4g}, {v['high']:+.4g}]" if v.get("low") is not None else "")
+                for k, v in per.items() if v.get("delta") is not None))
         lines.append("")
     if report["failed"]:
         lines += ["## Failed targets", ""]
@@ -114,10 +91,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["## Notes", "", report["scales"], ""]
     for t in report["targets"]:
         if t["error"] is None:
-            lines.append(
-                f"- {t['label']}: {t['kind']}, {t['generated']} generated, {t['cached']} from cache, "
-                f"scored tokens: {t['mask'] or 'n/a'}, {t['seconds']} s."
-            )
+            lines.append(f"- {t['label']}: {t['kind']}, {t['generated']} generated, {t['cached']} from cache, "
+                         f"scored tokens: {t['mask'] or 'n/a'}, {t['seconds']} s.")
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
@@ -128,20 +103,14 @@ def predictions_jsonl(results: list[TargetResult], items: list[Example]) -> str:
     by_target = {r.label: {p["index"]: p for p in r.predictions or []} for r in results if r.ok}
     nll = {r.label: r.nll for r in results if r.ok and r.nll}
     for ex in items:
-        row: dict[str, Any] = {
-            "index": ex.index,
-            "line": ex.line,
-            "prompt": ex.prompt,
-            "reference": ex.reference,
-            "targets": {},
-        }
+        row: dict[str, Any] = {"index": ex.index, "line": ex.line, "prompt": ex.prompt, "reference": ex.reference,
+                               "targets": {}}
         for label, preds in by_target.items():
             entry: dict[str, Any] = {}
             if ex.index in preds:
                 p = preds[ex.index]
-                entry.update(
-                    prediction=p["text"], scores=p.get("scores"), seconds=p["seconds"], new_tokens=p.get("new_tokens")
-                )
+                entry.update(prediction=p["text"], scores=p.get("scores"), seconds=p["seconds"],
+                             new_tokens=p.get("new_tokens"))
             if label in nll:
                 s, n = nll[label][ex.index]
                 entry["loss"] = s / n if n else None
@@ -162,11 +131,8 @@ def plots(folder: Path, report: dict[str, Any], results: list[TargetResult], wor
         return []
     written = []
     ok = [r for r in results if r.ok]
-    groups = [
-        ("text metrics (0-1)", ["rouge1", "rouge2", "rougeL", "exact_match", "f1"]),
-        ("sacrebleu (0-100)", ["bleu", "chrf"]),
-        ("perplexity", ["perplexity"]),
-    ]
+    groups = [("text metrics (0-1)", ["rouge1", "rouge2", "rougeL", "exact_match", "f1"]),
+              ("sacrebleu (0-100)", ["bleu", "chrf"]), ("perplexity", ["perplexity"])]
     groups = [(title, [k for k in keys if any(r.metrics.get(k) is not None for r in ok)]) for title, keys in groups]
     groups = [g for g in groups if g[1]]
     if ok and groups:
@@ -231,11 +197,8 @@ def plots(folder: Path, report: dict[str, Any], results: list[TargetResult], wor
 def _per_example_diffs(reference: TargetResult, other: TargetResult, kind: str) -> list[float]:
     if kind == "f1":
         ref = {p["index"]: p["scores"]["f1"] for p in reference.predictions or [] if p.get("scores")}
-        return [
-            p["scores"]["f1"] - ref[p["index"]]
-            for p in other.predictions or []
-            if p.get("scores") and p["index"] in ref
-        ]
+        return [p["scores"]["f1"] - ref[p["index"]] for p in other.predictions or []
+                if p.get("scores") and p["index"] in ref]
     if not reference.nll or not other.nll:
         return []
     return [(b[0] / b[1]) - (a[0] / a[1]) for a, b in zip(reference.nll, other.nll) if a[1] and b[1]]

@@ -79,9 +79,8 @@ def _read_json(path: Path) -> dict:
         raise InputError(f"{path}: cannot read ({exc})") from None
 
 
-def resolve(
-    spec: str, workspace: Workspace, base_model: str | None, revision: str | None = None, ollama_host: str | None = None
-) -> Target:
+def resolve(spec: str, workspace: Workspace, base_model: str | None, revision: str | None = None,
+            ollama_host: str | None = None) -> Target:
     """Turn one target spec into a Target with every path it needs; raises LlmforgeError when it cannot."""
     if spec == "base":
         if not base_model:
@@ -139,9 +138,7 @@ def _resolve_run(spec: str, workspace: Workspace, base_model: str | None) -> Tar
     run_dir = workspace.run_dir(name)
     if not run_dir.is_dir():
         known = ", ".join(workspace.runs()) or "none"
-        raise UsageError(
-            f"target {spec}: no run named {name!r} in {workspace.runs_dir}", hint=f"finished runs: {known}"
-        )
+        raise UsageError(f"target {spec}: no run named {name!r} in {workspace.runs_dir}", hint=f"finished runs: {known}")
     manifest_file = workspace.run_manifest(name)
     manifest = _read_json(manifest_file) if manifest_file.is_file() else {}
     label = f"run:{name}"
@@ -171,14 +168,11 @@ def _resolve_gguf_quant(spec: str, workspace: Workspace, base_model: str | None)
             hint=f"export it first: llmforge export gguf --quant {quant}",
         )
     if len(found) > 1:
-        raise UsageError(
-            f"target {spec}: several files match in {folder}: {', '.join(p.name for p in found)}",
-            hint="name the file itself as the target",
-        )
+        raise UsageError(f"target {spec}: several files match in {folder}: {', '.join(p.name for p in found)}",
+                         hint="name the file itself as the target")
     path = found[0]
-    return Target(
-        spec, "gguf", spec, model=str(path), tokenizer=_gguf_tokenizer(path, (workspace, run), base_model), run=run
-    )
+    return Target(spec, "gguf", spec, model=str(path), tokenizer=_gguf_tokenizer(path, (workspace, run), base_model),
+                  run=run)
 
 
 def _gguf_tokenizer(path: Path, export: tuple[Workspace, str] | None, base_model: str | None) -> str | None:

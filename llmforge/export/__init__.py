@@ -37,23 +37,17 @@ def resolve_source(workspace: Workspace, source: str | Path | None) -> tuple[str
             return "model", path.parent.name if path.name in ("model", "merged") else path.name, path
         if (path / "model").is_dir() or (path / "adapter").is_dir():
             return resolve_source(workspace, path / ("model" if (path / "model").is_dir() else "adapter"))
-        raise InputError(
-            f"{path}: neither a HF model folder (config.json) nor a PEFT adapter (adapter_config.json)",
-            hint="pass a run name, a run folder, an adapter folder or a saved model folder",
-        )
+        raise InputError(f"{path}: neither a HF model folder (config.json) nor a PEFT adapter (adapter_config.json)",
+                         hint="pass a run name, a run folder, an adapter folder or a saved model folder")
     run = str(source)
     if _is_model_dir(workspace.model_dir(run)):
         return "model", run, workspace.model_dir(run)
     if (workspace.adapter_dir(run) / "adapter_config.json").is_file():
         return "adapter", run, workspace.adapter_dir(run)
     if workspace.run_dir(run).is_dir():
-        raise InputError(
-            f"{workspace.run_dir(run)}: the run has neither model/ nor adapter/",
-            hint="the run did not finish; train it again or pass a model folder",
-        )
-    raise UsageError(
-        f"no run or folder named {run!r}", hint=f"runs in this workspace: {', '.join(workspace.runs()) or 'none'}"
-    )
+        raise InputError(f"{workspace.run_dir(run)}: the run has neither model/ nor adapter/",
+                         hint="the run did not finish; train it again or pass a model folder")
+    raise UsageError(f"no run or folder named {run!r}", hint=f"runs in this workspace: {', '.join(workspace.runs()) or 'none'}")
 
 
 def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
@@ -73,20 +67,12 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
             return str(base)
     if model.name:
         return model.name
-    raise UsageError(
-        f"{adapter_dir}: cannot tell which base model this adapter belongs to", hint="set model.name to the base model"
-    )
+    raise UsageError(f"{adapter_dir}: cannot tell which base model this adapter belongs to",
+                     hint="set model.name to the base model")
 
 
-def merge(
-    model: ModelConfig,
-    export: ExportConfig,
-    workspace: Workspace,
-    sources: list[str] | None = None,
-    *,
-    dtype: str = "auto",
-    force: bool = False,
-) -> dict[str, Any]:
+def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
+          dtype: str = "auto", force: bool = False) -> dict[str, Any]:
     """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
     write export/<last run>/merged/ with its manifest. Returns that manifest."""
     from llmforge import manifest as manifests
@@ -98,10 +84,8 @@ def merge(
     resolved = [resolve_source(workspace, s) for s in (sources or [None])]
     for kind, _name, path in resolved:
         if kind != "adapter":
-            raise UsageError(
-                f"{path} is a full model, not an adapter: nothing to merge",
-                hint="convert it directly: llmforge export gguf " + str(path),
-            )
+            raise UsageError(f"{path} is a full model, not an adapter: nothing to merge",
+                             hint="convert it directly: llmforge export gguf " + str(path))
     adapters = [path for _, _, path in resolved]
     base = base_model_of(adapters[0], model)
     run = resolved[-1][1]
@@ -112,29 +96,14 @@ def merge(
         inputs.update({f"adapter_{i}": a for i, a in enumerate(adapters)})
         body = manifests.build("export merge", inputs, timer, output=str(out), **facts)
         (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    registry.record(
-        workspace.registry_file,
-        "export",
-        f"{run}/merged",
-        parent=run,
-        path=str(out),
-        status="complete",
-        metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]},
-    )
+    registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
+                    metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
     return body
 
 
-def export_gguf(
-    model: ModelConfig,
-    export: ExportConfig,
-    workspace: Workspace,
-    source: str | Path | None = None,
-    *,
-    name: str | None = None,
-    dtype: str = "auto",
-    force: bool = False,
-    _options: dict | None = None,
-) -> dict[str, Any]:
+def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
+                name: str | None = None, dtype: str = "auto", force: bool = False,
+                _options: dict | None = None) -> dict[str, Any]:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
     folder reused). Raises LlmforgeError (exit 1) after writing the manifest when verification fails."""
@@ -157,17 +126,9 @@ def export_gguf(
     name = name or run
     out_dir = workspace.export_dir(run)
     opts = dict(_options or {})
-    result = produce(
-        path,
-        out_dir,
-        name,
-        quants,
-        verify_files=export.verify,
-        force=force,
-        converter=export.converter,
-        llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
-        **opts,
-    )
+    result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
+                     converter=export.converter,
+                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None, **opts)
     manifest_path = workspace.export_manifest(run)
     previous: dict = {}
     if manifest_path.is_file():
@@ -178,44 +139,22 @@ def export_gguf(
     # Files of an earlier export stay listed only when they came from the same model and are still there.
     same_source = previous.get("source") == str(path)
     new_names = {f["quant"] for f in result["files"]}
-    files = [
-        f
-        for f in previous.get("files", [])
-        if same_source and f.get("quant") not in new_names and (out_dir / str(f.get("path", ""))).is_file()
-    ] + result["files"]
+    files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
+             and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
     lora_adapters = previous.get("lora_adapters", [])
     body = manifests.build(
-        "export gguf",
-        {"model": path},
-        timer,
-        name=name,
-        run=run,
-        source=str(path),
-        converter=result["converter"],
-        conversion=result["conversion"],
-        config=export.model_dump(mode="json"),
-        files=files,
-        verified=all(f.get("verified") for f in files),
-        merged=merged_info is not None or kind == "adapter",
+        "export gguf", {"model": path}, timer, name=name, run=run, source=str(path), converter=result["converter"],
+        conversion=result["conversion"], config=export.model_dump(mode="json"), files=files,
+        verified=all(f.get("verified") for f in files), merged=merged_info is not None or kind == "adapter",
         lora_adapters=lora_adapters,
     )
     write_json(manifest_path, body)
     for f in result["files"]:
-        registry.record(
-            workspace.registry_file,
-            "export",
-            f"{run}/{f['quant']}",
-            parent=run,
-            path=str(out_dir / f["path"]),
-            status=_status(f),
-            metrics=_metrics(f),
-            sha256=f["sha256"],
-        )
+        registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
+                        path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
     if result["failures"]:
-        raise LlmforgeError(
-            "GGUF verification failed: " + " | ".join(result["failures"]),
-            hint=f"the files are kept and marked verified: false in {manifest_path}",
-        )
+        raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
+                            hint=f"the files are kept and marked verified: false in {manifest_path}")
     body["output_dir"] = str(out_dir)
     return body
 
@@ -229,16 +168,9 @@ def _metrics(entry: dict) -> dict:
     return {k: logits[k] for k in ("top1_agreement", "top1_agreement_decisive", "max_abs_diff") if k in logits}
 
 
-def export_lora_gguf(
-    model: ModelConfig,
-    export: ExportConfig,
-    workspace: Workspace,
-    source: str | Path | None = None,
-    *,
-    base_gguf: Path | None = None,
-    force: bool = False,
-    _options: dict | None = None,
-) -> dict[str, Any]:
+def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
+                     source: str | Path | None = None, *, base_gguf: Path | None = None,
+                     force: bool = False, _options: dict | None = None) -> dict[str, Any]:
     """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
     on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
     from llmforge.export.lora_gguf import export_adapter

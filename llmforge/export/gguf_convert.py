@@ -137,9 +137,8 @@ def _tensor_type(shape: tuple[int, ...], quant: QuantType) -> str:
     return quant.numpy
 
 
-def plan_tensors(
-    model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *, _permute: bool = True
-) -> list[PlannedTensor]:
+def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *,
+                 _permute: bool = True) -> list[PlannedTensor]:
     import gguf
 
     tensors = safetensors_stream.model_tensors(model_dir)
@@ -171,21 +170,15 @@ def plan_tensors(
         plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant), heads))
     names = {p.gguf_name for p in plan}
     if "token_embd.weight" not in names:
-        raise InputError(
-            f"{model_dir}: no token embedding (model.embed_tokens.weight) in the safetensors",
-            hint="the checkpoint is incomplete; re-save it",
-        )
+        raise InputError(f"{model_dir}: no token embedding (model.embed_tokens.weight) in the safetensors",
+                         hint="the checkpoint is incomplete; re-save it")
     if "output.weight" not in names and not tied:
-        raise InputError(
-            f"{model_dir}: no lm_head.weight and tie_word_embeddings is false",
-            hint="the checkpoint is incomplete; re-save it",
-        )
+        raise InputError(f"{model_dir}: no lm_head.weight and tie_word_embeddings is false",
+                         hint="the checkpoint is incomplete; re-save it")
     missing = [b for b in range(n_layers) if f"blk.{b}.attn_q.weight" not in names]
     if missing:
-        raise InputError(
-            f"{model_dir}: layer {missing[0]} has no attention weights but config says {n_layers} layers",
-            hint="the checkpoint is incomplete; re-save it",
-        )
+        raise InputError(f"{model_dir}: layer {missing[0]} has no attention weights but config says "
+                         f"{n_layers} layers", hint="the checkpoint is incomplete; re-save it")
     return plan
 
 
@@ -204,18 +197,14 @@ def _file_type(quant: QuantType) -> int:
     import gguf
 
     return {
-        "F32": gguf.LlamaFileType.ALL_F32,
-        "F16": gguf.LlamaFileType.MOSTLY_F16,
-        "BF16": gguf.LlamaFileType.MOSTLY_BF16,
-        "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-        "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-        "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+        "F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+        "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
     }[quant.numpy]
 
 
-def _add_metadata(
-    writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType, _write_rope_theta: bool
-) -> None:
+def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType,
+                  _write_rope_theta: bool) -> None:
     import gguf
 
     writer.add_name(name)
@@ -248,24 +237,14 @@ def _add_metadata(
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     elif rope_type not in ("default", "llama3"):
-        raise UsageError(
-            f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
-            hint="set export.llama_cpp_dir to use llama.cpp's converter",
-        )
+        raise UsageError(f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
+                         hint="set export.llama_cpp_dir to use llama.cpp's converter")
     gguf_vocab.add_to_writer(writer, vocab)
 
 
-def convert(
-    model_dir: Path,
-    out_path: Path,
-    quant: QuantType,
-    *,
-    name: str | None = None,
-    _permute: bool = True,
-    _write_rope_theta: bool = True,
-    _pre_tokenizer: str | None = None,
-    _after_tensor=None,
-) -> dict:
+def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
+            _permute: bool = True, _write_rope_theta: bool = True,
+            _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
     The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
@@ -349,4 +328,5 @@ def _encode(data, qtype: str):
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == "F16":
         return np.ascontiguousarray(data, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), getattr(gguf.GGMLQuantizationType, qtype))
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32),
+                                getattr(gguf.GGMLQuantizationType, qtype))

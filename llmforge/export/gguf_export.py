@@ -51,29 +51,16 @@ def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None
             try:
                 gguf_convert.arch_spec(config, model_dir)
             except UsageError as e:  # unsupported: say what is, and both ways to use llama.cpp's converter
-                e.hint = (
-                    "set export.llama_cpp_dir to a llama.cpp checkout, or export.converter: llama.cpp to "
-                    "download llama-cpp-python's source (~75 MB, once) and run its vendored converter"
-                )
+                e.hint = ("set export.llama_cpp_dir to a llama.cpp checkout, or export.converter: llama.cpp to "
+                          "download llama-cpp-python's source (~75 MB, once) and run its vendored converter")
                 raise
     llama_cpp_converter.converter_script(llama_cpp_dir)
     return "llama.cpp", llama_cpp_dir
 
 
-def produce(
-    model_dir: Path,
-    out_dir: Path,
-    name: str,
-    quants: list[QuantType],
-    *,
-    verify_files: bool = True,
-    force: bool = False,
-    converter: str = "auto",
-    llama_cpp_dir: Path | None = None,
-    backend: str = "auto",
-    reference_adapters: list[Path] | None = None,
-    _convert_options=None,
-) -> dict:
+def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
+            force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
+            backend: str = "auto", reference_adapters: list[Path] | None = None, _convert_options=None) -> dict:
     """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
     reported in the result (`failures`), not raised, so the caller can write the manifest first."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -93,9 +80,8 @@ def produce(
 
     k_quants = [q for q in quants if by_llama_cpp(q)]
     if k_quants and not llama_ok:
-        raise MissingExtraError(
-            f"llmforge export gguf --quant {','.join(q.name for q in k_quants)}", "llamacpp", ["llama_cpp"]
-        )
+        raise MissingExtraError(f"llmforge export gguf --quant {','.join(q.name for q in k_quants)}", "llamacpp",
+                                ["llama_cpp"])
 
     files: dict[str, dict] = {}
     convert_info: dict = {}
@@ -107,15 +93,12 @@ def produce(
                 continue
             started = time.perf_counter()
             if how == "native":
-                convert_info = gguf_convert.convert(
-                    model_dir, targets[q.name], q, name=name, **(_convert_options or {})
-                )
+                convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
+                                                    **(_convert_options or {}))
             else:
                 if q.name not in llama_cpp_converter.OUTTYPES:
-                    raise UsageError(
-                        f"llama.cpp's converter cannot write {q.name}",
-                        hint=f"use one of {', '.join(llama_cpp_converter.OUTTYPES)}",
-                    )
+                    raise UsageError(f"llama.cpp's converter cannot write {q.name}",
+                                     hint=f"use one of {', '.join(llama_cpp_converter.OUTTYPES)}")
                 convert_info = llama_cpp_converter.convert(llama_cpp_dir, model_dir, targets[q.name], q.name)
             files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": how}
         if k_quants:
@@ -127,9 +110,8 @@ def produce(
                 q16 = QUANT_TYPES[QUANTIZE_SOURCE]
                 temp_float = out_dir / f".{name}-{q16.name}.for-quantize.gguf"
                 if how == "native":
-                    convert_info = gguf_convert.convert(
-                        model_dir, temp_float, q16, name=name, **(_convert_options or {})
-                    )
+                    convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
+                                                        **(_convert_options or {}))
                 else:
                     convert_info = llama_cpp_converter.convert(llama_cpp_dir, model_dir, temp_float, q16.name)
                 source_float = temp_float
@@ -144,28 +126,16 @@ def produce(
     ordered = [q for q in quants]
     for q in ordered:
         path = targets[q.name]
-        files[q.name].update(
-            {
-                "kind": "model",
-                "quant": q.name,
-                "path": path.name,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "tensor_types": llama_cpp_quantize.tensor_types(path),
-                "verified": False,
-            }
-        )
+        files[q.name].update({"kind": "model", "quant": q.name, "path": path.name, "bytes": path.stat().st_size,
+                              "sha256": sha256_file(path), "tensor_types": llama_cpp_quantize.tensor_types(path),
+                              "verified": False})
 
     failures: list[str] = []
     if not verify_files:
         for f in files.values():
             f["verification"] = "skipped (--no-verify)"
     elif missing := missing_for_verification():
-        names = {
-            "llama_cpp": "llama-cpp-python (the 'llamacpp' extra)",
-            "torch": "torch",
-            "transformers": "transformers",
-        }
+        names = {"llama_cpp": "llama-cpp-python (the 'llamacpp' extra)", "torch": "torch", "transformers": "transformers"}
         what = ", ".join(names[m] for m in missing)
         log.warning("GGUF files written but NOT verified: %s not installed (`llmforge doctor` explains)", what)
         for f in files.values():
@@ -184,16 +154,12 @@ def produce(
             problems = []
             if not tok["ok"]:
                 first = tok["mismatches"][0]
-                problems.append(
-                    f"tokenizes {len(tok['mismatches'])} of {tok['texts']} probe texts differently "
-                    f"from HF (first: {first['text'][:40]!r}: HF {first['hf'][:12]} vs GGUF "
-                    f"{first['gguf'][:12]})"
-                )
+                problems.append(f"tokenizes {len(tok['mismatches'])} of {tok['texts']} probe texts differently "
+                                f"from HF (first: {first['text'][:40]!r}: HF {first['hf'][:12]} vs GGUF "
+                                f"{first['gguf'][:12]})")
             if q.strict and logits["top1_agreement_decisive"] < verify.MIN_AGREEMENT:
-                problems.append(
-                    f"top-1 agreement with HF {logits['top1_agreement_decisive']:.3f} "
-                    f"< {verify.MIN_AGREEMENT} (near-ties excluded)"
-                )
+                problems.append(f"top-1 agreement with HF {logits['top1_agreement_decisive']:.3f} "
+                                f"< {verify.MIN_AGREEMENT} (near-ties excluded)")
             f["verified"] = not problems
             if problems:
                 f["problems"] = problems

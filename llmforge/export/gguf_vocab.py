@@ -69,8 +69,7 @@ def pre_tokenizer_name(tok: dict) -> str:
             return _SPLIT_REGEXES[regex]
         raise UsageError(
             f"tokenizer.json: no llama.cpp pre-tokenizer is known to match the split regex {regex!r}",
-            hint="known: "
-            + ", ".join(sorted(set(_SPLIT_REGEXES.values())))
+            hint="known: " + ", ".join(sorted(set(_SPLIT_REGEXES.values())))
             + "; set export.converter: llama.cpp to use llama.cpp's own converter",
         )
     raise UsageError(
@@ -140,9 +139,7 @@ def load_vocab(model_dir: Path, n_vocab: int) -> GgufVocab:
     """Read the tokenizer of a HF model folder; `n_vocab` is the embedding's row count (tokens are padded to it)."""
     tok_path = model_dir / "tokenizer.json"
     if not tok_path.is_file():
-        hint = (
-            "this exporter reads the fast tokenizer (tokenizer.json); load and re-save the tokenizer with transformers"
-        )
+        hint = "this exporter reads the fast tokenizer (tokenizer.json); load and re-save the tokenizer with transformers"
         if (model_dir / "tokenizer.model").is_file():
             hint = "only a SentencePiece tokenizer.model is present: " + hint
         raise InputError(f"{model_dir}: no tokenizer.json", hint=hint)

@@ -20,10 +20,8 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes i
 def converter_script(llama_cpp_dir: Path) -> Path:
     script = Path(llama_cpp_dir) / "convert_hf_to_gguf.py"
     if not script.is_file():
-        raise UsageError(
-            f"export.llama_cpp_dir: {llama_cpp_dir} has no convert_hf_to_gguf.py",
-            hint="point it at the root of a llama.cpp checkout",
-        )
+        raise UsageError(f"export.llama_cpp_dir: {llama_cpp_dir} has no convert_hf_to_gguf.py",
+                         hint="point it at the root of a llama.cpp checkout")
     return script
 
 
@@ -72,10 +70,9 @@ def fetch_converter(version: str | None = None) -> Path:
         archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode != 0 or not archives:
             lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-            raise LlmforgeError(
-                f"could not download {spec}'s source for llama.cpp's converter: {lines[-1] if lines else 'no archive'}",
-                hint="set export.llama_cpp_dir to a llama.cpp checkout instead",
-            )
+            raise LlmforgeError(f"could not download {spec}'s source for llama.cpp's converter: "
+                                f"{lines[-1] if lines else 'no archive'}",
+                                hint="set export.llama_cpp_dir to a llama.cpp checkout instead")
         return extract_converter(archives[0], target)
 
 
@@ -99,10 +96,8 @@ def extract_converter(archive: Path, target: Path) -> Path:
                     with tar.extractfile(member) as src, open(dest, "wb") as out:
                         shutil.copyfileobj(src, out)
         if not (staging / "convert_hf_to_gguf.py").is_file():
-            raise LlmforgeError(
-                f"{archive.name} has no vendor/llama.cpp/convert_hf_to_gguf.py",
-                hint="set export.llama_cpp_dir to a llama.cpp checkout instead",
-            )
+            raise LlmforgeError(f"{archive.name} has no vendor/llama.cpp/convert_hf_to_gguf.py",
+                                hint="set export.llama_cpp_dir to a llama.cpp checkout instead")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

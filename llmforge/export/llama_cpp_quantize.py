@@ -32,10 +32,8 @@ def quantize(src: Path, dst: Path, quant: QuantType) -> None:
         with atomic_path(dst) as tmp:
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
             if rc != 0:
-                raise LlmforgeError(
-                    f"llama.cpp could not quantize {src.name} to {quant.name} (code {rc})",
-                    hint="run with LLMFORGE_DEBUG=1 to see llama.cpp's log",
-                )
+                raise LlmforgeError(f"llama.cpp could not quantize {src.name} to {quant.name} (code {rc})",
+                                    hint="run with LLMFORGE_DEBUG=1 to see llama.cpp's log")
     finally:
         llama_log.setLevel(level)
 

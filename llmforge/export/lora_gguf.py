@@ -39,25 +39,16 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
 
     acfg = check_adapter(adapter_dir)
     if acfg.get("peft_type", "LORA") != "LORA":
-        raise UsageError(
-            f"{adapter_dir}: {acfg.get('peft_type')} adapters cannot be written as GGUF LoRA",
-            hint="merge it instead: llmforge export merge, then export gguf",
-        )
+        raise UsageError(f"{adapter_dir}: {acfg.get('peft_type')} adapters cannot be written as GGUF LoRA",
+                         hint="merge it instead: llmforge export merge, then export gguf")
     if acfg.get("use_dora"):
-        raise UsageError(
-            f"{adapter_dir}: DoRA adapters have no GGUF LoRA form", hint="merge it instead: llmforge export merge"
-        )
+        raise UsageError(f"{adapter_dir}: DoRA adapters have no GGUF LoRA form", hint="merge it instead: llmforge export merge")
     if acfg.get("modules_to_save"):
-        raise UsageError(
-            f"{adapter_dir}: the adapter also trains full modules {acfg['modules_to_save']}, which a "
-            "GGUF LoRA cannot carry",
-            hint="merge it instead: llmforge export merge",
-        )
+        raise UsageError(f"{adapter_dir}: the adapter also trains full modules {acfg['modules_to_save']}, which a "
+                         "GGUF LoRA cannot carry", hint="merge it instead: llmforge export merge")
     if acfg.get("rank_pattern") or acfg.get("alpha_pattern"):
-        raise UsageError(
-            f"{adapter_dir}: per-module rank/alpha patterns are not supported",
-            hint="merge it instead: llmforge export merge",
-        )
+        raise UsageError(f"{adapter_dir}: per-module rank/alpha patterns are not supported",
+                         hint="merge it instead: llmforge export merge")
     config = gguf_convert.read_config(base_dir)
     spec = gguf_convert.arch_spec(config, base_dir)
     r = int(acfg["r"])
@@ -73,10 +64,8 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
     for name, entry in sorted(entries.items()):
         if ".lora_A." not in name:
             if ".lora_B." not in name:
-                raise UsageError(
-                    f"{adapter_dir}: tensor {name} is not a LoRA A/B matrix",
-                    hint="merge it instead: llmforge export merge",
-                )
+                raise UsageError(f"{adapter_dir}: tensor {name} is not a LoRA A/B matrix",
+                                 hint="merge it instead: llmforge export merge")
             continue
         b_name = name.replace(".lora_A.", ".lora_B.")
         if b_name not in entries:
@@ -87,9 +76,7 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
             raise InputError(f"{adapter_dir}: {base_name} has no GGUF name for {spec.gguf_arch.lower()}")
         heads = 0
         if spec.permute_qk and _permute:
-            heads = (
-                n_head if base_name.endswith("q_proj.weight") else n_kv if base_name.endswith("k_proj.weight") else 0
-            )
+            heads = n_head if base_name.endswith("q_proj.weight") else n_kv if base_name.endswith("k_proj.weight") else 0
         pairs.append((gguf_name, entry, entries[b_name], heads))
     if not pairs:
         raise InputError(f"{adapter_dir}: no LoRA matrices in the adapter")
@@ -103,13 +90,8 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     for gguf_name, a, b, _ in pairs:
         for suffix, e in ((".lora_a", a), (".lora_b", b)):
-            writer.add_tensor_info(
-                gguf_name + suffix,
-                e.shape,
-                np.dtype(np.float32),
-                4 * math.prod(e.shape),
-                raw_dtype=gguf.GGMLQuantizationType.F32,
-            )
+            writer.add_tensor_info(gguf_name + suffix, e.shape, np.dtype(np.float32), 4 * math.prod(e.shape),
+                                   raw_dtype=gguf.GGMLQuantizationType.F32)
     with atomic_path(out_path) as tmp:
         try:
             writer.write_header_to_file(path=tmp)
@@ -123,13 +105,8 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
                 writer.write_tensor_data(np.ascontiguousarray(lora_b, dtype=np.float32))
         finally:
             writer.close()
-    return {
-        "rank": r,
-        "alpha": alpha,
-        "rslora": bool(acfg.get("use_rslora")),
-        "tensors": 2 * len(pairs),
-        "target_modules": acfg.get("target_modules"),
-    }
+    return {"rank": r, "alpha": alpha, "rslora": bool(acfg.get("use_rslora")), "tensors": 2 * len(pairs),
+            "target_modules": acfg.get("target_modules")}
 
 
 def _float_file(path: Path) -> bool:
@@ -139,17 +116,8 @@ def _float_file(path: Path) -> bool:
     return field is not None and int(field.contents()) in (0, 1)  # ALL_F32, MOSTLY_F16
 
 
-def export_adapter(
-    model,
-    export,
-    workspace,
-    run: str,
-    adapter_dir: Path,
-    *,
-    base_gguf: Path | None = None,
-    force: bool = False,
-    _options: dict | None = None,
-) -> dict[str, Any]:
+def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, base_gguf: Path | None = None,
+                   force: bool = False, _options: dict | None = None) -> dict[str, Any]:
     """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest."""
     from llmforge import manifest as manifests
     from llmforge import registry
@@ -162,25 +130,15 @@ def export_adapter(
     opts = dict(_options or {})
     base = Path(base_model_of(adapter_dir, model))
     if not (base / "config.json").is_file():
-        raise InputError(
-            f"base model {base}: not a local model folder with config.json",
-            hint="lora-gguf needs the base model's files; set model.name to its folder",
-        )
+        raise InputError(f"base model {base}: not a local model folder with config.json",
+                         hint="lora-gguf needs the base model's files; set model.name to its folder")
     out_dir = workspace.export_dir(run)
     # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
     out = out_dir / "lora" / f"{run}-lora-f32.gguf"
     refuse_overwrite(out, force, "GGUF file")
     facts = write_lora_gguf(adapter_dir, base, out, **opts)
-    entry: dict[str, Any] = {
-        "kind": "lora_adapter",
-        "quant": "lora-f32",
-        "path": f"lora/{out.name}",
-        "bytes": out.stat().st_size,
-        "sha256": manifests.sha256_file(out),
-        "verified": False,
-        "base_model": str(base),
-        **facts,
-    }
+    entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": f"lora/{out.name}", "bytes": out.stat().st_size,
+                             "sha256": manifests.sha256_file(out), "verified": False, "base_model": str(base), **facts}
     failures = []
     if not export.verify:
         entry["verification"] = "skipped (--no-verify)"
@@ -208,10 +166,8 @@ def export_adapter(
         entry["verified_on"] = str(base_gguf) if base_gguf else "f32 conversion of the base"
         entry["verified"] = not strict or logits["top1_agreement_decisive"] >= verify.MIN_AGREEMENT
         if not entry["verified"]:
-            failures.append(
-                f"{out.name}: base+adapter top-1 agreement with HF {logits['top1_agreement_decisive']:.3f}"
-                f" < {verify.MIN_AGREEMENT}"
-            )
+            failures.append(f"{out.name}: base+adapter top-1 agreement with HF {logits['top1_agreement_decisive']:.3f}"
+                            f" < {verify.MIN_AGREEMENT}")
     manifest_path = workspace.export_manifest(run)
     previous = {}
     if manifest_path.is_file():
@@ -225,19 +181,11 @@ def export_adapter(
     body["lora_adapters"] = [a for a in body.get("lora_adapters", []) if a.get("path") != entry["path"]] + [entry]
     write_json(manifest_path, body)
     logits = entry.get("logits") or {}
-    registry.record(
-        workspace.registry_file,
-        "export",
-        f"{run}/lora",
-        parent=run,
-        path=str(out),
-        status="complete" if entry["verified"] else "unverified",
-        metrics={k: logits[k] for k in ("top1_agreement", "max_abs_diff") if k in logits},
-    )
+    registry.record(workspace.registry_file, "export", f"{run}/lora", parent=run, path=str(out),
+                    status="complete" if entry["verified"] else "unverified",
+                    metrics={k: logits[k] for k in ("top1_agreement", "max_abs_diff") if k in logits})
     if failures:
-        raise LlmforgeError(
-            "LoRA GGUF verification failed: " + "; ".join(failures),
-            hint=f"the file is kept and marked verified: false in {manifest_path}",
-        )
+        raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
+                            hint=f"the file is kept and marked verified: false in {manifest_path}")
     body["output_dir"] = str(out_dir)
     return body

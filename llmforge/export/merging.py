@@ -26,9 +26,7 @@ def check_adapter(adapter_dir: Path) -> dict:
     adapter_dir = Path(adapter_dir)
     config = adapter_dir / "adapter_config.json"
     if not config.is_file():
-        raise InputError(
-            f"{adapter_dir}: no adapter_config.json", hint="point at a PEFT adapter folder (runs/<run>/adapter)"
-        )
+        raise InputError(f"{adapter_dir}: no adapter_config.json", hint="point at a PEFT adapter folder (runs/<run>/adapter)")
     if not any(adapter_dir.glob("adapter_model.*")):
         raise InputError(f"{adapter_dir}: no adapter_model.safetensors", hint="the adapter was not saved completely")
     try:
@@ -41,11 +39,8 @@ def _dtype(name: str, base_dir: Path):
     import torch
 
     if name == "auto":
-        config = (
-            json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-            if (base_dir / "config.json").is_file()
-            else {}
-        )
+        config = json.loads((base_dir / "config.json").read_text(encoding="utf-8")) if (
+            base_dir / "config.json").is_file() else {}
         name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     if name not in DTYPES[1:]:
         raise UsageError(f"--dtype: unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPES)}")

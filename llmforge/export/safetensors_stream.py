@@ -80,11 +80,8 @@ def model_tensors(model_dir: Path) -> dict[str, TensorEntry]:
     """Every tensor of a HF model folder (single file or sharded), by name."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        extra = (
-            " (found PyTorch .bin weights: re-save with safe_serialization=True)"
-            if any(model_dir.glob("*.bin"))
-            else ""
-        )
+        extra = " (found PyTorch .bin weights: re-save with safe_serialization=True)" if any(
+            model_dir.glob("*.bin")) else ""
         raise InputError(f"{model_dir}: no .safetensors weights{extra}", hint="point at a saved HF model folder")
     out: dict[str, TensorEntry] = {}
     for f in files:

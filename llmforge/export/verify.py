@@ -91,17 +91,9 @@ def open_gguf(path: Path, *, vocab_only: bool = False, n_ctx: int = 512, lora_pa
 
     # Verification checks the file, not the kernels: plain CPU buffers always (see llmforge/llamacpp.py).
     return open_llama(
-        path,
-        extra_buffers=False,
-        vocab_only=vocab_only,
-        logits_all=not vocab_only,
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_threads=_n_threads(),
-        verbose=False,
-        lora_path=str(lora_path) if lora_path else None,
-        type_k=lib.GGML_TYPE_F32,
-        type_v=lib.GGML_TYPE_F32,  # an f16 KV cache would add its own error
+        path, extra_buffers=False, vocab_only=vocab_only, logits_all=not vocab_only, n_ctx=n_ctx, n_batch=n_ctx,
+        n_threads=_n_threads(), verbose=False, lora_path=str(lora_path) if lora_path else None,
+        type_k=lib.GGML_TYPE_F32, type_v=lib.GGML_TYPE_F32,  # an f16 KV cache would add its own error
     )
 
 
@@ -124,9 +116,8 @@ def prompt_ids(ref: Reference, max_len: int = 64) -> list[list[int]]:
     prompts = list(PROBE_PROMPTS)
     if getattr(ref.tokenizer, "chat_template", None):
         with contextlib.suppress(Exception):
-            prompts.append(
-                ref.tokenizer.apply_chat_template(PROBE_CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
-            )
+            prompts.append(ref.tokenizer.apply_chat_template(PROBE_CONVERSATION[:2], tokenize=False,
+                                                             add_generation_prompt=True))
     for p in prompts:
         ids = list(ref.tokenizer(p, add_special_tokens=True)["input_ids"])[:max_len]
         if ids:
@@ -144,9 +135,8 @@ def hf_logits(ref: Reference, prompts: list[list[int]]) -> list:
     return out
 
 
-def compare_logits(
-    gguf_path: Path, prompts: list[list[int]], reference_logits: list, lora_path: Path | None = None
-) -> dict:
+def compare_logits(gguf_path: Path, prompts: list[list[int]], reference_logits: list,
+                   lora_path: Path | None = None) -> dict:
     """Top-1 agreement and absolute differences of next-token logits at every position of every prompt."""
     import numpy as np
 

@@ -192,9 +192,7 @@ class Gate:
                 identity = "key:" + presented if presented else "addr:" + str(client[0])
                 wait = self.limiter.retry_after(identity, time.monotonic())
                 if wait is not None:
-                    body = error_body(
-                        "Rate limit reached; retry later.", "rate_limit_error", code="rate_limit_exceeded"
-                    )
+                    body = error_body("Rate limit reached; retry later.", "rate_limit_error", code="rate_limit_exceeded")
                     return await _send_json(send, 429, body, {"Retry-After": str(max(1, int(wait + 0.999)))})
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
@@ -483,14 +481,8 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         return {
             **head,
             "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
-            ],  # fmt: skip
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": result.finish_reason}],  # fmt: skip
             "usage": usage(result),
         }
 

@@ -197,9 +197,7 @@ class EngineWorker:
                     log.exception("generation failed")
                     active.remove(entry)
                     tokens.close()
-                    job.emit(
-                        "done", Result("error", len(job.prompt), decoding.produced, f"{type(exc).__name__}: {exc}")
-                    )
+                    job.emit("done", Result("error", len(job.prompt), decoding.produced, f"{type(exc).__name__}: {exc}"))
                     continue
                 if finished:
                     active.remove(entry)

@@ -95,7 +95,9 @@ def check_4bit() -> str:
         return "bitsandbytes on CUDA"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        out = subprocess.run([sys.executable, "-c", _PROBE_4BIT], capture_output=True, text=True, timeout=180, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE_4BIT], capture_output=True, text=True, timeout=180, env=env
+        )
         ok = out.returncode == 0 and "ok" in out.stdout
         detail = (out.stderr.strip().splitlines() or [""])[-1]
     except subprocess.TimeoutExpired:

@@ -56,8 +56,8 @@ def _check(record: Any, path: Path, line: int) -> str:
     if kind is None:
         raise InputError(
             f"{where}: record has none of the fields messages, text or prompt/chosen/rejected",
-            hint='canonical records are {"messages": [...]}, {"text": ...} or '
-            '{"prompt": [...], "chosen": [...], "rejected": [...]}; `llmforge data prepare` writes them',
+            hint="canonical records are {\"messages\": [...]}, {\"text\": ...} or "
+            "{\"prompt\": [...], \"chosen\": [...], \"rejected\": [...]}; `llmforge data prepare` writes them",
         )
     if kind == "messages":
         messages = record["messages"]
@@ -132,7 +132,7 @@ def load(train_data: str | None, workspace: Workspace, method: str) -> TrainingD
     wanted = {"dpo": ("preference",), "scratch": ("text", "messages")}.get(method, ("messages", "text"))
     if train.kind not in wanted:
         hint = (
-            'dpo needs preference records {"prompt", "chosen", "rejected"}'
+            "dpo needs preference records {\"prompt\", \"chosen\", \"rejected\"}"
             if method == "dpo"
             else "use --method dpo for preference data"
         )
@@ -164,6 +164,5 @@ def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return value
         return [{"role": m["role"], "content": m["content"]} for m in value]
 
-    return [
-        {"prompt": turns(r["prompt"]), "chosen": turns(r["chosen"]), "rejected": turns(r["rejected"])} for r in records
-    ]
+    return [{"prompt": turns(r["prompt"]), "chosen": turns(r["chosen"]), "rejected": turns(r["rejected"])}
+            for r in records]

@@ -59,30 +59,11 @@ def command(argv: list[str], nproc: int, run_name: str | None, accelerate_config
         # fixed here, once, so the processes need not agree on a timestamp (typed flags beat --set, so it sticks)
         args += ["--set", f"train.run_name={run_name}"]
     if accelerate_config:
-        launcher = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            accelerate_config,
-            "--num_processes",
-            str(nproc),
-            "-m",
-            "llmforge",
-            "train",
-        ]
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+                    "--num_processes", str(nproc), "-m", "llmforge", "train"]
     else:
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(nproc),
-            "-m",
-            "llmforge",
-            "train",
-        ]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                    "-m", "llmforge", "train"]
     return launcher + args
 
 

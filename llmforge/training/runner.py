@@ -65,7 +65,9 @@ def fingerprint(model_cfg, train_cfg, data: data_mod.TrainingData) -> dict[str, 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes = []
-    if old.get("train_data_sha256") != new["train_data_sha256"] or old.get("val_data_sha256") != new["val_data_sha256"]:
+    if old.get("train_data_sha256") != new["train_data_sha256"] or old.get("val_data_sha256") != new[
+        "val_data_sha256"
+    ]:
         changes.append("data")
     if old.get("config_sha256") != new["config_sha256"]:
         keys = []
@@ -177,15 +179,8 @@ def _count_params(model_cfg, train_cfg, method: str, tokenizer) -> tuple[int, in
 
         s = train_cfg.scratch
         model = scratch.build_model(
-            tokenizer,
-            s.architecture,
-            s.hidden_size,
-            s.layers,
-            s.heads,
-            s.kv_heads,
-            s.intermediate_size,
-            max_position_embeddings=max(2048, train_cfg.max_length),
-            meta=True,
+            tokenizer, s.architecture, s.hidden_size, s.layers, s.heads, s.kv_heads, s.intermediate_size,
+            max_position_embeddings=max(2048, train_cfg.max_length), meta=True,
         )
     else:
         config = checkpoints.load_config(
@@ -246,16 +241,8 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run(
-    model_cfg,
-    train_cfg,
-    workspace: Workspace,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    progress=None,
-) -> dict[str, Any]:
+def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, force: bool = False,
+        dry_run: bool = False, progress=None) -> dict[str, Any]:
     timer = manifest.Timer()
     rank, world = _rank()
     is_main = rank == 0
@@ -269,7 +256,9 @@ def run(
             hint="set model.name to a hub id or a local model folder, or use --method scratch",
         )
     if train_cfg.early_stopping.patience and not train_cfg.eval_every:
-        raise ConfigError("train.early_stopping.patience needs train.eval_every", hint="e.g. -s train.eval_every=50")
+        raise ConfigError(
+            "train.early_stopping.patience needs train.eval_every", hint="e.g. -s train.eval_every=50"
+        )
     if train_cfg.report_to != "none" and not any(
         importlib.util.find_spec(m) for m in TRACKER_MODULES[train_cfg.report_to]
     ):
@@ -412,10 +401,8 @@ def run(
         atomic.write_text(
             run_dir / "config.yaml",
             yaml.safe_dump(
-                {
-                    "model": model_cfg.model_dump(mode="json"),
-                    "train": {**train_cfg.model_dump(mode="json"), "run_name": run_name},
-                },
+                {"model": model_cfg.model_dump(mode="json"), "train": {**train_cfg.model_dump(mode="json"),
+                                                                        "run_name": run_name}},
                 sort_keys=False,
             ),
         )
@@ -434,16 +421,8 @@ def run(
 
     set_seed(train_cfg.seed)  # LoRA's random init and scratch weights happen before the Trainer seeds anything
     built = trainers.build(
-        model_cfg,
-        train_cfg,
-        method,
-        backend,
-        data,
-        tokenizer,
-        prec,
-        lr,
-        output_dir=workspace.checkpoints_dir(run_name),
-        world=world,
+        model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr,
+        output_dir=workspace.checkpoints_dir(run_name), world=world,
     )
     trainer = built.trainer
     from transformers import PrinterCallback, ProgressCallback
@@ -579,19 +558,11 @@ def run(
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
     registry.record(
-        workspace.registry_file,
-        "run",
-        run_name,
-        parent=data.dataset_id,
-        path=str(run_dir),
-        status="complete",
-        method=method,
-        base_model=base,
-        metrics={
-            k: v
-            for k, v in (("loss", result["final_loss"]), ("eval_loss", final_eval), ("steps", state.global_step))
-            if v is not None
-        },
+        workspace.registry_file, "run", run_name, parent=data.dataset_id, path=str(run_dir), status="complete",
+        method=method, base_model=base,
+        metrics={k: v for k, v in (("loss", result["final_loss"]), ("eval_loss", final_eval),
+                                   ("steps", state.global_step)) if v is not None},
     )
-    result.update(output=str(out_dir), manifest=str(workspace.run_manifest(run_name)), wall_seconds=m["wall_seconds"])
+    result.update(output=str(out_dir), manifest=str(workspace.run_manifest(run_name)),
+                  wall_seconds=m["wall_seconds"])
     return result

@@ -30,9 +30,8 @@ def resolve(tokenizer, configured: str = "auto") -> ChosenTemplate:
     return ChosenTemplate(chosen.template, chosen.source, getattr(chosen.family, "name", None), eot)
 
 
-def check_end_of_turn_trained(
-    tokenizer, records: list[dict[str, Any]], end_of_turn: tuple[str, ...], limit: int = 200
-) -> int:
+def check_end_of_turn_trained(tokenizer, records: list[dict[str, Any]], end_of_turn: tuple[str, ...],
+                              limit: int = 200) -> int:
     """Render up to `limit` chats as training will and fail unless each assistant turn's end-of-turn token is
     inside the trained (assistant) mask. Returns how many chats were checked."""
     ids = {tokenizer.convert_tokens_to_ids(t) for t in end_of_turn}

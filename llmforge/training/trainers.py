@@ -146,19 +146,8 @@ def _load_base(model_cfg, dtype: str, quantization_config=None):
     )
 
 
-def build(
-    model_cfg,
-    train_cfg,
-    method,
-    backend,
-    data: data_mod.TrainingData,
-    tokenizer,
-    prec,
-    lr,
-    *,
-    output_dir: Path,
-    world: int,
-) -> Built:
+def build(model_cfg, train_cfg, method, backend, data: data_mod.TrainingData, tokenizer, prec, lr, *,
+          output_dir: Path, world: int) -> Built:
     if method == "scratch":
         return _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world)
     if method == "dpo":
@@ -173,25 +162,16 @@ def _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
 
     s = train_cfg.scratch
     model = scratch.build_model(
-        tokenizer,
-        s.architecture,
-        s.hidden_size,
-        s.layers,
-        s.heads,
-        s.kv_heads,
-        s.intermediate_size,
-        max_position_embeddings=max(2048, train_cfg.max_length),
-        seed=train_cfg.seed,
+        tokenizer, s.architecture, s.hidden_size, s.layers, s.heads, s.kv_heads, s.intermediate_size,
+        max_position_embeddings=max(2048, train_cfg.max_length), seed=train_cfg.seed,
     )
     block = train_cfg.max_length
-    train_ds = _dataset(
-        [{"input_ids": b} for b in scratch.pack_blocks(tokenizer, data_mod.texts_of(data.train.records), block)]
-    )
+    train_ds = _dataset([{"input_ids": b} for b in scratch.pack_blocks(
+        tokenizer, data_mod.texts_of(data.train.records), block)])
     eval_ds = None
     if data.val is not None:
-        eval_ds = _dataset(
-            [{"input_ids": b} for b in scratch.pack_blocks(tokenizer, data_mod.texts_of(data.val.records), block)]
-        )
+        eval_ds = _dataset([{"input_ids": b} for b in scratch.pack_blocks(
+            tokenizer, data_mod.texts_of(data.val.records), block)])
     args = TrainingArguments(**common_args(train_cfg, prec, lr, output_dir, eval_ds is not None, world))
     trainer = Trainer(
         model=model,
@@ -215,7 +195,9 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
 
         if method == "qlora":
             model = _load_base(model_cfg, prec["weights"], bnb_config(train_cfg, prec))
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_cfg.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train_cfg.gradient_checkpointing
+            )
         else:
             model = _load_base(model_cfg, prec["weights"])
         if is_adapter:
@@ -226,14 +208,12 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
     from trl import SFTConfig, SFTTrainer
 
     chat = data.train.kind == "messages"
-    rows = (
-        data_mod.chat_rows(data.train.records) if chat else [{"text": t} for t in data_mod.texts_of(data.train.records)]
-    )
+    rows = data_mod.chat_rows(data.train.records) if chat else [{"text": t} for t in data_mod.texts_of(
+        data.train.records)]
     eval_rows = None
     if data.val is not None:
-        eval_rows = (
-            data_mod.chat_rows(data.val.records) if chat else [{"text": t} for t in data_mod.texts_of(data.val.records)]
-        )
+        eval_rows = data_mod.chat_rows(data.val.records) if chat else [
+            {"text": t} for t in data_mod.texts_of(data.val.records)]
     args = SFTConfig(
         **common_args(train_cfg, prec, lr, output_dir, eval_rows is not None, world),
         max_length=train_cfg.max_length,
