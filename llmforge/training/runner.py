@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,6 +32,7 @@ from llmforge.errors import ConfigError, LlmforgeError, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
 from llmforge.training import launch
+from llmforge.training import resume as resume_mod
 from llmforge.workspace import Workspace, timestamp
 
 log = logging.getLogger(__name__)
@@ -78,15 +78,6 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = []
-    for child in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        suffix = child.name.split("-")[-1]
-        if suffix.isdigit() and (child / "trainer_state.json").is_file():
-            found.append((int(suffix), child))
-    return max(found)[1] if found else None
-
-
 def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     if train_cfg.run_name:
         if not ws.run_dir(train_cfg.run_name).is_dir():
@@ -95,7 +86,8 @@ def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     candidates = sorted(
         (p.stat().st_mtime, p.parent.name)
         for p in ws.runs_dir.glob(f"*/{FINGERPRINT_FILE}")
-        if not (p.parent / "manifest.json").is_file() and _latest_checkpoint(p.parent / "checkpoints") is not None
+        # a run whose checkpoints are all torn counts too: resuming it is refused with the reason, not skipped
+        if not (p.parent / "manifest.json").is_file() and resume_mod.checkpoints(p.parent / "checkpoints")
     )
     if not candidates:
         raise UsageError(
@@ -282,6 +274,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
 
     # 2. The run folder: new, or the one being resumed (unchanged config and data unless --force).
     resume_from = None
+    resume_skipped: list[dict[str, Any]] = []
     if resume:
         run_name = _run_to_resume(train_cfg, workspace, method)
         run_dir = workspace.run_dir(run_name)
@@ -298,9 +291,15 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
                 f"--resume: {', '.join(changes)} changed since run {run_name} started",
                 hint="restore them, or pass --force to resume anyway (the run will mix two setups)",
             )
-        resume_from = _latest_checkpoint(workspace.checkpoints_dir(run_name))
+        resume_from, resume_skipped = resume_mod.newest_complete(workspace.checkpoints_dir(run_name))
+        for skip in resume_skipped:
+            log.info("--resume: skipping %s of run %s: %s", skip["checkpoint"], run_name, skip["reason"])
         if resume_from is None:
-            raise UsageError(f"--resume: run {run_name} has no checkpoint yet", hint="start it again without --resume")
+            torn = "; ".join(f"{s['checkpoint']}: {s['reason']}" for s in resume_skipped)
+            raise UsageError(
+                f"--resume: run {run_name} has no complete checkpoint" + (f" ({torn})" if torn else " yet"),
+                hint=f"start it again: llmforge train --force -s train.run_name={run_name} (replaces its folder)",
+            )
     else:
         run_name = "<new>" if dry_run else _new_run_name(train_cfg, method, world)
         run_dir = workspace.run_dir(run_name)
@@ -384,6 +383,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "chat_template_family": (chosen.family if chosen else None),
         "end_of_turn_checked": checked,
         "resume_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
         "notes": data.notes,
     }
     if dry_run:
@@ -435,12 +435,15 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
             callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
 
-    from llmforge.training.callbacks import RunLog, StopOnSignal
+    from llmforge.training.callbacks import MarkComplete, RunLog, StopOnSignal
 
     runlog = RunLog(metrics_file, progress, is_main)
     stopper = StopOnSignal()
     trainer.add_callback(runlog)
     trainer.add_callback(stopper)
+    trainer.add_callback(MarkComplete())
+    if resume_from is not None and progress is not None and is_main:
+        progress({"event": "resume", "checkpoint": str(resume_from), "skipped": resume_skipped})
     if train_cfg.early_stopping.patience:
         from transformers import EarlyStoppingCallback
 
@@ -494,6 +497,8 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "final_eval_loss": final_eval,
         "tokens_seen": int(state.num_input_tokens_seen or 0),
         "train_seconds": round(train_seconds, 3),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
         "is_main": is_main,
     }
     if not is_main:
@@ -555,6 +560,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         precision=prec["_name"],
         processes=world,
         resumed_from=str(resume_from) if resume_from else None,
+        resume_skipped=resume_skipped,
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
     registry.record(
