@@ -4,7 +4,9 @@ leakage, and atomic output."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -332,3 +334,17 @@ def test_minhash_estimates_track_true_jaccard(tmp_path):
         errors.append(ma.jaccard(mb) - len(a & b) / len(a | b))
     assert abs(sum(errors) / len(errors)) < 0.02
     assert max(abs(e) for e in errors) < 0.2
+
+
+def test_prepared_files_get_the_umask_permissions(tmp_path):
+    # a service user (a training job, a colleague) reads the dataset; the temp files' 0600 must not reach it
+    previous = os.umask(0o022)
+    try:
+        rng = random.Random(0)
+        _, ws = run([write("in.jsonl", [chat(f"Question {i}?", sentence(rng)) for i in range(20)])])
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.data_dir.iterdir()}
+    assert {"train.jsonl", "report.json", "manifest.json", "config.yaml"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644)
+    assert stat.S_IMODE(ws.registry_file.stat().st_mode) == 0o644
