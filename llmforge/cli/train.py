@@ -192,3 +192,5 @@ def _print_result(result: dict) -> None:
     line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
     console.print(line)
     console.print(f"output: {escape(result['output'])}")
+    if result.get("removed_temporaries"):
+        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted run")

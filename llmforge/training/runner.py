@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -390,9 +391,12 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         return {"dry_run": True, "is_main": is_main, **plan}
 
     # 5. Build the trainer. From here on the run folder exists.
+    removed: list[Path] = []
     if is_main:
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # only reached with --force
+        # what a killed run was writing under temporary names (its adapter/ or model/, a plot, the manifest)
+        removed = atomic.remove_stale(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic.write_json(run_dir / FINGERPRINT_FILE, {**fp, "run": run_name, "started_at": manifest.now()})
@@ -499,6 +503,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "train_seconds": round(train_seconds, 3),
         "resumed_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
+        "removed_temporaries": len(removed),
         "is_main": is_main,
     }
     if not is_main:

@@ -168,7 +168,7 @@ main()
 """
 
 
-def test_kill_mid_save_then_resume_starts_from_the_newest_complete_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
+def test_kill_mid_save_then_resume_starts_from_the_newest_complete_checkpoint(tiny_llama_dir, tmp_path, request):
     from typer.testing import CliRunner
 
     from llmforge.cli.app import app
@@ -183,8 +183,14 @@ def test_kill_mid_save_then_resume_starts_from_the_newest_complete_checkpoint(ti
     with pytest.raises(ValueError):  # the state main's --resume died on ("unexpected internal error")
         json.loads((torn / "trainer_state.json").read_text())
 
-    monkeypatch.setattr(os, "umask", os.umask)  # restored after the test, whatever it sets
-    os.umask(0o022)
+    # the final save of an earlier attempt, killed half-way, left its adapter under a temporary name
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = ws.run_dir("torn") / f".adapter.{int(dead.stdout)}.0a1b2c3d.tmp"
+    stale.mkdir()
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
+
+    previous = os.umask(0o022)
+    request.addfinalizer(lambda: os.umask(previous))
     base = ["train", "--resume", "-s", f"project.workdir={ws.root}"]
     for key, value in values.items():
         base += ["-s", f"{key}={value}"]
@@ -192,6 +198,7 @@ def test_kill_mid_save_then_resume_starts_from_the_newest_complete_checkpoint(ti
     assert out.exit_code == 0, out.output
     assert "skipped checkpoint-10" in out.output and "trainer_state.json is cut short" in out.output
     assert "resuming from" in out.output and "checkpoint-5" in out.output
+    assert "removed 1 temporary file(s) left by an interrupted run" in out.output and not stale.exists()
     manifest = json.loads(ws.run_manifest("torn").read_text())
     assert manifest["resumed_from"].endswith("checkpoint-5") and manifest["steps"] == 15
     assert [s["checkpoint"] for s in manifest["resume_skipped"]] == ["checkpoint-10"]
