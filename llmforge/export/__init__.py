@@ -42,8 +42,8 @@ def remove_stale_temporaries(out_dir: Path) -> int:
 
 def read_manifest(manifest_path: Path) -> tuple[dict, set[str] | None]:
     """An export folder's manifest and the files it lists (paths relative to the folder: GGUFs and LoRA adapters).
-    The paths are None when
-    a manifest exists but cannot be read: then no file is known to be a leftover, and all need --force."""
+    The paths are None when a manifest exists but cannot be read: then no file is known to be a leftover, and
+    replacing any needs --force."""
     if not manifest_path.is_file():
         return {}, set()
     try:
@@ -106,7 +106,8 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
 def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
           dtype: str = "auto", force: bool = False) -> dict[str, Any]:
     """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
-    write export/<last run>/merged/ with its manifest. Returns that manifest."""
+    write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
+    leftovers of a killed export this run removed)."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import atomic_dir
@@ -127,11 +128,11 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
         facts = merge_adapters(base, adapters, tmp, dtype=dtype)
         inputs = {"base_model": base} if Path(base).exists() else {}
         inputs.update({f"adapter_{i}": a for i, a in enumerate(adapters)})
-        body = manifests.build("export merge", inputs, timer, output=str(out), removed_temporaries=removed, **facts)
+        body = manifests.build("export merge", inputs, timer, output=str(out), **facts)
         (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
     registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
                     metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
-    return body
+    return {**body, "removed_temporaries": removed}  # about this run, not the merged files: kept out of the manifest
 
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
