@@ -152,6 +152,8 @@ class _ProgressBar:
             self.progress.update(self.task, completed=event.get("step", 0), stats="  ".join(parts))
         elif event.get("event") == "eval":
             self.progress.console.print(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
+        elif event.get("event") == "resume":
+            _print_resume(self.progress.console, event["checkpoint"], event.get("skipped") or [])
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:  # a failed run: its error stands alone, without an empty bar above it
@@ -186,12 +188,20 @@ def _print_plan(plan: dict) -> None:
         rows.append(("chat template", f"{plan['chat_template']} {plan.get('chat_template_family') or ''}".strip()))
     if plan.get("resume_from"):
         rows.append(("resume from", plan["resume_from"]))
+    for skip in plan.get("resume_skipped") or []:
+        rows.append(("skipped", f"{skip['checkpoint']}: {skip['reason']}"))
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print("[bold]training plan[/] (dry run: nothing trained)")
     console.print(table)
     for note in plan.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _print_resume(out, checkpoint: str, skipped: list[dict]) -> None:
+    for skip in skipped:
+        out.print(f"[yellow]skipped[/] {escape(skip['checkpoint'])}: {escape(skip['reason'])}")
+    out.print(f"resuming from {escape(checkpoint)}")
 
 
 def _print_result(result: dict) -> None:
@@ -205,3 +215,5 @@ def _print_result(result: dict) -> None:
     line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
     console.print(line)
     console.print(f"output: {escape(result['output'])}")
+    if result.get("removed_temporaries"):
+        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted run")

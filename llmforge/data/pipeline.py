@@ -6,7 +6,6 @@ content hash, length, MinHash band hashes) stay in memory; a second pass writes 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -574,7 +573,7 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
     else:
         stale.append(workspace.rejected_file)  # a stale one from an earlier run would mislead
     for name in moves + ["manifest.json"]:  # the manifest last: its presence marks a finished dataset
-        os.replace(work / name, out_dir / name)
+        atomic.publish(work / name, out_dir / name)
     for path in stale:
         path.unlink(missing_ok=True)
     counts = report["counts"]

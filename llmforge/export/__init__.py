@@ -20,8 +20,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Fixed-name temporaries of versions before temporaries carried their writer's pid (atomic.py).
+_OLD_TEMPORARIES = (".*.for-quantize.gguf", ".*.for-lora-check.gguf", ".merged.old")
+
+
 def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Remove what an export killed mid-way left in export/<run>/ (and its lora/): half-written GGUFs and merges
+    under temporary names. Returns how many were removed."""
+    from llmforge.atomic import remove_stale
+
+    removed = remove_stale(out_dir, _OLD_TEMPORARIES) + remove_stale(out_dir / "lora", _OLD_TEMPORARIES)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted export: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return len(removed)
+
+
+def read_manifest(manifest_path: Path) -> tuple[dict, set[str] | None]:
+    """An export folder's manifest and the files it lists (paths relative to the folder: GGUFs and LoRA adapters).
+    The paths are None when a manifest exists but cannot be read: then no file is known to be a leftover, and
+    replacing any needs --force."""
+    if not manifest_path.is_file():
+        return {}, set()
+    try:
+        body = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, None
+    if not isinstance(body, dict):
+        return {}, None
+    entries = list(body.get("files") or []) + list(body.get("lora_adapters") or [])
+    return body, {str(e.get("path", "")) for e in entries if isinstance(e, dict)}
 
 
 def resolve_source(workspace: Workspace, source: str | Path | None) -> tuple[str, str, Path]:
@@ -74,7 +106,8 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
 def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
           dtype: str = "auto", force: bool = False) -> dict[str, Any]:
     """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
-    write export/<last run>/merged/ with its manifest. Returns that manifest."""
+    write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
+    leftovers of a killed export this run removed)."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import atomic_dir
@@ -90,6 +123,7 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
     base = base_model_of(adapters[0], model)
     run = resolved[-1][1]
     out = workspace.merged_dir(run)
+    removed = remove_stale_temporaries(workspace.export_dir(run))
     with atomic_dir(out, force=force) as tmp:
         facts = merge_adapters(base, adapters, tmp, dtype=dtype)
         inputs = {"base_model": base} if Path(base).exists() else {}
@@ -98,7 +132,7 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
         (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
     registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
                     metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
-    return body
+    return {**body, "removed_temporaries": removed}  # about this run, not the merged files: kept out of the manifest
 
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
@@ -117,6 +151,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     timer = manifests.Timer()
     quants = parse_quants(export.quant)
     kind, run, path = resolve_source(workspace, source)
+    out_dir = workspace.export_dir(run)
+    removed = remove_stale_temporaries(out_dir)
     merged_info = None
     if kind == "adapter":
         merged = workspace.merged_dir(run)
@@ -124,31 +160,31 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
             merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force)
         path = merged
     name = name or run
-    out_dir = workspace.export_dir(run)
     opts = dict(_options or {})
+    manifest_path = workspace.export_manifest(run)
+    previous, listed = read_manifest(manifest_path)
+    written: dict = {}
+
+    def record(result: dict) -> None:
+        # Files of an earlier export stay listed only when they came from the same model and are still there.
+        same_source = previous.get("source") == str(path)
+        new_names = {f["quant"] for f in result["files"]}
+        files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
+                 and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
+        lora_adapters = previous.get("lora_adapters", [])
+        written["body"] = manifests.build(
+            "export gguf", {"model": path}, timer, name=name, run=run, source=str(path),
+            converter=result["converter"], conversion=result["conversion"], config=export.model_dump(mode="json"),
+            files=files, verified=all(f.get("verified") for f in files),
+            merged=merged_info is not None or kind == "adapter", lora_adapters=lora_adapters,
+        )
+        write_json(manifest_path, written["body"])
+
     result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
                      converter=export.converter,
-                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None, **opts)
-    manifest_path = workspace.export_manifest(run)
-    previous: dict = {}
-    if manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
-    # Files of an earlier export stay listed only when they came from the same model and are still there.
-    same_source = previous.get("source") == str(path)
-    new_names = {f["quant"] for f in result["files"]}
-    files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
-             and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
-    lora_adapters = previous.get("lora_adapters", [])
-    body = manifests.build(
-        "export gguf", {"model": path}, timer, name=name, run=run, source=str(path), converter=result["converter"],
-        conversion=result["conversion"], config=export.model_dump(mode="json"), files=files,
-        verified=all(f.get("verified") for f in files), merged=merged_info is not None or kind == "adapter",
-        lora_adapters=lora_adapters,
-    )
-    write_json(manifest_path, body)
+                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
+                     listed=listed, record=record, **opts)
+    body = written["body"]
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
                         path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
@@ -156,6 +192,9 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
         raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
                             hint=f"the files are kept and marked verified: false in {manifest_path}")
     body["output_dir"] = str(out_dir)
+    # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
+    body["removed_temporaries"] = removed + ((merged_info or {}).get("removed_temporaries") or 0)
+    body["replaced_leftovers"] = result["replaced_leftovers"]
     return body
 
 

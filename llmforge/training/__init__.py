@@ -31,7 +31,8 @@ def train(
     `train.data`) and writing `runs/<run>/`. Returns the result (or, with dry_run, the plan) as a dict.
 
     `progress` receives events {"event": "start"|"step"|"eval", "step", "total_steps", "loss", "learning_rate",
-    "tokens_per_second", "eval_loss"} on the main process only.
+    "tokens_per_second", "eval_loss"} on the main process only, and on a resume first {"event": "resume",
+    "checkpoint", "skipped": [{"checkpoint", "reason"}]} (newer checkpoints passed over because they are incomplete).
     """
     from llmforge.errors import require_extra
 

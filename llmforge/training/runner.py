@@ -33,6 +33,7 @@ from llmforge.errors import ConfigError, LlmforgeError, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
 from llmforge.training import launch
+from llmforge.training import resume as resume_mod
 from llmforge.workspace import Workspace, timestamp
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,6 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = []
-    for child in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        suffix = child.name.split("-")[-1]
-        if suffix.isdigit() and (child / "trainer_state.json").is_file():
-            found.append((int(suffix), child))
-    return max(found)[1] if found else None
-
-
 def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     if train_cfg.run_name:
         if not ws.run_dir(train_cfg.run_name).is_dir():
@@ -95,7 +87,8 @@ def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     candidates = sorted(
         (p.stat().st_mtime, p.parent.name)
         for p in ws.runs_dir.glob(f"*/{FINGERPRINT_FILE}")
-        if not (p.parent / "manifest.json").is_file() and _latest_checkpoint(p.parent / "checkpoints") is not None
+        # a run whose checkpoints are all torn counts too: resuming it is refused with the reason, not skipped
+        if not (p.parent / "manifest.json").is_file() and resume_mod.checkpoints(p.parent / "checkpoints")
     )
     if not candidates:
         raise UsageError(
@@ -282,6 +275,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
 
     # 2. The run folder: new, or the one being resumed (unchanged config and data unless --force).
     resume_from = None
+    resume_skipped: list[dict[str, Any]] = []
     if resume:
         run_name = _run_to_resume(train_cfg, workspace, method)
         run_dir = workspace.run_dir(run_name)
@@ -298,9 +292,15 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
                 f"--resume: {', '.join(changes)} changed since run {run_name} started",
                 hint="restore them, or pass --force to resume anyway (the run will mix two setups)",
             )
-        resume_from = _latest_checkpoint(workspace.checkpoints_dir(run_name))
+        resume_from, resume_skipped = resume_mod.newest_complete(workspace.checkpoints_dir(run_name))
+        for skip in resume_skipped:
+            log.info("--resume: skipping %s of run %s: %s", skip["checkpoint"], run_name, skip["reason"])
         if resume_from is None:
-            raise UsageError(f"--resume: run {run_name} has no checkpoint yet", hint="start it again without --resume")
+            torn = "; ".join(f"{s['checkpoint']}: {s['reason']}" for s in resume_skipped)
+            raise UsageError(
+                f"--resume: run {run_name} has no complete checkpoint" + (f" ({torn})" if torn else " yet"),
+                hint=f"start it again: llmforge train --force -s train.run_name={run_name} (replaces its folder)",
+            )
     else:
         run_name = (train_cfg.run_name or "<new>") if dry_run else _new_run_name(train_cfg, method, world)
         run_dir = workspace.run_dir(run_name)
@@ -384,15 +384,19 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "chat_template_family": (chosen.family if chosen else None),
         "end_of_turn_checked": checked,
         "resume_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
         "notes": data.notes,
     }
     if dry_run:
         return {"dry_run": True, "is_main": is_main, **plan}
 
     # 5. Build the trainer. From here on the run folder exists.
+    removed: list[Path] = []
     if is_main:
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # only reached with --force
+        # what a killed run was writing under temporary names (its adapter/ or model/, a plot, the manifest)
+        removed = atomic.remove_stale(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic.write_json(run_dir / FINGERPRINT_FILE, {**fp, "run": run_name, "started_at": manifest.now()})
@@ -435,12 +439,15 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
             callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
 
-    from llmforge.training.callbacks import RunLog, StopOnSignal
+    from llmforge.training.callbacks import MarkComplete, RunLog, StopOnSignal
 
     runlog = RunLog(metrics_file, progress, is_main)
     stopper = StopOnSignal()
     trainer.add_callback(runlog)
     trainer.add_callback(stopper)
+    trainer.add_callback(MarkComplete())
+    if resume_from is not None and progress is not None and is_main:
+        progress({"event": "resume", "checkpoint": str(resume_from), "skipped": resume_skipped})
     if train_cfg.early_stopping.patience:
         from transformers import EarlyStoppingCallback
 
@@ -494,6 +501,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "final_eval_loss": final_eval,
         "tokens_seen": int(state.num_input_tokens_seen or 0),
         "train_seconds": round(train_seconds, 3),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
+        "removed_temporaries": len(removed),
         "is_main": is_main,
     }
     if not is_main:
@@ -555,6 +565,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         precision=prec["_name"],
         processes=world,
         resumed_from=str(resume_from) if resume_from else None,
+        resume_skipped=resume_skipped,
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
     registry.record(

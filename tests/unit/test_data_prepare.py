@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -405,15 +406,36 @@ def test_a_big_document_is_prepared_in_bounded_memory(tmp_path):
     Path("docs").mkdir()
     Path("docs/big.txt").write_text("\n\n".join(paragraphs) + "\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    # The child reports its own high-water mark (VmHWM, reset at exec): ru_maxrss of a child forked from pytest
+    # counts pytest's own pages, hundreds of MB late in a test session.
+    code = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    status = open('/proc/self/status').read()\n"
+            "    open('hwm.txt', 'w').write(status.split('VmHWM:')[1].split()[0])\n"
+            "atexit.register(hwm)\n"
+            "sys.argv = ['llmforge', 'data', 'prepare', 'docs', '--json']\n"
+            "from llmforge.cli.app import main\n"
+            "main()\n")  # fmt: skip
     with open("out.txt", "wb") as out:
-        child = subprocess.Popen([sys.executable, "-m", "llmforge", "data", "prepare", "docs", "--json"], env=env,
-                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        child = subprocess.run([sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT)
     assert child.returncode == 0, Path("out.txt").read_text()[-2000:]
-    peak_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    peak_mb = int(Path("hwm.txt").read_text()) / 1024
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     report = json.loads(Path("out.txt").read_text())
     assert 4 <= report["counts"]["read"] <= 8 and report["length"]["max"] <= 1_000_000  # pieces of 0.5-1M chars
     written = [r["text"] for r in all_records(Workspace(Path("llmforge-work/llmforge-project")))]
     assert sorted(p for text in written for p in text.split("\n\n")) == sorted(paragraphs)  # nothing lost
+
+
+def test_prepared_files_get_the_umask_permissions(tmp_path):
+    # a service user (a training job, a colleague) reads the dataset; the temp files' 0600 must not reach it
+    previous = os.umask(0o022)
+    try:
+        rng = random.Random(0)
+        _, ws = run([write("in.jsonl", [chat(f"Question {i}?", sentence(rng)) for i in range(20)])])
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.data_dir.iterdir()}
+    assert {"train.jsonl", "report.json", "manifest.json", "config.yaml"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644)
+    assert stat.S_IMODE(ws.registry_file.stat().st_mode) == 0o644
