@@ -16,12 +16,13 @@ import uuid
 from collections import deque
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmforge.errors import UsageError
@@ -45,6 +46,34 @@ POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
+    @field_validator("*")
+    @classmethod
+    def _unicode_only(cls, value):
+        # JSON can carry a lone surrogate ("\ud800"); Python keeps it in the str, and the tokenizers fail on it
+        # deep in the engine. It is bad input, so it is refused here, where the error can name the field.
+        _check_unicode(value)
+        return value
+
+
+def _check_unicode(value) -> None:
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PydanticCustomError(
+                    "invalid_unicode",
+                    "text holds a lone UTF-16 surrogate (U+{code}) at character {at}; send valid Unicode",
+                    {"code": f"{ord(value[exc.start]):04X}", "at": exc.start},
+                ) from None
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+
 
 class TextPart(_Body):
     type: Literal["text"]
@@ -61,7 +90,7 @@ class StreamOptions(_Body):
 
 
 class _SamplingBody(_Body):
-    model: str | None = None
+    model: str | None = Field(None, description="The served model's id, as /v1/models lists it (any other: 404).")
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -69,17 +98,58 @@ class _SamplingBody(_Body):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-turn tokens (for benchmarks).")
+    # OpenAI parameters this server does not implement: declared so that a request using one is refused (400,
+    # naming it) instead of answered as if it had been honoured. `not_supported` lists, for each, the values
+    # that ask for nothing missing (null always does).
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "n": (1,),
+        "logit_bias": ({},),
+        "presence_penalty": (0,),
+        "frequency_penalty": (0,),
+    }
+    n: int | None = Field(None, description="Only 1.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only {}).")
+    presence_penalty: float | None = Field(None, description="Not supported (only 0).")
+    frequency_penalty: float | None = Field(None, description="Not supported (only 0).")
 
 
 class ChatRequest(_SamplingBody):
     messages: list[Message]
     max_completion_tokens: int | None = None
+    logprobs: bool | None = Field(None, description="Not supported (only false).")
+    top_logprobs: int | None = Field(None, description="Not supported (only 0).")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (only []).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Not supported (only 'none' or 'auto').")
+    functions: list[dict[str, Any]] | None = Field(None, description="Not supported (only []).")
+    function_call: str | dict[str, Any] | None = Field(None, description="Not supported (only 'none' or 'auto').")
+    response_format: dict[str, Any] | None = Field(None, description='Not supported (only {"type": "text"}).')
+    # with no tools to call, tool_choice "auto" and "none" both mean a plain answer
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_SamplingBody.not_supported,
+        "logprobs": (False,),
+        "top_logprobs": (0,),
+        "tools": ([],),
+        "tool_choice": ("none", "auto"),
+        "functions": ([],),
+        "function_call": ("none", "auto"),
+        "response_format": ({"type": "text"},),
+    }
 
 
 class CompletionRequest(_SamplingBody):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, description="Not supported (even 0 asks for the sampled token's).")
+    echo: bool | None = Field(None, description="Not supported (only false).")
+    suffix: str | None = Field(None, description="Not supported (only '').")
+    best_of: int | None = Field(None, description="Not supported (only 1).")
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_SamplingBody.not_supported,
+        "logprobs": (),
+        "echo": (False,),
+        "suffix": ("",),
+        "best_of": (1,),
+    }
 
 
 class GenerateRequest(_Body):
@@ -105,7 +175,42 @@ class APIError(Exception):
 
 
 def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    # a message or param may quote the request (a dict key, a model name): keep it encodable as UTF-8
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    param = param.encode("utf-8", "replace").decode("utf-8") if isinstance(param, str) else param
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# what each error status means here, for the OpenAPI schema (clients and the schema fuzz test read it)
+_ERRORS = {
+    400: "Invalid request, or a parameter this server does not support (param names it)",
+    401: "Missing or wrong API key",
+    404: "The model named is not the one served (code model_not_found)",
+    413: "Request body larger than serve.max_body_bytes",
+    429: "Rate limit reached (Retry-After)",
+    500: "Generation failed in the engine",
+    503: "The queue is full (Retry-After)",
+}
+# stream: true answers with server-sent events; the schema describes one event (each data is a JSON chunk, and
+# "[DONE]" ends the stream)
+_SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+_STREAMED = {200: {"description": "JSON, or server-sent events when stream is true",
+                   "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}  # fmt: skip
+
+
+def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": _ERRORS[s]} for s in statuses}
 
 
 async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
@@ -259,8 +364,6 @@ class Server:
         if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
             raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} strings of up to {MAX_STOP_LENGTH} characters.",
                            param="stop", code="invalid_value")  # fmt: skip
-        if getattr(body, "n", None) not in (None, 1):
-            raise APIError(400, "Only n=1 is supported.", param="n", code="invalid_value")
         return Sampling(
             max_tokens=min(max_tokens or limit, room),
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -269,6 +372,20 @@ class Server:
             stop=tuple(stop),
             ignore_eos=getattr(body, "ignore_eos", False),
         )
+
+    def check_request(self, body: _SamplingBody) -> None:
+        """404 for a model this server does not serve; 400 for a parameter it would otherwise silently ignore."""
+        if body.model is not None and body.model != self.engine.name:
+            raise APIError(404, f"The model {body.model[:200]!r} is not served here; this server serves "
+                                f"{self.engine.name!r} (see /v1/models).", param="model",
+                           code="model_not_found")  # fmt: skip
+        for name, accepted in body.not_supported.items():
+            value = getattr(body, name)
+            if value is None or value in accepted:
+                continue
+            allowed = f" (or send {' or '.join(json.dumps(ok) for ok in accepted)})" if accepted else ""
+            raise APIError(400, f"{name} is not supported by this server; leave it out{allowed}.", param=name,
+                           code="unsupported_parameter")  # fmt: skip
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         if not messages:
@@ -386,8 +503,27 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         finally:
             server.worker.stop()
 
-    app = FastAPI(title="llmforge", docs_url=None, redoc_url=None, lifespan=lifespan)
+    from llmforge import __version__
+
+    app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI documents a 422 for every route with a body; bad bodies get a 400 here, as OpenAI answers them
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    generation = {**_STREAMED, **_documented(400, 401, 404, 413, 429, 500, 503)}
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -423,13 +559,13 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
     async def health():
         return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429))
     async def metrics():
         return PlainTextResponse(
             server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_documented(401, 429))
     async def models():
         return {
             "object": "list",
@@ -438,6 +574,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
 
     async def chat(request: Request, body: ChatRequest, route: str):
         started = time.perf_counter()
+        server.check_request(body)
         messages = plain_messages(body.messages)
         prompt = server.chat_prompt(messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -486,18 +623,19 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
             "usage": usage(result),
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=generation)
     async def chat_completions(request: Request, body: ChatRequest):
         return await chat(request, body, "/v1/chat/completions")
 
-    @app.post("/chat")
+    @app.post("/chat", responses=generation)
     async def simple_chat(request: Request, body: ChatRequest):
         """The same as /v1/chat/completions, for scripts that want a short path."""
         return await chat(request, body, "/chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=generation)
     async def completions(request: Request, body: CompletionRequest):
         started = time.perf_counter()
+        server.check_request(body)
         prompt = server.text_prompt(body.prompt)
         sampling = server.sampling(body, len(prompt), body.max_tokens)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -530,7 +668,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
                                      "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
 
-    @app.post("/generate")
+    @app.post("/generate", responses={**_STREAMED, **_documented(400, 401, 413, 429, 500, 503)})
     async def generate(request: Request, body: GenerateRequest):
         """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
         started = time.perf_counter()
