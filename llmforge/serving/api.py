@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,33 +46,40 @@ POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    @field_validator("*")
+
+class _Request(_Body):
+    @model_validator(mode="before")
     @classmethod
-    def _unicode_only(cls, value):
-        # JSON can carry a lone surrogate ("\ud800"); Python keeps it in the str, and the tokenizers fail on it
-        # deep in the engine. It is bad input, so it is refused here, where the error can name the field.
-        _check_unicode(value)
-        return value
+    def _unicode_only(cls, data: Any) -> Any:
+        # JSON can carry a lone surrogate ("\ud800"); Python keeps it in the str and the tokenizers fail on it deep
+        # in the engine. It is bad input: refuse it before validation, naming where it is (ignored fields too).
+        found = _lone_surrogate(data, ())
+        if found:
+            where, text, at = found
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "{where}: text holds a lone UTF-16 surrogate (U+{code}) at character {at}; send valid Unicode",
+                {"where": where, "code": f"{ord(text[at]):04X}", "at": at},
+            )
+        return data
 
 
-def _check_unicode(value) -> None:
+def _lone_surrogate(value: Any, path: tuple[str, ...]) -> tuple[str, str, int] | None:
+    """(dotted path, the string, index) of the first string in a JSON value that UTF-8 cannot encode, or None."""
     if isinstance(value, str):
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise PydanticCustomError(
-                    "invalid_unicode",
-                    "text holds a lone UTF-16 surrogate (U+{code}) at character {at}; send valid Unicode",
-                    {"code": f"{ord(value[exc.start]):04X}", "at": exc.start},
-                ) from None
-    elif isinstance(value, list):
-        for item in value:
-            _check_unicode(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key)
-            _check_unicode(item)
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return ".".join(path) or "body", value, exc.start
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) or _lone_surrogate(item, (*path, str(key)))
+        if found:
+            return found
+    return None
 
 
 class TextPart(_Body):
@@ -89,7 +96,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _SamplingBody(_Body):
+class _SamplingBody(_Request):
     model: str | None = Field(None, description="The served model's id, as /v1/models lists it (any other: 404).")
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
@@ -152,7 +159,7 @@ class CompletionRequest(_SamplingBody):
     }
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(_Request):
     prompt: str
     max_tokens: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -536,6 +543,8 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("The request body is not valid JSON.", code="invalid_json"), 400)
+        if first.get("type") == "invalid_unicode":  # the message names the field already
+            return JSONResponse(error_body(first["msg"], param=first["ctx"]["where"], code="invalid_value"), 400)
         where = ".".join(loc) or "body"
         message = f"{where}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body(message, param=".".join(loc) or None, code="invalid_value"), 400)
