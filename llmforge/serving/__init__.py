@@ -38,7 +38,8 @@ def check_host(serve: ServeConfig) -> str | None:
     key = serve.api_key.get_secret_value() if serve.api_key is not None else ""
     if key.strip() or _is_loopback(serve.host):
         return None
-    where = f"{serve.host or 'every address'}:{serve.port}"
+    host = serve.host.strip("[]")
+    where = f"[{host}]:{serve.port}" if ":" in host else f"{host or 'every address'}:{serve.port}"
     if not serve.insecure:
         raise UsageError(
             f"serve.host {where} is reachable from other machines and no API key is set: anyone who can reach it "
