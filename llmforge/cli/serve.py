@@ -19,7 +19,10 @@ def serve(
     engine: Annotated[
         Optional[str], typer.Option("--engine", help="auto, llamacpp or transformers.", show_default=False)
     ] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default 127.0.0.1; any other needs --api-key or --insecure).")] = None,
+    host: Annotated[
+        Optional[str],
+        typer.Option("--host", help="Address to bind (default 127.0.0.1; any other needs --api-key or --insecure)."),
+    ] = None,
     port: Annotated[Optional[int], typer.Option("--port", "-p", help="Port (default 8000).")] = None,
     api_key: Annotated[
         Optional[str],
