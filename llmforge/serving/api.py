@@ -216,8 +216,18 @@ _STREAMED = {200: {"description": "JSON, or server-sent events when stream is tr
                    "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}  # fmt: skip
 
 
-def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorResponse, "description": _ERRORS[s]} for s in statuses}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
+_ERROR_HEADERS = {401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+                  429: _RETRY_AFTER, 503: _RETRY_AFTER}  # fmt: skip
+
+
+def _documented(*statuses: int, text_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    # FastAPI files `model` under the route's own media type; errors are JSON on a text/plain route too (/metrics),
+    # so there the body is a plain $ref (the JSON routes register the ErrorResponse component)
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    model = {} if text_route else {"model": ErrorResponse}
+    headers = {s: {"headers": _ERROR_HEADERS[s]} if s in _ERROR_HEADERS else {} for s in statuses}
+    return {s: {**model, "description": _ERRORS[s], "content": body, **headers[s]} for s in statuses}
 
 
 async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
@@ -568,7 +578,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
     async def health():
         return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429))
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
     async def metrics():
         return PlainTextResponse(
             server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"

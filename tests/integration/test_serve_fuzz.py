@@ -92,7 +92,7 @@ def test_the_openapi_schema_holds_under_schemathesis(llamacpp_engine, tmp_path):
             generation_mode=GenerationMode.NEGATIVE
         )
 
-        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)  # fmt: skip
         @given(case=cases)
         def check(case):
@@ -103,3 +103,19 @@ def test_the_openapi_schema_holds_under_schemathesis(llamacpp_engine, tmp_path):
     # the run reached every route, and generation as well as refusals
     assert {path for path, _ in seen} >= {"/v1/chat/completions", "/chat", "/v1/completions", "/generate", "/health"}
     assert {status for _, status in seen} >= {200, 400}, seen
+
+    # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too
+    statuses: Counter[int] = Counter()
+    with serving(llamacpp_engine, tmp_path, "serve.max_tokens_limit=8", "serve.api_key=sk-fuzz",
+                 "serve.rate_limit=10") as url:  # fmt: skip
+        schema = schemathesis.openapi.from_url(url + "/openapi.json", headers={"Authorization": "Bearer sk-fuzz"})
+
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                  database=None)  # fmt: skip
+        @given(case=schema.as_strategy(generation_mode=GenerationMode.POSITIVE), with_key=st.booleans())
+        def check_gated(case, with_key):
+            headers = {"Authorization": "Bearer sk-fuzz"} if with_key else {}
+            statuses[case.call_and_validate(checks=checks, headers=headers, timeout=60).status_code] += 1
+
+        check_gated()
+    assert statuses[401] and statuses[429], statuses
