@@ -2,7 +2,9 @@
 
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
 limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
-request into a Job for the engine worker and relay its events as JSON or server-sent events.
+request into a Job for the engine worker and relay its events as JSON or server-sent events. Before that, a request
+is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` other than the one served, or
+an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmforge import __version__
 from llmforge.errors import UsageError
 from llmforge.serving.conversations import ConversationLog, plain_messages
 from llmforge.serving.generation import EngineWorker, Job, QueueFull, Result, Sampling
@@ -109,16 +112,16 @@ class _SamplingBody(_Request):
     # OpenAI parameters this server does not implement: declared so that a request using one is refused (400,
     # naming it) instead of answered as if it had been honoured. `not_supported` lists, for each, the values
     # that ask for nothing missing (null always does).
+    n: int | None = Field(None, description="Only 1.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only {}).")
+    presence_penalty: float | None = Field(None, description="Not supported (only 0).")
+    frequency_penalty: float | None = Field(None, description="Not supported (only 0).")
     not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
         "n": (1,),
         "logit_bias": ({},),
         "presence_penalty": (0,),
         "frequency_penalty": (0,),
     }
-    n: int | None = Field(None, description="Only 1.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only {}).")
-    presence_penalty: float | None = Field(None, description="Not supported (only 0).")
-    frequency_penalty: float | None = Field(None, description="Not supported (only 0).")
 
 
 class ChatRequest(_SamplingBody):
@@ -519,8 +522,6 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
             yield
         finally:
             server.worker.stop()
-
-    from llmforge import __version__
 
     app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server
