@@ -23,6 +23,11 @@ class ServeConfig(Section):
     api_key: SecretStr | None = Field(
         None, description="Require this Bearer key on every route but /health and the chat page."
     )
+    insecure: bool = Field(
+        False,
+        description="Serve on a non-loopback host without api_key (refused otherwise): anyone who reaches the port "
+        "can use the model.",
+    )
     log_conversations: bool = Field(
         False, description="Log each chat exchange as JSONL under <workdir>/serve/conversations (feeds `data`)."
     )
