@@ -268,7 +268,10 @@ def _check_probe(samples_: list[Sample], messages: Sequence[Mapping[str, Any]], 
         if answer.strip() not in span:
             raise _Inconsistent(f"assistant turn {n}: its answer {answer.strip()[:40]!r} is not in the trained span")
         if not any(span.endswith(t) for t in end_of_turn):
-            raise _Inconsistent(f"assistant turn {n}: the trained span {span[-40:]!r} does not end with end-of-turn")
+            raise _Inconsistent(
+                f"assistant turn {n}: the trained span {span[-40:]!r} does not end with the end-of-turn token "
+                f"({' or '.join(end_of_turn)}), so the model would never learn to stop"
+            )
 
 
 def _same_renders(template: str, other: str, tokens: Mapping[str, Any]) -> str | None:
@@ -435,9 +438,9 @@ def token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, in
 
 def encode(
     tokenizer, verdict: Verdict, messages: Sequence[Mapping[str, Any]], *, now: datetime | None = None
-) -> list[tuple[list[int], list[int]]]:
-    """(token ids, loss mask) of each training sample of one conversation, tokenized as apply_chat_template does
-    (no special tokens added: the template writes them)."""
+) -> list[tuple[list[int], list[int], int]]:
+    """(token ids, loss mask, assistant turns trained) of each sample of one conversation, tokenized as
+    apply_chat_template does (no special tokens added: the template writes them)."""
     out = []
     for sample in samples(verdict, messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token, now=now):
         try:
@@ -447,5 +450,5 @@ def encode(
                 "the tokenizer cannot report character offsets, so the assistant's tokens cannot be found",
                 hint="use the model's fast tokenizer (tokenizer.json)",
             ) from None
-        out.append((list(enc["input_ids"]), token_mask(enc["offset_mapping"], sample.spans)))
+        out.append((list(enc["input_ids"]), token_mask(enc["offset_mapping"], sample.spans), len(sample.spans)))
     return out
