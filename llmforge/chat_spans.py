@@ -148,6 +148,13 @@ def _end(completion: str, end_of_turn: Sequence[str]) -> int | None:
     return at + len(token)
 
 
+def _through_end_of_turn(text: str, start: int, end: int, end_of_turn: Sequence[str]) -> tuple[int, int]:
+    """A marked span cut just after its last end-of-turn token: what follows it (TRL's Qwen2.5 template marks the
+    newline after <|im_end|>) is the separator before the next turn, which the model never generates."""
+    ends = [text.rfind(t, start, end) + len(t) for t in end_of_turn if t and text.find(t, start, end) >= 0]
+    return (start, max(ends)) if ends else (start, end)
+
+
 def _per_turn(
     template: str, messages: Sequence[Mapping[str, Any]], end_of_turn: Sequence[str], tokens: Mapping[str, Any]
 ) -> list[Sample]:
@@ -194,7 +201,8 @@ def samples(
     with pinned_date(now):
         if verdict.how in (MARKERS, FAMILY, TRL):
             rendered = ct.render_with_spans(verdict.template, messages, add_generation_prompt=False, **tokens)
-            return [Sample(rendered.text, rendered.spans)]
+            return [Sample(rendered.text, tuple(_through_end_of_turn(rendered.text, a, b, verdict.end_of_turn)
+                                                for a, b in rendered.spans))]  # fmt: skip
         try:
             turns = _per_turn(verdict.template, messages, verdict.end_of_turn, tokens)
             if verdict.how == INCREMENTAL:
@@ -419,8 +427,11 @@ def verdict_for(tokenizer, configured: str = "auto") -> Verdict:
     verdict = training_verdict(own, bos, eos, configured=configured)
     if own and verdict.how not in (MARKERS, FAMILY):
         trl = trl_training_template(tokenizer)
-        if trl:
-            verdict = training_verdict(own, bos, eos, configured=configured, trl_template=trl)
+        with_trl = training_verdict(own, bos, eos, configured=configured, trl_template=trl) if trl else None
+        if with_trl is not None and with_trl.trains:
+            return with_trl
+        if with_trl is not None:
+            log.info("TRL's training template is not used: %s", with_trl.reason)
     return verdict
 
 

@@ -561,6 +561,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         loss_mask=plan["loss_mask"],
         chat_template_date=plan["chat_template_date"],
         records_split_per_turn=split_records if chosen else None,
+        end_of_turn_checked=checked,
         end_of_turn=list(chosen.end_of_turn) if chosen else None,
         metrics="metrics.jsonl",
         loss_plot="loss.png" if plot else None,
