@@ -134,10 +134,10 @@ def tiny_chat_model(
     the template's own special tokens: a byte-level BPE trained on tests/fixtures/corpus.txt, with the model's
     BOS/EOS and every end-of-turn / header token the template writes added as special tokens, and the real
     template as chat_template. Saved as a complete model folder (config, safetensors, tokenizer, template)."""
+    import upstream_templates
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    import upstream_templates
     from llmforge.training.scratch import build_model as build
     from llmforge.training.scratch import save_base_model
 
