@@ -334,9 +334,13 @@ def training_verdict(
         if trl_template and ct.has_generation_markers(trl_template):
             differs = _same_renders(template, trl_template, tokens)
             if differs is None:
-                return _marked(trl_template, TRL, "TRL's marked training version of this exact template", found,
-                               None, "trl", dated, tokens)  # fmt: skip
-            log.info("TRL's training template renders probe %s differently: not used", differs)
+                trl = _marked(trl_template, TRL, "TRL's marked training version of this exact template", found,
+                              None, "trl", dated, tokens)  # fmt: skip
+                if trl.trains:
+                    return trl
+                log.info("TRL's training template is not used: %s", trl.reason)
+            else:
+                log.info("TRL's training template renders probe %s differently: not used", differs)
         if not found:
             failure = _first_failure(template, tokens)
             if failure:
@@ -427,11 +431,8 @@ def verdict_for(tokenizer, configured: str = "auto") -> Verdict:
     verdict = training_verdict(own, bos, eos, configured=configured)
     if own and verdict.how not in (MARKERS, FAMILY):
         trl = trl_training_template(tokenizer)
-        with_trl = training_verdict(own, bos, eos, configured=configured, trl_template=trl) if trl else None
-        if with_trl is not None and with_trl.trains:
-            return with_trl
-        if with_trl is not None:
-            log.info("TRL's training template is not used: %s", with_trl.reason)
+        if trl:
+            verdict = training_verdict(own, bos, eos, configured=configured, trl_template=trl)
     return verdict
 
 
