@@ -96,22 +96,20 @@ _SPECIAL_RE = r"<[^<>\s]{1,60}>|\[/?[A-Z_]{2,30}\]"
 
 def template_special_tokens(template: str, bos_token: str | None, eos_token: str | None) -> list[str]:
     """BOS, EOS and every special-looking token the template writes around a short conversation (with and without
-    the generation prompt, with today's date pinned), in first-seen order."""
+    the generation prompt), in first-seen order."""
     import re
-    from datetime import datetime
 
-    from llmforge import chat_spans, chat_templates
+    from llmforge import chat_templates
     from llmforge.errors import UsageError
 
     texts = []
-    with chat_spans.pinned_date(datetime(2026, 1, 15)):
-        for messages in (_TOKEN_PROBE, _TOKEN_PROBE[1:]):
-            for conversation, prompt in ((messages, True), (messages[:-1], False)):
-                try:
-                    texts.append(chat_templates.render(template, conversation, bos_token=bos_token,
-                                                       eos_token=eos_token, add_generation_prompt=prompt))
-                except UsageError:
-                    continue
+    for messages in (_TOKEN_PROBE, _TOKEN_PROBE[1:]):
+        for conversation, prompt in ((messages, True), (messages[:-1], False)):
+            try:
+                texts.append(chat_templates.render(template, conversation, bos_token=bos_token, eos_token=eos_token,
+                                                   add_generation_prompt=prompt))  # fmt: skip
+            except UsageError:
+                continue
     found = [t for t in (bos_token, eos_token) if t]
     for text in texts:
         for token in re.findall(_SPECIAL_RE, text):
