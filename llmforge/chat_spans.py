@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -242,8 +243,6 @@ def probes() -> tuple[ct.Probe, ...]:
 
 def _discover_end_of_turn(template: str, tokens: Mapping[str, Any], eos_token: str | None) -> tuple[str, ...]:
     """The end-of-turn strings the template writes right after an answer, over every probe it accepts."""
-    import re
-
     found: list[str] = []
     for probe in probes():
         for i, message in enumerate(probe.messages):
