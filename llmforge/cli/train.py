@@ -186,6 +186,13 @@ def _print_plan(plan: dict) -> None:
         rows.append(("4-bit", plan["four_bit"]))
     if plan.get("chat_template"):
         rows.append(("chat template", f"{plan['chat_template']} {plan.get('chat_template_family') or ''}".strip()))
+    if plan.get("loss_mask"):
+        how = plan["loss_mask"]
+        if plan.get("records_split_per_turn"):
+            how += f" ({plan['records_split_per_turn']:,} records trained as one sample per assistant turn)"
+        if plan.get("chat_template_date"):
+            how += f"; the template's date is {plan['chat_template_date']}"
+        rows.append(("loss mask", how))
     if plan.get("resume_from"):
         rows.append(("resume from", plan["resume_from"]))
     for skip in plan.get("resume_skipped") or []:

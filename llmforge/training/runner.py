@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,8 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     # 2. The run folder: new, or the one being resumed (unchanged config and data unless --force).
     resume_from = None
     resume_skipped: list[dict[str, Any]] = []
+    # "Today" for templates that write the date: the run's start, kept by a resumed run.
+    run_started = datetime.now()
     if resume:
         run_name = _run_to_resume(train_cfg, workspace, method)
         run_dir = workspace.run_dir(run_name)
@@ -286,6 +289,8 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if not (run_dir / FINGERPRINT_FILE).is_file():
             raise UsageError(f"--resume: {run_dir} is not a training run started by llmforge")
         old = json.loads((run_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        if old.get("started_at"):
+            run_started = datetime.fromisoformat(old["started_at"]).astimezone().replace(tzinfo=None)
         changes = _changed(old, fp)
         if changes and not force:
             raise UsageError(
@@ -331,8 +336,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     masked = chat and data.train.kind == "messages" and train_cfg.assistant_only_loss
     if masked or (chat and model_cfg.chat_template != "auto"):
-        # assistant-only loss needs {% generation %} markers: the tokenizer's, or a known family's
-        chosen = template_mod.resolve(tokenizer, model_cfg.chat_template)
+        # assistant-only loss needs the assistant's spans: chat_spans decides how to find them, or refuses
+        chosen = template_mod.resolve(tokenizer, model_cfg.chat_template, now=run_started)
+        if not masked:
+            chosen.how = None
     elif own is not None:
         chosen = template_mod.ChosenTemplate(own, "tokenizer", None, (tokenizer.eos_token,))
     elif chat:
@@ -345,17 +352,26 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if chosen is not None:
         tokenizer.chat_template = chosen.text
     checked = 0
+    split_records = 0
     if masked:
-        checked = template_mod.check_end_of_turn_trained(tokenizer, data.train.records, chosen.end_of_turn)
+        # llmforge tokenizes and masks chat records itself, so the check below sees the very ids the trainer gets
+        encoded = template_mod.encode(tokenizer, chosen, data.train.records)
+        checked = template_mod.check_end_of_turn_trained(tokenizer, encoded, chosen.end_of_turn)
+        data.train_rows, split_records = encoded.rows, encoded.split_records
+        if data.val is not None:
+            data.val_rows = template_mod.encode(tokenizer, chosen, data.val.records, "validation").rows
 
     # 4. The plan (all a dry run does).
     total, trainable, model_config = _count_params(model_cfg, train_cfg, method, tokenizer)
-    lengths = _token_lengths(tokenizer, data.train, method, train_cfg.max_length)
+    if data.train_rows is not None:
+        lengths = [min(len(r["input_ids"]), train_cfg.max_length) for r in data.train_rows]
+    else:
+        lengths = _token_lengths(tokenizer, data.train, method, train_cfg.max_length)
     tokens_per_epoch = sum(lengths)
     if method == "scratch" or train_cfg.packing:
         examples = max(1, math.ceil(tokens_per_epoch / train_cfg.max_length))
     else:
-        examples = len(data.train.records)
+        examples = len(data.train_rows) if data.train_rows is not None else len(data.train.records)
     per_step = train_cfg.batch_size * train_cfg.grad_accum * world
     steps_per_epoch = max(1, math.ceil(examples / per_step))
     steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
@@ -382,6 +398,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "memory_estimate": _memory_estimate(total, trainable, model_config, train_cfg, method, prec),
         "chat_template": (chosen.source if chosen else None),
         "chat_template_family": (chosen.family if chosen else None),
+        "loss_mask": (chosen.how if chosen else None),
+        "chat_template_date": (chosen.date.strftime("%Y-%m-%d") if chosen and chosen.date else None),
+        "records_split_per_turn": split_records,
         "end_of_turn_checked": checked,
         "resume_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
@@ -549,6 +568,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         chat_template=TEMPLATE_FILE if chosen else None,
         chat_template_source=chosen.source if chosen else None,
         chat_template_family=chosen.family if chosen else None,
+        loss_mask=plan["loss_mask"],
+        chat_template_date=plan["chat_template_date"],
+        records_split_per_turn=split_records if chosen else None,
+        end_of_turn_checked=checked,
         end_of_turn=list(chosen.end_of_turn) if chosen else None,
         metrics="metrics.jsonl",
         loss_plot="loss.png" if plot else None,
