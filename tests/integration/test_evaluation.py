@@ -259,10 +259,10 @@ def test_a_target_that_names_nothing_is_a_usage_error_and_writes_nothing(workspa
     from llmforge.cli.app import app
 
     before = sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*"))
-    for spec, named in (("nosuchtarget", "nosuchtarget"), ("run:nosuchrun", "nosuchrun"), ("gguf:q2_k", "no GGUF")):
+    for spec, named in (("nosuchtarget", "nosuchtarget"), ("run:nosuchrun", "nosuchrun"), ("gguf:q2_k", "gguf")):
         for args in ([spec], ["--compare", f"base,{spec}"]):
             out = CliRunner().invoke(app, ["eval", *args, "-s", f"project.workdir={workspace.root}",
                                            "-s", f"model.name={tiny_llama_dir}"])  # fmt: skip
             assert out.exit_code == 2, (args, out.output)
-            assert named in out.output and "error:" in out.output
+            assert named in out.output.lower() and "error:" in out.output
     assert sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*")) == before  # no folder, no entry
