@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fakes.openai_server import FakeOpenAI  # noqa: E402
@@ -77,12 +79,25 @@ def test_a_planted_key_reaches_no_file_and_no_output(tiny_llama_dir, tmp_path, m
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while not (ws / "serve" / "manifest.json").is_file() and time.monotonic() < deadline:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.2)
+            lines = []
+            while not (lines and lines[-1].startswith("}")):
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
+                lines.append(line)
+            url = json.loads("".join(lines))["url"]
+            # one logged chat exchange, authorised with the key: the conversation log must not keep it
+            for _ in range(100):
+                try:
+                    if httpx.get(url + "/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            reply = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                               json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})  # fmt: skip
+            assert reply.status_code == 200, reply.text
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=60)
+            stdout = "".join(lines) + stdout
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -90,6 +105,7 @@ def test_a_planted_key_reaches_no_file_and_no_output(tiny_llama_dir, tmp_path, m
         outputs += [stdout, stderr]
         manifest = json.loads((ws / "serve" / "manifest.json").read_text())
         assert "--api-key" in manifest["platform"]["argv"]  # argv is recorded, with the value masked
+        assert list((ws / "serve" / "conversations").glob("*.jsonl"))  # the exchange was logged
     else:
         llmforge("serve", "--dry-run", "--api-key", KEY, *common)
 
