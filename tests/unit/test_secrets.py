@@ -77,7 +77,7 @@ def test_validation_error_does_not_echo_a_secret(tmp_path):
     assert "serve.api_key" in str(caught.value) and "sk-in-a-list-4f9c" not in str(caught.value)
 
 
-def test_data_generate_uses_the_real_key(tmp_path):
+def test_generate_key_is_a_secret_its_value_only_on_request():
     from llmforge.config.data import GenerateConfig
 
     cfg = GenerateConfig(api_key=KEY)
