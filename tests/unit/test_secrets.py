@@ -82,3 +82,17 @@ def test_generate_key_is_a_secret_its_value_only_on_request():
 
     cfg = GenerateConfig(api_key=KEY)
     assert cfg.api_key.get_secret_value() == KEY and KEY not in json.dumps(cfg.model_dump(mode="json"))
+
+
+def test_every_secret_looking_flag_is_masked_in_argv():
+    import typer.main
+
+    def options(command):  # typer carries its own click: walk by attributes, as cli.app.command_paths does
+        yield from (o for p in command.params for o in getattr(p, "opts", ()) if o.startswith("--"))
+        for sub in getattr(command, "commands", {}).values():
+            yield from options(sub)
+
+    words = {"key", "token", "password", "secret", "apikey", "credentials"}
+    flags = {o for o in options(typer.main.get_command(app)) if words & set(o[2:].split("-"))}
+    assert "--api-key" in flags
+    assert flags <= set(secrets.SECRET_FLAGS)
