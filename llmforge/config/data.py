@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, Section
+from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 from llmforge.secrets import Secret
 
 DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "text"]
@@ -93,8 +93,8 @@ class GenerateConfig(Section):
 
 
 class HubConfig(Section):
-    split: str = Field("train", description="Split of a Hugging Face dataset input, e.g. train_sft.")
-    subset: str | None = Field(None, description="Configuration (subset) of a Hugging Face dataset input.")
+    split: FolderName = Field("train", description="Split of a Hugging Face dataset input, e.g. train_sft.")
+    subset: FolderName | None = Field(None, description="Configuration (subset) of a Hugging Face dataset input.")
     revision: str | None = Field(None, description="Revision (branch, tag or commit) of a Hugging Face dataset input.")
 
 

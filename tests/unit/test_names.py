@@ -141,3 +141,20 @@ def test_serve_model_that_cannot_be_a_name_is_never_joined_to_the_workspace(tmp_
                               "-s", f"project.workdir={ws}"])  # fmt: skip
     assert out.exit_code == 2, out.output
     assert "serve.model" in out.output and "'../../../export'" in out.output and "stolen" not in out.output
+
+
+@pytest.mark.parametrize("key", ["data.hub.split", "data.hub.subset"])
+def test_hub_split_and_subset_name_cache_files_so_they_are_names(key):
+    # they become <datasets cache>/llmforge-jsonl/<owner___name>/<subset>/<split>-<hash>.jsonl
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + r".*'\.\./\.\./x'"):
+        load_config(sets=[f"{key}=../../x"], env={})
+    assert load_config(sets=["data.hub.split=train[:10%]"], env={}).config.data.hub.split == "train[:10%]"
+
+
+def test_hub_materialize_checks_its_names_before_loading_anything():
+    from llmforge.config.data import HubConfig
+    from llmforge.data.hub import materialize
+
+    hub = HubConfig.model_construct(split="../../escape", subset=None, revision=None)  # as if built unchecked
+    with pytest.raises(UsageError, match=r"data\.hub\.split: '\.\./\.\./escape'"):
+        materialize("owner/name", hub)
