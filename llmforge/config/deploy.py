@@ -6,11 +6,11 @@ from typing import Any
 
 from pydantic import Field
 
-from llmforge.config.base import Section
+from llmforge.config.base import OllamaName, Section
 
 
 class DeployConfig(Section):
-    name: str | None = Field(None, description="Ollama model name (default: the project name).")
+    name: OllamaName | None = Field(None, description="Ollama model name (default: the project name).")
     host: str | None = Field(None, description="Ollama address (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
     system: str | None = Field(None, description="System prompt baked into the Modelfile.")
     template: str = Field(

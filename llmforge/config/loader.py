@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llmforge import secrets
 from llmforge.config.root import LlmforgeConfig
 from llmforge.errors import ConfigError
 
@@ -33,6 +34,7 @@ class LoadedConfig:
     config: LlmforgeConfig
     sources: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # problems worth a word that are not errors (the CLI prints)
 
     def source_of(self, dotted: str) -> str:
         return self.sources.get(dotted, "default")
@@ -300,7 +302,33 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (project:, model:, train: ...)")
+    _refuse_duplicate_keys(path, text)
     return data, _yaml_lines(text)
+
+
+def _refuse_duplicate_keys(path: Path, text: str) -> None:
+    """YAML keeps the last of two equal keys without a word; a config that says a thing twice is an error."""
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen and key != "<<":
+                    raise ConfigError(
+                        f"{path}:{line}: duplicate key {prefix}{key} (first set on line {seen[key]})",
+                        hint="keep one of them; YAML would silently use the last",
+                    )
+                seen[key] = line
+                walk(value_node, f"{prefix}{key}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix.rstrip('.')}[{i}].")
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
 
 
 def find_config_file(explicit: Path | None, env: typing.Mapping[str, str], cwd: Path) -> Path | None:
@@ -336,9 +364,12 @@ def load_config(
             for known in [k for k in sources if k.startswith(dotted + ".")]:
                 del sources[known]
 
+    warnings: list[str] = []
     config_path = find_config_file(Path(path) if path is not None else None, env, cwd)
     if config_path is not None:
         data, lines = _read_yaml(config_path)
+        if not data:
+            warnings.append(f"{config_path} sets nothing (it is empty or only comments): every value is a default")
         apply(data, lambda dotted: f"{config_path}:{_line_of(lines, dotted)}")
 
     for name in sorted(env):
@@ -363,7 +394,7 @@ def load_config(
         config = LlmforgeConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_validation_message(exc, sources)) from None
-    return LoadedConfig(config=config, sources=sources, path=config_path)
+    return LoadedConfig(config=config, sources=sources, path=config_path, warnings=warnings)
 
 
 def _line_of(lines: dict[str, int], dotted: str) -> int:
@@ -393,6 +424,8 @@ def _validation_message(exc: ValidationError, sources: dict[str, str]) -> str:
                 break
         got = error.get("input")
         detail = error["msg"]
+        if secrets.is_secret_path(".".join(p for p in loc if not p.isdigit())):
+            got = secrets.MASK
         if error["type"] not in ("missing",) and not isinstance(got, dict):
             detail += f" (got {got!r})"
         problems.append(f"{dotted}: {detail}" + (f" [{source}]" if source else ""))
@@ -401,8 +434,5 @@ def _validation_message(exc: ValidationError, sources: dict[str, str]) -> str:
 
 
 def dump_config(config: LlmforgeConfig) -> dict:
-    """The resolved tree as plain data, secrets masked."""
-    data = config.model_dump(mode="json")
-    if config.serve.api_key is not None:
-        data["serve"]["api_key"] = "***"
-    return data
+    """The resolved tree as plain data; secrets come out masked by their type (llmforge.secrets.Secret)."""
+    return config.model_dump(mode="json")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llmforge.config.data import HubConfig
 from llmforge.errors import InputError, UsageError, require_extra
+from llmforge.workspace import check_name
 
 # owner/name as the Hub spells repository ids; a local path that exists always wins over this reading.
 _HUB_ID = re.compile(r"^(hf:)?[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -23,13 +24,17 @@ def is_hub_id(spec: str) -> bool:
 
 def materialize(spec: str, hub: HubConfig) -> Path:
     """The split as a JSONL file in the datasets cache (written once per dataset fingerprint), one row a line."""
+    repo = spec.removeprefix("hf:")
+    # The id, subset and split name a folder and a file in the cache below: the workspace's rule for names holds
+    check_name(repo.replace("/", "___"), "dataset id")
+    check_name(hub.subset or "default", "data.hub.subset")
+    check_name(hub.split, "data.hub.split")
     require_extra(f"reading the Hugging Face dataset {spec}", "train", "datasets")
     import datasets
     import orjson
 
     from llmforge import atomic
 
-    repo = spec.removeprefix("hf:")
     where = f"{repo} (split {hub.split}" + (f", subset {hub.subset}" if hub.subset else "") + ")"
     offline = datasets.config.HF_HUB_OFFLINE
     # Its "using the latest cached version" notices and progress bars are what offline use looks like, not news.

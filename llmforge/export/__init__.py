@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmforge.errors import InputError, UsageError
+from llmforge.workspace import check_name
 
 if TYPE_CHECKING:
     from llmforge.config.export import ExportConfig
@@ -71,7 +72,7 @@ def resolve_source(workspace: Workspace, source: str | Path | None) -> tuple[str
             return resolve_source(workspace, path / ("model" if (path / "model").is_dir() else "adapter"))
         raise InputError(f"{path}: neither a HF model folder (config.json) nor a PEFT adapter (adapter_config.json)",
                          hint="pass a run name, a run folder, an adapter folder or a saved model folder")
-    run = str(source)
+    run = check_name(str(source), "run name")  # not a folder: a run of this workspace, never a path to join
     if _is_model_dir(workspace.model_dir(run)):
         return "model", run, workspace.model_dir(run)
     if (workspace.adapter_dir(run) / "adapter_config.json").is_file():
@@ -149,6 +150,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     from llmforge.export.quant_types import parse_quants
 
     timer = manifests.Timer()
+    if name is not None:  # the file stem: checked before anything is merged, converted or written
+        check_name(name, "--name")
     quants = parse_quants(export.quant)
     kind, run, path = resolve_source(workspace, source)
     out_dir = workspace.export_dir(run)
