@@ -193,6 +193,8 @@ def _print_plan(plan: dict) -> None:
         if plan.get("chat_template_date"):
             how += f"; the template's date is {plan['chat_template_date']}"
         rows.append(("loss mask", how))
+    if plan.get("overlong"):
+        rows.append(("over max_length", overlong_text(plan["overlong"])))
     if plan.get("resume_from"):
         rows.append(("resume from", plan["resume_from"]))
     for skip in plan.get("resume_skipped") or []:
@@ -211,6 +213,16 @@ def _print_resume(out, checkpoint: str, skipped: list[dict]) -> None:
     out.print(f"resuming from {escape(checkpoint)}")
 
 
+def overlong_text(o: dict) -> str:
+    """What train.overlong did, in one line: '3 of 40 samples over 32 tokens (longest 57): 2 truncated, 1 dropped'."""
+    if not o["overlong"]:
+        return f"none of {o['rows']:,} samples (longest {o['longest']:,} tokens)"
+    done = {"truncate": f"{o['truncated']:,} truncated, {o['dropped']:,} dropped (no answer token left)",
+            "drop": f"{o['dropped']:,} dropped"}.get(o["policy"], o["policy"])  # fmt: skip
+    return (f"{o['overlong']:,} of {o['rows']:,} samples over {o['max_length']:,} tokens (longest {o['longest']:,}): "
+            f"{done} (train.overlong: {o['policy']})")
+
+
 def _print_result(result: dict) -> None:
     loss = result.get("final_loss")
     first = result.get("first_loss")
@@ -221,6 +233,8 @@ def _print_result(result: dict) -> None:
         line += f", eval loss {result['final_eval_loss']:.4f}"
     line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
     console.print(line)
+    if result.get("overlong") and result["overlong"]["overlong"]:
+        console.print(f"[yellow]over max_length[/]: {escape(overlong_text(result['overlong']))}")
     console.print(f"output: {escape(result['output'])}")
     if result.get("removed_temporaries"):
         console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted run")

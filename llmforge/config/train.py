@@ -82,6 +82,12 @@ class TrainConfig(Section):
     batch_size: int = Field(4, ge=1, le=1_000_000, description="Per-device batch size.")
     grad_accum: int = Field(1, ge=1, le=1_000_000, description="Gradient accumulation steps.")
     max_length: int = Field(1024, ge=8, le=TOKENS_MAX, description="Maximum sequence length in tokens.")
+    overlong: Literal["truncate", "drop", "fail"] = Field(
+        "truncate",
+        description="Chat records longer than max_length (in tokens of the chat template): 'truncate' keeps their "
+        "first max_length tokens (a record left with no answer token is dropped), 'drop' leaves them out, 'fail' "
+        "stops before training. train prints how many.",
+    )
     packing: bool = Field(False, description="Pack several examples into each sequence.")
     assistant_only_loss: bool = Field(
         True,

@@ -353,13 +353,23 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         tokenizer.chat_template = chosen.text
     checked = 0
     split_records = 0
+    overlong = None
     if masked:
         # llmforge tokenizes and masks chat records itself, so the check below sees the very ids the trainer gets
         encoded = template_mod.encode(tokenizer, chosen, data.train.records)
         checked = template_mod.check_end_of_turn_trained(tokenizer, encoded, chosen.end_of_turn)
-        data.train_rows, split_records = encoded.rows, encoded.split_records
+        split_records = encoded.split_records
+        # Records over max_length: the stated policy, counted (the trainer would cut them without a word).
+        overlong = template_mod.apply_overlong(encoded, train_cfg.max_length, train_cfg.overlong)
+        if overlong["overlong"] and is_main and not dry_run:
+            log.warning("%d of %d training samples are longer than train.max_length (%d tokens): train.overlong: %s "
+                        "(%d truncated, %d dropped)", overlong["overlong"], overlong["rows"], train_cfg.max_length,
+                        train_cfg.overlong, overlong["truncated"], overlong["dropped"])  # fmt: skip
+        data.train_rows = encoded.rows
         if data.val is not None:
-            data.val_rows = template_mod.encode(tokenizer, chosen, data.val.records, "validation").rows
+            val = template_mod.encode(tokenizer, chosen, data.val.records, "validation")
+            overlong["validation"] = template_mod.apply_overlong(val, train_cfg.max_length, train_cfg.overlong)
+            data.val_rows = val.rows
 
     # 4. The plan (all a dry run does).
     total, trainable, model_config = _count_params(model_cfg, train_cfg, method, tokenizer)
@@ -402,6 +412,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "chat_template_date": (chosen.date.strftime("%Y-%m-%d") if chosen and chosen.date else None),
         "records_split_per_turn": split_records,
         "end_of_turn_checked": checked,
+        "overlong": overlong,
         "resume_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
         "notes": data.notes,
@@ -523,6 +534,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "resumed_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
         "removed_temporaries": len(removed),
+        "overlong": overlong,
         "is_main": is_main,
     }
     if not is_main:
@@ -572,6 +584,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         chat_template_date=plan["chat_template_date"],
         records_split_per_turn=split_records if chosen else None,
         end_of_turn_checked=checked,
+        overlong=overlong,
         end_of_turn=list(chosen.end_of_turn) if chosen else None,
         metrics="metrics.jsonl",
         loss_plot="loss.png" if plot else None,

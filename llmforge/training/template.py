@@ -91,3 +91,44 @@ def check_end_of_turn_trained(tokenizer, encoded: Encoded, end_of_turn: tuple[st
             raise UsageError(f"training record {record + 1}: {exc.message}", hint=exc.hint) from None
         checked.add(record)
     return len(checked)
+
+
+def apply_overlong(encoded: Encoded, max_length: int, policy: str) -> dict[str, Any]:
+    """Apply train.overlong to encoded rows longer than `max_length`, in place; returns the counts the plan, the
+    manifest and the CLI report. Truncation keeps the first tokens, as the trainer would; a row that keeps no trained
+    token teaches nothing and is dropped (a record whose system prompt fills the budget would otherwise be silently
+    skipped by the trainer)."""
+    over = [i for i, row in enumerate(encoded.rows) if len(row["input_ids"]) > max_length]
+    counts = {"policy": policy, "max_length": max_length, "rows": len(encoded.rows), "overlong": len(over),
+              "truncated": 0, "dropped": 0, "longest": max((len(r["input_ids"]) for r in encoded.rows), default=0)}
+    if not over:
+        return counts
+    if policy == "fail":
+        first = over[0]
+        raise UsageError(
+            f"{len(over)} of {len(encoded.rows)} training samples are longer than train.max_length ({max_length} "
+            f"tokens); the first is record {encoded.record_of[first] + 1} with {len(encoded.rows[first]['input_ids'])}",
+            hint="raise train.max_length, shorten those records, or set train.overlong: truncate or drop",
+        )
+    keep = []
+    for i, row in enumerate(encoded.rows):
+        if len(row["input_ids"]) > max_length:
+            if policy == "drop":
+                counts["dropped"] += 1
+                continue
+            row = {key: value[:max_length] for key, value in row.items()}
+            if not any(row["assistant_masks"]):
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += 1
+        keep.append(i)
+    encoded.rows[:] = [encoded.rows[i] if len(encoded.rows[i]["input_ids"]) <= max_length
+                       else {k: v[:max_length] for k, v in encoded.rows[i].items()} for i in keep]  # fmt: skip
+    encoded.record_of[:] = [encoded.record_of[i] for i in keep]
+    encoded.turns[:] = [encoded.turns[i] for i in keep]
+    if not encoded.rows:
+        raise UsageError(
+            f"every training sample is longer than train.max_length ({max_length} tokens) with no answer token left "
+            "within it", hint="raise train.max_length",
+        )
+    return counts
