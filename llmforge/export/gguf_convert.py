@@ -27,7 +27,8 @@ class ArchSpec:
     permute_qk: bool  # llama.cpp's llama graph uses the interleaved rope layout; HF stores halves
 
 
-ARCHITECTURES: dict[str, ArchSpec] = {
+# The one list of what we convert ourselves (HF architecture -> how); everything else goes to llama.cpp's converter.
+NATIVE_ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": ArchSpec("LLAMA", True),
     "MistralForCausalLM": ArchSpec("LLAMA", True),
     "Qwen2ForCausalLM": ArchSpec("QWEN2", False),
@@ -38,7 +39,7 @@ _REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "
 
 
 def supported_architectures() -> list[str]:
-    return sorted(ARCHITECTURES)
+    return sorted(NATIVE_ARCHITECTURES)
 
 
 def read_config(model_dir: Path) -> dict:
@@ -66,16 +67,16 @@ def architecture_of(config: dict, path: Path) -> str:
 
 def arch_spec(config: dict, model_dir: Path) -> ArchSpec:
     arch = architecture_of(config, model_dir)
-    if arch not in ARCHITECTURES:
+    if arch not in NATIVE_ARCHITECTURES:
         raise UsageError(
             f"{model_dir}: architecture {arch} is not supported by the built-in converter "
             f"(supported: {', '.join(supported_architectures())})",
-            hint="set export.llama_cpp_dir to a llama.cpp checkout to use its convert_hf_to_gguf.py",
+            hint="export.converter: llama.cpp (or auto) runs llama.cpp's own converter for it",
         )
     missing = [k for k in _REQUIRED_CONFIG if k not in config]
     if missing:
         raise InputError(f"{model_dir}/config.json: {missing[0]}: missing", hint="re-save the model with transformers")
-    return ARCHITECTURES[arch]
+    return NATIVE_ARCHITECTURES[arch]
 
 
 def rope_settings(config: dict) -> tuple[float, dict]:
