@@ -197,7 +197,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
                         path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
     if result["failures"]:
         raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
-                            hint=f"the files are kept and marked verified: false in {manifest_path}")
+                            hint=f"the files are kept and marked verified: false in {manifest_path}"
+                            + (f" ({result['converter_note']})" if result["converter"] == "llama.cpp" else ""))
     body["output_dir"] = str(out_dir)
     # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
     body["removed_temporaries"] = removed + ((merged_info or {}).get("removed_temporaries") or 0)
