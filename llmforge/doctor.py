@@ -212,7 +212,8 @@ def gguf_converters(llama_cpp_dir: Path | None = None) -> dict[str, Any]:
     """Which architectures export gguf converts itself, and whether llama.cpp's converter can take the rest here."""
     from llmforge.export import gguf_convert, llama_cpp_converter
 
-    return {"native": gguf_convert.supported_architectures(), "llama_cpp": llama_cpp_converter.readiness(llama_cpp_dir)}
+    return {"native": sorted(gguf_convert.NATIVE_ARCHITECTURES),
+            "llama_cpp": llama_cpp_converter.readiness(llama_cpp_dir)}
 
 
 def converter_verdicts(converters: dict[str, Any]) -> list[Verdict]:

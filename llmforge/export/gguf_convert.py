@@ -27,19 +27,22 @@ class ArchSpec:
     permute_qk: bool  # llama.cpp's llama graph uses the interleaved rope layout; HF stores halves
 
 
-# The one list of what we convert ourselves (HF architecture -> how); everything else goes to llama.cpp's converter.
-NATIVE_ARCHITECTURES: dict[str, ArchSpec] = {
+ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": ArchSpec("LLAMA", True),
     "MistralForCausalLM": ArchSpec("LLAMA", True),
     "Qwen2ForCausalLM": ArchSpec("QWEN2", False),
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),
 }
 
+# The HF architectures this converter writes itself; export.converter "auto" hands every other one to llama.cpp's
+# convert_hf_to_gguf.py (llama_cpp_converter.py reads this).
+NATIVE_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
+
 _REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "rms_norm_eps")
 
 
 def supported_architectures() -> list[str]:
-    return sorted(NATIVE_ARCHITECTURES)
+    return sorted(ARCHITECTURES)
 
 
 def read_config(model_dir: Path) -> dict:
@@ -67,16 +70,16 @@ def architecture_of(config: dict, path: Path) -> str:
 
 def arch_spec(config: dict, model_dir: Path) -> ArchSpec:
     arch = architecture_of(config, model_dir)
-    if arch not in NATIVE_ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise UsageError(
             f"{model_dir}: architecture {arch} is not supported by the built-in converter "
             f"(supported: {', '.join(supported_architectures())})",
-            hint="export.converter: llama.cpp (or auto) runs llama.cpp's own converter for it",
+            hint="set export.llama_cpp_dir to a llama.cpp checkout to use its convert_hf_to_gguf.py",
         )
     missing = [k for k in _REQUIRED_CONFIG if k not in config]
     if missing:
         raise InputError(f"{model_dir}/config.json: {missing[0]}: missing", hint="re-save the model with transformers")
-    return NATIVE_ARCHITECTURES[arch]
+    return ARCHITECTURES[arch]
 
 
 def rope_settings(config: dict) -> tuple[float, dict]:
