@@ -22,9 +22,10 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes i
 # What the vendored converter imports (module -> our extra that carries it). torch and transformers are imported at
 # module level by every architecture; sentencepiece by the Llama-family vocab code before it even looks for a
 # tokenizer.model, so a fresh install without it fails on all of those; protobuf when transformers converts a
-# sentencepiece tokenizer. torch is not in the 'gguf' extra on purpose: our own converter never needs it.
-CONVERTER_NEEDS = {"torch": "train", "transformers": "train", "numpy": "gguf", "yaml": "gguf",
-                   "sentencepiece": "gguf", "google.protobuf": "gguf"}
+# sentencepiece tokenizer; yaml (gguf-py's) is a core dependency. torch is not in the 'gguf' extra on purpose: our own
+# converter never needs it. Found by running the converter where only these extras can be imported (core_guard.py).
+CONVERTER_NEEDS = {"torch": "train", "transformers": "train", "numpy": "gguf", "sentencepiece": "gguf",
+                   "google.protobuf": "gguf"}
 SOURCE_SIZE = "~75 MB"
 
 
@@ -133,7 +134,8 @@ def cached_converter() -> Path | None:
     version = wanted_version()
     if version and (root / version / "convert_hf_to_gguf.py").is_file():
         return root / version
-    cached = sorted(p.parent for p in root.glob("*/convert_hf_to_gguf.py"))
+    cached = sorted((p.parent for p in root.glob("*/convert_hf_to_gguf.py")),  # 0.3.36 is newer than 0.3.9
+                    key=lambda p: [int(x) if x.isdigit() else -1 for x in re.split(r"[.\-]", p.name)])
     return cached[-1] if cached else None
 
 
