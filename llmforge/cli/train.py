@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, plain, print_json
+from llmforge.cli.output import console, escape, plain, print_json, print_table
 
 METHODS = ["scratch", "sft", "lora", "qlora", "dpo"]
 
@@ -245,7 +245,7 @@ def _print_plan(plan: dict) -> None:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print("[bold]training plan[/] (dry run: nothing trained)")
-    console.print(table)
+    print_table(table)
     for note in plan.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llmforge.atomic import refuse_overwrite
@@ -60,7 +61,8 @@ def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None
 
 def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
             force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
-            backend: str = "auto", reference_adapters: list[Path] | None = None, _convert_options=None) -> dict:
+            backend: str = "auto", reference_adapters: list[Path] | None = None, _convert_options=None,
+            progress: Callable[[str], None] | None = None) -> dict:
     """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
     reported in the result (`failures`), not raised, so the caller can write the manifest first."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -83,6 +85,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
         raise MissingExtraError(f"llmforge export gguf --quant {','.join(q.name for q in k_quants)}", "llamacpp",
                                 ["llama_cpp"])
 
+    say = progress or (lambda phase: None)  # one call per phase, for the CLI's log lines
     files: dict[str, dict] = {}
     convert_info: dict = {}
     source_float: Path | None = None
@@ -92,6 +95,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
             if by_llama_cpp(q):
                 continue
             started = time.perf_counter()
+            say(f"writing {targets[q.name].name}")
             if how == "native":
                 convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
                                                     **(_convert_options or {}))
@@ -109,6 +113,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
             else:
                 q16 = QUANT_TYPES[QUANTIZE_SOURCE]
                 temp_float = out_dir / f".{name}-{q16.name}.for-quantize.gguf"
+                say(f"writing a {q16.name} GGUF to quantize from")
                 if how == "native":
                     convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
                                                         **(_convert_options or {}))
@@ -117,6 +122,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
                 source_float = temp_float
             for q in k_quants:
                 started = time.perf_counter()
+                say(f"quantizing {targets[q.name].name}")
                 llama_cpp_quantize.quantize(source_float, targets[q.name], q)
                 files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": "llama.cpp quantize"}
     finally:
@@ -141,12 +147,14 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
         for f in files.values():
             f["verification"] = f"skipped: {what} not installed"
     else:
+        say("loading the HF model to verify against")
         ref = verify.load_reference(model_dir, reference_adapters)
         prompts = verify.prompt_ids(ref)
         ref_logits = verify.hf_logits(ref, prompts)
         for q in ordered:
             f = files[q.name]
             path = targets[q.name]
+            say(f"verifying {path.name}")
             tok = verify.check_tokenization(path, ref)
             logits = verify.compare_logits(path, prompts, ref_logits)
             f["tokenization"] = tok

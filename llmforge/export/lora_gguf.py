@@ -117,8 +117,10 @@ def _float_file(path: Path) -> bool:
 
 
 def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, base_gguf: Path | None = None,
-                   force: bool = False, _options: dict | None = None) -> dict[str, Any]:
-    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest."""
+                   force: bool = False, _options: dict | None = None, progress=None) -> dict[str, Any]:
+    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest.
+    `progress(line)` is called once per phase."""
+    say = progress or (lambda phase: None)
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
@@ -136,6 +138,7 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
     out = out_dir / "lora" / f"{run}-lora-f32.gguf"
     refuse_overwrite(out, force, "GGUF file")
+    say(f"writing {out.name}")
     facts = write_lora_gguf(adapter_dir, base, out, **opts)
     entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": f"lora/{out.name}", "bytes": out.stat().st_size,
                              "sha256": manifests.sha256_file(out), "verified": False, "base_model": str(base), **facts}
@@ -150,9 +153,11 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
         try:
             if base_gguf is None:  # an f32 base keeps the comparison about the adapter, not base rounding
                 temp_base = out_dir / f".{run}-base-f32.for-lora-check.gguf"
+                say("writing an f32 GGUF of the base to verify on")
                 from llmforge.export import gguf_convert
 
                 gguf_convert.convert(base, temp_base, QUANT_TYPES["f32"])
+            say(f"verifying {out.name} on the base")
             ref = verify.load_reference(base, [adapter_dir])
             prompts = verify.prompt_ids(ref)
             ref_logits = verify.hf_logits(ref, prompts)
