@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from test_serve import tiny_gguf  # noqa: E402, F401  (fixture)
 from train_data import chat_rows, workspace_with  # noqa: E402
 
 import llmforge  # noqa: E402
@@ -119,3 +120,27 @@ def test_piped_export_and_eval_print_phases_and_no_library_noise(tiny_llama_dir,
     for line in (f"eval: run:{run}: loading", f"eval: run:{run}: loss 2/2", "eval: gguf:f16: generate 2/2",
                  "eval: gguf:f16: done"):
         assert line in evaluated.stdout.splitlines(), evaluated.stdout
+
+
+def test_piped_serve_says_what_it_loads_before_the_address(tiny_gguf, tmp_path):  # noqa: F811
+    proc = subprocess.Popen(llmforge_cmd("serve", "--model", str(tiny_gguf), "--port", "0",
+                                         "-s", "project.workdir=work"),
+                            env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("Ctrl-C stops")):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "\n".join(lines) + out + err
+    assert_clean(log)
+    assert lines[0] == f"serve: loading {tiny_gguf} with the llamacpp engine", lines
+    assert lines[1].startswith("serving ") and f"from {tiny_gguf}" in lines[1], lines
