@@ -92,3 +92,20 @@ def test_library_progress_bars_are_off_in_a_log(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # a user's own choice wins
     quiet_known_noise()
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_data_prepare_in_a_log_prints_a_line_per_10000_records_and_its_table_whole(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"messages": [{"role": "user", "content": f"Question number {i}?"},
+                          {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(10_001)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workdir = tmp_path / "a-workspace-folder-whose-path-alone-is-longer-than-a-narrow-table-would-be"
+    out = runner.invoke(app, ["data", "prepare", "in.jsonl", "-s", f"project.workdir={workdir}"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "\r" not in out.output and "…" not in out.output
+    assert "data prepare: read 10,000 records" in lines
+    assert f"messages dataset -> {workdir / 'data'}" in lines  # the title, unwrapped, on its own line
+    assert f"report: {workdir / 'data' / 'report.md'}" in lines
