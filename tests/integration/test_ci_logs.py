@@ -92,17 +92,17 @@ def test_piped_training_logs_plain_lines_and_its_resume_hint_resumes(tiny_llama_
     assert re.search(r", eval loss \d+\.\d{4}, ", summary)  # the summary line is not wrapped mid-value
 
 
-def test_piped_export_and_eval_print_phases_and_no_library_noise(tiny_llama_dir, tmp_path):
-    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(), chat_rows(4)))
-    (ws.root / "data" / "test.jsonl").write_text((ws.root / "data" / "val.jsonl").read_text())
+def test_piped_export_prints_its_phases_and_no_library_noise(tiny_llama_dir, tmp_path):
+    # an adapter run: the merge loads it with peft (the FutureWarning), verification loads HF weights (their bar)
+    # and opens the GGUF vocab-only in llama.cpp (the false n_ctx_train (0) line)
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows()))
     run = "lora-20261129-194500-a-run-name-long-enough-to-be-cut-at-eighty-columns"
     cfg = load_config(None, [], {"model.name": str(tiny_llama_dir), "train.method": "lora", "train.run_name": run,
-                                 "train.max_steps": 4}).config
+                                 "train.max_steps": 2}).config
     train(cfg.model, cfg.train, ws)
-    common = ["-s", f"project.workdir={ws.root}", "-s", f"model.name={tiny_llama_dir}"]
-
-    export = subprocess.run(llmforge_cmd("export", "gguf", run, "-q", "f16", *common), env=env(),
-                            capture_output=True, text=True, timeout=300)
+    export = subprocess.run(llmforge_cmd("export", "gguf", run, "-q", "f16", "-s", f"project.workdir={ws.root}",
+                                         "-s", f"model.name={tiny_llama_dir}"),
+                            env=env(), capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr
     assert_clean(export.stdout + export.stderr)
     assert export.stderr == ""
@@ -111,15 +111,28 @@ def test_piped_export_and_eval_print_phases_and_no_library_noise(tiny_llama_dir,
     assert f"GGUF export of {run}" in export.stdout.splitlines()
     assert f"files: {run}-f16.gguf" in export.stdout.splitlines()
 
-    evaluated = subprocess.run(llmforge_cmd("eval", "--compare", "run,gguf:f16", "--limit", "2",
-                                            "--max-new-tokens", "2", *common),
+
+def test_piped_eval_prints_its_progress_and_no_library_noise(tiny_llama_dir, tiny_gguf, tmp_path):  # noqa: F811
+    ws = Workspace(workspace_with(tmp_path / "ws", chat_rows()))
+    (ws.root / "data" / "test.jsonl").write_text((ws.root / "data" / "train.jsonl").read_text())
+    folder = tmp_path / "a-model-folder-whose-name-alone-is-longer-than-a-table-column-would-be"
+    folder.symlink_to(tiny_llama_dir)
+    evaluated = subprocess.run(llmforge_cmd("eval", "--compare", f"{folder},{tiny_gguf}", "--limit", "2",
+                                            "--max-new-tokens", "2", "-s", f"project.workdir={ws.root}"),
                                env=env(), capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert_clean(evaluated.stdout + evaluated.stderr)
-    assert evaluated.stderr == ""
-    for line in (f"eval: run:{run}: loading", f"eval: run:{run}: loss 2/2", "eval: gguf:f16: generate 2/2",
-                 "eval: gguf:f16: done"):
-        assert line in evaluated.stdout.splitlines(), evaluated.stdout
+    # the tiny model was made with 512 positions and eval asks llama.cpp for more: a true warning, and kept
+    assert [line for line in evaluated.stderr.splitlines() if "> n_ctx_train (512)" not in line] == []
+    lines = evaluated.stdout.splitlines()
+    labels = re.findall(r"^eval: (.+): loading$", evaluated.stdout, re.M)
+    assert len(labels) == 2, evaluated.stdout
+    for label in labels:
+        for line in (f"eval: {label}: generate 1/2", f"eval: {label}: generate 2/2", f"eval: {label}: done"):
+            assert line in lines, evaluated.stdout
+    assert f"eval: {labels[0]}: loss 2/2" in lines  # the HF folder also gets perplexity
+    header = next(line for line in lines if "┃ metric" in line)
+    assert all(f" {label} " in header for label in labels), header  # the summary's columns are not folded
 
 
 def test_piped_serve_says_what_it_loads_before_the_address(tiny_gguf, tmp_path):  # noqa: F811

@@ -109,3 +109,16 @@ def test_data_prepare_in_a_log_prints_a_line_per_10000_records_and_its_table_who
     assert "data prepare: read 10,000 records" in lines
     assert f"messages dataset -> {workdir / 'data'}" in lines  # the title, unwrapped, on its own line
     assert f"report: {workdir / 'data' / 'report.md'}" in lines
+
+
+def test_data_stats_in_a_log_keeps_file_names_whole(tmp_path):
+    import json
+
+    folder = tmp_path / "a-dataset-folder-whose-path-alone-is-longer-than-a-narrow-table-would-be"
+    folder.mkdir()
+    row = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+    (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
+    out = runner.invoke(app, ["data", "stats", str(folder / "train.jsonl"), "-s", f"project.workdir={tmp_path}"])
+    assert out.exit_code == 0, out.output
+    assert "…" not in out.output
+    assert any(f" {folder / 'train.jsonl'} " in line and line.rstrip().endswith("│") for line in out.output.splitlines())
