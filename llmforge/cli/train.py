@@ -172,16 +172,16 @@ class _PlainLog:
     a bar would redraw itself with carriage returns, or (rich's non-terminal mode) print nothing until the end."""
 
     def __enter__(self):
-        self.started: float | None = None
-        self.first_step = 0
+        self.first: tuple[float, int] | None = None  # (time, step) of the first step this process trained
         return self
 
     def update(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "begin":
             console.print(_begin_line(event))
-        elif kind == "start":
-            self.started, self.first_step = time.monotonic(), event.get("step", 0)
+        elif kind == "step" and self.first is None:
+            # the first step, not the "start" event: on a resume, the trainer restores the step count after "start"
+            self.first = (time.monotonic(), event["step"])
         elif kind == "log":
             step, total = event["step"], event.get("total_steps")
             parts = [f"step {step}/{total}" if total else f"step {step}", f"loss {event['loss']:.4f}"]
@@ -189,8 +189,8 @@ class _PlainLog:
                 parts.append(f"lr {event['learning_rate']:.2e}")
             if event.get("tokens_per_second"):
                 parts.append(f"{event['tokens_per_second']:.0f} tok/s")
-            if self.started is not None and total and step > self.first_step:
-                left = (time.monotonic() - self.started) / (step - self.first_step) * (total - step)
+            if self.first is not None and total and step > self.first[1]:
+                left = (time.monotonic() - self.first[0]) / (step - self.first[1]) * (total - step)
                 parts.append(f"ETA {_duration(left)}")
             console.print("train: " + ", ".join(parts))
         elif kind == "eval":

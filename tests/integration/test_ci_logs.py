@@ -84,6 +84,7 @@ def test_piped_training_logs_plain_lines_and_its_resume_hint_resumes(tiny_llama_
     assert_clean(resumed.stdout + resumed.stderr)
     assert f"resuming from {ws.checkpoints_dir('ci') / f'checkpoint-{stopped_at}'}" in resumed.stdout
     steps = [int(s) for s in re.findall(r"^train: step (\d+)/40, loss", resumed.stdout, re.M)]
+    assert re.search(r"^train: step 40/40, loss .+, ETA 0:00:00$", resumed.stdout, re.M), resumed.stdout
     assert steps and steps[0] > stopped_at and steps[-1] == 40  # continued, not restarted from step 0
     assert re.search(r"^train: step 40/40, eval loss \d+\.\d{4}$", resumed.stdout, re.M), resumed.stdout
     manifest = json.loads(ws.run_manifest("ci").read_text())

@@ -122,3 +122,21 @@ def test_data_stats_in_a_log_keeps_file_names_whole(tmp_path):
     assert out.exit_code == 0, out.output
     assert "…" not in out.output
     assert any(f" {folder / 'train.jsonl'} " in line and line.rstrip().endswith("│") for line in out.output.splitlines())
+
+
+def test_train_log_lines_and_eta_of_a_resumed_run(monkeypatch, capsys):
+    from llmforge.cli import train as train_cli
+
+    clock = iter([100.0, 112.0])  # first trained step at t=100, the log at step 15 at t=112: 3 s a step
+    monkeypatch.setattr(train_cli.time, "monotonic", lambda: next(clock))
+    log = train_cli._PlainLog().__enter__()
+    # the trainer's "start" comes before it restores the checkpoint's step count
+    log.update({"event": "start", "step": 0, "total_steps": 40})
+    log.update({"event": "step", "step": 11, "total_steps": 40, "loss": None})
+    log.update({"event": "log", "step": 15, "total_steps": 40, "loss": 6.1234, "learning_rate": 1.5e-4,
+                "tokens_per_second": 2345.6})
+    log.update({"event": "eval", "step": 20, "total_steps": 40, "eval_loss": 6.0037})
+    assert capsys.readouterr().out.splitlines() == [
+        "train: step 15/40, loss 6.1234, lr 1.50e-04, 2346 tok/s, ETA 0:01:15",
+        "train: step 20/40, eval loss 6.0037",
+    ]
