@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import llmforge
+from llmforge.secrets import mask_argv
 
 # Libraries whose versions decide results; read from metadata, never imported.
 TRACKED = [
@@ -76,7 +77,7 @@ def build(stage: str, inputs: dict[str, Path | str], timer: Timer, **extra: Any)
         "stage": stage,
         "inputs": hashed,
         "versions": versions(),
-        "platform": {"system": platform.system(), "machine": platform.machine(), "argv": sys.argv[1:]},
+        "platform": {"system": platform.system(), "machine": platform.machine(), "argv": mask_argv(sys.argv[1:])},
         "started_at": timer.started_at,
         "finished_at": now(),
         "wall_seconds": timer.seconds,

@@ -3,15 +3,52 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from llmforge.errors import UsageError
+
+# A file system allows 255 bytes per name; stay well below so suffixes (-q4_k_m.gguf, -2) still fit.
+NAME_MAX = 128
+NAME_HINT = "a name is one folder name: letters, digits, '-', '_' and '.', not starting with '.'"
 
 
 def timestamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be one folder (or file stem) inside the workspace, or None when it can.
+
+    Every name that becomes a path (run, export, deploy and eval names, names given on the command line) passes
+    here, so `../x`, `/abs`, `C:x`, `.hidden` or a newline can never reach a path join, a mkdir or an rmtree."""
+    if not isinstance(name, str):
+        return f"expected a string, got {type(name).__name__}"
+    if not name.strip():
+        return "it is empty"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        return "it contains a control character"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
+    if name.startswith("."):
+        return "it starts with '.' ('..' leaves the folder, '.x' hides it)"
+    if PureWindowsPath(name).drive or Path(name).is_absolute():
+        return "it is an absolute path or names a drive"
+    if name != name.strip():
+        return "it starts or ends with a space"
+    if len(name) > NAME_MAX:
+        return f"it is longer than {NAME_MAX} characters"
+    return None
+
+
+def check_name(name: object, field: str) -> str:
+    """`name` if it can name a folder in the workspace; else a UsageError (exit 2) naming `field` and the value."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise UsageError(f"{field}: {name!r} cannot be used as a name ({problem})", hint=NAME_HINT)
+    return name  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -61,7 +98,7 @@ class Workspace:
         return self.root / "runs"
 
     def run_dir(self, run: str) -> Path:
-        return self.runs_dir / run
+        return self.runs_dir / check_name(run, "run name")
 
     def checkpoints_dir(self, run: str) -> Path:
         return self.run_dir(run) / "checkpoints"
@@ -97,7 +134,7 @@ class Workspace:
         return self.root / "eval"
 
     def eval_dir(self, stamp: str | None = None) -> Path:
-        return self.eval_root / (stamp or timestamp())
+        return self.eval_root / check_name(stamp or timestamp(), "eval stamp")
 
     # export/<run>/
     @property
@@ -105,13 +142,13 @@ class Workspace:
         return self.root / "export"
 
     def export_dir(self, run: str) -> Path:
-        return self.export_root / run
+        return self.export_root / check_name(run, "export name")
 
     def merged_dir(self, run: str) -> Path:
         return self.export_dir(run) / "merged"
 
     def gguf_file(self, run: str, name: str, quant: str) -> Path:
-        return self.export_dir(run) / f"{name}-{quant.lower()}.gguf"
+        return self.export_dir(run) / f"{check_name(name, 'export file name')}-{quant.lower()}.gguf"
 
     def export_manifest(self, run: str) -> Path:
         return self.export_dir(run) / "manifest.json"
@@ -133,7 +170,7 @@ class Workspace:
         return self.root / "deploy"
 
     def deploy_dir(self, name: str) -> Path:
-        return self.deploy_root / name
+        return self.deploy_root / check_name(name, "deploy name")
 
     def modelfile(self, name: str) -> Path:
         return self.deploy_dir(name) / "Modelfile"

@@ -19,9 +19,10 @@ TOKENS = {
     "ibm-granite-granite-3.3-2B-Instruct": (None, "<|end_of_text|>"),
 }
 
-# What llmforge makes of each: the family it reproduces exactly, or None for a clear refusal. Qwen3 rewrites
-# assistant turns (an empty <think></think> block on the last one, text split at </think>) and Granite 3.3 writes a
-# default system prompt with today's date: no Ollama template reproduces either exactly.
+# What chat_templates.identify (training's question: which fixed family is it?) makes of each: the family it
+# reproduces exactly, or None. Qwen3 rewrites assistant turns (an empty <think></think> block on the last one, text
+# split at </think>) and Granite 3.3 writes a default system prompt with today's date: no fixed family is either.
+# Deploy asks more (chat_templates.deploy_verdict, tests/unit/test_chat_templates.py CORPUS_VERDICTS).
 FAMILY = {
     "google-gemma-2-2b-it": "gemma",
     "microsoft-Phi-3.5-mini-instruct": "phi3",

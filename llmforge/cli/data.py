@@ -18,7 +18,13 @@ app = typer.Typer(
 
 InputsArgument = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Input files, folders or globs (default: data.inputs).", show_default=False),
+    typer.Argument(help="Input files, folders or globs, or Hugging Face dataset ids (default: data.inputs).",
+                   show_default=False),
+]
+HubSplitOption = Annotated[
+    Optional[str],
+    typer.Option("--split", help="Split of a Hugging Face dataset input (data.hub.split, default train).",
+                 show_default=False),
 ]
 DatasetArgument = Annotated[
     Optional[str],
@@ -38,6 +44,7 @@ def _spinner(json_: bool):
 @app.command("prepare")
 def prepare(
     inputs: InputsArgument = None,
+    split: HubSplitOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
@@ -46,10 +53,11 @@ def prepare(
     """Ingest, validate, clean, deduplicate and split data into the workspace's data/ (train/val/test.jsonl).
 
     Example:  llmforge data prepare chats.jsonl docs/ -s data.on_error=skip -s data.split.seed=7
+              llmforge data prepare HuggingFaceH4/ultrachat_200k --split train_sft
     """
     from llmforge.data import prepare as run
 
-    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None)
+    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None, data__hub__split=split)
     with _spinner(json_) as status:
 
         def progress(phase: str, n: int) -> None:
@@ -74,6 +82,9 @@ def prepare(
     pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
     if pii:
         console.print(f"PII replaced: {pii}")
+    for entry in report["inputs"]:
+        if "error" in entry:
+            console.print(f"[yellow]unreadable file skipped[/]: {escape(entry['file'])}: {escape(entry['error'])}")
     if c["rejected"]:
         console.print(
             f"[yellow]{c['rejected']} invalid records skipped[/]: see {escape(report['outputs']['rejected'])}"
@@ -84,6 +95,7 @@ def prepare(
 @app.command("validate")
 def validate(
     inputs: InputsArgument = None,
+    split: HubSplitOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     json_: JsonOption = False,
@@ -94,7 +106,7 @@ def validate(
     """
     from llmforge.data import validate as run
 
-    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None)
+    loaded = load(config, set_, data__inputs=list(inputs) if inputs else None, data__hub__split=split)
     result = run(loaded.config.data)
     if json_:
         print_json(result.to_dict())

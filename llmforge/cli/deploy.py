@@ -58,8 +58,13 @@ def ollama_cmd(
         return
     for message in result.warnings:
         warn(message)
+    for item in result.caveats:
+        warn(f"caveat {item['id']}: {item['text']}")
     family = result.family or "none (embedded: Ollama uses the GGUF's template)"
-    console.print(f"template: {escape(family)}; stops: {escape(', '.join(result.stop))}")
+    if result.variant:
+        family += f" ({result.variant})"
+    status = f" [{result.template_status}]" if result.template_status else ""
+    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(', '.join(result.stop))}")
     if result.dry_run:
         console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
         console.print(f"register it with:  {escape(result.create_command)}", soft_wrap=True)
@@ -88,12 +93,15 @@ def list_cmd(config: ConfigOption = None, set_: SetOption = None, json_: JsonOpt
     from rich.table import Table
 
     table = Table(title="deployments")
-    for column in ("name", "export", "family", "host", "check", "recorded"):
+    for column in ("name", "export", "family", "caveats", "host", "check", "recorded"):
         # names are what a user copies into the next command: a narrow terminal folds them, never cuts them
         table.add_column(column, overflow="fold" if column in ("name", "export") else "ellipsis")
     for r in rows:
         check = {True: "ok", False: "FAILED", None: "-"}[r["check_ok"]]
-        table.add_row(r["name"], r["export"] or "", r["family"] or "embedded", r["host"] or "", check, r["recorded_at"])
+        table.add_row(
+            r["name"], r["export"] or "", r["family"] or "embedded", ", ".join(r["caveats"]) or "-", r["host"] or "",
+            check, r["recorded_at"],
+        )  # fmt: skip
     print_table(table)
 
 
@@ -120,6 +128,8 @@ def show_cmd(
     live = info["ollama"]
     state = {True: "registered", False: "NOT registered", None: f"unknown ({live.get('error')})"}[live["registered"]]
     console.print(f"ollama at {escape(live['host'])}: {escape(state)}")
+    for item in (info["manifest"] or {}).get("caveats") or [{"id": c, "text": ""} for c in record.get("caveats") or []]:
+        console.print(f"caveat {escape(item['id'])}" + (f": {escape(item['text'])}" if item["text"] else ""))
     if info["modelfile"]:
         console.print(info["modelfile"], markup=False, highlight=False, end="", soft_wrap=True)
 

@@ -55,6 +55,7 @@ def merge(
         return
     console.print(f"merged {len(result['adapters'])} adapter(s) into {result['base_model']} -> {result['output']} "
                   f"({result['dtype']}; merged vs adapter logits max diff {result['merge_max_abs_diff']:.2e})")
+    _print_cleanup(result)
 
 
 @app.command("gguf")
@@ -124,6 +125,16 @@ def _print_files(result: dict, key: str = "files") -> None:
         warn("not verified: llama-cpp-python is not installed (pip install 'llmforge-cli[llamacpp]')")
     console.print(f"files: {', '.join(f['path'] for f in result[key])}")
     console.print(f"in: {result['output_dir']}  (manifest.json beside them)")
+    _print_cleanup(result)
+
+
+def _print_cleanup(result: dict) -> None:
+    """What this run tidied after an export that was killed mid-way."""
+    if result.get("removed_temporaries"):
+        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted export")
+    if result.get("replaced_leftovers"):
+        console.print(f"replaced {len(result['replaced_leftovers'])} GGUF file(s) no manifest listed (left by an "
+                      f"interrupted export): {escape(', '.join(result['replaced_leftovers']))}")
 
 
 @app.command("lora-gguf")

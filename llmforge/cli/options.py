@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from llmforge.cli.output import warn
 from llmforge.config import LoadedConfig, load_config
 from llmforge.workspace import Workspace
 
@@ -36,7 +37,10 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing out
 def load(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> LoadedConfig:
     """Resolve the config for one command. `flags` maps dotted keys (as `train__method`) to typed flag values."""
     dotted = {key.replace("__", "."): value for key, value in flags.items()}
-    return load_config(config, sets or (), dotted)
+    loaded = load_config(config, sets or (), dotted)
+    for message in loaded.warnings:
+        warn(message)
+    return loaded
 
 
 def workspace_of(loaded: LoadedConfig) -> Workspace:

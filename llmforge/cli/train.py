@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -23,6 +24,10 @@ def _method(value: Optional[str]) -> Optional[str]:
 
 
 def train(
+    config_file: Annotated[
+        Optional[Path],
+        typer.Argument(help="YAML config file (the same as --config).", show_default=False, metavar="[CONFIG]"),
+    ] = None,
     method: Annotated[
         Optional[str],
         typer.Option("--method", "-m", help="scratch, sft, lora, qlora or dpo (default: train.method).",
@@ -35,6 +40,21 @@ def train(
     nproc: Annotated[
         Optional[int], typer.Option("--nproc", min=1, help="Train with N processes (relaunches under torchrun).")
     ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Base model: hub id or local folder (model.name).", show_default=False)
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Dataset file or folder (train.data; default: the workspace's prepared data).",
+                     show_default=False),
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (train.max_steps).",
+                                    show_default=False)
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Run name: runs/<name>/ (train.run_name).", show_default=False)
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
@@ -43,9 +63,12 @@ def train(
 ) -> None:
     """Train a model: from scratch, full SFT, LoRA, QLoRA or DPO; writes runs/<run>/ in the workspace.
 
-    Example:  llmforge train --method lora -s model.name=Qwen/Qwen2.5-0.5B-Instruct -s train.max_steps=200
+    Example:  llmforge train my.yaml --method lora --model Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl --max-steps 200
     """
-    loaded = load(config, set_, train__method=method)
+    if config_file is not None and config is not None and config_file != config:
+        raise typer.BadParameter(f"two config files given ({config_file} and --config {config}); give one")
+    loaded = load(config or config_file, set_, train__method=method, model__name=model, train__data=data,
+                  train__max_steps=max_steps, train__run_name=name)  # fmt: skip
     cfg = loaded.config
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ and not dry_run:
         from llmforge.training import relaunch
@@ -77,7 +100,9 @@ def train(
                     progress=bar.update,
                 )
     except TrainingStopped as exc:
-        exc.hint = "continue with: " + _resume_command(exc.run, config or loaded.path, set_, method, json_)
+        flags = {"--method": method, "--model": model, "--data": data, "--max-steps": max_steps}
+        exc.hint = "continue with: " + _resume_command(exc.run, config or config_file or loaded.path, set_, flags,
+                                                       json_)
         raise
     if not result.get("is_main", True):
         return
@@ -89,15 +114,16 @@ def train(
         _print_result(result)
 
 
-def _resume_command(run: str, config, sets: Optional[list[str]], method: Optional[str], json_: bool) -> str:
+def _resume_command(run: str, config, sets: Optional[list[str]], flags: dict, json_: bool) -> str:
     """The command that continues `run`: this command's own config file, -s values and typed flags (the resume
-    refuses a changed config, so leaving any out would fail), with train.run_name naming the run. Environment
-    variables (LLMFORGE_*) are not repeated: they are still set where the same CI script runs it."""
+    refuses a changed config, so leaving any out would fail), with train.run_name naming the run (--name is that
+    too). Environment variables (LLMFORGE_*) are not repeated: they are still set where the same CI script runs it."""
     args = ["llmforge", "train", "--resume"]
     if config is not None:
         args += ["-c", str(config)]
-    if method:
-        args += ["--method", method]
+    for flag, value in flags.items():
+        if value is not None:
+            args += [flag, str(value)]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # a process relaunched by --nproc: the resume needs as many
         args += ["--nproc", str(world)]
@@ -160,6 +186,8 @@ class _ProgressBar:
             self.progress.update(self.task, completed=event.get("step", 0), stats="  ".join(parts))
         elif event.get("event") == "eval":
             self.progress.console.print(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
+        elif event.get("event") == "resume":
+            _print_resume(self.progress.console, event["checkpoint"], event.get("skipped") or [])
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:  # a failed run: its error stands alone, without an empty bar above it
@@ -193,6 +221,8 @@ class _PlainLog:
                 left = (time.monotonic() - self.first[0]) / (step - self.first[1]) * (total - step)
                 parts.append(f"ETA {_duration(left)}")
             console.print("train: " + ", ".join(parts))
+        elif kind == "resume":
+            _print_resume(console, event["checkpoint"], event.get("skipped") or [])
         elif kind == "eval":
             total = event.get("total_steps")
             console.print(f"train: step {event['step']}{f'/{total}' if total else ''}, "
@@ -205,9 +235,7 @@ class _PlainLog:
 def _begin_line(event: dict) -> str:
     line = (f"run {escape(event['run'])}: {event['method']} with the {event['backend']} backend "
             f"({escape(event['backend_why'])}), {event['total_steps']:,} steps")
-    if event.get("resume_from"):
-        line += f", resuming from {escape(event['resume_from'])}"
-    return line
+    return line  # a resume's checkpoint gets its own line, from the "resume" event
 
 
 def _duration(seconds: float) -> str:
@@ -240,14 +268,41 @@ def _print_plan(plan: dict) -> None:
         rows.append(("4-bit", plan["four_bit"]))
     if plan.get("chat_template"):
         rows.append(("chat template", f"{plan['chat_template']} {plan.get('chat_template_family') or ''}".strip()))
+    if plan.get("loss_mask"):
+        how = plan["loss_mask"]
+        if plan.get("records_split_per_turn"):
+            how += f" ({plan['records_split_per_turn']:,} records trained as one sample per assistant turn)"
+        if plan.get("chat_template_date"):
+            how += f"; the template's date is {plan['chat_template_date']}"
+        rows.append(("loss mask", how))
+    if plan.get("overlong"):
+        rows.append(("over max_length", overlong_text(plan["overlong"])))
     if plan.get("resume_from"):
         rows.append(("resume from", plan["resume_from"]))
+    for skip in plan.get("resume_skipped") or []:
+        rows.append(("skipped", f"{skip['checkpoint']}: {skip['reason']}"))
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print("[bold]training plan[/] (dry run: nothing trained)")
     print_table(table)
     for note in plan.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _print_resume(out, checkpoint: str, skipped: list[dict]) -> None:
+    for skip in skipped:
+        out.print(f"[yellow]skipped[/] {escape(skip['checkpoint'])}: {escape(skip['reason'])}")
+    out.print(f"resuming from {escape(checkpoint)}")
+
+
+def overlong_text(o: dict) -> str:
+    """What train.overlong did, in one line: '3 of 40 samples over 32 tokens (longest 57): 2 truncated, 1 dropped'."""
+    if not o["overlong"]:
+        return f"none of {o['rows']:,} samples (longest {o['longest']:,} tokens)"
+    done = {"truncate": f"{o['truncated']:,} truncated, {o['dropped']:,} dropped (no answer token left)",
+            "drop": f"{o['dropped']:,} dropped"}.get(o["policy"], o["policy"])  # fmt: skip
+    return (f"{o['overlong']:,} of {o['rows']:,} samples over {o['max_length']:,} tokens (longest {o['longest']:,}): "
+            f"{done} (train.overlong: {o['policy']})")
 
 
 def _print_result(result: dict) -> None:
@@ -260,4 +315,8 @@ def _print_result(result: dict) -> None:
         line += f", eval loss {result['final_eval_loss']:.4f}"
     line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
     console.print(line)
+    if result.get("overlong") and result["overlong"]["overlong"]:
+        console.print(f"[yellow]over max_length[/]: {escape(overlong_text(result['overlong']))}")
     console.print(f"output: {escape(result['output'])}")
+    if result.get("removed_temporaries"):
+        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted run")

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmforge.config.base import Section
+from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
+from llmforge.secrets import Secret
 
 DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "text"]
 
@@ -15,7 +16,7 @@ class SplitConfig(Section):
     train: float = Field(0.9, ge=0, le=1, description="Share of records for training.")
     val: float = Field(0.05, ge=0, le=1, description="Share of records for validation (eval during training).")
     test: float = Field(0.05, ge=0, le=1, description="Share of records held out for `llmforge eval`.")
-    seed: int = Field(42, description="Seed for the deterministic split.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for the deterministic split.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -48,16 +49,17 @@ class PiiConfig(Section):
 
 class FilterConfig(Section):
     min_tokens: int = Field(
-        1, ge=0, description="Drop records shorter than this (tokens, or characters without a tokenizer)."
+        1, ge=0, le=TOKENS_MAX, description="Drop records shorter than this (tokens, or characters without a tokenizer)."
     )
     max_tokens: int | None = Field(
         None,
         ge=1,
+        le=TOKENS_MAX,
         description="Drop records longer than this (tokens of the rendered chat template when model.name is a "
         "local model folder, else characters); unset: no limit.",
     )
     min_answer_chars: int = Field(
-        1, ge=0, description="Drop records whose answer (shortest assistant turn) is shorter than this many characters."
+        1, ge=0, le=CHARS_MAX, description="Drop records whose answer (shortest assistant turn) is shorter than this many characters."
     )
     blocklist: list[str] = Field(default_factory=list, description="Regular expressions; a matching record is dropped.")
 
@@ -67,21 +69,21 @@ class GenerateConfig(Section):
         None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (Ollama) or llmforge serve's."
     )
     model: str | None = Field(None, description="Model name the endpoint serves.")
-    api_key: str | None = Field(
-        None, description="Bearer key for the endpoint; prefer the env var LLMFORGE_DATA__GENERATE__API_KEY."
+    api_key: Secret | None = Field(
+        None, description="Bearer key for the endpoint (masked in every output); prefer the env var LLMFORGE_DATA__GENERATE__API_KEY."
     )
     output: str | None = Field(
         None, description="Where to write the pairs (default: <workspace>/data/generated.jsonl)."
     )
     pairs_per_chunk: int = Field(3, ge=1, le=50, description="Question/answer pairs asked for per chunk.")
     chunk_chars: int = Field(
-        2000, ge=200, description="Target chunk size in characters (split on headings, paragraphs)."
+        2000, ge=200, le=CHARS_MAX, description="Target chunk size in characters (split on headings, paragraphs)."
     )
     chunk_overlap: int = Field(
-        200, ge=0, description="Characters of the previous chunk repeated at the start of the next."
+        200, ge=0, le=CHARS_MAX, description="Characters of the previous chunk repeated at the start of the next."
     )
     temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature for generation.")
-    max_tokens: int = Field(1024, ge=16, description="Most tokens the endpoint may answer with per chunk.")
+    max_tokens: int = Field(1024, ge=16, le=TOKENS_MAX, description="Most tokens the endpoint may answer with per chunk.")
     timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer.")
     retries: int = Field(3, ge=0, le=20, description="Retries of a failed request (timeouts, 429, 5xx), with backoff.")
     backoff: float = Field(1.0, ge=0, description="First retry delay in seconds; doubles each retry.")
@@ -90,14 +92,27 @@ class GenerateConfig(Section):
     )
 
 
+class HubConfig(Section):
+    split: FolderName = Field("train", description="Split of a Hugging Face dataset input, e.g. train_sft.")
+    subset: FolderName | None = Field(None, description="Configuration (subset) of a Hugging Face dataset input.")
+    revision: str | None = Field(None, description="Revision (branch, tag or commit) of a Hugging Face dataset input.")
+
+
 class DataConfig(Section):
-    inputs: list[str] = Field(default_factory=list, description="Input files, folders or globs.")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Input files, folders or globs, or Hugging Face dataset ids (owner/name, or hf:owner/name).",
+    )
     format: DataFormat = Field("auto", description="Record format; 'auto' detects it per record.")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="'fail' stops at invalid records and writes nothing; 'skip' writes the good ones."
     )
     max_record_chars: int = Field(
-        1_000_000, ge=100, description="A record longer than this is invalid (absurd length); documents are exempt."
+        1_000_000,
+        ge=100,
+        le=CHARS_MAX,
+        description="A record longer than this is invalid (absurd length); a .txt/.md document longer than this "
+        "becomes several records, cut at paragraph breaks.",
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
@@ -105,4 +120,9 @@ class DataConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Length and content filters.")
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig, description="Question/answer generation from documents (`data generate`)."
+    )
+    hub: HubConfig = Field(
+        default_factory=HubConfig,
+        description="Hugging Face dataset inputs: read with the `datasets` library, from its local cache when "
+        "HF_HUB_OFFLINE=1.",
     )

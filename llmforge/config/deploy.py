@@ -6,15 +6,18 @@ from typing import Any
 
 from pydantic import Field
 
-from llmforge.config.base import Section
+from llmforge.config.base import OllamaName, Section
 
 
 class DeployConfig(Section):
-    name: str | None = Field(None, description="Ollama model name (default: the project name).")
+    name: OllamaName | None = Field(None, description="Ollama model name (default: the project name).")
     host: str | None = Field(None, description="Ollama address (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
     system: str | None = Field(None, description="System prompt baked into the Modelfile.")
     template: str = Field(
-        "auto", description="'auto' identifies the model's chat-template family; or a family name; or 'embedded'."
+        "auto",
+        description="'auto' writes an Ollama TEMPLATE for the model's own chat template, or refuses when Ollama "
+        "cannot render it (differences it can name are printed as caveats); a family name, for a model without a "
+        "template (refused when the model's own template renders differently); 'embedded' writes no TEMPLATE.",
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Extra Modelfile PARAMETERs (temperature, top_p, num_ctx, ...)."

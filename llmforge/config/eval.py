@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from llmforge.config.base import Section
+from llmforge.config.base import COUNT_MAX, SEED_MAX, TOKENS_MAX, Section
 
 ALL_METRICS = ["perplexity", "bleu", "rouge", "chrf", "exact_match", "f1"]
 
@@ -25,7 +25,7 @@ class JudgeConfig(Section):
         description="Rubric criteria the judge scores for each answer.",
     )
     scale: int = Field(5, ge=2, le=100, description="Each criterion is scored from 1 to this number.")
-    max_tokens: int = Field(256, ge=1, description="Longest judge reply in tokens.")
+    max_tokens: int = Field(256, ge=1, le=TOKENS_MAX, description="Longest judge reply in tokens.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one judge reply.")
 
 
@@ -37,17 +37,17 @@ class EvalConfig(Section):
     )
     data: str | None = Field(None, description="Evaluation data (default: the workspace's test split).")
     metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS), description="Metrics to compute.")
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many examples.")
-    max_new_tokens: int = Field(128, ge=1, description="Generation length for text metrics.")
-    seed: int = Field(0, description="Seed for sampling and bootstrap intervals.")
+    limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="Evaluate at most this many examples.")
+    max_new_tokens: int = Field(128, ge=1, le=TOKENS_MAX, description="Generation length for text metrics.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for sampling and bootstrap intervals.")
     temperature: float = Field(
         0.0, ge=0, description="Sampling temperature for generation; 0 decodes greedily (the default)."
     )
     max_length: int = Field(
-        2048, ge=8, description="Longest sequence scored for perplexity; longer ones are cut to this many tokens."
+        2048, ge=8, le=TOKENS_MAX, description="Longest sequence scored for perplexity; longer ones are cut to this many tokens."
     )
     bootstrap: int = Field(
-        1000, ge=0, description="Bootstrap resamples for the confidence intervals of deltas against the base (0 = off)."
+        1000, ge=0, le=1_000_000, description="Bootstrap resamples for the confidence intervals of deltas against the base (0 = off)."
     )
     cache: bool = Field(
         True, description="Reuse generations cached per (target, prompt, decoding) under eval/cache/."

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llmforge import secrets
 from llmforge.config.root import LlmforgeConfig
 from llmforge.errors import ConfigError
 
@@ -33,6 +34,7 @@ class LoadedConfig:
     config: LlmforgeConfig
     sources: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # problems worth a word that are not errors (the CLI prints)
 
     def source_of(self, dotted: str) -> str:
         return self.sources.get(dotted, "default")
@@ -104,9 +106,61 @@ def field_info(dotted: str):
     raise ConfigError(f"empty config key {dotted!r}")
 
 
+# Names users bring from Hugging Face TrainingArguments, TRL, PEFT and axolotl configs, and what llmforge calls them.
+# Checked before spelling distance: `eval_steps` is not a typo of `max_steps`, it is `train.eval_every`.
+KNOWN_NAMES = {
+    "num_train_epochs": "train.epochs",
+    "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "micro_batch_size": "train.batch_size",
+    "train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "eval_steps": "train.eval_every",
+    "save_steps": "train.save_every",
+    "lr": "train.learning_rate",
+    "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.scheduler",
+    "lr_scheduler": "train.scheduler",
+    "optim": "train.optimizer",
+    "max_seq_length": "train.max_length",
+    "sequence_len": "train.max_length",
+    "model_max_length": "train.max_length",
+    "lora_r": "train.lora.rank",
+    "r": "train.lora.rank",
+    "lora_alpha": "train.lora.alpha",
+    "lora_dropout": "train.lora.dropout",
+    "lora_target_modules": "train.lora.target_modules",
+    "use_dora": "train.lora.dora",
+    "bnb_4bit_quant_type": "train.qlora.quant_type",
+    "bnb_4bit_use_double_quant": "train.qlora.double_quant",
+    "bnb_4bit_compute_dtype": "train.qlora.compute_dtype",
+    "output_dir": "train.run_name",
+    "base_model": "model.name",
+    "model_name_or_path": "model.name",
+    "dataset_name": "train.data",
+    "datasets": "data.inputs",
+    "resume_from_checkpoint": "--resume",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+}
+
+
+def _known_name(key: str) -> str | None:
+    """llmforge's key for a name from another tool's config, if it has one in this tree (or is a flag)."""
+    target = KNOWN_NAMES.get(key.lower())
+    if target is None or target.startswith("--"):
+        return target
+    return target if target in leaf_paths() or any(p.startswith(target + ".") for p in leaf_paths()) else None
+
+
 def _unknown_key_message(model: type[BaseModel], parents: list[str], key: str, where: str) -> str:
     dotted = ".".join([*parents, key])
     valid = list(model.model_fields)
+    known = _known_name(key)
+    if known is not None:
+        if known.startswith("--"):
+            return f"{dotted}: unknown config key ({where}); llmforge spells it as the flag {known}"
+        return f"{dotted}: unknown config key ({where}); llmforge calls it '{known}'"
     guess = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if guess:
         suggestion = ".".join([*parents, guess[0]])
@@ -248,7 +302,33 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (project:, model:, train: ...)")
+    _refuse_duplicate_keys(path, text)
     return data, _yaml_lines(text)
+
+
+def _refuse_duplicate_keys(path: Path, text: str) -> None:
+    """YAML keeps the last of two equal keys without a word; a config that says a thing twice is an error."""
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen and key != "<<":
+                    raise ConfigError(
+                        f"{path}:{line}: duplicate key {prefix}{key} (first set on line {seen[key]})",
+                        hint="keep one of them; YAML would silently use the last",
+                    )
+                seen[key] = line
+                walk(value_node, f"{prefix}{key}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix.rstrip('.')}[{i}].")
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
 
 
 def find_config_file(explicit: Path | None, env: typing.Mapping[str, str], cwd: Path) -> Path | None:
@@ -284,9 +364,12 @@ def load_config(
             for known in [k for k in sources if k.startswith(dotted + ".")]:
                 del sources[known]
 
+    warnings: list[str] = []
     config_path = find_config_file(Path(path) if path is not None else None, env, cwd)
     if config_path is not None:
         data, lines = _read_yaml(config_path)
+        if not data:
+            warnings.append(f"{config_path} sets nothing (it is empty or only comments): every value is a default")
         apply(data, lambda dotted: f"{config_path}:{_line_of(lines, dotted)}")
 
     for name in sorted(env):
@@ -311,7 +394,7 @@ def load_config(
         config = LlmforgeConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_validation_message(exc, sources)) from None
-    return LoadedConfig(config=config, sources=sources, path=config_path)
+    return LoadedConfig(config=config, sources=sources, path=config_path, warnings=warnings)
 
 
 def _line_of(lines: dict[str, int], dotted: str) -> int:
@@ -341,6 +424,8 @@ def _validation_message(exc: ValidationError, sources: dict[str, str]) -> str:
                 break
         got = error.get("input")
         detail = error["msg"]
+        if secrets.is_secret_path(".".join(p for p in loc if not p.isdigit())):
+            got = secrets.MASK
         if error["type"] not in ("missing",) and not isinstance(got, dict):
             detail += f" (got {got!r})"
         problems.append(f"{dotted}: {detail}" + (f" [{source}]" if source else ""))
@@ -349,8 +434,5 @@ def _validation_message(exc: ValidationError, sources: dict[str, str]) -> str:
 
 
 def dump_config(config: LlmforgeConfig) -> dict:
-    """The resolved tree as plain data, secrets masked."""
-    data = config.model_dump(mode="json")
-    if config.serve.api_key is not None:
-        data["serve"]["api_key"] = "***"
-    return data
+    """The resolved tree as plain data; secrets come out masked by their type (llmforge.secrets.Secret)."""
+    return config.model_dump(mode="json")

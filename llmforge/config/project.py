@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from llmforge.config.base import Section
+from llmforge.config.base import FolderName, Section
 
 
 class ProjectConfig(Section):
-    name: str = Field("llmforge-project", description="Project name; names the workspace folder.", min_length=1)
+    name: FolderName = Field("llmforge-project", description="Project name; names the workspace folder (a plain folder name: no '/', no leading '.').", min_length=1)
     workdir: Path | None = Field(
         None, description="Workspace folder for every stage's outputs (default ./llmforge-work/<project.name>)."
     )

@@ -6,21 +6,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from llmforge.config.base import Section
+from llmforge.config.base import COUNT_MAX, DIM_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 
 Method = Literal["scratch", "sft", "lora", "qlora", "dpo"]
 
 
 class EarlyStoppingConfig(Section):
     patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement (off when unset)."
+        None, ge=1, le=COUNT_MAX, description="Stop after this many evaluations without improvement (off when unset)."
     )
     threshold: float = Field(0.0, ge=0, description="Minimum eval-loss improvement that counts.")
 
 
 class LoraConfig(Section):
-    rank: int = Field(16, ge=1, description="LoRA rank r.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / rank).")
+    rank: int = Field(16, ge=1, le=DIM_MAX, description="LoRA rank r.")
+    alpha: int = Field(32, ge=1, le=DIM_MAX, description="LoRA alpha (scaling = alpha / rank).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt: 'all-linear' or a list of module names."
@@ -52,13 +52,13 @@ class ScratchConfig(Section):
     architecture: Literal["llama", "qwen2"] = Field(
         "llama", description="Architecture of the model built from scratch."
     )
-    hidden_size: int = Field(256, ge=8, description="Hidden size.")
-    layers: int = Field(4, ge=1, description="Number of transformer layers.")
-    heads: int = Field(4, ge=1, description="Attention heads.")
-    kv_heads: int | None = Field(None, ge=1, description="Key/value heads (default: same as heads).")
-    intermediate_size: int | None = Field(None, ge=1, description="MLP width (default: 4 x hidden_size, rounded).")
+    hidden_size: int = Field(256, ge=8, le=DIM_MAX, description="Hidden size.")
+    layers: int = Field(4, ge=1, le=1024, description="Number of transformer layers.")
+    heads: int = Field(4, ge=1, le=1024, description="Attention heads.")
+    kv_heads: int | None = Field(None, ge=1, le=1024, description="Key/value heads (default: same as heads).")
+    intermediate_size: int | None = Field(None, ge=1, le=4 * DIM_MAX, description="MLP width (default: 4 x hidden_size, rounded).")
     vocab_size: int = Field(
-        8000, ge=300, description="Vocabulary size of the byte-level BPE tokenizer trained on the data."
+        8000, ge=300, le=TOKENS_MAX, description="Vocabulary size of the byte-level BPE tokenizer trained on the data."
     )
     tokenizer: str | None = Field(None, description="Use this tokenizer folder instead of training one.")
 
@@ -70,18 +70,24 @@ class TrainConfig(Section):
         description="'auto' uses Unsloth with a CUDA GPU when installed (sft, lora, and qlora with the default "
         "nf4 + double quantization), else TRL + PEFT.",
     )
-    run_name: str | None = Field(None, description="Run folder name (default <method>-<YYYYmmdd-HHMMSS>).")
+    run_name: FolderName | None = Field(None, description="Run folder name, a plain folder name (default <method>-<YYYYmmdd-HHMMSS>).")
     data: str | None = Field(None, description="Dataset file or folder (default: the workspace's prepared data).")
     epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(None, ge=1, le=COUNT_MAX, description="Stop after this many optimizer steps.")
     learning_rate: float | None = Field(
         None,
         gt=0,
         description="Peak learning rate (default by method: lora/qlora 2e-4, sft 2e-5, dpo 5e-6, scratch 1e-3).",
     )
-    batch_size: int = Field(4, ge=1, description="Per-device batch size.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(1024, ge=8, description="Maximum sequence length in tokens.")
+    batch_size: int = Field(4, ge=1, le=1_000_000, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, le=1_000_000, description="Gradient accumulation steps.")
+    max_length: int = Field(1024, ge=8, le=TOKENS_MAX, description="Maximum sequence length in tokens.")
+    overlong: Literal["truncate", "drop", "fail"] = Field(
+        "truncate",
+        description="Chat records longer than max_length (in tokens of the chat template): 'truncate' keeps their "
+        "first max_length tokens (a record left with no answer token is dropped), 'drop' leaves them out, 'fail' "
+        "stops before training. train prints how many.",
+    )
     packing: bool = Field(False, description="Pack several examples into each sequence.")
     assistant_only_loss: bool = Field(
         True,
@@ -100,13 +106,13 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
     scheduler: str = Field("cosine", description="Learning-rate schedule (linear, cosine, constant, ...).")
-    seed: int = Field(42, description="Random seed.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation split every N steps.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Random seed.")
+    eval_every: int | None = Field(None, ge=1, le=COUNT_MAX, description="Evaluate on the validation split every N steps.")
     save_every: int | None = Field(
-        None, ge=1, description="Save a checkpoint every N steps (default: end of each epoch)."
+        None, ge=1, le=COUNT_MAX, description="Save a checkpoint every N steps (default: end of each epoch)."
     )
-    save_total_limit: int | None = Field(3, ge=1, description="Keep at most this many checkpoints.")
-    logging_steps: int = Field(10, ge=1, description="Log loss, lr and tokens/s every N steps.")
+    save_total_limit: int | None = Field(3, ge=1, le=1_000_000, description="Keep at most this many checkpoints.")
+    logging_steps: int = Field(10, ge=1, le=COUNT_MAX, description="Log loss, lr and tokens/s every N steps.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping.")
     accelerate_config: str | None = Field(
         None, description="An accelerate config file (FSDP, DeepSpeed) used when --nproc relaunches the training."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from typing import Any
 
 # C0 controls except tab/newline/carriage return, DEL, C1 controls, zero-width characters and stray BOMs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
@@ -131,6 +132,19 @@ class PiiScrubber:
         if on["phone"]:
             text = _PHONE.sub(self._phone, text)
         return text
+
+    def scrub_value(self, value: Any) -> Any:
+        """`value` (a record as read: JSON, CSV or parquet values) with every string scrubbed, keys included.
+        Other values that are not numbers become their text first, as they would when written as JSON."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self.scrub_value(k): self.scrub_value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.scrub_value(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return self(str(value))
 
     def _url(self, match: re.Match) -> str:
         url = match.group(0)

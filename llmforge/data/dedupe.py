@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+SHINGLES_PER_BATCH = 8192
+
 
 def exact_key(text: str) -> int:
     """64-bit hash of the text with case and whitespace differences removed."""
@@ -65,7 +67,11 @@ class NearDuplicates:
     def add(self, text: str) -> None:
         m = self._minhash
         m.clear()
-        m.update_batch(shingles(text, self.shingle))
+        # In slices: update_batch builds a (shingles x num_perm) array, 1 KB per shingle, and a long record has
+        # millions of shingles. The signature is a running minimum, so slicing leaves it unchanged.
+        found = shingles(text, self.shingle)
+        for lo in range(0, len(found), SHINGLES_PER_BATCH):
+            m.update_batch(found[lo : lo + SHINGLES_PER_BATCH])
         self._fh.write(np.asarray(m.hashvalues, dtype=np.uint32).tobytes())
         self.count += 1
 

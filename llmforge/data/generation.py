@@ -299,7 +299,8 @@ def generate(
                 done[entry["chunk_id"]] = entry
             except (ValueError, KeyError):
                 continue  # a line cut short by an interrupted run: that chunk is simply redone
-    endpoint = Endpoint(cfg.endpoint, cfg.model, cfg.api_key, cfg.timeout, cfg.retries, cfg.backoff)
+    api_key = cfg.api_key.get_secret_value() if cfg.api_key is not None else None
+    endpoint = Endpoint(cfg.endpoint, cfg.model, api_key, cfg.timeout, cfg.retries, cfg.backoff)
     result = GenerateResult(str(output), len(files), len(jobs), 0, 0, 0)
     dropped: Counter[str] = Counter()
     state.parent.mkdir(parents=True, exist_ok=True)

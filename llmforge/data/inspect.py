@@ -143,36 +143,11 @@ class Example:
 @dataclass
 class Preview:
     model: str
-    mask_source: str  # "generation markers", "prefix difference" or "raw text"
+    mask_source: str  # how training makes the mask (chat_spans.HOW) and where the template came from, or "raw text"
     examples: list[Example]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _ids(encoded) -> list[int]:
-    return list(encoded["input_ids"]) if hasattr(encoded, "keys") else list(encoded)
-
-
-def token_mask(tokenizer, messages: list[dict[str, str]], *, markers: bool) -> tuple[list[int], list[int]]:
-    """(token ids, mask) with mask 1 on the tokens training learns from (assistant turns)."""
-    if markers:
-        encoded = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        return list(encoded["input_ids"]), list(encoded["assistant_masks"])
-    # No {% generation %} markers: an assistant turn is what rendering it adds to the prompt before it.
-    ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True))
-    mask = [0] * len(ids)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(_ids(tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=True,
-                                                       add_generation_prompt=True)))  # fmt: skip
-        end = len(_ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=True)))
-        for j in range(start, min(end, len(ids))):
-            mask[j] = 1
-    return ids, mask
 
 
 def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]]:
@@ -196,10 +171,12 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
             hint="point model.name at a local model folder, or download the model first",
         )
     files = dataset_files(dataset, workspace)
-    source, template_problem = use_training_template(tokenizer, model.chat_template)
-    from llmforge.chat_templates import has_generation_markers
+    verdict, template_problem = use_training_template(tokenizer, model.chat_template)
+    from datetime import datetime
 
-    markers = has_generation_markers(getattr(tokenizer, "chat_template", None))
+    from llmforge.chat_spans import encode
+
+    today = datetime.now()  # one "today" for every render, as in a training run
     examples: list[Example] = []
     mask_source = "raw text"
     for file, line, kind, record, problem in iter_records(files):
@@ -212,10 +189,14 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
         else:
             if template_problem is not None:
                 raise template_problem  # training could not tell the assistant's tokens either
-            mask_source = f"{'generation markers' if markers else 'prefix difference'}, template: {source}"
+            family = f" ({verdict.family.name})" if verdict.family else ""
+            mask_source = f"{verdict.how}, template: {verdict.source}{family}"
             for which in ("chosen", "rejected") if kind == "preference" else ("messages",):
-                ids, mask = token_mask(tokenizer, conversation(record, which), markers=markers)
-                renderings.append(Rendered(which, _segments(tokenizer, ids, mask), len(ids), sum(mask)))
+                samples = encode(tokenizer, verdict, conversation(record, which), now=today)
+                for number, (ids, mask, _turns) in enumerate(samples, start=1):
+                    # per-turn prefix: one sample per assistant turn, each shown on its own
+                    title = f"{which}, assistant turn {number}" if len(samples) > 1 else which
+                    renderings.append(Rendered(title, _segments(tokenizer, ids, mask), len(ids), sum(mask)))
         examples.append(Example(file, line, kind, renderings))
         if len(examples) >= n:
             break

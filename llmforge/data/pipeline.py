@@ -6,7 +6,6 @@ content hash, length, MinHash band hashes) stay in memory; a second pass writes 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import orjson
 from llmforge import atomic, manifest, registry
 from llmforge.config.data import DataConfig
 from llmforge.config.model import ModelConfig
+from llmforge.data import hub as hub_inputs
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
@@ -45,7 +46,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.reason}"
+        where = f"{self.file}:{self.line}" if self.line else self.file  # line 0: the file as a whole
+        return f"{where}: {self.field}: {self.reason}"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class ValidateResult:
     kinds: dict[str, int]
     formats: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why it could not be read to its end
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,7 @@ class _Scan:
         self.formats: Counter[str] = Counter()
         self.per_file: Counter[str] = Counter()
         self.warnings: list[str] = []
+        self.unreadable: dict[str, str] = {}
         self.dataset_kind: str | None = None
         self.read_seconds = 0.0
         self.validate_seconds = 0.0
@@ -111,6 +115,9 @@ class _Scan:
                     break
                 self.records += 1
                 if item.reason is not None:
+                    if item.field == "file":
+                        self.unreadable[item.file] = item.reason
+                        before += 1  # the file's own problem is no record of it
                     yield item, "", {}, self.problem(item, item.field or "record", item.reason)
                     continue
                 try:
@@ -141,24 +148,37 @@ class _Scan:
             kinds=dict(self.kinds),
             formats=dict(self.formats),
             warnings=self.warnings,
+            unreadable=dict(self.unreadable),
         )
 
 
 def validate(data: DataConfig, progress: Progress | None = None) -> ValidateResult:
     """Read and check every record; write nothing."""
-    scan = _Scan(data, sources.resolve_inputs(data.inputs))
+    scan = _Scan(data, _input_files(data))
     for n, _ in enumerate(scan, 1):
         if progress and n % 10_000 == 0:
             progress("validate", n)
     return scan.result()
 
 
-def problems_error(problems: list[Problem], count: int) -> InputError:
+def _input_files(data: DataConfig) -> list[Path]:
+    """The files data.inputs names; Hub dataset ids among them are read into the datasets cache first."""
+    return sources.resolve_inputs(data.inputs, hub=partial(hub_inputs.materialize, hub=data.hub))
+
+
+def problems_error(problems: list[Problem], count: int, unreadable: int = 0) -> InputError:
     shown = "\n".join(str(p) for p in problems[:MAX_PROBLEMS_SHOWN])
     more = f"\n... and {count - MAX_PROBLEMS_SHOWN} more" if count > MAX_PROBLEMS_SHOWN else ""
+    invalid = count - unreadable
+    what = [f"{invalid} invalid record{'s' if invalid != 1 else ''}"] if invalid else []
+    if unreadable:
+        what.insert(0, f"{unreadable} unreadable file{'s' if unreadable != 1 else ''}")
+    fix = "fix them"
+    if unreadable:
+        fix = "replace or remove the unreadable files" + (" and fix the invalid records" if invalid else "")
     return InputError(
-        f"{count} invalid record{'s' if count != 1 else ''}; nothing written:\n{shown}{more}",
-        hint="fix them, or set data.on_error: skip (-s data.on_error=skip) to write the good records and "
+        f"{' and '.join(what)}; nothing written:\n{shown}{more}",
+        hint=f"{fix}, or set data.on_error: skip (-s data.on_error=skip) to write the good records and "
         "rejected.jsonl; `llmforge data validate --json` lists every problem",
     )
 
@@ -258,7 +278,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Run the whole pipeline and write the workspace's data/ folder. Returns the report (also report.json)."""
     timer = manifest.Timer()
-    files = _outside(sources.resolve_inputs(data.inputs), workspace)
+    files = _outside(_input_files(data), workspace)
     out_dir = workspace.data_dir
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)
@@ -303,6 +323,8 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     min_len, max_len = data.filter.min_tokens, data.filter.max_tokens
     min_answer = data.filter.min_answer_chars
     skip = data.on_error == "skip"
+    # rejected.jsonl and the report's examples quote the inputs: scrubbed like the records, counted apart from them
+    scrub_rejected = PiiScrubber(**data.pii.model_dump())
     spill = open(work / "records.jsonl", "wb")
     rejected = open(work / "rejected.jsonl", "wb")
     duplicates = open(work / "duplicates.jsonl", "wb")
@@ -310,10 +332,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         for item, kind, record, problem in scan:
             if problem is not None:
                 if skip:
-                    rejected.write(
-                        dumps({"file": item.file, "line": item.line, "field": problem.field, "reason": problem.reason,
-                               "record": item.obj}, default=str) + b"\n"
-                    )  # fmt: skip
+                    rejected.write(_rejected_line(item, problem, scrub_rejected))
                 continue
             if scan.problem_count and not skip:
                 continue  # failing anyway: only collect the remaining problems
@@ -379,7 +398,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     exact_seen.clear()
 
     if scan.problem_count and not skip:
-        raise problems_error(scan.problems, scan.problem_count)
+        raise problems_error(scan.problems, scan.problem_count, len(scan.unreadable))
 
     n = len(keys)
     if n == 0:
@@ -435,7 +454,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     unique_keys = keep.sum()
     report = {
         "dataset_kind": scan.dataset_kind,
-        "inputs": [{"file": str(f), "records": scan.per_file.get(str(f), 0)} for f in files],
+        "inputs": [_input_entry(f, scan) for f in files],
         "counts": {
             "read": scan.records,
             "valid": scan.records - scan.problem_count,
@@ -452,7 +471,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         "pii": {kind: scrub.counts.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
         "filtered": dict(filtered),
         "filtered_examples": filtered_examples,
-        "rejected_examples": [str(p) for p in scan.problems[:20]],
+        "rejected_examples": [_scrubbed(str(p), scrub_rejected) for p in scan.problems[:20]],
         "warnings": scan.warnings[:100],
         "length": {"unit": unit, **_percentiles(lengths)},
         "clusters": clusters,
@@ -461,6 +480,33 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         "records_per_second": round(scan.records / max(timer.seconds, 1e-9)),
     }
     return _publish(data, model, workspace, files, work, report, lengths, counts, timer, scan.problem_count)
+
+
+def _scrubbed(text: str, scrub: PiiScrubber) -> str:
+    return scrub(text) if scrub.active else text
+
+
+def _rejected_line(item: sources.Item, problem: Problem, scrub: PiiScrubber) -> bytes:
+    """One line of rejected.jsonl: where, why, and the record as read, PII scrubbed when data.pii asks for it."""
+    record = item.obj
+    if scrub.active and record is not None:
+        try:
+            record = scrub.scrub_value(record)
+        except RecursionError:
+            record = None
+    entry = {"file": item.file, "line": item.line, "field": problem.field,
+             "reason": _scrubbed(problem.reason, scrub), "record": record}  # fmt: skip
+    try:
+        return orjson.dumps(entry, default=str) + b"\n"
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels): keep where and why
+        return orjson.dumps({**entry, "record": None}) + b"\n"
+
+
+def _input_entry(path: Path, scan: _Scan) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": str(path), "records": scan.per_file.get(str(path), 0)}
+    if str(path) in scan.unreadable:
+        entry["error"] = scan.unreadable[str(path)]
+    return entry
 
 
 def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str, Any]:
@@ -527,7 +573,7 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
     else:
         stale.append(workspace.rejected_file)  # a stale one from an earlier run would mislead
     for name in moves + ["manifest.json"]:  # the manifest last: its presence marks a finished dataset
-        os.replace(work / name, out_dir / name)
+        atomic.publish(work / name, out_dir / name)
     for path in stale:
         path.unlink(missing_ok=True)
     counts = report["counts"]

@@ -58,6 +58,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         _table(sorted(report["pii"].items()), ("kind", "replacements")),
     ]
+    unreadable = [i for i in report["inputs"] if "error" in i]
+    if unreadable:
+        parts += ["", "## Unreadable files (their records up to the break, if any, were read)", ""]
+        parts += [f"- `{i['file']}`: {i['error']}" for i in unreadable]
     length = report["length"]
     if len(length) > 1:
         parts += ["", f"## Length ({length['unit']})", "", _table([tuple(v for k, v in length.items() if k != "unit")],

@@ -1,5 +1,6 @@
 """Reading inputs: files, folders and globs of .jsonl/.json/.csv/.tsv/.parquet/.txt/.md (each optionally gzipped),
-streamed one record at a time as (file, line, object) or (file, line, problem).
+streamed one record at a time as (file, line, object) or (file, line, problem). A file that cannot be read on (corrupt
+compression or parquet, a broken disk) ends in one file-level problem: it never stops the other files.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from llmforge.data.hub import is_hub_id as _is_hub_id
 from llmforge.errors import UsageError
 
 RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
@@ -26,7 +29,13 @@ SUFFIXES = RECORD_SUFFIXES + DOCUMENT_SUFFIXES
 # Columns that hold nested structure; in CSV/TSV cells they are JSON text.
 _NESTED = ("messages", "conversations", "chosen", "rejected", "prompt", "completion", "response")
 BOM = b"\xef\xbb\xbf"
+# Bytes of a plain-text document read at a time: memory holds about one block plus one record of it.
+DOCUMENT_BLOCK = 1 << 20
 log = logging.getLogger(__name__)
+
+
+class _Unreadable(Exception):
+    """A reader's word that the rest of its file cannot be read (the library's own error, as a message)."""
 
 
 @dataclass
@@ -48,8 +57,11 @@ def kind_of(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
-def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
-    """Files named by `inputs` (files, folders searched recursively, globs), in a stable order, each once."""
+def resolve_inputs(
+    inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES, hub: Callable[[str], Path] | None = None
+) -> list[Path]:
+    """Files named by `inputs` (files, folders searched recursively, globs), in a stable order, each once.
+    With `hub`, an input that is no local path but a Hub dataset id becomes the file `hub(spec)` returns."""
     if not inputs:
         raise UsageError("no input data given", hint="pass files, folders or globs, or set data.inputs in the config")
     found: list[Path] = []
@@ -83,6 +95,8 @@ def resolve_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> l
                     f"{spec}: unsupported file type", hint=f"supported: {', '.join(suffixes)} (and .gz of any)"
                 )
             found.append(path)
+        elif hub is not None and _is_hub_id(spec):
+            found.append(hub(spec))
         else:
             raise UsageError(f"input not found: {spec}", hint="check the path (relative paths start at this folder)")
     unique: dict[str, Path] = {}
@@ -104,22 +118,30 @@ def _bad_utf8(raw: bytes) -> str | None:
 
 
 def read(path: Path, max_record_chars: int, warnings: list[str]) -> Iterator[Item]:
-    """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too."""
+    """Every record of one file. Problems (bad JSON, bad UTF-8, BOMs, absurd lengths) come back as Items too, and
+    so does a file that breaks off (line 0, field "file"): the records before the break still count.
+    Plain-text documents longer than `max_record_chars` come back as several records, cut at paragraph breaks."""
     kind = kind_of(path)
     name = str(path)
+    if kind in (".jsonl", ".ndjson"):
+        stream = _jsonl(path, name, max_record_chars, warnings)
+    elif kind == ".json":
+        stream = _json(path, name, max_record_chars, warnings)
+    elif kind in (".csv", ".tsv"):
+        stream = _csv(path, name, "\t" if kind == ".tsv" else ",", warnings)
+    elif kind == ".parquet":
+        stream = _parquet(path, name)
+    else:
+        stream = _document(path, name, max_record_chars, warnings)
+    last = 0
     try:
-        if kind in (".jsonl", ".ndjson"):
-            yield from _jsonl(path, name, max_record_chars, warnings)
-        elif kind == ".json":
-            yield from _json(path, name, max_record_chars, warnings)
-        elif kind in (".csv", ".tsv"):
-            yield from _csv(path, name, "\t" if kind == ".tsv" else ",", warnings)
-        elif kind == ".parquet":
-            yield from _parquet(path, name)
-        else:
-            yield from _document(path, name, warnings)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        yield Item(name, 0, field="file", reason=f"cannot read: {exc}")
+        for item in stream:
+            last = item.line
+            yield item
+    except (OSError, EOFError, zlib.error, _Unreadable) as exc:
+        # zlib.error: a gzip stream corrupt in the middle (a bad header is an OSError, a cut-off one an EOFError).
+        where = f" past the record at line {last}" if last else ""
+        yield Item(name, 0, field="file", reason=f"cannot read{where}: {str(exc).strip()}")
 
 
 def _json_error(raw: bytes) -> str:
@@ -183,6 +205,12 @@ def _json(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[It
     except json.JSONDecodeError as exc:
         yield Item(name, exc.lineno, field="json", reason=f"invalid JSON ({exc.msg}, column {exc.colno})")
         return
+    except RecursionError:
+        yield Item(name, 1, field="json", reason="invalid JSON (nested too deeply)")
+        return
+    except ValueError as exc:  # an integer of more digits than Python converts (the rest: Python's own advice)
+        yield Item(name, 1, field="json", reason=f"invalid JSON ({str(exc).split(';')[0]})")
+        return
     if isinstance(top, dict):
         lists = [k for k, v in top.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         record_keys = {"messages", "conversations", "instruction", "text", "prompt", "chosen"}
@@ -228,8 +256,19 @@ def _csv(path: Path, name: str, delimiter: str, warnings: list[str]) -> Iterator
             header = next(reader)
         except StopIteration:
             return
+        except csv.Error as exc:
+            yield Item(name, 1, field="header", reason=str(exc))
+            return
         start = reader.line_num + 1
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a cell over the csv module's size limit: this row only, the reader goes on
+                line, start = start, reader.line_num + 1
+                yield Item(name, line, field="row", reason=str(exc))
+                continue
             line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
@@ -254,18 +293,68 @@ def _csv(path: Path, name: str, delimiter: str, warnings: list[str]) -> Iterator
 
 def _parquet(path: Path, name: str) -> Iterator[Item]:
     import pyarrow.parquet as pq
+    from pyarrow import ArrowException
 
     source = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path
     number = 0
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
-        for obj in batch.to_pylist():
-            number += 1
-            yield Item(name, number, obj)
+    try:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+            for obj in batch.to_pylist():
+                number += 1
+                yield Item(name, number, obj)
+    except ArrowException as exc:  # not parquet, truncated, corrupt pages, an unsupported codec
+        raise _Unreadable(str(exc)) from exc
 
 
-def _document(path: Path, name: str, warnings: list[str]) -> Iterator[Item]:
-    text, problem = _decode_document(path, name, warnings)
-    if problem:
-        yield problem
-        return
-    yield Item(name, 1, {"text": text})
+def _document(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
+    """A plain-text document as one {"text"} record or, when it is longer than `limit` characters, as several,
+    each cut at a paragraph break (else a line break, else anywhere) in the second half of its `limit` characters.
+    Read a block at a time: memory holds about one block and one record, whatever the size of the file."""
+    pending = ""  # decoded text not yet given out; it starts on line `line` of the file
+    line, offset, newlines, carry = 1, 0, 0, b""  # offset, newlines: bytes and newlines decoded so far
+    given = False
+    with _open_binary(path) as fh:
+        while True:
+            block = fh.read(DOCUMENT_BLOCK)
+            raw = carry + block
+            if offset == 0 and raw.startswith(BOM):
+                raw, offset = raw[3:], 3
+                warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+            try:
+                text, carry = raw.decode("utf-8"), b""
+            except UnicodeDecodeError as exc:
+                if not (block and exc.end == len(raw) and exc.reason == "unexpected end of data"):
+                    line_of = newlines + raw.count(b"\n", 0, exc.start) + 1
+                    where = f"byte {offset + exc.start + 1} of the file"
+                    yield Item(name, line_of, field="encoding", reason=f"invalid UTF-8 ({where})")
+                    return
+                # a character cut by the end of the block: it completes with the next one
+                text, carry = raw[: exc.start].decode("utf-8"), raw[exc.start :]
+            offset += len(raw) - len(carry)
+            newlines += text.count("\n")
+            pending += text
+            if not block:
+                break
+            start = 0
+            while len(pending) - start > limit:
+                cut = _cut(pending, start, limit)
+                piece = pending[start:cut]
+                if piece.strip():  # a run of blank space longer than half a record is no record
+                    given = True
+                    yield Item(name, line, {"text": piece})
+                line += piece.count("\n")
+                start = cut
+            pending = pending[start:]
+    if not given or pending.strip():  # an empty document is still reported, as one empty record
+        yield Item(name, line, {"text": pending})
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where the piece of `text` that begins at `start` ends: after the last blank line in the second half of its
+    `limit` characters, else after the last newline there, else at `limit`."""
+    end, half = start + limit, start + limit // 2
+    cut = max(text.rfind("\n\n", half, end) + 2, text.rfind("\n\r\n", half, end) + 3)
+    if cut > half:
+        return cut
+    newline = text.rfind("\n", half, end)
+    return newline + 1 if newline >= 0 else end

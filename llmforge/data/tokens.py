@@ -37,25 +37,21 @@ def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_c
     return None
 
 
-def use_training_template(tokenizer, chat_template: str = "auto") -> tuple[str, Exception | None]:
-    """Give the tokenizer the chat template training will use (llmforge.chat_templates decides: the tokenizer's
-    own when it has {% generation %} markers, else its family's marked twin, or the configured family), so that
-    lengths and previews match training token for token. Returns (where it came from, the problem if none fits)."""
-    from llmforge.chat_templates import resolve_training_template
+def use_training_template(tokenizer, chat_template: str = "auto") -> tuple[Any, Exception | None]:
+    """Give the tokenizer the chat template training will use (llmforge.chat_spans decides, as train does: the
+    tokenizer's own, a family's or TRL's marked twin, or the configured family), so that lengths and previews
+    match training token for token. Returns (the chat_spans.Verdict, the problem if the template cannot train)."""
+    from llmforge import chat_spans
 
-    try:
-        chosen = resolve_training_template(
-            getattr(tokenizer, "chat_template", None),
-            chat_template,
-            bos_token=getattr(tokenizer, "bos_token", None),
-            eos_token=getattr(tokenizer, "eos_token", None),
-        )
-    except UsageError as exc:
-        log.info("no training chat template: %s", exc)
-        return "none", exc
-    tokenizer.chat_template = chosen.template
-    family = f" ({chosen.family.name})" if chosen.family else ""
-    return f"{chosen.source}{family}", None
+    verdict = chat_spans.verdict_for(tokenizer, chat_template)
+    if not verdict.trains:
+        log.info("no training chat template: %s", verdict.reason)
+        try:
+            chat_spans.require(verdict)
+        except UsageError as exc:
+            return verdict, exc
+    tokenizer.chat_template = verdict.template
+    return verdict, None
 
 
 def _ids(encoded: Any) -> list[int]:

@@ -47,6 +47,8 @@ class ModelfileSpec:
     parameters: dict[str, Any] = field(default_factory=dict)  # everything but stop
     messages: list[dict[str, str]] = field(default_factory=list)
     license: str | None = None
+    # Comment lines after the header: the caveats of the template (what Ollama renders differently, by id).
+    notes: list[str] = field(default_factory=list)
 
 
 def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def render(spec: ModelfileSpec, *, name: str) -> str:
     lines = [
         f"# Written by `llmforge deploy ollama` for the Ollama model {name!r}.",
         f"# Register it by hand with: {create_command(name, Path('Modelfile'))}",
+        *(f"# {' '.join(note.split())}" for note in spec.notes),
         f"FROM {spec.gguf}",
     ]
     if spec.template is not None:

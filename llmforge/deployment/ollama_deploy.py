@@ -1,8 +1,10 @@
 """`llmforge deploy ollama`: a Modelfile that matches training, registered through the official client, then checked.
 
-The chat-template family is identified from the tokenizer's own template by rendering probe conversations
-(chat_templates.identify), never from the model's name; the family's Go template and every end-of-turn and
-end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
+The tokenizer's own template gets a verdict from chat_templates.deploy_verdict (by rendering probe conversations,
+never from the model's name): 'exact', 'caveats' (named differences Ollama cannot reproduce, e.g. trims-whitespace,
+drops-system, no-tools, date-format, reasoning-history, system-flags; each printed, and kept in --json, the manifest, the registry
+and `deploy show`) or 'refused' (deploy stops with the reason). The matching family's Go template and every
+end-of-turn and end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
 own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).
 """
 
@@ -51,9 +53,14 @@ class DeployResult:
     export_id: str
     family: str | None  # None: embedded (no TEMPLATE)
     template_source: str  # "identified" | "configured" | "embedded"
-    stop: list[str]
-    parameters: dict[str, Any]
-    dry_run: bool
+    # deploy_verdict's status for the model's own template ("exact" | "caveats"), None when it was not judged
+    # (configured family over no template, or embedded).
+    template_status: str | None = None
+    variant: str = ""
+    caveats: list[dict[str, str]] = field(default_factory=list)  # [{"id", "text"}]
+    stop: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
     host: str | None = None
     digest: str | None = None
     manifest: Path | None = None
@@ -99,6 +106,8 @@ class TemplateChoice:
     ollama_template: str | None
     source: str
     warnings: list[str]
+    status: str | None = None
+    caveats: tuple[ct.Caveat, ...] = ()
 
 
 def choose_template(setting: str, gguf: GgufFacts, tok: TrainingTokenizer) -> TemplateChoice:
@@ -123,28 +132,42 @@ def choose_template(setting: str, gguf: GgufFacts, tok: TrainingTokenizer) -> Te
         return TemplateChoice(None, None, "embedded", warnings)
     if setting != "auto":
         family = ct.get_family(setting)
+        caveats = tuple(ct.caveat(c) for c in family.caveats)
         if template:
-            found = ct.identify(template, bos_token=bos, eos_token=eos)
-            if found is None or found.name != family.name:
-                seen = found.name if found else "no known family"
-                warnings.append(f"deploy.template is '{family.name}' but the model's own template is {seen}")
-        return TemplateChoice(family, family.ollama_template_for(eos), "configured", warnings)
+            verdict = ct.deploy_verdict(template, bos, eos)
+            found = verdict.family
+            if found is None or found.name != family.name or found.variant:
+                seen = f"{found.name} ({found.variant})" if found and found.variant else found.name if found else None
+                raise UsageError(
+                    f"deploy.template is '{family.name}' but the model's own template "
+                    + (
+                        f"is {seen}, which renders differently"
+                        if seen
+                        else f"is none llmforge knows ({verdict.reason})"
+                    ),
+                    hint="set deploy.template: auto to deploy the model's own template"
+                    + (f" ({verdict.status})" if seen else "")
+                    + ", or deploy.template: embedded to let Ollama use the GGUF's own template (unchecked)",
+                )
+            caveats = verdict.caveats
+        return TemplateChoice(family, family.ollama_template_for(eos), "configured", warnings, None, caveats)
     if not template:
         raise UsageError(
             "the model has no chat template (neither its tokenizer nor the GGUF carries one), "
             "so deploy cannot tell how conversations must be written",
             hint=f"set deploy.template: <family> (one of {names}) to the format it was trained with",
         )
-    family = ct.identify(template, bos_token=bos, eos_token=eos)
-    if family is None:
-        why = ct.explain_unknown(template, bos_token=bos, eos_token=eos)
+    verdict = ct.deploy_verdict(template, bos, eos)
+    if verdict.family is None:
         raise UsageError(
-            "the model's chat template is not one llmforge can reproduce in an Ollama TEMPLATE"
-            + (f" ({why})" if why else ""),
-            hint=f"set deploy.template: <family> (one of {names}) if it was trained with that format, or "
-            "deploy.template: embedded to let Ollama use the GGUF's own template (unchecked)",
+            f"the model's chat template is not one llmforge can reproduce in an Ollama TEMPLATE ({verdict.reason})",
+            hint="deploy.template: embedded lets Ollama use the GGUF's own template (unchecked); a model trained "
+            f"with model.chat_template: <family> ({names}) carries that family's template and deploys exactly",
         )
-    return TemplateChoice(family, family.ollama_template_for(eos), "identified", warnings)
+    family = verdict.family
+    return TemplateChoice(
+        family, family.ollama_template_for(eos), "identified", warnings, verdict.status, verdict.caveats
+    )
 
 
 def stop_tokens(family: ct.Family | None, gguf: GgufFacts, tok: TrainingTokenizer, extra: list[str]) -> list[str]:
@@ -230,11 +253,14 @@ def plan(
         parameters=params,
         messages=messages,
         license=_license_text(deploy.license),
+        notes=[f"caveat {c.id}: {c.text}" for c in choice.caveats],
     )
     facts = {
         "chosen": chosen,
         "family": choice.family,
         "template_source": choice.source,
+        "template_status": choice.status,
+        "caveats": [c.to_dict() for c in choice.caveats],
         "warnings": warnings,
         "leak_markers": leak_markers(choice.family, gguf, stops),
     }
@@ -277,6 +303,9 @@ def deploy_ollama(
         export_id=chosen.export_id,
         family=family.name if family else None,
         template_source=facts["template_source"],
+        template_status=facts["template_status"],
+        variant=family.variant if family else "",
+        caveats=facts["caveats"],
         stop=list(spec.stop),
         parameters=dict(spec.parameters),
         dry_run=dry_run,
@@ -333,7 +362,10 @@ def deploy_ollama(
             gguf={"path": str(chosen.path), "digest": result.digest, "quant": chosen.quant},
             export=chosen.export_id,
             family=result.family,
+            variant=result.variant,
             template_source=result.template_source,
+            template_status=result.template_status,
+            caveats=result.caveats,
             stop=result.stop,
             parameters=result.parameters,
             check=result.check,
@@ -348,6 +380,8 @@ def deploy_ollama(
         parent=chosen.export_id,
         host=result.host,
         family=result.family,
+        variant=result.variant,
+        caveats=[c["id"] for c in result.caveats],
         quant=chosen.quant,
         modelfile=str(modelfile_path),
         path=str(folder),
@@ -484,6 +518,8 @@ def list_deployments(workspace: Workspace) -> list[dict[str, Any]]:
                 "export": entry.get("parent"),
                 "host": entry.get("host"),
                 "family": entry.get("family"),
+                "variant": entry.get("variant") or "",
+                "caveats": list(entry.get("caveats") or []),
                 "quant": entry.get("quant"),
                 "check_ok": entry.get("check_ok"),
                 "recorded_at": entry.get("recorded_at"),

@@ -53,7 +53,7 @@ def choose_gguf(workspace: Workspace, export: str | None, quant: str | None) -> 
         if not path.is_file():
             raise InputError(f"{path}: no such GGUF file", hint=EXPORT_HINT)
         return ChosenGguf(path.resolve(), _quant_of(path), None, str(path.resolve()), None, ())
-    if export and "/" in export and not workspace.export_dir(export).is_dir():
+    if export and "/" in export:  # an export name never holds a '/' (workspace.name_problem): <run>/<quant>
         export, quant = export.split("/", 1)[0], quant or export.split("/", 1)[1]
     run = export or workspace.latest_export()
     folder = workspace.export_dir(run)

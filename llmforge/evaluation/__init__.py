@@ -12,7 +12,7 @@ from typing import Any
 from llmforge.config.eval import EvalConfig
 from llmforge.config.model import ModelConfig
 from llmforge.errors import UsageError
-from llmforge.workspace import Workspace, timestamp
+from llmforge.workspace import Workspace, check_name, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ def evaluate(
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     specs = split_specs(compare) if compare else split_specs(targets) if targets else split_specs(eval.targets)
+    # Names that become paths are the user's to fix (exit 2) before any target loads, not one failed target
+    for spec in specs:
+        if spec.startswith("run:"):
+            check_name(spec.split(":", 1)[1], f"eval target {spec}")
+    if stamp is not None:
+        check_name(stamp, "eval stamp")
     if not specs:
         raise UsageError("no targets to evaluate", hint="e.g. llmforge eval --compare base,run")
     timer = Timer()

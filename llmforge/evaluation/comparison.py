@@ -260,12 +260,14 @@ def compare(
     data = Path(config.data) if config.data else workspace.split_file("test")
     items = example_io.load(data, config.limit)
     cache_dir = workspace.root / "eval" / "cache" if config.cache else None
+    # Every target is resolved before any is evaluated: a target that names nothing (a typo, a run or file that does
+    # not exist) is a usage error for the whole command, which then writes no report and no registry entry.
+    resolved = [resolve(spec, workspace, model.name, model.revision, config.ollama_host) for spec in targets]
     results: list[TargetResult] = []
-    for spec in targets:
+    for spec, target in zip(targets, resolved):
         result = TargetResult(spec=spec, label=spec)
         started = time.perf_counter()
         try:
-            target = resolve(spec, workspace, model.name, model.revision, config.ollama_host)
             result.label = _unique(target.label, spec, {r.label for r in results})
             result.kind, result.run = target.kind, target.run
             result.source = target.url if target.kind in ("ollama", "http") else target.model

@@ -23,18 +23,21 @@ class GGUFEngine:
         # The HF tokenizer (when we have one) renders the chat template with its generation markers; the GGUF
         # shares its vocabulary id for id, so ids go to llama.cpp directly and both engines see the same tokens.
         self.tokenizer = None
+        self.verdict = None
         if tokenizer is not None:
             from llmforge.evaluation.hf_engine import load_tokenizer, use_training_template
 
             self.tokenizer = load_tokenizer(tokenizer)
-            use_training_template(self.tokenizer, chat_template)
+            self.verdict = use_training_template(self.tokenizer, chat_template)
         # llama.cpp keeps (n_ctx x vocabulary) logits with logits_all: size the context to the longest example,
         # not to max_length (2048 x 150k float32 would be 1.2 GB for nothing).
         n_ctx = max_length + max_new_tokens
         if self.tokenizer is not None and examples:
             from llmforge.evaluation.hf_engine import chat_tokens
 
-            longest = max(len(chat_tokens(self.tokenizer, ex, max_length)[0]) for ex in examples)
+            longest = max(
+                len(ids) for ex in examples for ids, _ in chat_tokens(self.tokenizer, ex, max_length, self.verdict)[0]
+            )
             n_ctx = min(n_ctx, -(-(longest + max_new_tokens + 1) // 64) * 64)
         self.llm = open_llama(path, n_ctx=n_ctx, logits_all=True, seed=seed, verbose=False)
         self.n_ctx = n_ctx
@@ -48,8 +51,15 @@ class GGUFEngine:
             return None  # no chat template with generation markers to tell which tokens count
         from llmforge.evaluation.hf_engine import chat_tokens
 
-        ids, mask, how = chat_tokens(self.tokenizer, example, min(max_length, self.n_ctx))
+        samples, how = chat_tokens(self.tokenizer, example, min(max_length, self.n_ctx), self.verdict)
         self.mask_how.add(how)
+        total, count = 0.0, 0
+        for ids, mask in samples:  # one per assistant turn for templates that rewrite earlier turns
+            nll, n = self._score_ids(ids, mask)
+            total, count = total + nll, count + n
+        return total, count
+
+    def _score_ids(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
         if len(ids) < 2:
             return 0.0, 0
         self.llm.reset()

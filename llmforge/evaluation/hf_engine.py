@@ -25,77 +25,44 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     return load(name, revision=revision, trust_remote_code=trust_remote_code)
 
 
-def use_training_template(tokenizer, configured: str = "auto") -> str:
-    """Score and prompt with the template training used (chat_templates.resolve_training_template): the
-    tokenizer's own when it has {% generation %} markers, else its family's marked twin, or the family named in
-    model.chat_template. A template no family reproduces is kept as it is (assistant spans then come from
-    rendering prefixes). Returns where the template came from."""
-    from llmforge.chat_templates import resolve_training_template
-    from llmforge.errors import UsageError
+def use_training_template(tokenizer, configured: str = "auto"):
+    """Score and prompt with the template training used, found as training finds it (chat_spans.verdict_for: the
+    tokenizer's own, a family's or TRL's marked twin, or the configured family). Returns the chat_spans.Verdict;
+    one that cannot train leaves the template as it is (conversations then cannot be scored)."""
+    from llmforge import chat_spans
 
-    try:
-        chosen = resolve_training_template(
-            getattr(tokenizer, "chat_template", None), configured,
-            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-        )
-    except UsageError:
-        if getattr(tokenizer, "chat_template", None):
-            return "tokenizer (no generation markers)"
-        raise
-    tokenizer.chat_template = chosen.template
-    return chosen.source
+    verdict = chat_spans.verdict_for(tokenizer, configured)
+    if verdict.trains:
+        tokenizer.chat_template = verdict.template
+    elif not getattr(tokenizer, "chat_template", None):
+        chat_spans.require(verdict)
+    return verdict
 
 
-def chat_tokens(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int], str]:
-    """Token ids of a scored example and the mask of tokens that count (1 = trained/assistant token).
+def chat_tokens(
+    tokenizer, example: Example, max_length: int, verdict=None
+) -> tuple[list[tuple[list[int], list[int]]], str]:
+    """The scored samples of an example, each (token ids, mask of tokens that count: 1 = trained/assistant token),
+    and how the mask was made.
 
-    The chat template's {% generation %} markers decide which tokens are the assistant's, exactly as in training.
-    A template without them falls back to rendering prefixes (see _assistant_spans).
-    Plain-text records count every token. Returns (ids, mask, how the mask was made)."""
+    Conversations are split and masked exactly as training does (chat_spans): one sample, or one per assistant
+    turn for templates that rewrite earlier turns. Plain-text records count every token."""
     if example.text is not None:
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
-        return ids[:max_length], [1] * len(ids[:max_length]), "all tokens"
+        return [(ids[:max_length], [1] * len(ids[:max_length]))], "all tokens"
     if not getattr(tokenizer, "chat_template", None):
         raise LlmforgeError(
             "the tokenizer has no chat template, so conversations cannot be scored",
             hint="set model.chat_template to a family, or evaluate a model whose tokenizer has one",
         )
-    out = tokenizer.apply_chat_template(
-        example.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids = list(out["input_ids"])
-    mask = [int(m) for m in out.get("assistant_masks") or []]
-    how = "generation markers"
-    if not any(mask):
-        mask, how = _assistant_spans(tokenizer, example.messages, ids)
-    return ids[:max_length], mask[:max_length], how
+    from datetime import datetime
 
+    from llmforge import chat_spans
 
-def _render(tokenizer, messages: list[dict[str, str]], prompt: bool) -> list[int]:
-    if not messages:
-        return []
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=prompt)
-    return list(out["input_ids"])
-
-
-def _assistant_spans(tokenizer, messages: list[dict[str, str]], ids: list[int]) -> tuple[list[int], str]:
-    """Without generation markers: each assistant turn spans from the end of its generation prompt to the end of
-    the conversation rendered up to and including it. Templates that rewrite earlier turns (so a prefix does not
-    render as a prefix) fall back to the last assistant turn only."""
-    mask = [0] * len(ids)
-    for j, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = _render(tokenizer, messages[:j], prompt=True)
-        upto = _render(tokenizer, messages[: j + 1], prompt=False)
-        if ids[: len(before)] != before or ids[: len(upto)] != upto:
-            last = max(i for i, msg in enumerate(messages) if msg["role"] == "assistant")
-            prompt = _render(tokenizer, messages[:last], prompt=True)
-            start = len(prompt) if ids[: len(prompt)] == prompt else len(ids)
-            return [0] * start + [1] * (len(ids) - start), "last assistant turn"
-        for i in range(len(before), len(upto)):
-            mask[i] = 1
-    return mask, "assistant turns"
+    verdict = verdict if verdict is not None else chat_spans.verdict_for(tokenizer)
+    chat_spans.require(verdict)
+    samples = chat_spans.encode(tokenizer, verdict, example.messages, now=datetime.now())
+    return [(ids[:max_length], mask[:max_length]) for ids, mask, _turns in samples], verdict.how
 
 
 def nll_of(logits: torch.Tensor, ids: list[int], mask: list[int]) -> tuple[float, int]:
@@ -120,7 +87,7 @@ class HFEngine:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
                                         trust_remote_code)
-        self.template_source = use_training_template(self.tokenizer, chat_template)
+        self.verdict = use_training_template(self.tokenizer, chat_template)
         from llmforge import checkpoints
 
         # half precision on CPU is slow and loses accuracy: fp32 there unless asked otherwise
@@ -137,11 +104,15 @@ class HFEngine:
         self.mask_how: set[str] = set()
 
     def score(self, example: Example, max_length: int) -> tuple[float, int]:
-        ids, mask, how = chat_tokens(self.tokenizer, example, max_length)
+        samples, how = chat_tokens(self.tokenizer, example, max_length, self.verdict)
         self.mask_how.add(how)
-        with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float().cpu()
-        return nll_of(logits, ids, mask)
+        total, count = 0.0, 0
+        for ids, mask in samples:
+            with torch.no_grad():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float().cpu()
+            nll, n = nll_of(logits, ids, mask)
+            total, count = total + nll, count + n
+        return total, count
 
     def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
         tok = self.tokenizer

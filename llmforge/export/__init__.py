@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmforge.errors import InputError, UsageError
+from llmforge.workspace import check_name
 
 if TYPE_CHECKING:
     from llmforge.config.export import ExportConfig
@@ -22,8 +23,40 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+# Fixed-name temporaries of versions before temporaries carried their writer's pid (atomic.py).
+_OLD_TEMPORARIES = (".*.for-quantize.gguf", ".*.for-lora-check.gguf", ".merged.old")
+
+
 def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Remove what an export killed mid-way left in export/<run>/ (and its lora/): half-written GGUFs and merges
+    under temporary names. Returns how many were removed."""
+    from llmforge.atomic import remove_stale
+
+    removed = remove_stale(out_dir, _OLD_TEMPORARIES) + remove_stale(out_dir / "lora", _OLD_TEMPORARIES)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted export: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return len(removed)
+
+
+def read_manifest(manifest_path: Path) -> tuple[dict, set[str] | None]:
+    """An export folder's manifest and the files it lists (paths relative to the folder: GGUFs and LoRA adapters).
+    The paths are None when a manifest exists but cannot be read: then no file is known to be a leftover, and
+    replacing any needs --force."""
+    if not manifest_path.is_file():
+        return {}, set()
+    try:
+        body = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, None
+    if not isinstance(body, dict):
+        return {}, None
+    entries = list(body.get("files") or []) + list(body.get("lora_adapters") or [])
+    return body, {str(e.get("path", "")) for e in entries if isinstance(e, dict)}
 
 
 def resolve_source(workspace: Workspace, source: str | Path | None) -> tuple[str, str, Path]:
@@ -41,7 +74,7 @@ def resolve_source(workspace: Workspace, source: str | Path | None) -> tuple[str
             return resolve_source(workspace, path / ("model" if (path / "model").is_dir() else "adapter"))
         raise InputError(f"{path}: neither a HF model folder (config.json) nor a PEFT adapter (adapter_config.json)",
                          hint="pass a run name, a run folder, an adapter folder or a saved model folder")
-    run = str(source)
+    run = check_name(str(source), "run name")  # not a folder: a run of this workspace, never a path to join
     if _is_model_dir(workspace.model_dir(run)):
         return "model", run, workspace.model_dir(run)
     if (workspace.adapter_dir(run) / "adapter_config.json").is_file():
@@ -76,8 +109,8 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
 def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
           dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
-    write export/<last run>/merged/ with its manifest. Returns that manifest. `progress` gets one line per
-    phase."""
+    write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
+    leftovers of a killed export this run removed). `progress` gets one line per phase."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import atomic_dir
@@ -93,6 +126,7 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
     base = base_model_of(adapters[0], model)
     run = resolved[-1][1]
     out = workspace.merged_dir(run)
+    removed = remove_stale_temporaries(workspace.export_dir(run))
     if progress:
         progress(f"merging {len(adapters)} adapter(s) into {base}")
     with atomic_dir(out, force=force) as tmp:
@@ -103,7 +137,7 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
         (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
     registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
                     metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
-    return body
+    return {**body, "removed_temporaries": removed}  # about this run, not the merged files: kept out of the manifest
 
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
@@ -111,7 +145,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
                 _options: dict | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
-    folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises LlmforgeError (exit 1) after writing the manifest when verification fails."""
+    folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises
+    LlmforgeError (exit 1) after writing the manifest when verification fails."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
@@ -120,8 +155,12 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     from llmforge.export.quant_types import parse_quants
 
     timer = manifests.Timer()
+    if name is not None:  # the file stem: checked before anything is merged, converted or written
+        check_name(name, "--name")
     quants = parse_quants(export.quant)
     kind, run, path = resolve_source(workspace, source)
+    out_dir = workspace.export_dir(run)
+    removed = remove_stale_temporaries(out_dir)
     merged_info = None
     if kind == "adapter":
         merged = workspace.merged_dir(run)
@@ -129,32 +168,31 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
             merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force, progress=progress)
         path = merged
     name = name or run
-    out_dir = workspace.export_dir(run)
     opts = dict(_options or {})
+    manifest_path = workspace.export_manifest(run)
+    previous, listed = read_manifest(manifest_path)
+    written: dict = {}
+
+    def record(result: dict) -> None:
+        # Files of an earlier export stay listed only when they came from the same model and are still there.
+        same_source = previous.get("source") == str(path)
+        new_names = {f["quant"] for f in result["files"]}
+        files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
+                 and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
+        lora_adapters = previous.get("lora_adapters", [])
+        written["body"] = manifests.build(
+            "export gguf", {"model": path}, timer, name=name, run=run, source=str(path),
+            converter=result["converter"], conversion=result["conversion"], config=export.model_dump(mode="json"),
+            files=files, verified=all(f.get("verified") for f in files),
+            merged=merged_info is not None or kind == "adapter", lora_adapters=lora_adapters,
+        )
+        write_json(manifest_path, written["body"])
+
     result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
                      converter=export.converter,
-                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None, progress=progress,
-                     **opts)
-    manifest_path = workspace.export_manifest(run)
-    previous: dict = {}
-    if manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
-    # Files of an earlier export stay listed only when they came from the same model and are still there.
-    same_source = previous.get("source") == str(path)
-    new_names = {f["quant"] for f in result["files"]}
-    files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
-             and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
-    lora_adapters = previous.get("lora_adapters", [])
-    body = manifests.build(
-        "export gguf", {"model": path}, timer, name=name, run=run, source=str(path), converter=result["converter"],
-        conversion=result["conversion"], config=export.model_dump(mode="json"), files=files,
-        verified=all(f.get("verified") for f in files), merged=merged_info is not None or kind == "adapter",
-        lora_adapters=lora_adapters,
-    )
-    write_json(manifest_path, body)
+                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
+                     listed=listed, record=record, progress=progress, **opts)
+    body = written["body"]
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
                         path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
@@ -162,6 +200,9 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
         raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
                             hint=f"the files are kept and marked verified: false in {manifest_path}")
     body["output_dir"] = str(out_dir)
+    # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
+    body["removed_temporaries"] = removed + ((merged_info or {}).get("removed_temporaries") or 0)
+    body["replaced_leftovers"] = result["replaced_leftovers"]
     return body
 
 

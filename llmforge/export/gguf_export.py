@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmforge.atomic import refuse_overwrite
+from llmforge import atomic
+from llmforge.atomic import refuse_overwrite, reserve
 from llmforge.errors import MissingExtraError, UsageError, require_extra
 from llmforge.export import gguf_convert, llama_cpp_converter, llama_cpp_quantize, verify
 from llmforge.export.quant_types import QUANT_TYPES, QUANTIZE_SOURCE, QuantType, gguf_file_name
@@ -59,19 +60,48 @@ def choose_converter(model_dir: Path, converter: str, llama_cpp_dir: Path | None
     return "llama.cpp", llama_cpp_dir
 
 
+def refuse_listed(path: Path, listed: set[str] | None, force: bool, key: str | None = None) -> bool:
+    """Refuse (without --force) to replace a GGUF that the folder's manifest lists (as `key`, default its name);
+    `listed` None means the manifest could not be read, so every existing file counts as listed. Returns whether
+    `path` is an unlisted leftover to replace: a final-named file no manifest lists was left by an export killed
+    before it wrote its manifest (versions before this publish order), not made by the user's last export."""
+    if not path.exists():
+        return False
+    if listed is None or (key or path.name) in listed:
+        refuse_overwrite(path, force, "GGUF file")
+        return False
+    return True
+
+
+def publish(staged: dict[Path, Path], record=None) -> None:
+    """Give verified files their final names: the files they replace go first, then `record()` writes the manifest
+    that lists them, then the renames. Killed at any point, no final-named file is missing from the manifest or
+    older than its entry; what is left are temporaries (`atomic.remove_stale`) and entries of missing files."""
+    for final in staged:
+        final.unlink(missing_ok=True)
+    if record is not None:
+        record()
+    for final, tmp in staged.items():
+        atomic.publish(tmp, final)
+
+
 def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
             force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
-            backend: str = "auto", reference_adapters: list[Path] | None = None, _convert_options=None,
-            progress: Callable[[str], None] | None = None) -> dict:
-    """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
-    reported in the result (`failures`), not raised, so the caller can write the manifest first."""
+            backend: str = "auto", reference_adapters: list[Path] | None = None, listed: set[str] | None = None,
+            record=None, _convert_options=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. `progress` gets a line per
+    phase (each file written, quantized, verified), for the CLI's log. Verification failures are
+    reported in the result (`failures`), not raised, so the caller can write the manifest first.
+
+    Each file is written and verified under a temporary name and published (`publish`) only after `record(result)`
+    wrote the manifest listing it. `listed`: the file names the folder's manifest lists (only those need --force);
+    None (no manifest known) protects every existing file."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     require_extra("llmforge export gguf", "gguf", "gguf", "numpy", "tokenizers")
     how, llama_cpp_dir = choose_converter(model_dir, converter, llama_cpp_dir)
     llama_ok = has_llama_cpp()
-    targets = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
-    for path in targets.values():
-        refuse_overwrite(path, force, "GGUF file")
+    finals = {q.name: out_dir / gguf_file_name(name, q) for q in quants}
+    leftovers = [path.name for path in finals.values() if refuse_listed(path, listed, force)]
 
     def by_llama_cpp(q: QuantType) -> bool:
         if q.numpy is None:
@@ -85,7 +115,30 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
         raise MissingExtraError(f"llmforge export gguf --quant {','.join(q.name for q in k_quants)}", "llamacpp",
                                 ["llama_cpp"])
 
-    say = progress or (lambda phase: None)  # one call per phase, for the CLI's log lines
+    targets = {q: reserve(path) for q, path in finals.items()}  # written and verified under these names
+    published = False
+    try:
+        result = _write_and_verify(model_dir, out_dir, name, quants, targets, how, llama_cpp_dir, by_llama_cpp,
+                                   verify_files, reference_adapters, _convert_options,
+                                   progress or (lambda phase: None))
+        for f in result["files"]:
+            f["path"] = finals[f["quant"]].name
+        result["failures"] = [f"{finals[q].name}: {problem}" for q, problem in result["failures"]]
+        result["replaced_leftovers"] = leftovers
+        publish({finals[q]: targets[q] for q in finals}, (lambda: record(result)) if record else None)
+        published = True
+        return result
+    finally:
+        if not published:
+            for tmp in targets.values():
+                tmp.unlink(missing_ok=True)
+
+
+def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], targets: dict[str, Path],
+                      how: str, llama_cpp_dir: Path | None, by_llama_cpp, verify_files: bool,
+                      reference_adapters: list[Path] | None, _convert_options, say: Callable[[str], None]) -> dict:
+    """Write each quant to targets[quant] (temporary names) and verify it there. `failures`: (quant, problems)."""
+    k_quants = [q for q in quants if by_llama_cpp(q)]
     files: dict[str, dict] = {}
     convert_info: dict = {}
     source_float: Path | None = None
@@ -95,7 +148,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
             if by_llama_cpp(q):
                 continue
             started = time.perf_counter()
-            say(f"writing {targets[q.name].name}")
+            say(f"writing {gguf_file_name(name, q)}")
             if how == "native":
                 convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
                                                     **(_convert_options or {}))
@@ -112,7 +165,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
                     break
             else:
                 q16 = QUANT_TYPES[QUANTIZE_SOURCE]
-                temp_float = out_dir / f".{name}-{q16.name}.for-quantize.gguf"
+                temp_float = reserve(out_dir / f"{name}-{q16.name}.for-quantize.gguf")
                 say(f"writing a {q16.name} GGUF to quantize from")
                 if how == "native":
                     convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
@@ -122,7 +175,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
                 source_float = temp_float
             for q in k_quants:
                 started = time.perf_counter()
-                say(f"quantizing {targets[q.name].name}")
+                say(f"quantizing to {gguf_file_name(name, q)}")
                 llama_cpp_quantize.quantize(source_float, targets[q.name], q)
                 files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": "llama.cpp quantize"}
     finally:
@@ -136,7 +189,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
                               "sha256": sha256_file(path), "tensor_types": llama_cpp_quantize.tensor_types(path),
                               "verified": False})
 
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []
     if not verify_files:
         for f in files.values():
             f["verification"] = "skipped (--no-verify)"
@@ -154,7 +207,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
         for q in ordered:
             f = files[q.name]
             path = targets[q.name]
-            say(f"verifying {path.name}")
+            say(f"verifying {gguf_file_name(name, q)}")
             tok = verify.check_tokenization(path, ref)
             logits = verify.compare_logits(path, prompts, ref_logits)
             f["tokenization"] = tok
@@ -171,7 +224,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
             f["verified"] = not problems
             if problems:
                 f["problems"] = problems
-                failures.append(f"{path.name}: " + "; ".join(problems))
+                failures.append((q.name, "; ".join(problems)))
     return {
         "source": str(model_dir),
         "converter": how,

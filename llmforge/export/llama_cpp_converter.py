@@ -80,32 +80,21 @@ def extract_converter(archive: Path, target: Path) -> Path:
     """Unpack only vendor/llama.cpp/{convert_hf_to_gguf.py, conversion/, gguf-py/} of the sdist into target."""
     import shutil
     import tarfile
-    import tempfile
 
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_ensure(target.parent)))
-    try:
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                parts = Path(member.name).parts
-                if len(parts) < 4 or parts[1:3] != ("vendor", "llama.cpp") or not member.isfile():
-                    continue
-                rel = Path(*parts[3:])
-                if rel.parts == ("convert_hf_to_gguf.py",) or rel.parts[0] in ("conversion", "gguf-py"):
-                    dest = staging / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out)
+    from llmforge.atomic import atomic_dir
+
+    with atomic_dir(target, force=True) as staging, tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if len(parts) < 4 or parts[1:3] != ("vendor", "llama.cpp") or not member.isfile():
+                continue
+            rel = Path(*parts[3:])
+            if rel.parts == ("convert_hf_to_gguf.py",) or rel.parts[0] in ("conversion", "gguf-py"):
+                dest = staging / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
         if not (staging / "convert_hf_to_gguf.py").is_file():
             raise LlmforgeError(f"{archive.name} has no vendor/llama.cpp/convert_hf_to_gguf.py",
                                 hint="set export.llama_cpp_dir to a llama.cpp checkout instead")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -8,13 +8,12 @@ Llama's Q/K rows are permuted in the base GGUF, so lora_b's rows (the output sid
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-from llmforge.atomic import atomic_path, refuse_overwrite
+from llmforge.atomic import atomic_path, reserve
 from llmforge.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -120,13 +119,11 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
                    force: bool = False, _options: dict | None = None, progress=None) -> dict[str, Any]:
     """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest.
     `progress(line)` is called once per phase."""
-    say = progress or (lambda phase: None)
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
     from llmforge.errors import LlmforgeError
-    from llmforge.export import base_model_of, gguf_export, verify
-    from llmforge.export.quant_types import QUANT_TYPES
+    from llmforge.export import base_model_of, gguf_export, read_manifest, remove_stale_temporaries
 
     timer = manifests.Timer()
     opts = dict(_options or {})
@@ -135,13 +132,49 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
         raise InputError(f"base model {base}: not a local model folder with config.json",
                          hint="lora-gguf needs the base model's files; set model.name to its folder")
     out_dir = workspace.export_dir(run)
+    removed = remove_stale_temporaries(out_dir)
+    manifest_path = workspace.export_manifest(run)
+    previous, listed = read_manifest(manifest_path)
     # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
     out = out_dir / "lora" / f"{run}-lora-f32.gguf"
-    refuse_overwrite(out, force, "GGUF file")
-    say(f"writing {out.name}")
-    facts = write_lora_gguf(adapter_dir, base, out, **opts)
-    entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": f"lora/{out.name}", "bytes": out.stat().st_size,
-                             "sha256": manifests.sha256_file(out), "verified": False, "base_model": str(base), **facts}
+    rel = f"lora/{out.name}"
+    leftover = gguf_export.refuse_listed(out, listed, force, key=rel)
+    staged = reserve(out)  # written and verified under this name; published after the manifest lists it
+    try:
+        entry, failures = _write_and_verify(model, export, adapter_dir, base, staged, rel, base_gguf, opts,
+                                            progress or (lambda phase: None))
+        entry["manifest"] = manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer)
+        # The full-model part of the manifest (files, verified, source) stays as export gguf wrote it.
+        body = previous or manifests.build("export lora-gguf", {"adapter": adapter_dir}, timer, run=run, files=[])
+        body["lora_adapters"] = [a for a in body.get("lora_adapters", []) if a.get("path") != rel] + [entry]
+        gguf_export.publish({out: staged}, lambda: write_json(manifest_path, body))
+    finally:
+        staged.unlink(missing_ok=True)
+    logits = entry.get("logits") or {}
+    registry.record(workspace.registry_file, "export", f"{run}/lora", parent=run, path=str(out),
+                    status="complete" if entry["verified"] else "unverified",
+                    metrics={k: logits[k] for k in ("top1_agreement", "max_abs_diff") if k in logits})
+    if failures:
+        raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
+                            hint=f"the file is kept and marked verified: false in {manifest_path}")
+    body["output_dir"] = str(out_dir)
+    body["removed_temporaries"] = removed
+    body["replaced_leftovers"] = [rel] if leftover else []
+    return body
+
+
+def _write_and_verify(model, export, adapter_dir: Path, base: Path, staged: Path, rel: str, base_gguf: Path | None,
+                      opts: dict, say) -> tuple[dict[str, Any], list[str]]:
+    """Write the adapter GGUF to `staged` and verify it there; its manifest entry (path: `rel`) and failures."""
+    from llmforge import manifest as manifests
+    from llmforge.export import gguf_export, verify
+    from llmforge.export.quant_types import QUANT_TYPES
+
+    say(f"writing {Path(rel).name}")
+    facts = write_lora_gguf(adapter_dir, base, staged, **opts)
+    entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": rel, "bytes": staged.stat().st_size,
+                             "sha256": manifests.sha256_file(staged), "verified": False, "base_model": str(base),
+                             **facts}
     failures = []
     if not export.verify:
         entry["verification"] = "skipped (--no-verify)"
@@ -152,16 +185,16 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
         temp_base = None
         try:
             if base_gguf is None:  # an f32 base keeps the comparison about the adapter, not base rounding
-                temp_base = out_dir / f".{run}-base-f32.for-lora-check.gguf"
+                temp_base = reserve(staged.parent / "base-f32.for-lora-check.gguf")
                 say("writing an f32 GGUF of the base to verify on")
                 from llmforge.export import gguf_convert
 
                 gguf_convert.convert(base, temp_base, QUANT_TYPES["f32"])
-            say(f"verifying {out.name} on the base")
+            say(f"verifying {Path(rel).name} on the base")
             ref = verify.load_reference(base, [adapter_dir])
             prompts = verify.prompt_ids(ref)
             ref_logits = verify.hf_logits(ref, prompts)
-            logits = verify.compare_logits(base_gguf or temp_base, prompts, ref_logits, lora_path=out)
+            logits = verify.compare_logits(base_gguf or temp_base, prompts, ref_logits, lora_path=staged)
         finally:
             if temp_base is not None:
                 temp_base.unlink(missing_ok=True)
@@ -171,26 +204,6 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
         entry["verified_on"] = str(base_gguf) if base_gguf else "f32 conversion of the base"
         entry["verified"] = not strict or logits["top1_agreement_decisive"] >= verify.MIN_AGREEMENT
         if not entry["verified"]:
-            failures.append(f"{out.name}: base+adapter top-1 agreement with HF {logits['top1_agreement_decisive']:.3f}"
-                            f" < {verify.MIN_AGREEMENT}")
-    manifest_path = workspace.export_manifest(run)
-    previous = {}
-    if manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
-    entry["manifest"] = manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer)
-    # The full-model part of the manifest (files, verified, source) stays as export gguf wrote it.
-    body = previous or manifests.build("export lora-gguf", {"adapter": adapter_dir}, timer, run=run, files=[])
-    body["lora_adapters"] = [a for a in body.get("lora_adapters", []) if a.get("path") != entry["path"]] + [entry]
-    write_json(manifest_path, body)
-    logits = entry.get("logits") or {}
-    registry.record(workspace.registry_file, "export", f"{run}/lora", parent=run, path=str(out),
-                    status="complete" if entry["verified"] else "unverified",
-                    metrics={k: logits[k] for k in ("top1_agreement", "max_abs_diff") if k in logits})
-    if failures:
-        raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
-                            hint=f"the file is kept and marked verified: false in {manifest_path}")
-    body["output_dir"] = str(out_dir)
-    return body
+            failures.append(f"{Path(rel).name}: base+adapter top-1 agreement with HF "
+                            f"{logits['top1_agreement_decisive']:.3f} < {verify.MIN_AGREEMENT}")
+    return entry, failures

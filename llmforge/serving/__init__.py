@@ -30,6 +30,37 @@ class ServeInfo:
         return dict(self.__dict__)
 
 
+def check_host(serve: ServeConfig) -> str | None:
+    """Refuse (UsageError, exit 2) to serve a non-loopback host without an API key unless serve.insecure says so;
+    then return the warning to show. None when the host is loopback or a key is required."""
+    from llmforge.errors import UsageError
+
+    key = serve.api_key.get_secret_value() if serve.api_key is not None else ""
+    if key.strip() or _is_loopback(serve.host):
+        return None
+    host = serve.host.strip("[]")
+    where = f"[{host}]:{serve.port}" if ":" in host else f"{host or 'every address'}:{serve.port}"
+    if not serve.insecure:
+        raise UsageError(
+            f"serve.host {where} is reachable from other machines and no API key is set: anyone who can reach it "
+            "could use the model",
+            hint="set a key (--api-key KEY or LLMFORGE_SERVE__API_KEY), keep --host 127.0.0.1, or pass --insecure "
+            "to serve it open anyway",
+        )
+    return f"serving on {where} WITHOUT an API key (--insecure): anyone who can reach this address can use the model"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another name: it may resolve anywhere, so it counts as reachable
+        return False
+
+
 def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
     """Which file or folder would be served, with which engine (no model is loaded). Raises MissingExtraError when
     this install lacks what serving it needs, so `serve --dry-run` fails exactly where the real run would."""
@@ -82,6 +113,7 @@ def serve(
     from llmforge.errors import LlmforgeError, require_extra
 
     require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+    check_host(serve)  # the CLI shows its warning before the model loads; other callers are refused here too
     import uvicorn
 
     engine = load_engine(model, serve, workspace, progress)

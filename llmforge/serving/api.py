@@ -2,7 +2,9 @@
 
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
 limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
-request into a Job for the engine worker and relay its events as JSON or server-sent events.
+request into a Job for the engine worker and relay its events as JSON or server-sent events. Before that, a request
+is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` other than the one served, or
+an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import uuid
 from collections import deque
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmforge import __version__
 from llmforge.errors import UsageError
 from llmforge.serving.conversations import ConversationLog, plain_messages
 from llmforge.serving.generation import EngineWorker, Job, QueueFull, Result, Sampling
@@ -46,6 +50,41 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+class _Request(_Body):
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        # JSON can carry a lone surrogate ("\ud800"); Python keeps it in the str and the tokenizers fail on it deep
+        # in the engine. It is bad input: refuse it before validation, naming where it is (ignored fields too).
+        found = _lone_surrogate(data, ())
+        if found:
+            where, text, at = found
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "{where}: text holds a lone UTF-16 surrogate (U+{code}) at character {at}; send valid Unicode",
+                {"where": where, "code": f"{ord(text[at]):04X}", "at": at},
+            )
+        return data
+
+
+def _lone_surrogate(value: Any, path: tuple[str, ...]) -> tuple[str, str, int] | None:
+    """(dotted path, the string, index) of the first string in a JSON value that UTF-8 cannot encode, or None."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return ".".join(path) or "body", value, exc.start
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) or _lone_surrogate(item, (*path, str(key)))
+        if found:
+            return found
+    return None
+
+
 class TextPart(_Body):
     type: Literal["text"]
     text: str
@@ -60,8 +99,8 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _SamplingBody(_Body):
-    model: str | None = None
+class _SamplingBody(_Request):
+    model: str | None = Field(None, description="The served model's id, as /v1/models lists it (any other: 404).")
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -69,20 +108,61 @@ class _SamplingBody(_Body):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-turn tokens (for benchmarks).")
+    # OpenAI parameters this server does not implement: declared so that a request using one is refused (400,
+    # naming it) instead of answered as if it had been honoured. `not_supported` lists, for each, the values
+    # that ask for nothing missing (null always does).
+    n: int | None = Field(None, description="Only 1.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only {}).")
+    presence_penalty: float | None = Field(None, description="Not supported (only 0).")
+    frequency_penalty: float | None = Field(None, description="Not supported (only 0).")
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "n": (1,),
+        "logit_bias": ({},),
+        "presence_penalty": (0,),
+        "frequency_penalty": (0,),
+    }
 
 
 class ChatRequest(_SamplingBody):
     messages: list[Message]
     max_completion_tokens: int | None = None
+    logprobs: bool | None = Field(None, description="Not supported (only false).")
+    top_logprobs: int | None = Field(None, description="Not supported (only 0).")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (only []).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Not supported (only 'none' or 'auto').")
+    functions: list[dict[str, Any]] | None = Field(None, description="Not supported (only []).")
+    function_call: str | dict[str, Any] | None = Field(None, description="Not supported (only 'none' or 'auto').")
+    response_format: dict[str, Any] | None = Field(None, description='Not supported (only {"type": "text"}).')
+    # with no tools to call, tool_choice "auto" and "none" both mean a plain answer
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_SamplingBody.not_supported,
+        "logprobs": (False,),
+        "top_logprobs": (0,),
+        "tools": ([],),
+        "tool_choice": ("none", "auto"),
+        "functions": ([],),
+        "function_call": ("none", "auto"),
+        "response_format": ({"type": "text"},),
+    }
 
 
 class CompletionRequest(_SamplingBody):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, description="Not supported (even 0 asks for the sampled token's).")
+    echo: bool | None = Field(None, description="Not supported (only false).")
+    suffix: str | None = Field(None, description="Not supported (only '').")
+    best_of: int | None = Field(None, description="Not supported (only 1).")
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_SamplingBody.not_supported,
+        "logprobs": (),
+        "echo": (False,),
+        "suffix": ("",),
+        "best_of": (1,),
+    }
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(_Request):
     prompt: str
     max_tokens: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -105,7 +185,52 @@ class APIError(Exception):
 
 
 def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    # a message or param may quote the request (a dict key, a model name): keep it encodable as UTF-8
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    param = param.encode("utf-8", "replace").decode("utf-8") if isinstance(param, str) else param
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# what each error status means here, for the OpenAPI schema (clients and the schema fuzz test read it)
+_ERRORS = {
+    400: "Invalid request, or a parameter this server does not support (param names it)",
+    401: "Missing or wrong API key",
+    404: "The model named is not the one served (code model_not_found)",
+    413: "Request body larger than serve.max_body_bytes",
+    429: "Rate limit reached (Retry-After)",
+    500: "Generation failed in the engine",
+    503: "The queue is full (Retry-After)",
+}
+# stream: true answers with server-sent events; the schema describes one event (each data is a JSON chunk, and
+# "[DONE]" ends the stream)
+_SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+_STREAMED = {200: {"description": "JSON, or server-sent events when stream is true",
+                   "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}  # fmt: skip
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
+_ERROR_HEADERS = {401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+                  429: _RETRY_AFTER, 503: _RETRY_AFTER}  # fmt: skip
+
+
+def _documented(*statuses: int, text_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    # FastAPI files `model` under the route's own media type; errors are JSON on a text/plain route too (/metrics),
+    # so there the body is a plain $ref (the JSON routes register the ErrorResponse component)
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    model = {} if text_route else {"model": ErrorResponse}
+    headers = {s: {"headers": _ERROR_HEADERS[s]} if s in _ERROR_HEADERS else {} for s in statuses}
+    return {s: {**model, "description": _ERRORS[s], "content": body, **headers[s]} for s in statuses}
 
 
 async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
@@ -259,8 +384,6 @@ class Server:
         if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
             raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} strings of up to {MAX_STOP_LENGTH} characters.",
                            param="stop", code="invalid_value")  # fmt: skip
-        if getattr(body, "n", None) not in (None, 1):
-            raise APIError(400, "Only n=1 is supported.", param="n", code="invalid_value")
         return Sampling(
             max_tokens=min(max_tokens or limit, room),
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -269,6 +392,20 @@ class Server:
             stop=tuple(stop),
             ignore_eos=getattr(body, "ignore_eos", False),
         )
+
+    def check_request(self, body: _SamplingBody) -> None:
+        """404 for a model this server does not serve; 400 for a parameter it would otherwise silently ignore."""
+        if body.model is not None and body.model != self.engine.name:
+            raise APIError(404, f"The model {body.model[:200]!r} is not served here; this server serves "
+                                f"{self.engine.name!r} (see /v1/models).", param="model",
+                           code="model_not_found")  # fmt: skip
+        for name, accepted in body.not_supported.items():
+            value = getattr(body, name)
+            if value is None or value in accepted:
+                continue
+            allowed = f" (or send {' or '.join(json.dumps(ok) for ok in accepted)})" if accepted else ""
+            raise APIError(400, f"{name} is not supported by this server; leave it out{allowed}.", param=name,
+                           code="unsupported_parameter")  # fmt: skip
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         if not messages:
@@ -386,8 +523,25 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         finally:
             server.worker.stop()
 
-    app = FastAPI(title="llmforge", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI documents a 422 for every route with a body; bad bodies get a 400 here, as OpenAI answers them
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    generation = {**_STREAMED, **_documented(400, 401, 404, 413, 429, 500, 503)}
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -400,6 +554,8 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("The request body is not valid JSON.", code="invalid_json"), 400)
+        if first.get("type") == "invalid_unicode":  # the message names the field already
+            return JSONResponse(error_body(first["msg"], param=first["ctx"]["where"], code="invalid_value"), 400)
         where = ".".join(loc) or "body"
         message = f"{where}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body(message, param=".".join(loc) or None, code="invalid_value"), 400)
@@ -423,13 +579,13 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
     async def health():
         return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
     async def metrics():
         return PlainTextResponse(
             server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_documented(401, 429))
     async def models():
         return {
             "object": "list",
@@ -438,6 +594,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
 
     async def chat(request: Request, body: ChatRequest, route: str):
         started = time.perf_counter()
+        server.check_request(body)
         messages = plain_messages(body.messages)
         prompt = server.chat_prompt(messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -486,18 +643,19 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
             "usage": usage(result),
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=generation)
     async def chat_completions(request: Request, body: ChatRequest):
         return await chat(request, body, "/v1/chat/completions")
 
-    @app.post("/chat")
+    @app.post("/chat", responses=generation)
     async def simple_chat(request: Request, body: ChatRequest):
         """The same as /v1/chat/completions, for scripts that want a short path."""
         return await chat(request, body, "/chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=generation)
     async def completions(request: Request, body: CompletionRequest):
         started = time.perf_counter()
+        server.check_request(body)
         prompt = server.text_prompt(body.prompt)
         sampling = server.sampling(body, len(prompt), body.max_tokens)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -530,7 +688,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
         return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
                                      "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
 
-    @app.post("/generate")
+    @app.post("/generate", responses={**_STREAMED, **_documented(400, 401, 413, 429, 500, 503)})
     async def generate(request: Request, body: GenerateRequest):
         """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
         started = time.perf_counter()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmforge.errors import UsageError
-from llmforge.workspace import Workspace
+from llmforge.workspace import Workspace, name_problem
 
 # When an export holds several quantizations, serve the first of these that exists.
 QUANT_PREFERENCE = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16", "q4_0")
@@ -59,10 +59,12 @@ def _resolve_spec(spec: str, engine: str, workspace: Workspace) -> Target:
         if engine == "llamacpp" or (engine == "auto" and not _is_hf_folder(path) and list(path.glob("*.gguf"))):
             return Target("llamacpp", pick_gguf(path), path.name)
         return _folder_target(str(path), engine)
-    # a run or export of this workspace, by name
-    if (workspace.export_manifest(spec)).exists() and engine in ("auto", "llamacpp"):
+    # a run or export of this workspace, by name; a spec that cannot be a name (a hub id, '../x') is never joined
+    # to the workspace's folders
+    by_name = name_problem(spec) is None
+    if by_name and workspace.export_manifest(spec).exists() and engine in ("auto", "llamacpp"):
         return Target("llamacpp", pick_gguf(workspace.export_dir(spec)), spec)
-    if workspace.run_manifest(spec).exists():
+    if by_name and workspace.run_manifest(spec).exists():
         return _run_target(workspace, spec)
     if engine == "llamacpp":
         raise UsageError(f"serve.model: {spec!r} is neither a GGUF file nor an export", hint="pass a .gguf path")

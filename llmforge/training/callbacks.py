@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics.jsonl rows and progress events (rank 0 only), and a clean stop on SIGINT/SIGTERM."""
+"""Trainer callbacks: metrics.jsonl rows and progress events (rank 0 only), a clean stop on SIGINT/SIGTERM, and a
+completion marker in each checkpoint."""
 
 from __future__ import annotations
 
@@ -139,6 +140,25 @@ class StopOnSignal(TrainerCallback):
         if stop:
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+
+class MarkComplete(TrainerCallback):
+    """Vouches for each checkpoint once the Trainer has saved all of it (trainer_state.json is its last file): writes
+    checkpoint-<step>/llmforge-complete.json, so a resume never starts from a checkpoint cut off by kill -9."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            # the other processes write their own rng_state_<rank>.pth: rank 0 vouches only after all have
+            import torch.distributed as dist
+
+            dist.barrier()
+        if state.is_world_process_zero:
+            from llmforge.training import resume
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                resume.write_marker(folder, state.global_step)
         return control
 
 

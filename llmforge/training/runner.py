@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from llmforge.errors import ConfigError, TrainingStopped, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
 from llmforge.training import launch
+from llmforge.training import resume as resume_mod
 from llmforge.workspace import Workspace, timestamp
 
 log = logging.getLogger(__name__)
@@ -78,15 +80,6 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = []
-    for child in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        suffix = child.name.split("-")[-1]
-        if suffix.isdigit() and (child / "trainer_state.json").is_file():
-            found.append((int(suffix), child))
-    return max(found)[1] if found else None
-
-
 def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     if train_cfg.run_name:
         if not ws.run_dir(train_cfg.run_name).is_dir():
@@ -95,7 +88,8 @@ def _run_to_resume(train_cfg, ws: Workspace, method: str) -> str:
     candidates = sorted(
         (p.stat().st_mtime, p.parent.name)
         for p in ws.runs_dir.glob(f"*/{FINGERPRINT_FILE}")
-        if not (p.parent / "manifest.json").is_file() and _latest_checkpoint(p.parent / "checkpoints") is not None
+        # a run whose checkpoints are all torn counts too: resuming it is refused with the reason, not skipped
+        if not (p.parent / "manifest.json").is_file() and resume_mod.checkpoints(p.parent / "checkpoints")
     )
     if not candidates:
         raise UsageError(
@@ -282,6 +276,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
 
     # 2. The run folder: new, or the one being resumed (unchanged config and data unless --force).
     resume_from = None
+    resume_skipped: list[dict[str, Any]] = []
+    # "Today" for templates that write the date: the run's start, kept by a resumed run.
+    run_started = datetime.now()
     if resume:
         run_name = _run_to_resume(train_cfg, workspace, method)
         run_dir = workspace.run_dir(run_name)
@@ -292,17 +289,25 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if not (run_dir / FINGERPRINT_FILE).is_file():
             raise UsageError(f"--resume: {run_dir} is not a training run started by llmforge")
         old = json.loads((run_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        if old.get("started_at"):
+            run_started = datetime.fromisoformat(old["started_at"]).astimezone().replace(tzinfo=None)
         changes = _changed(old, fp)
         if changes and not force:
             raise UsageError(
                 f"--resume: {', '.join(changes)} changed since run {run_name} started",
                 hint="restore them, or pass --force to resume anyway (the run will mix two setups)",
             )
-        resume_from = _latest_checkpoint(workspace.checkpoints_dir(run_name))
+        resume_from, resume_skipped = resume_mod.newest_complete(workspace.checkpoints_dir(run_name))
+        for skip in resume_skipped:
+            log.info("--resume: skipping %s of run %s: %s", skip["checkpoint"], run_name, skip["reason"])
         if resume_from is None:
-            raise UsageError(f"--resume: run {run_name} has no checkpoint yet", hint="start it again without --resume")
+            torn = "; ".join(f"{s['checkpoint']}: {s['reason']}" for s in resume_skipped)
+            raise UsageError(
+                f"--resume: run {run_name} has no complete checkpoint" + (f" ({torn})" if torn else " yet"),
+                hint=f"start it again: llmforge train --force -s train.run_name={run_name} (replaces its folder)",
+            )
     else:
-        run_name = "<new>" if dry_run else _new_run_name(train_cfg, method, world)
+        run_name = (train_cfg.run_name or "<new>") if dry_run else _new_run_name(train_cfg, method, world)
         run_dir = workspace.run_dir(run_name)
         # rank 0 alone decides: the others would race with its mkdir
         if is_main and not dry_run and run_dir.exists() and any(run_dir.iterdir()):
@@ -331,8 +336,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     masked = chat and data.train.kind == "messages" and train_cfg.assistant_only_loss
     if masked or (chat and model_cfg.chat_template != "auto"):
-        # assistant-only loss needs {% generation %} markers: the tokenizer's, or a known family's
-        chosen = template_mod.resolve(tokenizer, model_cfg.chat_template)
+        # assistant-only loss needs the assistant's spans: chat_spans decides how to find them, or refuses
+        chosen = template_mod.resolve(tokenizer, model_cfg.chat_template, now=run_started)
+        if not masked:
+            chosen.how = None
     elif own is not None:
         chosen = template_mod.ChosenTemplate(own, "tokenizer", None, (tokenizer.eos_token,))
     elif chat:
@@ -345,17 +352,36 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if chosen is not None:
         tokenizer.chat_template = chosen.text
     checked = 0
+    split_records = 0
+    overlong = None
     if masked:
-        checked = template_mod.check_end_of_turn_trained(tokenizer, data.train.records, chosen.end_of_turn)
+        # llmforge tokenizes and masks chat records itself, so the check below sees the very ids the trainer gets
+        encoded = template_mod.encode(tokenizer, chosen, data.train.records)
+        checked = template_mod.check_end_of_turn_trained(tokenizer, encoded, chosen.end_of_turn)
+        split_records = encoded.split_records
+        # Records over max_length: the stated policy, counted (the trainer would cut them without a word).
+        overlong = template_mod.apply_overlong(encoded, train_cfg.max_length, train_cfg.overlong)
+        if overlong["overlong"] and is_main and not dry_run:
+            log.warning("%d of %d training samples are longer than train.max_length (%d tokens): train.overlong: %s "
+                        "(%d truncated, %d dropped)", overlong["overlong"], overlong["rows"], train_cfg.max_length,
+                        train_cfg.overlong, overlong["truncated"], overlong["dropped"])  # fmt: skip
+        data.train_rows = encoded.rows
+        if data.val is not None:
+            val = template_mod.encode(tokenizer, chosen, data.val.records, "validation")
+            overlong["validation"] = template_mod.apply_overlong(val, train_cfg.max_length, train_cfg.overlong)
+            data.val_rows = val.rows
 
     # 4. The plan (all a dry run does).
     total, trainable, model_config = _count_params(model_cfg, train_cfg, method, tokenizer)
-    lengths = _token_lengths(tokenizer, data.train, method, train_cfg.max_length)
+    if data.train_rows is not None:
+        lengths = [min(len(r["input_ids"]), train_cfg.max_length) for r in data.train_rows]
+    else:
+        lengths = _token_lengths(tokenizer, data.train, method, train_cfg.max_length)
     tokens_per_epoch = sum(lengths)
     if method == "scratch" or train_cfg.packing:
         examples = max(1, math.ceil(tokens_per_epoch / train_cfg.max_length))
     else:
-        examples = len(data.train.records)
+        examples = len(data.train_rows) if data.train_rows is not None else len(data.train.records)
     per_step = train_cfg.batch_size * train_cfg.grad_accum * world
     steps_per_epoch = max(1, math.ceil(examples / per_step))
     steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
@@ -382,8 +408,13 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "memory_estimate": _memory_estimate(total, trainable, model_config, train_cfg, method, prec),
         "chat_template": (chosen.source if chosen else None),
         "chat_template_family": (chosen.family if chosen else None),
+        "loss_mask": (chosen.how if chosen else None),
+        "chat_template_date": (chosen.date.strftime("%Y-%m-%d") if chosen and chosen.date else None),
+        "records_split_per_turn": split_records,
         "end_of_turn_checked": checked,
+        "overlong": overlong,
         "resume_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
         "notes": data.notes,
     }
     if dry_run:
@@ -393,9 +424,12 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
                   "total_steps": steps, "resume_from": plan["resume_from"]})
 
     # 5. Build the trainer. From here on the run folder exists.
+    removed: list[Path] = []
     if is_main:
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # only reached with --force
+        # what a killed run was writing under temporary names (its adapter/ or model/, a plot, the manifest)
+        removed = atomic.remove_stale(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic.write_json(run_dir / FINGERPRINT_FILE, {**fp, "run": run_name, "started_at": manifest.now()})
@@ -438,12 +472,15 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
             callback.logging_dir = str(run_dir / TENSORBOARD_DIR)
 
-    from llmforge.training.callbacks import RunLog, StopOnSignal
+    from llmforge.training.callbacks import MarkComplete, RunLog, StopOnSignal
 
     runlog = RunLog(metrics_file, progress, is_main)
     stopper = StopOnSignal()
     trainer.add_callback(runlog)
     trainer.add_callback(stopper)
+    trainer.add_callback(MarkComplete())
+    if resume_from is not None and progress is not None and is_main:
+        progress({"event": "resume", "checkpoint": str(resume_from), "skipped": resume_skipped})
     if train_cfg.early_stopping.patience:
         from transformers import EarlyStoppingCallback
 
@@ -497,6 +534,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "final_eval_loss": final_eval,
         "tokens_seen": int(state.num_input_tokens_seen or 0),
         "train_seconds": round(train_seconds, 3),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "resume_skipped": resume_skipped,
+        "removed_temporaries": len(removed),
+        "overlong": overlong,
         "is_main": is_main,
     }
     if not is_main:
@@ -542,6 +583,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         chat_template=TEMPLATE_FILE if chosen else None,
         chat_template_source=chosen.source if chosen else None,
         chat_template_family=chosen.family if chosen else None,
+        loss_mask=plan["loss_mask"],
+        chat_template_date=plan["chat_template_date"],
+        records_split_per_turn=split_records if chosen else None,
+        end_of_turn_checked=checked,
+        overlong=overlong,
         end_of_turn=list(chosen.end_of_turn) if chosen else None,
         metrics="metrics.jsonl",
         loss_plot="loss.png" if plot else None,
@@ -558,6 +604,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         precision=prec["_name"],
         processes=world,
         resumed_from=str(resume_from) if resume_from else None,
+        resume_skipped=resume_skipped,
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
     registry.record(

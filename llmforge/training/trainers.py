@@ -214,11 +214,16 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
     if data.val is not None:
         eval_rows = data_mod.chat_rows(data.val.records) if chat else [
             {"text": t} for t in data_mod.texts_of(data.val.records)]
+    pretokenized = data.train_rows is not None
+    if pretokenized:
+        # Already tokenized with the assistant-only masks the runner checked: TRL turns "assistant_masks" into
+        # labels for any tokenized dataset, so its own (marker-only) assistant_only_loss stays off.
+        rows, eval_rows = data.train_rows, data.val_rows
     args = SFTConfig(
         **common_args(train_cfg, prec, lr, output_dir, eval_rows is not None, world),
         max_length=train_cfg.max_length,
         packing=train_cfg.packing,
-        assistant_only_loss=chat and train_cfg.assistant_only_loss,
+        assistant_only_loss=chat and train_cfg.assistant_only_loss and not pretokenized,
         dataset_text_field="text",
         eos_token=tokenizer.eos_token,
     )

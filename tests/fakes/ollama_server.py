@@ -15,7 +15,10 @@ client. It follows docs/api.md of ollama/ollama and the request shapes of the cl
   With no TEMPLATE it renders the GGUF's own chat template (Ollama's best case). NDJSON when streaming, always
   ending with done: true and done_reason "stop" or "length". Generation runs to the end before the first chunk
   is sent, so stop strings never need holding back. num_predict defaults to 128 here (Ollama: until the context
-  is full) so that a model that never stops still ends a test.
+  is full) so that a model that never stops still ends a test. Like Ollama (server/routes.go, capabilities from
+  the template), a request with `tools` to a model whose TEMPLATE never mentions .Tools, or with `think` to one
+  that never mentions .Think, answers 400 "... does not support tools|thinking"; `think` reaches the template as
+  .Think/.IsThinkSet.
 
 Faults the tests switch on (`StandIn.fault`):
 - "leak_template_tokens": special tokens are rendered into the text, the end-of-turn token included.
@@ -167,10 +170,13 @@ class StandIn:
             self._llamas[key] = open_llama(self.blob_path(digest), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0)
         return self._llamas[key]
 
-    def render_prompt(self, model: dict[str, Any], llm: Any, messages: list[dict[str, Any]]) -> str:
+    def render_prompt(
+        self, model: dict[str, Any], llm: Any, messages: list[dict[str, Any]], think: bool | None = None
+    ) -> str:
         conversation = [{"role": m["role"], "content": m.get("content") or ""} for m in model["messages"] + messages]
         if self.gorender is not None and model["template"]:
             request = {"template": model["template"], "messages": conversation, "system": model["system"]}
+            request["think"] = think
             done = subprocess.run(
                 [str(self.gorender)], input=json.dumps(request), capture_output=True, text=True, timeout=60
             )
@@ -191,8 +197,15 @@ class StandIn:
         eos_id = llm.token_eos()
         eos = llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id >= 0 else None
         if model["template"]:
+            # A family, or the variant deploy builds from the GGUF's own template (deploy_verdict).
+            embedded = llm.metadata.get("tokenizer.chat_template")
+            bos_id = llm.token_bos()
+            bos = llm.detokenize([bos_id], special=True).decode("utf-8", "replace") if bos_id >= 0 else None
+            candidates = list(ct.FAMILIES.values())
+            if embedded:
+                candidates.append(ct.deploy_verdict(embedded, bos, eos).family)
             family = next(
-                (f for f in ct.FAMILIES.values() if _safe_template(f, eos) == model["template"]),
+                (f for f in candidates if f is not None and _safe_template(f, eos) == model["template"]),
                 None,
             )
             if family is None:
@@ -206,6 +219,7 @@ class StandIn:
             add_generation_prompt=collated[-1]["role"] != "assistant",
             bos_token="",  # llama.cpp adds BOS itself when the GGUF says so
             eos_token=eos,
+            **({} if think is None else {"enable_thinking": think}),
         )
 
     def chat(self, body: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
@@ -217,6 +231,11 @@ class StandIn:
         started = time.perf_counter_ns()
         if not messages:
             return 200, [self._final(name, "", "load", started, 0, 0)]
+        template = model["template"] or ""
+        if body.get("tools") and ".Tools" not in template:
+            return 400, [{"error": f'"{name}" does not support tools'}]
+        if body.get("think") is not None and ".Think" not in template:
+            return 400, [{"error": f'"{name}" does not support thinking'}]
         options = {**model["parameters"], **(body.get("options") or {})}
         stops = [s for s in options.get("stop") or [] if s]
         num_predict = int(options.get("num_predict") or DEFAULT_NUM_PREDICT)
@@ -226,7 +245,7 @@ class StandIn:
         with self._lock:
             llm = self._llama(model["digest"], n_ctx)
             try:
-                prompt = self.render_prompt(model, llm, messages)
+                prompt = self.render_prompt(model, llm, messages, think=body.get("think"))
             except Exception as e:  # a template that cannot render: Ollama answers 500 with the reason
                 return 500, [{"error": f"template: {e}"}]
             pieces, reason, prompt_count = self._generate(llm, prompt, stops, num_predict, options)

@@ -20,6 +20,7 @@ class FakeOpenAI:
         self.fail_next = 0
         self.mode = "ok"  # ok | trailing_comma | truncated | fenced | garbage | ungrounded
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.status_on_fail = 500
         self.slow_next = 0  # the next N requests answer only after `delay` seconds
         self.delay = 0.0
@@ -71,6 +72,7 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 fake.requests.append(body)
+                fake.authorizations.append(self.headers.get("Authorization"))
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return

@@ -40,7 +40,7 @@ def texts(rendering, trained: bool) -> str:
 def test_preview_shows_trained_and_masked_spans(tiny_tokenizer_dir, tmp_path):
     write("chat.jsonl", [{"messages": CHAT}])
     result = preview("chat.jsonl", ModelConfig(name=str(tiny_tokenizer_dir)), Workspace(Path("work")), n=3)
-    assert result.mask_source == "generation markers, template: tokenizer (chatml)"
+    assert result.mask_source == "tokenizer markers, template: tokenizer (chatml)"
     (rendering,) = result.examples[0].renderings
     assert texts(rendering, True) == "The sky is blue.<|im_end|>"  # the answer and its end-of-turn token
     assert texts(rendering, False) == "<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n\n"
@@ -64,7 +64,7 @@ def test_preview_uses_the_template_training_will_use(tiny_tokenizer_dir, tmp_pat
     plain = _tokenizer_with_template(tiny_tokenizer_dir, tmp_path / "plain-tok", stripped)
     write("chat.jsonl", [{"messages": CHAT}])
     result = preview("chat.jsonl", ModelConfig(name=str(plain)), Workspace(Path("work")))
-    assert result.mask_source == "generation markers, template: family (chatml)"
+    assert result.mask_source == "family template, template: family (chatml)"
     (rendering,) = result.examples[0].renderings
     assert texts(rendering, True) == "The sky is blue.<|im_end|>"
 
@@ -77,26 +77,43 @@ def test_unknown_template_without_markers_needs_a_family(tiny_tokenizer_dir, tmp
         preview("chat.jsonl", ModelConfig(name=str(folder)), Workspace(Path("work")))
     assert "model.chat_template" in info.value.hint
     configured = preview("chat.jsonl", ModelConfig(name=str(folder), chat_template="chatml"), Workspace(Path("w2")))
-    assert configured.mask_source == "generation markers, template: configured (chatml)"
+    assert configured.mask_source == "family template, template: configured (chatml)"
     (rendering,) = configured.examples[0].renderings
     assert texts(rendering, True) == "The sky is blue.<|im_end|>"
 
 
-def test_prefix_difference_mask_matches_generation_markers(tiny_tokenizer_dir):
-    """The fallback for templates without markers marks the same tokens as the markers do."""
-    from llmforge.data.inspect import token_mask
+def test_incremental_render_mask_matches_generation_markers(tiny_tokenizer_dir):
+    """Without markers, rendering prefixes marks exactly the tokens the markers do: each answer and its end-of-turn
+    token, not the newline after it nor the next turn's header."""
+    from llmforge import chat_spans
 
     tok = load(tiny_tokenizer_dir)
     turns = [*CHAT, {"role": "user", "content": "And at night?"}, {"role": "assistant", "content": "Black."}]
-    ids, marked = token_mask(tok, turns, markers=True)
-    template = tok.chat_template
-    tok.chat_template = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    ids2, diffed = token_mask(tok, turns, markers=False)
-    assert ids == ids2
-    # the newline after <|im_end|> is outside the markers but part of the rendered turn
-    trained = [t for t, m in zip(ids, diffed) if m]
-    assert tok.decode(trained).replace("\n", "") == tok.decode([t for t, m in zip(ids, marked) if m])
+    [(ids, marked, _)] = chat_spans.encode(tok, chat_spans.verdict_for(tok), turns)
+    stripped = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    incremental = chat_spans.Verdict(True, chat_spans.INCREMENTAL, "", stripped, ("<|im_end|>",))
+    [(ids2, diffed, turns_trained)] = chat_spans.encode(tok, incremental, turns)
+    assert ids == ids2 and diffed == marked and turns_trained == 2
+    assert tok.decode([t for t, m in zip(ids, diffed) if m]) == "The sky is blue.<|im_end|>Black.<|im_end|>"
 
+
+def test_preview_shows_each_assistant_turn_of_a_reasoning_template(tmp_path):
+    """Qwen3's template drops earlier <think> blocks: preview shows one sample per assistant turn, as train makes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import tiny_chat_model
+
+    model = tiny_chat_model("Qwen-Qwen3-0.6B", tmp_path / "qwen3")
+    turns = [*CHAT, {"role": "user", "content": "And at night?"}, {"role": "assistant", "content": "Black."}]
+    write("chat.jsonl", [{"messages": turns}])
+    result = preview("chat.jsonl", ModelConfig(name=str(model)), Workspace(Path("work")))
+    assert result.mask_source == "per-turn prefix, template: tokenizer"
+    first, second = result.examples[0].renderings
+    assert (first.title, second.title) == ("messages, assistant turn 1", "messages, assistant turn 2")
+    assert texts(first, True) == "<think>\n\n</think>\n\nThe sky is blue.<|im_end|>"
+    assert texts(second, True) == "<think>\n\n</think>\n\nBlack.<|im_end|>"
+    assert "The sky is blue.<|im_end|>" in texts(second, False)  # the earlier answer, as history: not trained
 
 def test_preview_of_preference_and_text(tiny_tokenizer_dir, tmp_path):
     write("pref.jsonl", [{"prompt": "What colour is the sky?", "chosen": "Blue.", "rejected": "Green."}])

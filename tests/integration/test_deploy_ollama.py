@@ -285,7 +285,7 @@ def test_unknown_template_is_refused_with_both_ways_out(tiny_gguf, tiny_tokenize
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "not one llmforge can reproduce" in text
-    assert "deploy.template: <family>" in text and "deploy.template: embedded" in text
+    assert "model.chat_template: <family>" in text and "deploy.template: embedded" in text
 
 
 def test_embedded_template_omits_template_warns_and_is_still_checked(tiny_gguf, tiny_tokenizer_dir, tmp_path, gorender):
@@ -342,3 +342,40 @@ def test_stand_in_rejects_a_blob_whose_digest_does_not_match(tiny_gguf):
         response = httpx.post(f"{server.host}/api/blobs/{wrong}", content=tiny_gguf.read_bytes())
         assert response.status_code == 400 and "digest mismatch" in response.json()["error"]
         assert httpx.head(f"{server.host}/api/blobs/{wrong}").status_code == 404
+
+
+def test_an_upstream_template_deploys_with_its_named_caveats(tiny_gguf, tiny_tokenizer_dir, gorender):
+    """Qwen2.5's own template (ChatML with a default system prompt and a tool path) on the tiny ChatML model: the
+    TEMPLATE writes the default system prompt, the no-tools caveat is printed and recorded everywhere, and a request
+    with tools is refused by Ollama rather than silently rendered without them."""
+    qwen = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    ws = make_export(tiny_gguf, tiny_tokenizer_dir, template=qwen.read_text(encoding="utf-8"))
+    runner = CliRunner()
+    with StandIn(gorender=gorender) as server:
+        human = deploy("--name", "qwen-bot", "--host", server.host, "--dry-run")
+        assert human.exit_code == 0, human.output
+        assert "caveat no-tools:" in human.output and "chatml (default system prompt) [caveats]" in human.output
+        assert "\n# caveat no-tools: the template's tool-calling path" in ws.modelfile("qwen-bot").read_text()
+
+        result = deploy("--name", "qwen-bot", "--host", server.host, "--json", "--force")
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert out["family"] == "chatml" and out["variant"] == "default system prompt"
+        assert out["template_status"] == "caveats" and [c["id"] for c in out["caveats"]] == ["no-tools"]
+        create = next(body for method, path, body in server.requests if path == "/api/create")
+        assert "You are Qwen, created by Alibaba Cloud." in create["template"]
+        assert out["check"]["ok"], out["check"]
+
+        manifest = json.loads((ws.deploy_dir("qwen-bot") / "manifest.json").read_text())
+        assert [c["id"] for c in manifest["caveats"]] == ["no-tools"] and manifest["template_status"] == "caveats"
+        listed = json.loads(runner.invoke(app, ["deploy", "list", "--json"]).output)
+        assert listed[0]["caveats"] == ["no-tools"]
+        shown = runner.invoke(app, ["deploy", "show", "qwen-bot"])
+        assert shown.exit_code == 0 and "caveat no-tools: " in shown.output
+
+        import ollama
+
+        client = ollama.Client(host=server.host)
+        tool = {"type": "function", "function": {"name": "now", "description": "time", "parameters": {}}}
+        with pytest.raises(ollama.ResponseError, match="does not support tools"):
+            client.chat(model="qwen-bot", messages=[{"role": "user", "content": "Hi"}], tools=[tool])

@@ -132,7 +132,7 @@ def test_perplexity_is_exp_of_mean_nll_over_assistant_tokens(workspace, tiny_lla
     assert metrics["loss"] == pytest.approx(nll / count, rel=1e-5)
     assert metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert metrics["exact_match"] is None  # generation was not asked for
-    assert result.report["targets"][0]["mask"] == "generation markers"
+    assert result.report["targets"][0]["mask"] == "tokenizer markers"
 
 
 def test_lora_run_beats_base_and_dead_targets_fail_alone(workspace, tiny_llama_dir, monkeypatch):
@@ -198,37 +198,49 @@ def test_gguf_of_the_run_matches_it(workspace, tiny_llama_dir, export_gguf):
     assert q8["perplexity"] == pytest.approx(hf["perplexity"], rel=2e-2)
     assert f16["exact_match"] == hf["exact_match"] == 1.0
     targets = {t["label"]: t for t in result.report["targets"]}
-    assert targets["gguf:f16"]["kind"] == "gguf" and targets["gguf:f16"]["mask"] == "generation markers"
+    assert targets["gguf:f16"]["kind"] == "gguf" and targets["gguf:f16"]["mask"] == "tokenizer markers"
     assert targets["gguf:f16"]["run"] == RUN
 
 
 def test_template_without_generation_markers_scores_every_assistant_turn(tiny_tokenizer_dir, tmp_path):
     import shutil
 
+    from llmforge import chat_spans
     from llmforge.evaluation.examples import parse
-    from llmforge.evaluation.hf_engine import chat_tokens, load_tokenizer
+    from llmforge.evaluation.hf_engine import chat_tokens, load_tokenizer, use_training_template
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_tokenizer_dir, plain)
     template = (plain / "chat_template.jinja").read_text()
-    (plain / "chat_template.jinja").write_text(
-        template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    stripped = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    (plain / "chat_template.jinja").write_text(stripped)
     marked_tok, plain_tok = load_tokenizer(str(tiny_tokenizer_dir)), load_tokenizer(str(plain))
     example = parse(MULTI_TURN, 0, "x", 1)
-    ids, marked, how = chat_tokens(marked_tok, example, 4096)
-    plain_ids, spans, plain_how = chat_tokens(plain_tok, example, 4096)
-    assert (how, plain_how) == ("generation markers", "assistant turns") and plain_ids == ids
-    newline = marked_tok("\n", add_special_tokens=False)["input_ids"]
-    # the same tokens, plus the newline each turn's template adds after <|im_end|>
-    extra = [i for i, (a, b) in enumerate(zip(marked, spans)) if a != b]
-    assert len(extra) == 2 and all(ids[i] in newline and ids[i - 1] == marked_tok.eos_token_id for i in extra)
-    assert all(b for a, b in zip(marked, spans) if a)
+    [(ids, marked)], how = chat_tokens(marked_tok, example, 4096)
+    assert how == "tokenizer markers" and sum(marked) > 0
+    # rendering prefixes finds the same tokens: each answer and its end-of-turn token
+    incremental = chat_spans.Verdict(True, chat_spans.INCREMENTAL, "", stripped, ("<|im_end|>",))
+    [(plain_ids, spans)], plain_how = chat_tokens(plain_tok, example, 4096, incremental)
+    assert plain_how == "incremental render" and (plain_ids, spans) == (ids, marked)
     # and eval scores what training trains: the unmarked ChatML template is swapped for the family's marked twin
-    from llmforge.evaluation.hf_engine import use_training_template
+    verdict = use_training_template(plain_tok)
+    assert verdict.source == "family" and plain_tok.chat_template == chat_spans.ct.CHATML.jinja
+    assert chat_tokens(plain_tok, example, 4096, verdict) == ([(ids, marked)], "family template")
 
-    assert use_training_template(plain_tok) == "family"
-    assert chat_tokens(plain_tok, example, 4096) == (ids, marked, "generation markers")
 
+def test_a_reasoning_template_is_scored_turn_by_turn_as_trained(tmp_path):
+    from tiny_models import tiny_chat_model
+
+    from llmforge.evaluation.examples import parse
+    from llmforge.evaluation.hf_engine import HFEngine, chat_tokens
+
+    model = tiny_chat_model("Qwen-Qwen3-0.6B", tmp_path / "qwen3")
+    engine = HFEngine(str(model), None)
+    example = parse(MULTI_TURN, 0, "x", 1)
+    samples, how = chat_tokens(engine.tokenizer, example, 4096, engine.verdict)
+    assert how == "per-turn prefix" and len(samples) == 2
+    _nll, count = engine.score(example, 4096)
+    assert count == sum(sum(mask[1:]) for _ids, mask in samples) > 0
 
 def test_plain_text_records_score_every_token(workspace, tiny_llama_dir, tmp_path):
     texts = ["The lighthouse keeper of Gull Point wrote three lines.", "Ships called on Mondays and Thursdays."]
@@ -239,3 +251,18 @@ def test_plain_text_records_score_every_token(workspace, tiny_llama_dir, tmp_pat
     assert metrics["perplexity"] == pytest.approx(reference_perplexity(tiny_llama_dir, texts), rel=1e-5)
     assert metrics["exact_match"] is None  # nothing to answer in plain text
     assert result.report["targets"][0]["mask"] == "all tokens" and result.exit_code == 0
+
+
+def test_a_target_that_names_nothing_is_a_usage_error_and_writes_nothing(workspace, tiny_llama_dir):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    before = sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*"))
+    for spec, named in (("nosuchtarget", "nosuchtarget"), ("run:nosuchrun", "nosuchrun"), ("gguf:q2_k", "gguf")):
+        for args in ([spec], ["--compare", f"base,{spec}"]):
+            out = CliRunner().invoke(app, ["eval", *args, "-s", f"project.workdir={workspace.root}",
+                                           "-s", f"model.name={tiny_llama_dir}"])  # fmt: skip
+            assert out.exit_code == 2, (args, out.output)
+            assert named in out.output.lower() and "error:" in out.output
+    assert sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*")) == before  # no folder, no entry

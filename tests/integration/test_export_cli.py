@@ -151,3 +151,13 @@ def test_merge_and_lora_gguf_commands_print_their_results(tiny_llama_dir, tmp_pa
     assert manifest["lora_adapters"][0]["verified"] and manifest["lora_adapters"][0]["path"] == "lora/lora-1-lora-f32.gguf"
     assert (ws.export_dir("lora-1") / "lora" / "lora-1-lora-f32.gguf").is_file()
     assert next(f for f in manifest["files"] if f["quant"] == "f16")["tokenization"]["ok"]
+
+
+def test_export_name_that_leaves_the_export_folder_writes_nothing(tiny_llama_dir, tmp_path):
+    # On main, --name ../../../../escape wrote the GGUF outside export/<run>/ and listed it in the manifest.
+    ws = tmp_path / "a" / "b" / "ws"
+    r = run("export", "gguf", str(tiny_llama_dir), "--quant", "f16", "--no-verify", "--name", "../../../../escape",
+            "--set", f"project.workdir={ws}")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "--name" in r.output and "'../../../../escape'" in r.output
+    assert not list(tmp_path.rglob("*.gguf")) and not ws.exists()

@@ -121,11 +121,11 @@ def test_max_tokens_is_enforced_and_seed_repeats(engine, tmp_path):
     with serving(engine, tmp_path) as url:
         c = client(url)
         for n in (1, 7, 33):
-            r = c.completions.create(model="x", prompt="a", max_tokens=n, extra_body={"ignore_eos": True})
+            r = c.completions.create(model=engine.name, prompt="a", max_tokens=n, extra_body={"ignore_eos": True})
             assert r.usage.completion_tokens == n
             assert r.choices[0].finish_reason == "length"
         runs = [
-            c.chat.completions.create(model="x", messages=HELLO, max_tokens=20, temperature=1.0, seed=1234)
+            c.chat.completions.create(model=engine.name, messages=HELLO, max_tokens=20, temperature=1.0, seed=1234)
             .choices[0]
             .message.content
             for _ in range(2)
@@ -137,7 +137,7 @@ def test_stop_string_across_token_boundaries(engine, tmp_path):
     with serving(engine, tmp_path) as url:
         c = client(url)
         full = c.completions.create(
-            model="x", prompt="once", max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
+            model=engine.name, prompt="once", max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
         ).choices[0].text
         assert len(full) >= 12
         # a stop string that starts in the middle of the text and spans several tokens
@@ -148,13 +148,13 @@ def test_stop_string_across_token_boundaries(engine, tmp_path):
             if stream:
                 got = "".join(
                     ch.choices[0].text
-                    for ch in c.completions.create(model="x", prompt="once", max_tokens=40, temperature=0, stop=[stop],
-                                                   stream=True, extra_body={"ignore_eos": True})  # fmt: skip
+                    for ch in c.completions.create(model=engine.name, prompt="once", max_tokens=40, temperature=0,
+                                                   stop=[stop], stream=True, extra_body={"ignore_eos": True})  # fmt: skip
                     if ch.choices
                 )
             else:
                 r = c.completions.create(
-                    model="x", prompt="once", max_tokens=40, temperature=0, stop=[stop],
+                    model=engine.name, prompt="once", max_tokens=40, temperature=0, stop=[stop],
                     extra_body={"ignore_eos": True},
                 )  # fmt: skip
                 got = r.choices[0].text
@@ -197,7 +197,8 @@ def test_auth_on_every_route_but_health_and_page(llamacpp_engine, tmp_path):
             assert r.status_code == 401, path
         with pytest.raises(openai.AuthenticationError):
             client(url, "wrong").models.list()
-        ok = client(url, "sk-test-key").chat.completions.create(model="x", messages=HELLO, max_tokens=3)
+        ok = client(url, "sk-test-key").chat.completions.create(model=llamacpp_engine.name, messages=HELLO,
+                                                                max_tokens=3)  # fmt: skip
         assert ok.usage.completion_tokens <= 3
 
 
@@ -206,13 +207,14 @@ def test_limits_give_openai_errors(llamacpp_engine, tmp_path):
     with serving(llamacpp_engine, tmp_path, *sets) as url:
         c = client(url)
         with pytest.raises(openai.BadRequestError) as exc:
-            c.chat.completions.create(model="x", messages=HELLO, max_tokens=51)
+            c.chat.completions.create(model=llamacpp_engine.name, messages=HELLO, max_tokens=51)
         assert exc.value.status_code == 400
         assert exc.value.body["param"] == "max_tokens"
         with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model="x", messages=HELLO, max_tokens=0)
+            c.chat.completions.create(model=llamacpp_engine.name, messages=HELLO, max_tokens=0)
         with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model="x", messages=[{"role": "user", "content": "x " * 600}], max_tokens=5)
+            c.chat.completions.create(model=llamacpp_engine.name, messages=[{"role": "user", "content": "x " * 600}],
+                                      max_tokens=5)  # fmt: skip
         r = httpx.post(url + "/v1/completions", content=b'{"prompt": "' + b"a" * 5000 + b'"}',
                        headers={"Content-Type": "application/json"})  # fmt: skip
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
@@ -239,7 +241,8 @@ def test_sixteen_concurrent_streams_all_complete(llamacpp_engine, tmp_path):
     def one(i: int) -> None:
         c = client(url)
         tokens, finish = 0, None
-        for chunk in c.chat.completions.create(model="x", messages=[{"role": "user", "content": f"number {i}"}],
+        for chunk in c.chat.completions.create(model=llamacpp_engine.name,
+                                               messages=[{"role": "user", "content": f"number {i}"}],
                                                max_tokens=24, stream=True, seed=i,
                                                extra_body={"ignore_eos": True}):  # fmt: skip
             for ch in chunk.choices:
@@ -398,7 +401,7 @@ def test_prompt_cache_reuse_gives_the_same_answers(tiny_gguf_f32, tmp_path):
         try:
             with serving(engine, tmp_path) as url:
                 c = client(url)
-                rs = [c.completions.create(model="x", prompt=p, max_tokens=16, temperature=0,
+                rs = [c.completions.create(model=engine.name, prompt=p, max_tokens=16, temperature=0,
                                            extra_body={"ignore_eos": True}) for p in prompts]  # fmt: skip
                 answers.append([r.choices[0].text for r in rs])
                 cached.append([r.usage.prompt_tokens_details.cached_tokens for r in rs])
@@ -414,7 +417,8 @@ def test_prompt_cache_reuse_gives_the_same_answers(tiny_gguf_f32, tmp_path):
 
 def test_metrics_are_prometheus_text(llamacpp_engine, tmp_path):
     with serving(llamacpp_engine, tmp_path) as url:
-        client(url).chat.completions.create(model="x", messages=HELLO, max_tokens=4, extra_body={"ignore_eos": True})
+        client(url).chat.completions.create(model=llamacpp_engine.name, messages=HELLO, max_tokens=4,
+                                            extra_body={"ignore_eos": True})  # fmt: skip
         httpx.post(url + "/v1/completions", json={"prompt": 3})
         r = httpx.get(url + "/metrics")
         assert r.headers["content-type"].startswith("text/plain")
@@ -434,8 +438,9 @@ def test_conversation_log_rotates_and_holds_no_key(llamacpp_engine, tmp_path):
     with serving(llamacpp_engine, tmp_path, *sets) as url:
         c = client(url, "sk-secret-log")
         for i in range(12):
-            c.chat.completions.create(model="x", messages=[{"role": "system", "content": "Be brief."},
-                                                           {"role": "user", "content": f"question {i} " * 5}],
+            c.chat.completions.create(model=llamacpp_engine.name,
+                                      messages=[{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": f"question {i} " * 5}],
                                       max_tokens=8, stream=bool(i % 2))  # fmt: skip
     folder = tmp_path / "serve" / "conversations"
     files = sorted(folder.glob("conversations*.jsonl"))
@@ -482,7 +487,7 @@ def test_transformers_engine_serves_a_runs_adapter(tiny_llama_dir, tmp_path):
     assert torch.allclose(served, adapted, atol=1e-4)  # the adapter is applied (merged) ...
     assert not torch.allclose(served, plain, atol=1e-3)  # ... and it changes the model
     with serving(engine, tmp_path) as url:
-        r = client(url).chat.completions.create(model="x", messages=HELLO, max_tokens=4, temperature=0)
+        r = client(url).chat.completions.create(model=engine.name, messages=HELLO, max_tokens=4, temperature=0)
     assert r.model == "lora-1" and r.usage.completion_tokens <= 4
 
 
@@ -490,7 +495,8 @@ def test_data_stage_reads_the_conversation_log(llamacpp_engine, tmp_path):
     """`llmforge data prepare` ingests the log as it is (skips until the data stage is on this branch)."""
     records = pytest.importorskip("llmforge.data.records", reason="the data stage (llmforge.data) is not merged yet")
     with serving(llamacpp_engine, tmp_path, "serve.log_conversations=true") as url:
-        client(url).chat.completions.create(model="x", messages=[{"role": "system", "content": "Be brief."}, *HELLO],
+        client(url).chat.completions.create(model=llamacpp_engine.name,
+                                            messages=[{"role": "system", "content": "Be brief."}, *HELLO],
                                             max_tokens=4)  # fmt: skip
     line = (tmp_path / "serve" / "conversations" / "conversations.jsonl").read_text().splitlines()[0]
     kind, record = records.canonical(json.loads(line))

@@ -66,7 +66,7 @@ def test_serve_command_serves_until_interrupted(tiny_gguf, tmp_path):  # noqa: F
         assert proc.wait(30) == 0
         manifest = json.loads((tmp_path / "work" / "serve" / "manifest.json").read_text())
         assert manifest["engine"] == "llamacpp" and manifest["model_path"] == str(tiny_gguf)
-        assert manifest["model_sha256"] and manifest["config"]["api_key"] == "**********"
+        assert manifest["model_sha256"] and manifest["config"]["api_key"] == "***"
         assert "sk-env" not in (tmp_path / "work" / "serve" / "manifest.json").read_text()
     finally:
         if proc.poll() is None:

@@ -58,6 +58,12 @@ def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llam
     assert err.count("hint: continue with: llmforge train --resume -s train.run_name=d") == 1  # rank 0 only
     saved = list((ws / "runs" / "d" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     assert len(saved) == 1  # both ranks stopped at the same step and saved it once
+    # rank 0 vouched for it after both ranks had written their parts (each its own rng_state_<rank>.pth)
+    from llmforge.training import resume
+
+    assert resume.newest_complete(saved[0].parent.parent) == (saved[0].parent, [])
+    marker = json.loads((saved[0].parent / resume.COMPLETE_MARKER).read_text())
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(marker["files"])
 
 
 ACCELERATE_FSDP = """compute_environment: LOCAL_MACHINE

@@ -98,3 +98,18 @@ def test_model_name_required_and_unknown_method(tmp_path):
     assert out.exit_code == 2 and "model.name is required" in out.output
     out = invoke(ws, "--method", "rlhf")
     assert out.exit_code == 2 and "rlhf" in out.output
+
+
+def test_a_run_name_that_leaves_the_workspace_deletes_and_trains_nothing(tiny_llama_dir, tmp_path):
+    # Before names were checked, --force rmtree'd <workspace>/runs/../../victim (= tmp_path/victim) and trained there.
+    ws = workspace_with(tmp_path / "ws", chat_rows(4))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    for name in ("../../victim", str(victim)):
+        out = invoke(ws, "--method", "lora", "--force", "-s", f"model.name={tiny_llama_dir}",
+                     "-s", f"train.run_name={name}", "-s", "train.max_steps=1")  # fmt: skip
+        assert out.exit_code == 2, out.output
+        assert "train.run_name" in out.output and repr(name) in out.output
+        assert (victim / "precious.txt").read_text() == "keep me" and sorted(victim.iterdir()) == [victim / "precious.txt"]
+    assert not (ws / "runs").exists()

@@ -119,6 +119,58 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llama_dir, tmp_path):
     assert not ws.runs_dir.exists()
 
 
+def test_config_file_as_argument_and_typed_flags_for_what_every_run_sets(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    data = workspace_with(tmp_path / "elsewhere", chat_rows(20)) / "data"
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text(f"project:\n  workdir: {tmp_path / 'ws'}\ntrain:\n  method: lora\n  max_steps: 50\n")
+    out = CliRunner().invoke(app, ["train", str(cfg), "--model", str(tiny_llama_dir), "--data", str(data),
+                                   "--max-steps", "7", "--name", "first", "--dry-run", "--json"])
+    assert out.exit_code == 0, out.output
+    plan = json.loads(out.output)
+    assert plan["base_model"] == str(tiny_llama_dir) and plan["steps"] == 7 and plan["method"] == "lora"
+    assert plan["run"] == "first" and plan["train_examples"] == 20  # the folder given by --data
+    both = CliRunner().invoke(app, ["train", str(cfg), "-c", str(tmp_path / "other.yaml"), "--dry-run"])
+    assert both.exit_code == 2 and "two config files" in both.output
+
+
+def test_records_over_max_length_follow_the_stated_policy_and_are_counted(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    system = {"role": "system", "content": " ".join(["You answer arithmetic questions briefly and exactly."] * 6)}
+    rows = chat_rows(20)
+    for row in rows[:5]:  # a long system prompt: the answer lies past max_length
+        row["messages"].insert(0, system)
+    ws = workspace_with(tmp_path / "ws", rows)
+    args = ["train", "--method", "lora", "--model", str(tiny_llama_dir), "-s", f"project.workdir={ws}",
+            "-s", "train.max_length=48", "--max-steps", "2"]  # fmt: skip
+
+    def plan(policy: str):
+        out = CliRunner().invoke(app, [*args, "-s", f"train.overlong={policy}", "--dry-run", "--json"])
+        return out.exit_code, (json.loads(out.output)["overlong"] if out.exit_code == 0 else out.output)
+
+    code, truncated = plan("truncate")
+    assert code == 0 and truncated["overlong"] == 5 and truncated["rows"] == 20
+    assert truncated["dropped"] == 5 and truncated["truncated"] == 0  # no answer token within 48: dropped, counted
+    code, dropped = plan("drop")
+    assert code == 0 and dropped["dropped"] == 5
+    code, failed = plan("fail")
+    assert code == 2 and "5 of 20 training samples are longer than train.max_length (48" in failed
+    assert "record 1 with" in failed and "train.overlong" in failed
+
+    shown = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert "over max_length" in shown.output and "5 of 20 samples over 48 tokens" in shown.output
+    ran = CliRunner().invoke(app, [*args, "--name", "r"])
+    assert ran.exit_code == 0, ran.output
+    manifest = json.loads((ws / "runs" / "r" / "manifest.json").read_text())
+    assert manifest["overlong"]["overlong"] == 5 and manifest["overlong"]["policy"] == "truncate"
+
+
 def test_end_of_turn_token_is_inside_the_loss_mask(tiny_llama_dir, tmp_path):
     from llmforge.training import data as data_mod
     from llmforge.training import runner, trainers

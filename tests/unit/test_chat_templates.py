@@ -321,3 +321,93 @@ def test_module_imports_only_the_standard_library_and_jinja2():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert set(out.stdout.split()) == {"jinja2", "markupsafe", "llmforge"}
+
+
+# --- deploy verdicts over the whole corpus ----------------------------------------------------------------------
+
+# What deploy makes of every real template in tests/fixtures/chat_templates: (status, family, caveat ids). The
+# Ollama twins of the deployable ones are checked against Go's text/template in test_template_parity.py.
+CORPUS_VERDICTS = {
+    "Qwen-Qwen2.5-7B-Instruct": ("caveats", "chatml", ("no-tools",)),
+    "Qwen-Qwen3-0.6B": ("caveats", "chatml", ("no-tools", "reasoning-history")),
+    "Qwen-Qwen3-4B-Instruct-2507": ("caveats", "chatml", ("no-tools",)),
+    "Qwen-QwQ-32B": ("caveats", "chatml", ("no-tools", "reasoning-history")),
+    "meta-llama-Meta-Llama-3-8B-Instruct": ("caveats", "llama3", ("trims-whitespace",)),
+    "meta-llama-Llama-3.1-8B-Instruct": ("caveats", "llama3.1", ("trims-whitespace", "no-tools")),
+    "meta-llama-Llama-3.2-3B-Instruct": ("caveats", "llama3.1", ("trims-whitespace", "date-format", "no-tools")),
+    "meta-llama-Llama-3.3-70B-Instruct": ("caveats", "llama3.1", ("trims-whitespace", "no-tools")),
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": ("refused", None, ()),
+    "mistralai-Mistral-Nemo-Instruct-2407": ("caveats", "mistral", ("no-tools",)),
+    "Mistral-Small-3.2-24B-Instruct-2506": ("caveats", "mistral-system-prompt", ("no-tools",)),
+    "unsloth-mistral-Devstral-Small-2507": ("caveats", "mistral-system-prompt", ("no-tools",)),
+    "google-gemma-2-2b-it": ("caveats", "gemma", ("trims-whitespace", "drops-system")),
+    "google-gemma-3-it": ("caveats", "gemma3", ("trims-whitespace",)),
+    "microsoft-Phi-3-mini-4k-instruct": ("exact", "phi3", ()),
+    "microsoft-Phi-3.5-mini-instruct": ("exact", "phi3", ()),
+    "HuggingFaceTB-SmolLM3-3B": ("caveats", "chatml-reasoning-header", ("trims-whitespace", "system-flags")),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": ("caveats", "deepseek-r1", ("no-tools", "reasoning-history")),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("caveats", "deepseek-r1", ("no-tools", "reasoning-history")),
+    "ibm-granite-granite-3.3-2B-Instruct": ("caveats", "granite", ("date-format", "no-tools")),
+    "ibm-granite-granite-4.0": ("caveats", "granite", ("no-tools",)),
+    "LiquidAI-LFM2": ("caveats", "chatml", ("no-tools",)),
+    "LFM2.5-Instruct": ("caveats", "chatml", ("no-tools", "reasoning-history")),
+    "CohereLabs-aya-expanse-8b": ("caveats", "cohere", ("trims-whitespace",)),
+    "openai-gpt-oss-120b": ("refused", None, ()),
+}
+
+
+# The first thing each refusal names: what the template does that no Ollama TEMPLATE llmforge writes can.
+REFUSED_BECAUSE = {
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "it refuses a plain conversation without tools",
+    "openai-gpt-oss-120b": "it writes OpenAI's harmony format",
+}
+
+
+def test_every_corpus_template_has_a_verdict_and_most_deploy():
+    assert {n for n, (status, _, _) in CORPUS_VERDICTS.items() if status == "refused"} == set(REFUSED_BECAUSE)
+    assert set(CORPUS_VERDICTS) == set(upstream_templates.corpus())
+    deployed = [n for n, (status, _, _) in CORPUS_VERDICTS.items() if status != "refused"]
+    assert len(deployed) >= 15
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS_VERDICTS))
+def test_deploy_verdict_over_the_corpus(name):
+    _, bos, eos, _ = upstream_templates.corpus()[name]
+    status, family, caveats = CORPUS_VERDICTS[name]
+    verdict = ct.deploy_verdict(upstream_templates.read(name), bos, eos)
+    assert (verdict.status, verdict.family.name if verdict.family else None, verdict.caveat_ids) == (
+        status,
+        family,
+        caveats,
+    )
+    if status == "refused":
+        assert verdict.reason.startswith("no family or variant") and REFUSED_BECAUSE[name] in verdict.reason
+        return
+    assert not verdict.reason
+    for item in verdict.caveats:
+        assert item.text.startswith(ct.CAVEATS[item.id])
+    # The twin renders every probe as the model's own template does (the date being a parameter of both).
+    assert ct._matches(upstream_templates.read(name), verdict.family, bos, eos)
+    assert "currentDate" in verdict.family.ollama_template or "strftime_now" not in verdict.family.jinja
+
+
+def test_variants_are_read_from_renders_not_names():
+    qwen = ct.deploy_verdict(upstream_templates.read("Qwen-Qwen2.5-7B-Instruct"), None, "<|im_end|>")
+    assert "You are Qwen, created by Alibaba Cloud." in qwen.family.ollama_template
+    # The same text with another default system prompt gets that prompt, whatever the model is called.
+    other = upstream_templates.read("Qwen-Qwen2.5-7B-Instruct").replace("You are Qwen", "You are Zed")
+    zed = ct.deploy_verdict(other, None, "<|im_end|>")
+    assert "You are Zed, created by" in zed.family.ollama_template and "Qwen" not in zed.family.ollama_template
+    granite = ct.deploy_verdict(upstream_templates.read("ibm-granite-granite-3.3-2B-Instruct"), None, "<|end_of_text|>")
+    assert "Today's Date: {{ currentDate }}." in granite.family.ollama_template
+    assert "'December 27, 2031'" in granite.caveats[0].text
+    mistral = ct.deploy_verdict(upstream_templates.read("Mistral-Small-3.2-24B-Instruct-2506"), "<s>", "</s>")
+    assert "The current date is {{ currentDate }}." in mistral.family.ollama_template  # same format: exact date
+    qwen3 = ct.deploy_verdict(upstream_templates.read("Qwen-Qwen3-0.6B"), None, "<|im_end|>")
+    assert "$.IsThinkSet" in qwen3.family.ollama_template
+
+
+def test_a_template_nothing_reproduces_is_refused_with_a_reason():
+    verdict = ct.deploy_verdict("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}", None, None)
+    assert verdict.status == "refused" and verdict.family is None and "closest family" in verdict.reason
+    assert ct.deploy_verdict(None, None, None).reason == "the model has no chat template"

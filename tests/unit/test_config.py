@@ -46,6 +46,33 @@ def test_set_typo_names_path_and_closest_key():
     assert err.value.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("given", "ours"),
+    [
+        ("train.eval_steps", "train.eval_every"),  # spelling distance alone suggested train.max_steps
+        ("train.num_train_epochs", "train.epochs"),
+        ("train.per_device_train_batch_size", "train.batch_size"),
+        ("train.gradient_accumulation_steps", "train.grad_accum"),
+        ("train.save_steps", "train.save_every"),
+        ("train.lora_r", "train.lora.rank"),
+        ("train.lora.lora_alpha", "train.lora.alpha"),
+        ("learning_rate", "train.learning_rate"),
+        ("train.max_seq_length", "train.max_length"),
+    ],
+)
+def test_hugging_face_and_trl_names_map_to_llmforge_keys(given, ours):
+    with pytest.raises(ConfigError) as err:
+        load_config(sets=[f"{given}=2"], env={})
+    assert f"{given}: unknown config key" in err.value.message
+    assert f"llmforge calls it '{ours}'" in err.value.message
+
+
+def test_resume_from_checkpoint_points_at_the_resume_flag(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "train:\n  resume_from_checkpoint: true\n")
+    with pytest.raises(ConfigError, match="the flag --resume"):
+        load_config(cfg, env={})
+
+
 def test_key_in_wrong_section_suggests_where_it_lives():
     with pytest.raises(ConfigError, match="did you mean 'train.lora.rank'"):
         load_config(sets=["train.rank=8"], env={})

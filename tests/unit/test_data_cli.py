@@ -40,6 +40,20 @@ def test_prepare_json_and_table(tmp_path):
     assert forced.exit_code == 0 and "train" in forced.output
 
 
+def test_prepare_an_unreadable_file_exits_2_or_is_skipped_by_name(tmp_path):
+    Path("d").mkdir()
+    write("d/good.jsonl", [{"messages": CHAT}])
+    Path("d/bad.parquet").write_bytes(b"PAR1 not parquet PAR1")
+    result = runner.invoke(app, ["data", "prepare", "d"])
+    assert result.exit_code == 2, result.output
+    assert "1 unreadable file; nothing written" in result.output
+    assert "d/bad.parquet: file: cannot read: " in result.output
+    assert "hint: replace or remove the unreadable files" in result.output and "Traceback" not in result.output
+    skipped = runner.invoke(app, ["data", "prepare", "d", "-s", "data.on_error=skip"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "unreadable file skipped: d/bad.parquet: cannot read: Parquet" in " ".join(skipped.output.split())
+
+
 def test_prepare_reads_inputs_from_config_and_set(tmp_path):
     good()
     Path("llmforge.yaml").write_text("project:\n  name: demo\ndata:\n  inputs: [in.jsonl]\n  split: {seed: 3}\n")

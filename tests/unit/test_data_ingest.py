@@ -247,3 +247,86 @@ def test_a_folder_of_records_ignores_its_readme(tmp_path):
     Path("d/README.md").write_text("# About this data\n")
     assert _kinds("d") == {"messages": 1}
     assert _kinds("d/README.md") == {"text": 1}  # named explicitly, it is read
+
+
+# --- hostile and broken files: a problem of that file, never a crash of the whole read -----------------------------
+
+
+def _parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def _broken_gzip(lines: int) -> bytes:
+    """A gzipped JSONL whose compressed stream is damaged two thirds of the way in (zlib fails, not gzip)."""
+    import random
+
+    rng = random.Random(0)  # text that does not compress to nothing, so the damage lands mid-stream
+    rows = [{"messages": [{"role": "user", "content": " ".join(str(rng.random()) for _ in range(8))}, CHAT[1]]}
+            for _ in range(lines)]  # fmt: skip
+    packed = bytearray(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    middle = len(packed) * 2 // 3
+    packed[middle : middle + 64] = b"\xff" * 64
+    return bytes(packed)
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("bad.parquet", b"PAR1 not parquet at all PAR1", "bad.parquet: file: cannot read: Parquet file size is"),
+        ("empty.parquet", b"", "empty.parquet: file: cannot read: Parquet file size is 0 bytes"),
+        ("cut.parquet", _parquet_bytes([{"messages": CHAT}] * 50)[:300], "cut.parquet: file: cannot read: Parquet"),
+        ("broken.jsonl.gz", _broken_gzip(2000), "broken.jsonl.gz: file: cannot read past the record at line "),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "deep.json:1: json: invalid JSON (nested too deeply)"),
+        ("huge-int.json", b'[{"text": ' + b"9" * 5000 + b"}]", "huge-int.json:1: json: invalid JSON (Exceeds"),
+        (
+            "long-cell.csv",
+            b'instruction,output\n"' + b"x" * 200_000 + b'",ok\nName a color,Blue\n',
+            "long-cell.csv:2: row: field larger than field limit (131072)",
+        ),
+    ],
+    ids=["not-parquet", "empty-parquet", "truncated-parquet", "corrupt-gzip", "deep-json", "huge-int", "long-csv-cell"],
+)
+def test_a_broken_file_is_a_problem_of_that_file_only(tmp_path, name, content, expected):
+    Path("d").mkdir()
+    Path("d", name).write_bytes(content)
+    jsonl("d/good.jsonl", {"messages": CHAT}, {"messages": CHAT})
+    result = validate(DataConfig(inputs=["d"]))
+    found = [str(p) for p in result.problems]
+    assert len(found) == 1 and found[0].startswith(f"d/{expected}"), found
+    assert result.kinds == {"messages": result.valid} and result.valid >= 2  # the folder's other files are read
+
+
+def test_records_before_a_break_are_kept_and_the_break_is_named(tmp_path):
+    Path("cut.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps({"messages": CHAT}).encode() + b"\n"
+                                                            for _ in range(3000)))[:-200])  # fmt: skip
+    result = validate(DataConfig(inputs=["cut.jsonl.gz"]))
+    assert result.valid > 1000
+    assert [str(p) for p in result.problems] == [
+        f"cut.jsonl.gz: file: cannot read past the record at line {result.valid}: "
+        "Compressed file ended before the end-of-stream marker was reached"
+    ]
+    assert result.unreadable == {"cut.jsonl.gz": result.problems[0].reason}
+
+
+def test_a_long_document_becomes_records_cut_at_paragraph_breaks(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "word " * (i % 7 + 3) for i in range(40)]
+    text = "\n\n".join(paragraphs) + "\n"
+    Path("doc.md").write_text(text)
+    from llmforge.data import sources
+
+    items = list(sources.read(Path("doc.md"), 200, []))
+    assert len(items) > 5 and all(len(i.obj["text"]) <= 200 for i in items)
+    assert "".join(i.obj["text"] for i in items) == text  # nothing lost or repeated
+    for item in items:  # each piece is whole paragraphs and starts on its own line of the file
+        assert item.obj["text"].startswith("Paragraph ")
+        assert item.obj["text"].endswith("\n\n" if item is not items[-1] else "\n")
+        assert text.splitlines()[item.line - 1].startswith(item.obj["text"].split("\n")[0])
+    # under the limit it is one record, as it always was
+    assert [i.obj for i in sources.read(Path("doc.md"), len(text), [])] == [{"text": text}]

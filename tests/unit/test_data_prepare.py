@@ -4,7 +4,11 @@ leakage, and atomic output."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,7 +262,7 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
 
     from llmforge.data.dedupe import NearDuplicates, shingles
 
-    texts = [sentence(random.Random(i), 30) for i in range(5)]
+    texts = [sentence(random.Random(i), 30) for i in range(4)] + [sentence(random.Random(4), 20_000)]  # sliced
     near = NearDuplicates(tmp_path / "sig.bin", num_perm=64)
     for text in texts:
         near.add(text)
@@ -332,3 +336,106 @@ def test_minhash_estimates_track_true_jaccard(tmp_path):
         errors.append(ma.jaccard(mb) - len(a & b) / len(a | b))
     assert abs(sum(errors) / len(errors)) < 0.02
     assert max(abs(e) for e in errors) < 0.2
+
+
+# --- hostile and broken input ---------------------------------------------------------------------------------------
+
+
+def test_an_unreadable_file_is_skipped_and_named_or_fails_the_run(tmp_path):
+    Path("d").mkdir()
+    rng = random.Random(3)
+    write("d/good.jsonl", [chat(f"Question {i}: {sentence(rng, 8)}?", sentence(rng)) for i in range(10)])
+    Path("d/broken.parquet").write_bytes(b"PAR1 not a parquet file PAR1")
+    report, ws = run(["d"], on_error="skip")
+    assert report["counts"]["written"] == 10  # the folder's other file is still read
+    [rejected] = read(ws.rejected_file)
+    assert (rejected["file"], rejected["line"], rejected["field"]) == ("d/broken.parquet", 0, "file")
+    assert rejected["reason"].startswith("cannot read: ") and "Parquet" in rejected["reason"]
+    assert {"file": "d/broken.parquet", "records": 0, "error": rejected["reason"]} in report["inputs"]
+    assert {"file": "d/good.jsonl", "records": 10} in report["inputs"]
+    assert f"- `d/broken.parquet`: {rejected['reason']}" in ws.data_report_md.read_text()
+
+    with pytest.raises(InputError) as info:
+        run(["d"], ws=Workspace(Path("work2")))
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith("1 unreadable file; nothing written:\nd/broken.parquet: file: cannot read: ")
+    assert "remove the unreadable files" in info.value.hint and "data.on_error: skip" in info.value.hint
+
+
+def test_rejected_records_are_scrubbed_like_the_written_ones(tmp_path):
+    rows = [
+        chat("Fine question?", "A fine answer."),
+        {"messages": [{"role": "user", "content": "Mail bob@example.com or call 555-123-4567"}]},  # no answer
+        {"messages": [{"role": "bob@example.com", "content": "hi"}]},  # the reason quotes the role
+        {"contact": "see https://example.com/bob", "cards": [{"n": "4111 1111 1111 1111"}]},  # unknown format
+    ]
+    report, ws = run([write("in.jsonl", rows)], on_error="skip")
+    text = ws.rejected_file.read_text()
+    for secret in ("bob@example.com", "555-123-4567", "https://example.com/bob", "4111 1111 1111 1111"):
+        assert secret not in text and secret not in ws.data_report_json.read_text(), secret
+    rejected = read(ws.rejected_file)
+    assert rejected[0]["record"]["messages"][0]["content"] == "Mail <EMAIL> or call <PHONE>"
+    assert rejected[1]["reason"].startswith("unknown role '<EMAIL>'")
+    assert rejected[2]["record"] == {"contact": "see <URL>", "cards": [{"n": "<CARD>"}]}
+    assert report["pii"] == {"email": 0, "url": 0, "phone": 0, "ip": 0, "card": 0}  # the dataset's own count
+    # scrubbing off: rejected.jsonl keeps the records as they were read
+    _, ws2 = run(["in.jsonl"], ws=Workspace(Path("work2")), on_error="skip",
+                 pii={"email": False, "url": False, "phone": False, "ip": False, "card": False})  # fmt: skip
+    assert read(ws2.rejected_file)[0]["record"] == rows[1]
+
+
+def test_a_record_nested_too_deeply_to_write_is_rejected_without_it(tmp_path):
+    deep = '{"messages": ' + "[" * 300 + "]" * 300 + "}"
+    report, ws = run([write("in.jsonl", [chat("Hi?", "Hello"), deep])], on_error="skip")
+    assert report["counts"]["written"] == 1
+    [rejected] = read(ws.rejected_file)
+    assert (rejected["line"], rejected["field"], rejected["record"]) == (2, "messages[0]", None)
+
+
+@pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs os.wait4 for the child's own peak memory")
+def test_a_big_document_is_prepared_in_bounded_memory(tmp_path):
+    """A 4 MB plain-text document: the old reader kept it whole as one record and near-dedupe hashed all its
+    shingles at once (760 MB peak here, 8 GB for 50 MB); now it is read in blocks and cut into records (150 MB)."""
+    rng = random.Random(0)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+                  for _ in range(5000)]  # fmt: skip
+    paragraphs, size = [], 0
+    while size < 4_000_000:
+        paragraphs.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(20, 120))) + ".")
+        size += len(paragraphs[-1]) + 2
+    Path("docs").mkdir()
+    Path("docs/big.txt").write_text("\n\n".join(paragraphs) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    # The child reports its own high-water mark (VmHWM, reset at exec): ru_maxrss of a child forked from pytest
+    # counts pytest's own pages, hundreds of MB late in a test session.
+    code = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    status = open('/proc/self/status').read()\n"
+            "    open('hwm.txt', 'w').write(status.split('VmHWM:')[1].split()[0])\n"
+            "atexit.register(hwm)\n"
+            "sys.argv = ['llmforge', 'data', 'prepare', 'docs', '--json']\n"
+            "from llmforge.cli.app import main\n"
+            "main()\n")  # fmt: skip
+    with open("out.txt", "wb") as out:
+        child = subprocess.run([sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT)
+    assert child.returncode == 0, Path("out.txt").read_text()[-2000:]
+    peak_mb = int(Path("hwm.txt").read_text()) / 1024
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+    report = json.loads(Path("out.txt").read_text())
+    assert 4 <= report["counts"]["read"] <= 8 and report["length"]["max"] <= 1_000_000  # pieces of 0.5-1M chars
+    written = [r["text"] for r in all_records(Workspace(Path("llmforge-work/llmforge-project")))]
+    assert sorted(p for text in written for p in text.split("\n\n")) == sorted(paragraphs)  # nothing lost
+
+
+def test_prepared_files_get_the_umask_permissions(tmp_path):
+    # a service user (a training job, a colleague) reads the dataset; the temp files' 0600 must not reach it
+    previous = os.umask(0o022)
+    try:
+        rng = random.Random(0)
+        _, ws = run([write("in.jsonl", [chat(f"Question {i}?", sentence(rng)) for i in range(20)])])
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.data_dir.iterdir()}
+    assert {"train.jsonl", "report.json", "manifest.json", "config.yaml"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644)
+    assert stat.S_IMODE(ws.registry_file.stat().st_mode) == 0o644

@@ -177,25 +177,36 @@ def test_the_family_comes_from_rendering_the_models_template_not_its_name():
     assert set(leak_markers(choice.family, facts(), stops)) >= {"<|im_end|>", "<|im_start|>", "<|endoftext|>"}
 
 
-UPSTREAM = upstream_templates.expectations()
-
-
-@pytest.mark.parametrize("name", sorted(UPSTREAM))
-def test_upstream_templates_are_deployed_with_their_family_or_refused_clearly(name):
-    bos, eos, expected = UPSTREAM[name]
-    tok = TrainingTokenizer(chat_template=upstream_templates.read(name), bos_token=bos, eos_token=eos)
+@pytest.mark.parametrize("name", sorted(upstream_templates.corpus()))
+def test_corpus_templates_deploy_as_their_verdict_says(name):
+    _, bos, eos, _ = upstream_templates.corpus()[name]
+    template = upstream_templates.read(name)
+    verdict = ct.deploy_verdict(template, bos, eos)
+    tok = TrainingTokenizer(chat_template=template, bos_token=bos, eos_token=eos)
     g = facts(tokens=tuple(t for t in (bos, eos) if t), bos_token=bos, eos_token=eos, add_bos=bos is not None)
-    if expected is None:
+    if verdict.status == "refused":
         with pytest.raises(UsageError, match="not one llmforge can reproduce") as e:
             choose_template("auto", g, tok)
-        assert "deploy.template: embedded" in e.value.hint and "deploy.template: <family>" in e.value.hint
+        assert verdict.reason in e.value.message and "deploy.template: embedded" in e.value.hint
         return
     choice = choose_template("auto", g, tok)
-    family = ct.get_family(expected)
-    assert choice.family is family and choice.ollama_template == family.ollama_template_for(eos)
+    assert choice.family == verdict.family and choice.ollama_template == verdict.family.ollama_template_for(eos)
+    assert choice.status == verdict.status and choice.caveats == verdict.caveats
     stops = stop_tokens(choice.family, g, tok, [])
-    assert set(family.stop_tokens) | {eos} <= set(stops)
+    assert set(choice.family.stop_tokens) | {eos} <= set(stops)
     _bos_check(choice.family, g, [])  # these tokenizers add their BOS: accepted
+
+
+def test_a_configured_family_that_renders_differently_is_refused():
+    """deploy.template: <family> over a model whose own template is something else would silently differ."""
+    llama32 = upstream_templates.read("meta-llama-Llama-3.2-3B-Instruct")
+    tok = TrainingTokenizer(chat_template=llama32, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    g = facts(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", add_bos=True)
+    with pytest.raises(UsageError, match=r"deploy.template is 'llama3.1' but .* llama3.1 \(today's date\)"):
+        choose_template("llama3.1", g, tok)
+    same = TrainingTokenizer(chat_template=ct.LLAMA3.jinja, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    configured = choose_template("llama3", g, same)
+    assert configured.family is ct.LLAMA3 and [c.id for c in configured.caveats] == ["trims-whitespace"]
 
 
 def test_unknown_embedded_and_configured_templates():
@@ -205,8 +216,10 @@ def test_unknown_embedded_and_configured_templates():
     assert "deploy.template: embedded" in e.value.hint
     embedded = choose_template("embedded", odd, TrainingTokenizer())
     assert embedded.ollama_template is None and "not checked" in embedded.warnings[0]
-    forced = choose_template("chatml", odd, TrainingTokenizer())
-    assert forced.family is ct.CHATML and "no known family" in forced.warnings[0]
+    with pytest.raises(UsageError, match="is none llmforge knows"):
+        choose_template("chatml", odd, TrainingTokenizer())
+    forced = choose_template("chatml", facts(), TrainingTokenizer())  # no template at all: the family is the format
+    assert forced.family is ct.CHATML and forced.caveats == ()
     with pytest.raises(UsageError, match="has no chat template"):
         choose_template("auto", facts(), TrainingTokenizer())
     with pytest.raises(UsageError, match="unknown chat-template family 'chatm'") as e:

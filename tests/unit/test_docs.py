@@ -21,3 +21,7 @@ def test_cli_reference_is_current():
 
 def test_config_reference_is_current():
     assert (ROOT / "docs/config.md").read_text(encoding="utf-8") == generated("config"), "run `make docs`"
+
+
+def test_template_table_is_current():
+    assert (ROOT / "docs/templates.md").read_text(encoding="utf-8") == generated("templates"), "run `make docs`"

@@ -245,3 +245,53 @@ def test_worker_with_two_slots_takes_turns():
     texts = [name for name, kind in events if kind == "text"]
     # a and b alternate token by token; c, third in line, starts when a slot frees
     assert texts == ["a", "b", "a", "b", "c", "c"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "LocalHost", "::1", "[::1]"])
+def test_a_loopback_host_needs_no_key(host):
+    from llmforge.config import load_config
+    from llmforge.serving import check_host
+
+    assert check_host(load_config(None, [f"serve.host={host}"], {}).config.serve) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "myhost.example", ""])
+def test_any_other_host_needs_a_key_or_insecure(host):
+    from llmforge.config import load_config
+    from llmforge.serving import check_host
+
+    def serve(*sets):
+        return load_config(None, [f"serve.host={host}", *sets], {}).config.serve
+
+    with pytest.raises(UsageError) as exc:
+        check_host(serve())
+    assert exc.value.exit_code == 2 and "no API key" in exc.value.message and "--insecure" in exc.value.hint
+    with pytest.raises(UsageError):
+        check_host(serve("serve.api_key=   "))  # an empty key protects nothing
+    assert check_host(serve("serve.api_key=sk-1")) is None
+    assert "WITHOUT an API key" in check_host(serve("serve.insecure=true"))
+
+
+def test_serve_command_refuses_an_open_host_and_dry_run_says_so_too(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")  # never loaded: the host is checked first
+    runner = CliRunner()
+    for extra in ([], ["--dry-run"], ["--dry-run", "--json"]):
+        result = runner.invoke(app, ["serve", "--model", str(gguf), "--host", "0.0.0.0", *extra])
+        assert result.exit_code == 2, result.output
+        assert "no API key" in result.stderr and "hint:" in result.stderr and "--insecure" in result.stderr
+    result = runner.invoke(app, ["serve", "--model", str(gguf), "--host", "0.0.0.0", "--dry-run", "--insecure"])
+    assert result.exit_code == 0, result.output
+    assert "WITHOUT an API key" in result.stderr and "would serve" in result.stdout
+    result = runner.invoke(app, ["serve", "--model", str(gguf), "--host", "::", "--insecure", "--dry-run", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["warning"].startswith("serving on [::]:8000 WITHOUT")
+    result = runner.invoke(app, ["serve", "--model", str(gguf), "--host", "0.0.0.0", "--api-key", "k", "--dry-run",
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["warning"] is None and json.loads(result.stdout)["api_key_required"] is True
+    result = runner.invoke(app, ["serve", "--model", str(gguf), "--dry-run"])  # the default host is loopback
+    assert result.exit_code == 0 and result.stderr == ""

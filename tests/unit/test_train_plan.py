@@ -97,3 +97,27 @@ def test_cli_strips_nproc_before_relaunching():
 
     assert _argv_without_nproc(["train", "--nproc", "2", "--method", "lora", "--nproc=3"]) == [
         "train", "--method", "lora"]
+
+
+def test_overlong_policy_truncates_drops_or_fails_and_counts():
+    from llmforge.training.template import Encoded, apply_overlong
+
+    def encoded():
+        rows = [
+            {"input_ids": [1] * 6, "assistant_masks": [0, 0, 0, 1, 1, 1]},  # fits in 8
+            {"input_ids": [1] * 12, "assistant_masks": [0] * 6 + [1] * 6},  # over: the answer starts within 8
+            {"input_ids": [1] * 12, "assistant_masks": [0] * 9 + [1] * 3},  # over: no answer token within 8
+        ]
+        return Encoded(rows, [0, 1, 2], [1, 1, 1])
+
+    e = encoded()
+    counts = apply_overlong(e, 8, "truncate")
+    assert (counts["overlong"], counts["truncated"], counts["dropped"], counts["longest"]) == (2, 1, 1, 12)
+    assert [len(r["input_ids"]) for r in e.rows] == [6, 8] and e.rows[1]["assistant_masks"] == [0] * 6 + [1] * 2
+    assert e.record_of == [0, 1] and e.turns == [1, 1]
+    e = encoded()
+    assert apply_overlong(e, 8, "drop")["dropped"] == 2 and e.record_of == [0]
+    with pytest.raises(UsageError, match=r"2 of 3 training samples .* record 2 with 12"):
+        apply_overlong(encoded(), 8, "fail")
+    e = encoded()
+    assert apply_overlong(e, 20, "fail")["overlong"] == 0 and len(e.rows) == 3

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +74,66 @@ def test_atomic_dir_replaces_only_with_force(tmp_path):
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (the default one comes back after)."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_published_outputs_get_the_umask_permissions(tmp_path, umask, mask, file_mode, dir_mode):
+    # mkstemp/mkdtemp make 0600/0700 and the rename keeps it: Ollama or a llama.cpp server running as another user
+    # could not read an export
+    umask(mask)
+    written = [atomic.write_text(tmp_path / "a.txt", "x"), atomic.write_json(tmp_path / "m.json", {}),
+               atomic.write_bytes(tmp_path / "b.bin", b"x")]
+    with atomic.atomic_path(tmp_path / "model.gguf") as tmp:
+        with open(tmp, "wb") as fh:  # as GGUFWriter and llama.cpp open the path they are given
+            fh.write(b"GGUF")
+    written.append(tmp_path / "model.gguf")
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path.name
+    for force in (False, True):  # a new folder, then one replacing it
+        with atomic.atomic_dir(tmp_path / "merged", force=force) as tmp:
+            (tmp / "config.json").write_text("{}")
+            # as safetensors saves weights: a private temp file of its own, renamed into place
+            fd, own = tempfile.mkstemp(dir=tmp)
+            os.close(fd)
+            os.replace(own, tmp / "model.safetensors")
+        assert stat.S_IMODE((tmp_path / "merged").stat().st_mode) == dir_mode
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "merged" / name).stat().st_mode) == file_mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "m.json", "merged", "model.gguf"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    dead, live = _dead_pid(), os.getppid()
+    left = [tmp_path / f".m-f16.gguf.{dead}.0a1b2c3d.tmp", tmp_path / ".m-q8_0.gguf.k3j_x9ab.tmp"]  # killed; pre-pid
+    for path in left:
+        path.write_bytes(b"GGUF half")
+    (tmp_path / ".merged.x1y2z3ab.tmp").mkdir()  # a merge folder cut off mid-way
+    (tmp_path / ".merged.x1y2z3ab.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".m-f16.for-quantize.gguf").write_bytes(b"old fixed-name temporary")
+    busy = tmp_path / f".m-f32.gguf.{live}.4e5f6a7b.tmp"  # another process is writing this one right now
+    busy.write_bytes(b"in progress")
+    kept = [tmp_path / "m-f16.gguf", tmp_path / ".hidden-user-file", busy]
+    for path in kept[:2]:
+        path.write_bytes(b"keep")
+    removed = atomic.remove_stale(tmp_path, (".*.for-quantize.gguf",))
+    assert sorted(p.name for p in removed) == sorted([p.name for p in left] + [".merged.x1y2z3ab.tmp",
+                                                                               ".m-f16.for-quantize.gguf"])
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    assert atomic.remove_stale(tmp_path / "absent") == []
 
 
 def test_manifest_hashes_inputs(tmp_path):

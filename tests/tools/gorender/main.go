@@ -1,14 +1,21 @@
 // gorender renders an Ollama TEMPLATE the way an Ollama server does for /api/chat, using Go's own
 // text/template, so that tests can compare it byte for byte with the HF Jinja rendering.
 //
-// Input on stdin: {"template": "...", "messages": [{"role": "...", "content": "..."}], "system": "..."}
-// ("system" is the Modelfile SYSTEM). Output on stdout: the rendered prompt, nothing added. Exit 1 with a
-// message on stderr when the template does not parse, does not use .Messages, or fails to execute.
+// Input on stdin: {"template": "...", "messages": [{"role": "...", "content": "..."}], "system": "...",
+// "date": "YYYY-MM-DD", "think": true|false|null} ("system" is the Modelfile SYSTEM; "date" is what currentDate
+// returns, today when empty; "think" is the /api/chat think flag, null when the request leaves it out).
+// Output on stdout: the rendered prompt, nothing added. Exit 1 with a message on stderr when the template does
+// not parse, does not use .Messages, or fails to execute.
+// Batch mode: {"batch": [request, ...]} prints a JSON list of {"text": "..."} or {"error": "..."}, one per request.
 //
 // What this relies on, read in ollama/ollama (server/routes.go, server/prompt.go, template/template.go):
 //   - routes.go: the model's MESSAGEs come first, then the request's messages; when the first request message
 //     is not a system message and the Modelfile has a SYSTEM, that SYSTEM is prepended as a system message.
-//   - template.go Parse: text/template with Option("missingkey=zero") and one function, "json".
+//   - template.go Parse: text/template with Option("missingkey=zero") and the functions "json", "currentDate"
+//     (today as 2006-01-02; it accepts and ignores arguments), "yesterdayDate" (the day before, same format) and
+//     "toTypeScriptType" (tool parameter types; tools are never rendered here, so it answers "any").
+//   - prompt.go renderPrompt: Think is the request's think flag (false when absent), IsThinkSet whether the request
+//     set it, ThinkLevel its string form ("high"/"medium"/"low", or "" for a plain boolean).
 //   - template.go Execute: if the template mentions .Messages (any identifier "messages", case-insensitive),
 //     it executes once over {System, Messages, Tools, Response: "", Think, IsThinkSet, ...}; otherwise it
 //     falls back to the legacy .System/.Prompt/.Response path, which llmforge's templates never use (refused here).
@@ -26,6 +33,7 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+	"time"
 )
 
 // message mirrors the fields of Ollama's api.Message that a template can reach.
@@ -42,6 +50,12 @@ type request struct {
 	Template string    `json:"template"`
 	Messages []message `json:"messages"`
 	System   string    `json:"system"`
+	Date     string    `json:"date"`
+	Think    *bool     `json:"think"`
+}
+
+type batch struct {
+	Batch []request `json:"batch"`
 }
 
 // identifiers collects every field and variable name a template mentions, lower-cased.
@@ -115,25 +129,33 @@ func collate(msgs []message) (string, []*message) {
 	return strings.Join(system, "\n\n"), out
 }
 
-func run() error {
-	raw, err := io.ReadAll(os.Stdin)
-	if err != nil {
-		return err
+func render(req request) (string, error) {
+	today := time.Now()
+	if req.Date != "" {
+		parsed, err := time.Parse("2006-01-02", req.Date)
+		if err != nil {
+			return "", fmt.Errorf("bad date: %w", err)
+		}
+		today = parsed
 	}
-	var req request
-	if err := json.Unmarshal(raw, &req); err != nil {
-		return fmt.Errorf("bad input: %w", err)
-	}
-
 	funcs := template.FuncMap{
 		"json": func(v any) string {
 			b, _ := json.Marshal(v)
 			return string(b)
 		},
+		"currentDate": func(args ...string) string {
+			return today.Format("2006-01-02")
+		},
+		"yesterdayDate": func(args ...string) string {
+			return today.AddDate(0, 0, -1).Format("2006-01-02")
+		},
+		"toTypeScriptType": func(v any) string {
+			return "any"
+		},
 	}
 	tmpl, err := template.New("").Option("missingkey=zero").Funcs(funcs).Parse(req.Template)
 	if err != nil {
-		return fmt.Errorf("template does not parse: %w", err)
+		return "", fmt.Errorf("template does not parse: %w", err)
 	}
 	seen := map[string]bool{}
 	for _, t := range tmpl.Templates() {
@@ -142,7 +164,7 @@ func run() error {
 		}
 	}
 	if !seen["messages"] {
-		return fmt.Errorf("template does not use .Messages: Ollama would render it the legacy .Prompt way")
+		return "", fmt.Errorf("template does not use .Messages: Ollama would render it the legacy .Prompt way")
 	}
 
 	msgs := req.Messages
@@ -157,16 +179,45 @@ func run() error {
 		"Messages":    collated,
 		"Tools":       []any(nil),
 		"Response":    "",
-		"Think":       false,
-		"IsThinkSet":  false,
+		"Think":       req.Think != nil && *req.Think,
+		"ThinkLevel":  "",
+		"IsThinkSet":  req.Think != nil,
 		"Query":       "",
 		"Document":    "",
 		"Instruction": "",
 	})
 	if err != nil {
-		return fmt.Errorf("template failed: %w", err)
+		return "", fmt.Errorf("template failed: %w", err)
 	}
-	_, err = os.Stdout.Write(out.Bytes())
+	return out.String(), nil
+}
+
+func run() error {
+	raw, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		return err
+	}
+	var many batch
+	if err := json.Unmarshal(raw, &many); err == nil && many.Batch != nil {
+		results := make([]map[string]string, len(many.Batch))
+		for i, req := range many.Batch {
+			if text, err := render(req); err != nil {
+				results[i] = map[string]string{"error": err.Error()}
+			} else {
+				results[i] = map[string]string{"text": text}
+			}
+		}
+		return json.NewEncoder(os.Stdout).Encode(results)
+	}
+	var req request
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return fmt.Errorf("bad input: %w", err)
+	}
+	text, err := render(req)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.WriteString(text)
 	return err
 }
 
