@@ -140,3 +140,19 @@ def test_train_log_lines_and_eta_of_a_resumed_run(monkeypatch, capsys):
         "train: step 15/40, loss 6.1234, lr 1.50e-04, 2346 tok/s, ETA 0:01:15",
         "train: step 20/40, eval loss 6.0037",
     ]
+
+
+def test_resume_command_repeats_the_config_file_sets_and_typed_flags_quoted():
+    import shlex
+
+    from llmforge.cli.train import _resume_command
+
+    command = _resume_command(
+        "my run", "configs/ci run.yaml", ["train.lora.rank=8", "train.run_name=old", "data.inputs=[a b.jsonl]"],
+        {"--method": "lora", "--model": "./base model", "--data": None, "--max-steps": 200}, json_=True,
+    )
+    assert shlex.split(command) == [
+        "llmforge", "train", "--resume", "-c", "configs/ci run.yaml", "--method", "lora", "--model", "./base model",
+        "--max-steps", "200", "-s", "train.lora.rank=8", "-s", "data.inputs=[a b.jsonl]", "-s", "train.run_name=my run",
+        "--json",
+    ]
