@@ -38,6 +38,16 @@ class LlmforgeError(Exception):
         return self.message
 
 
+class TrainingStopped(LlmforgeError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (exit 130/143). `run` is the run to resume;
+    the CLI, which knows the command line, replaces the hint with the full command that continues it."""
+
+    def __init__(self, message: str, *, run: str, exit_code: int):
+        super().__init__(message, hint=f"continue with: llmforge train --resume -s train.run_name={run}",
+                         exit_code=exit_code)
+        self.run = run
+
+
 class UsageError(LlmforgeError):
     """Bad usage: flags, config, or input files (exit 2)."""
 

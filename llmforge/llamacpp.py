@@ -70,9 +70,41 @@ def plain_cpu_buffers() -> Iterator[None]:
         capi.llama_model_default_params = original
 
 
+_llama_log_callback = None  # kept referenced: llama.cpp holds only the C pointer
+
+
+def _filter_llama_log() -> None:
+    """Replace llama-cpp-python's log callback by one that prints exactly as it does (to stderr, when the
+    "llama-cpp-python" logger's level lets the line through, with its level table) but first asks that logger's
+    filters, so the known noise the CLI registers there (llmforge.cli.app.KNOWN_NOISE) is dropped and every other
+    line still shows."""
+    global _llama_log_callback
+    if _llama_log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._logger import GGML_LOG_LEVEL_TO_LOGGING_LEVEL as levels  # importing it installs its callback
+
+    logger = logging.getLogger("llama-cpp-python")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        level = levels.get(level, logging.INFO)
+        line = text.decode("utf-8", errors="replace")
+        if logger.level <= level and logger.filter(logger.makeRecord(logger.name, level, "llama.cpp", 0, line,
+                                                                      None, None)):
+            print(line, end="", flush=True, file=sys.stderr)
+
+    _llama_log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def open_llama(path: Path | str, *, extra_buffers: bool | None = None, **kwargs: Any):
     """A `llama_cpp.Llama` for `path`. extra_buffers: None probes (see module docstring), False never uses them."""
     from llama_cpp import Llama
+
+    _filter_llama_log()
 
     if extra_buffers is None:
         extra_buffers = kwargs.get("vocab_only", False) or extra_buffers_work(str(path))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import warnings
 
 import typer
 from typer.core import TyperGroup
@@ -26,25 +28,41 @@ from llmforge.errors import EXIT_FAILED, LlmforgeError
 DEBUG_ENV = "LLMFORGE_DEBUG"
 
 
-# Known-harmless library noise, dropped at its source logger (facts.md: bitsandbytes logs this on every import on
-# CPUs with AVX512-BF16; the optional `kernels` package only speeds up 4-bit inference there).
-KNOWN_NOISE = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+# Known-harmless library noise, dropped at its source logger (a regular expression matched at the message's start).
+# bitsandbytes logs the first on every import on CPUs with AVX512-BF16; the optional `kernels` package only speeds up
+# 4-bit inference there. llama.cpp (its lines reach this logger through llmforge.llamacpp's log callback) reports a
+# context longer than n_ctx_train (0) whenever a GGUF is opened vocab-only, as the tokenizer check does; the file's
+# context_length is not at fault (facts.md). A real n_ctx_train still gets its warning.
+KNOWN_NOISE = {
+    "bitsandbytes.backends.cpu.ops": r"Failed to load CPU gemm_4bit_forward from kernels-community",
+    "llama-cpp-python": r"llama_context: n_ctx_seq \(\d+\) > n_ctx_train \(0\)",
+}
+# The same for Python warnings, by category and message: peft reads this deprecated transformers property on every
+# adapter load; nothing a user can change.
+KNOWN_WARNINGS = {FutureWarning: r"`is_gradient_checkpointing` is deprecated"}
 
 
 class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
+    def __init__(self, pattern: str):
         super().__init__()
-        self.prefix = prefix
+        self.pattern = re.compile(pattern)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        return not self.pattern.match(str(record.msg))
 
 
 def quiet_known_noise() -> None:
-    for name, prefix in KNOWN_NOISE.items():
+    for name, pattern in KNOWN_NOISE.items():
         source = logging.getLogger(name)
         if not any(isinstance(f, _DropMessage) for f in source.filters):
-            source.addFilter(_DropMessage(prefix))
+            source.addFilter(_DropMessage(pattern))
+    for category, message in KNOWN_WARNINGS.items():
+        warnings.filterwarnings("ignore", message=message, category=category)
+    if not sys.stderr.isatty():
+        # transformers' and huggingface_hub's tqdm bars ("Loading weights", "Writing model shards") redraw with
+        # carriage returns, which a log keeps as one long line; llmforge prints its own line per phase there.
+        # Read when those libraries are imported, which the CLI does later; a value the user set wins.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def debug_enabled() -> bool:

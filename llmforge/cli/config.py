@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, ForceOption, JsonOption, SetOption, load
-from llmforge.cli.output import console, print_json
+from llmforge.cli.output import console, print_json, print_table
 
 app = typer.Typer(
     help="Show, create and check llmforge config files.\n\n"
@@ -48,7 +48,7 @@ def show(
         for key, value, source in rows:
             style = "dim" if source == "default" else None
             table.add_row(key, _short(value), source, style=style)
-        console.print(table)
+        print_table(table)
     else:
         from llmforge.config.settings_view import to_yaml
 

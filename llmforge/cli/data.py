@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, ForceOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json
+from llmforge.cli.output import console, escape, plain, print_json, print_table
 
 app = typer.Typer(
     help="Ingest, validate, clean, deduplicate, split, inspect, convert and generate training data.\n\n"
@@ -33,10 +33,10 @@ DatasetArgument = Annotated[
 
 
 def _spinner(json_: bool):
-    """A live status line for long passes; quiet with --json."""
+    """A live status line for long passes; quiet with --json, and in a log (see prepare's progress) instead."""
     import contextlib
 
-    if json_:
+    if json_ or plain:
         return contextlib.nullcontext(None)
     return console.status("reading...", spinner="dots")
 
@@ -63,6 +63,8 @@ def prepare(
         def progress(phase: str, n: int) -> None:
             if status is not None:
                 status.update(f"{phase}: {n:,} records")
+            elif plain and not json_:  # the pipeline reports every 10,000 records read, 50,000 written
+                console.print(f"data prepare: {phase} {n:,} records")
 
         report = run(loaded.config.data, loaded.config.model, workspace_of(loaded), force=force, progress=progress)
     if json_:
@@ -76,7 +78,7 @@ def prepare(
     table.add_column("records", justify="right")
     for key in ("read", "rejected", "filtered", "exact_duplicates", "near_duplicates", "train", "val", "test"):
         table.add_row(key.replace("_", " "), f"{c[key]:,}")
-    console.print(table)
+    print_table(table)
     pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
     if pii:
         console.print(f"PII replaced: {pii}")
@@ -150,7 +152,7 @@ def stats(
     table.add_column("records", justify="right")
     for file, n in result.files.items():
         table.add_row(escape(file), f"{n:,}")
-    console.print(table)
+    print_table(table)
     summary = Table(show_header=False)
     summary.add_row("kinds", ", ".join(f"{k} {v:,}" for k, v in result.kinds.items()))
     summary.add_row("roles", ", ".join(f"{k} {v:,}" for k, v in result.roles.items()))
@@ -158,14 +160,14 @@ def stats(
         summary.add_row("turns", f"min {result.turns['min']}, mean {result.turns['mean']}, max {result.turns['max']}")
     if result.invalid:
         summary.add_row("invalid", f"[red]{result.invalid}[/]")
-    console.print(summary)
+    print_table(summary)
     length = result.length
     if "p50" in length:
         lengths = Table(title=f"length ({length['unit']})")
         for key in ("min", "mean", "p50", "p90", "p99", "max"):
             lengths.add_column(key, justify="right")
         lengths.add_row(*(f"{length[k]:g}" for k in ("min", "mean", "p50", "p90", "p99", "max")))
-        console.print(lengths)
+        print_table(lengths)
         widest = max(b["records"] for b in length["histogram"]) or 1
         for b in length["histogram"]:
             bar = "#" * round(30 * b["records"] / widest)
@@ -199,7 +201,8 @@ def preview(
     console.print(f"[bold green]trained[/] / [dim]masked[/]  (mask from {result.mask_source}, {escape(result.model)})")
     for example in result.examples:
         for rendering in example.renderings:
-            console.print(Rule(f"{escape(example.file)}:{example.line} {rendering.title}"))
+            # a log's console is as wide as the longest line needs: a rule there stays 80 wide
+            console.print(Rule(f"{escape(example.file)}:{example.line} {rendering.title}"), width=80 if plain else None)
             text = Text()
             for segment in rendering.segments:
                 text.append(segment["text"], style="bold green" if segment["trained"] else "dim")
@@ -271,6 +274,17 @@ def generate(
         result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force)
         print_json(result.to_dict())
         return
+    if plain:
+        tenths = [-1]
+
+        def plain_progress(done: int, total: int) -> None:  # a line at every tenth of the chunks in a log
+            if total and done * 10 // total > tenths[0]:
+                tenths[0] = done * 10 // total
+                console.print(f"data generate: {done}/{total} chunks")
+
+        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=plain_progress)
+        _print_generated(result)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
@@ -283,6 +297,10 @@ def generate(
             bar.update(task, completed=done, total=total)
 
         result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=progress)
+    _print_generated(result)
+
+
+def _print_generated(result) -> None:
     console.print(
         f"wrote {result.pairs} pairs from {result.chunks} chunks of {result.documents} document(s) to "
         f"{escape(result.output)} ({result.chunks_skipped} chunks done earlier, {result.chunks_failed} failed)"

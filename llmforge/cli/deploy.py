@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json, warn
+from llmforge.cli.output import console, escape, print_json, print_table, warn
 
 app = typer.Typer(
     help="Register an exported GGUF with Ollama under a Modelfile that matches training, and manage deployments.\n\n"
@@ -94,14 +94,15 @@ def list_cmd(config: ConfigOption = None, set_: SetOption = None, json_: JsonOpt
 
     table = Table(title="deployments")
     for column in ("name", "export", "family", "caveats", "host", "check", "recorded"):
-        table.add_column(column)
+        # names are what a user copies into the next command: a narrow terminal folds them, never cuts them
+        table.add_column(column, overflow="fold" if column in ("name", "export") else "ellipsis")
     for r in rows:
         check = {True: "ok", False: "FAILED", None: "-"}[r["check_ok"]]
         table.add_row(
             r["name"], r["export"] or "", r["family"] or "embedded", ", ".join(r["caveats"]) or "-", r["host"] or "",
             check, r["recorded_at"],
         )  # fmt: skip
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json
+from llmforge.cli.output import console, escape, print_json, print_table
 
 
 def doctor(
@@ -63,4 +63,4 @@ def doctor(
         table.add_row(
             escape(v.name), "[green]available[/]" if v.available else "[red]not available[/]", escape(v.detail)
         )
-    console.print(table)
+    print_table(table)

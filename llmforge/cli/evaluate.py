@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json
+from llmforge.cli.output import console, escape, plain, print_json, print_table
 
 TARGET_HELP = "base, run[:NAME], gguf:QUANT, ollama:NAME, http://HOST:PORT/v1[?model=M], a model folder or a .gguf file"
 
@@ -45,6 +45,10 @@ def evaluate(
     if json_:
         result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare)
         print_json(result.report | {"folder": str(result.folder)})
+    elif plain:
+        result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare,
+                          progress=_plain_progress())
+        show(result.report, str(result.folder))
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -65,6 +69,24 @@ def evaluate(
         show(result.report, str(result.folder))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _plain_progress():
+    """Progress for a log: a line when a target loads, then per phase at every tenth done, and when it is done."""
+    tenths: dict[tuple[str, str], int] = {}
+
+    def progress(label: str, phase: str, done: int, total: int) -> None:
+        if phase == "load":
+            console.print(f"eval: {escape(label)}: loading")
+        elif phase == "done":
+            console.print(f"eval: {escape(label)}: done")
+        elif total:
+            tenth = done * 10 // total
+            if tenth > tenths.get((label, phase), -1):
+                tenths[(label, phase)] = tenth
+                console.print(f"eval: {escape(label)}: {phase} {done}/{total}")
+
+    return progress
 
 
 def show(report: dict, folder: str) -> None:
@@ -96,7 +118,7 @@ def show(report: dict, folder: str) -> None:
         table.add_row(k, *cells)
     if not keys:
         table.add_row("(no metrics)", *["[red]failed[/]" if t["error"] else "" for t in targets])
-    console.print(table)
+    print_table(table)
     if deltas:
         console.print(f"[dim](deltas against {escape(report['reference'])}; bold = 95% interval excludes 0)[/]")
     for label, f in report["failed"].items():

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json, warn
+from llmforge.cli.output import console, escape, print_json, print_table, warn
 
 app = typer.Typer(
     help="Merge adapters, convert to GGUF with our own converter, quantize, and verify against the HF model.\n\n"
@@ -48,7 +48,8 @@ def merge(
 
     loaded = load(config, set_)
     cfg = loaded.config
-    result = merge_verb(cfg.model, cfg.export, workspace_of(loaded), runs or None, dtype=dtype, force=force)
+    result = merge_verb(cfg.model, cfg.export, workspace_of(loaded), runs or None, dtype=dtype, force=force,
+                        progress=_phase_line("export merge", json_))
     if json_:
         print_json(result)
         return
@@ -93,7 +94,7 @@ def gguf(
     loaded = load(config, set_, **flags)
     cfg = loaded.config
     result = export_gguf(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force,
-                         dry_run=dry_run)
+                         dry_run=dry_run, progress=None if dry_run else _phase_line("export gguf", json_))
     if json_:
         print_json(result)
         return
@@ -104,6 +105,13 @@ def gguf(
                       f"{' and verify each' if result['verify'] else ''}")
         return
     _print_files(result)
+
+
+def _phase_line(command: str, json_: bool):
+    """A line per export phase (merge, each file, verification), which can take minutes on a real model."""
+    if json_:
+        return None
+    return lambda phase: console.print(f"{command}: {escape(phase)}")
 
 
 def _print_files(result: dict, key: str = "files") -> None:
@@ -122,7 +130,7 @@ def _print_files(result: dict, key: str = "files") -> None:
             f"{logits['max_abs_diff']:.4f}" if logits else "-",
             f"{logits['mean_abs_diff']:.5f}" if logits else "-",
         )
-    console.print(table)
+    print_table(table)
     if any("not installed" in str(f.get("verification", "")) for f in result[key]):
         warn("not verified: llama-cpp-python is not installed (pip install 'llmforge-cli[llamacpp]')")
     console.print(f"files: {', '.join(f['path'] for f in result[key])}")
@@ -162,7 +170,8 @@ def lora_gguf(
 
     loaded = load(config, set_, **({"export__verify": False} if no_verify else {}))
     cfg = loaded.config
-    result = export_lora_gguf(cfg.model, cfg.export, workspace_of(loaded), source, base_gguf=base_gguf, force=force)
+    result = export_lora_gguf(cfg.model, cfg.export, workspace_of(loaded), source, base_gguf=base_gguf, force=force,
+                              progress=_phase_line("export lora-gguf", json_))
     if json_:
         print_json(result)
         return

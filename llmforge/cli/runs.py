@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmforge.cli.options import ConfigOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json
+from llmforge.cli.output import console, escape, print_json, print_table
 from llmforge.errors import UsageError
 
 app = typer.Typer(
@@ -85,13 +85,14 @@ def list_(
 
     table = Table(title=f"workspace {workspace_of(loaded).root}")
     for column in ("kind", "id", "parent", "status", "metrics", "size", "recorded"):
-        table.add_column(column)
+        # ids are what a user copies into the next command: a narrow terminal folds them, never cuts them
+        table.add_column(column, overflow="fold" if column in ("id", "parent") else "ellipsis")
     for e in entries:
         table.add_row(
             e["kind"], escape(e["id"]), escape(e.get("parent") or "-"), e.get("status", "complete"),
             escape(_metrics(e)), _human(e.get("size_bytes")), (e.get("recorded_at") or "")[:19],
         )  # fmt: skip
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")

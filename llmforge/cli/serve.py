@@ -79,7 +79,8 @@ def serve(
         console.print("[dim]Ctrl-C stops the server.[/]")
 
     try:
-        serve_verb(cfg.model, cfg.serve, workspace, on_ready=ready)
+        serve_verb(cfg.model, cfg.serve, workspace, on_ready=ready,
+                   progress=None if json_ else lambda line: console.print(f"serve: {escape(line)}"))
     except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not an error
         pass
     if not json_:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
-from llmforge.cli.output import console, escape, print_json
+from llmforge.cli.output import console, escape, plain, print_json, print_table
 
 METHODS = ["scratch", "sft", "lora", "qlora", "dpo"]
 
@@ -83,17 +85,25 @@ def train(
         run_name = None if resume else (cfg.train.run_name or f"{cfg.train.method}-{timestamp()}")
         raise typer.Exit(relaunch(argv, nproc, run_name, cfg.train.accelerate_config))
 
+    from llmforge.errors import TrainingStopped
     from llmforge.training import train as train_verb
 
     main = os.environ.get("RANK", "0") == "0"
-    if dry_run or json_ or not main:
-        result = train_verb(cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=dry_run)
-    else:
-        with _ProgressBar() as bar:
-            result = train_verb(
-                cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=False,
-                progress=bar.update,
-            )
+    try:
+        if dry_run or json_ or not main:
+            result = train_verb(cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force,
+                                dry_run=dry_run)
+        else:
+            with _PlainLog() if plain else _ProgressBar() as bar:
+                result = train_verb(
+                    cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=False,
+                    progress=bar.update,
+                )
+    except TrainingStopped as exc:
+        flags = {"--method": method, "--model": model, "--data": data, "--max-steps": max_steps}
+        exc.hint = "continue with: " + _resume_command(exc.run, config or config_file or loaded.path, set_, flags,
+                                                       json_)
+        raise
     if not result.get("is_main", True):
         return
     if json_:
@@ -102,6 +112,28 @@ def train(
         _print_plan(result)
     else:
         _print_result(result)
+
+
+def _resume_command(run: str, config, sets: Optional[list[str]], flags: dict, json_: bool) -> str:
+    """The command that continues `run`: this command's own config file, -s values and typed flags (the resume
+    refuses a changed config, so leaving any out would fail), with train.run_name naming the run (--name is that
+    too). Environment variables (LLMFORGE_*) are not repeated: they are still set where the same CI script runs it."""
+    args = ["llmforge", "train", "--resume"]
+    if config is not None:
+        args += ["-c", str(config)]
+    for flag, value in flags.items():
+        if value is not None:
+            args += [flag, str(value)]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # a process relaunched by --nproc: the resume needs as many
+        args += ["--nproc", str(world)]
+    for item in sets or []:
+        if item.partition("=")[0].strip() != "train.run_name":
+            args += ["-s", item]
+    args += ["-s", f"train.run_name={run}"]
+    if json_:
+        args.append("--json")
+    return shlex.join(args)
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
@@ -139,6 +171,8 @@ class _ProgressBar:
         return self
 
     def update(self, event: dict) -> None:
+        if event.get("event") == "begin":
+            self.progress.console.print(_begin_line(event))
         if event.get("total_steps"):
             self.progress.update(self.task, total=event["total_steps"])
         if event.get("event") in ("start", "step"):
@@ -159,6 +193,54 @@ class _ProgressBar:
         if exc_type is not None:  # a failed run: its error stands alone, without an empty bar above it
             self.progress.live.transient = True
         return self.progress.__exit__(exc_type, exc, tb)
+
+
+class _PlainLog:
+    """Progress for a log (stdout not a terminal): a plain line per train.logging_steps and per evaluation, where
+    a bar would redraw itself with carriage returns, or (rich's non-terminal mode) print nothing until the end."""
+
+    def __enter__(self):
+        self.first: tuple[float, int] | None = None  # (time, step) of the first step this process trained
+        return self
+
+    def update(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "begin":
+            console.print(_begin_line(event))
+        elif kind == "step" and self.first is None:
+            # the first step, not the "start" event: on a resume, the trainer restores the step count after "start"
+            self.first = (time.monotonic(), event["step"])
+        elif kind == "log":
+            step, total = event["step"], event.get("total_steps")
+            parts = [f"step {step}/{total}" if total else f"step {step}", f"loss {event['loss']:.4f}"]
+            if event.get("learning_rate") is not None:
+                parts.append(f"lr {event['learning_rate']:.2e}")
+            if event.get("tokens_per_second"):
+                parts.append(f"{event['tokens_per_second']:.0f} tok/s")
+            if self.first is not None and total and step > self.first[1]:
+                left = (time.monotonic() - self.first[0]) / (step - self.first[1]) * (total - step)
+                parts.append(f"ETA {_duration(left)}")
+            console.print("train: " + ", ".join(parts))
+        elif kind == "resume":
+            _print_resume(console, event["checkpoint"], event.get("skipped") or [])
+        elif kind == "eval":
+            total = event.get("total_steps")
+            console.print(f"train: step {event['step']}{f'/{total}' if total else ''}, "
+                          f"eval loss {event['eval_loss']:.4f}")
+
+    def __exit__(self, exc_type, exc, tb):
+        return False
+
+
+def _begin_line(event: dict) -> str:
+    line = (f"run {escape(event['run'])}: {event['method']} with the {event['backend']} backend "
+            f"({escape(event['backend_why'])}), {event['total_steps']:,} steps")
+    return line  # a resume's checkpoint gets its own line, from the "resume" event
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _print_plan(plan: dict) -> None:
@@ -202,7 +284,7 @@ def _print_plan(plan: dict) -> None:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print("[bold]training plan[/] (dry run: nothing trained)")
-    console.print(table)
+    print_table(table)
     for note in plan.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
 
 
 # Fixed-name temporaries of versions before temporaries carried their writer's pid (atomic.py).
@@ -105,10 +107,10 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
 
 
 def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
-          dtype: str = "auto", force: bool = False) -> dict[str, Any]:
+          dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
     write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
-    leftovers of a killed export this run removed)."""
+    leftovers of a killed export this run removed). `progress` gets one line per phase."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import atomic_dir
@@ -125,6 +127,8 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
     run = resolved[-1][1]
     out = workspace.merged_dir(run)
     removed = remove_stale_temporaries(workspace.export_dir(run))
+    if progress:
+        progress(f"merging {len(adapters)} adapter(s) into {base}")
     with atomic_dir(out, force=force) as tmp:
         facts = merge_adapters(base, adapters, tmp, dtype=dtype)
         inputs = {"base_model": base} if Path(base).exists() else {}
@@ -138,10 +142,11 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
                 name: str | None = None, dtype: str = "auto", force: bool = False, dry_run: bool = False,
-                _options: dict | None = None) -> dict[str, Any]:
+                _options: dict | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
-    folder reused). Raises LlmforgeError (exit 1) after writing the manifest when verification fails.
+    folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises
+    LlmforgeError (exit 1) after writing the manifest when verification fails.
     With dry_run, returns the plan (files, and which converter from where) and writes nothing."""
     from llmforge import manifest as manifests
     from llmforge import registry
@@ -163,7 +168,7 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     if kind == "adapter":
         merged = workspace.merged_dir(run)
         if not _is_model_dir(merged) or force:
-            merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force)
+            merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force, progress=progress)
         path = merged
     name = name or run
     opts = dict(_options or {})
@@ -190,7 +195,7 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
                      converter=export.converter,
                      llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
-                     listed=listed, record=record, **opts)
+                     listed=listed, record=record, progress=progress, **opts)
     body = written["body"]
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
@@ -240,7 +245,8 @@ def _metrics(entry: dict) -> dict:
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False, _options: dict | None = None) -> dict[str, Any]:
+                     force: bool = False, _options: dict | None = None,
+                     progress: Progress | None = None) -> dict[str, Any]:
     """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
     on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
     from llmforge.export.lora_gguf import export_adapter
@@ -248,4 +254,5 @@ def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Worksp
     kind, run, path = resolve_source(workspace, source)
     if kind != "adapter":
         raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options)
+    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options,
+                          progress=progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llmforge import atomic
@@ -99,8 +100,9 @@ def publish(staged: dict[Path, Path], record=None) -> None:
 def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
             force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
             backend: str = "auto", reference_adapters: list[Path] | None = None, listed: set[str] | None = None,
-            record=None, _convert_options=None) -> dict:
-    """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. Verification failures are
+            record=None, _convert_options=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. `progress` gets a line per
+    phase (each file written, quantized, verified), for the CLI's log. Verification failures are
     reported in the result (`failures`), not raised, so the caller can write the manifest first.
 
     Each file is written and verified under a temporary name and published (`publish`) only after `record(result)`
@@ -130,7 +132,8 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     published = False
     try:
         result = _write_and_verify(model_dir, out_dir, name, quants, targets, how, llama_cpp_dir, by_llama_cpp,
-                                   verify_files, reference_adapters, _convert_options)
+                                   verify_files, reference_adapters, _convert_options,
+                                   progress or (lambda phase: None))
         for f in result["files"]:
             f["path"] = finals[f["quant"]].name
         result["failures"] = [f"{finals[q].name}: {problem}" for q, problem in result["failures"]]
@@ -147,7 +150,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
 
 def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], targets: dict[str, Path],
                       how: str, llama_cpp_dir: Path | None, by_llama_cpp, verify_files: bool,
-                      reference_adapters: list[Path] | None, _convert_options) -> dict:
+                      reference_adapters: list[Path] | None, _convert_options, say: Callable[[str], None]) -> dict:
     """Write each quant to targets[quant] (temporary names) and verify it there. `failures`: (quant, problems)."""
     k_quants = [q for q in quants if by_llama_cpp(q)]
     files: dict[str, dict] = {}
@@ -159,6 +162,7 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
             if by_llama_cpp(q):
                 continue
             started = time.perf_counter()
+            say(f"writing {gguf_file_name(name, q)}")
             if how == "native":
                 convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
                                                     **(_convert_options or {}))
@@ -176,6 +180,7 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
             else:
                 q16 = QUANT_TYPES[QUANTIZE_SOURCE]
                 temp_float = reserve(out_dir / f"{name}-{q16.name}.for-quantize.gguf")
+                say(f"writing a {q16.name} GGUF to quantize from")
                 if how == "native":
                     convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
                                                         **(_convert_options or {}))
@@ -184,6 +189,7 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
                 source_float = temp_float
             for q in k_quants:
                 started = time.perf_counter()
+                say(f"quantizing to {gguf_file_name(name, q)}")
                 llama_cpp_quantize.quantize(source_float, targets[q.name], q)
                 files[q.name] = {"seconds": round(time.perf_counter() - started, 3), "made_by": "llama.cpp quantize"}
     finally:
@@ -208,12 +214,14 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
         for f in files.values():
             f["verification"] = f"skipped: {what} not installed"
     else:
+        say("loading the HF model to verify against")
         ref = verify.load_reference(model_dir, reference_adapters)
         prompts = verify.prompt_ids(ref)
         ref_logits = verify.hf_logits(ref, prompts)
         for q in ordered:
             f = files[q.name]
             path = targets[q.name]
+            say(f"verifying {gguf_file_name(name, q)}")
             tok = verify.check_tokenization(path, ref)
             logits = verify.compare_logits(path, prompts, ref_logits)
             f["tokenization"] = tok

@@ -116,8 +116,9 @@ def _float_file(path: Path) -> bool:
 
 
 def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, base_gguf: Path | None = None,
-                   force: bool = False, _options: dict | None = None) -> dict[str, Any]:
-    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest."""
+                   force: bool = False, _options: dict | None = None, progress=None) -> dict[str, Any]:
+    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest.
+    `progress(line)` is called once per phase."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
@@ -140,7 +141,8 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     leftover = gguf_export.refuse_listed(out, listed, force, key=rel)
     staged = reserve(out)  # written and verified under this name; published after the manifest lists it
     try:
-        entry, failures = _write_and_verify(model, export, adapter_dir, base, staged, rel, base_gguf, opts)
+        entry, failures = _write_and_verify(model, export, adapter_dir, base, staged, rel, base_gguf, opts,
+                                            progress or (lambda phase: None))
         entry["manifest"] = manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer)
         # The full-model part of the manifest (files, verified, source) stays as export gguf wrote it.
         body = previous or manifests.build("export lora-gguf", {"adapter": adapter_dir}, timer, run=run, files=[])
@@ -162,12 +164,13 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
 
 
 def _write_and_verify(model, export, adapter_dir: Path, base: Path, staged: Path, rel: str, base_gguf: Path | None,
-                      opts: dict) -> tuple[dict[str, Any], list[str]]:
+                      opts: dict, say) -> tuple[dict[str, Any], list[str]]:
     """Write the adapter GGUF to `staged` and verify it there; its manifest entry (path: `rel`) and failures."""
     from llmforge import manifest as manifests
     from llmforge.export import gguf_export, verify
     from llmforge.export.quant_types import QUANT_TYPES
 
+    say(f"writing {Path(rel).name}")
     facts = write_lora_gguf(adapter_dir, base, staged, **opts)
     entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": rel, "bytes": staged.stat().st_size,
                              "sha256": manifests.sha256_file(staged), "verified": False, "base_model": str(base),
@@ -183,9 +186,11 @@ def _write_and_verify(model, export, adapter_dir: Path, base: Path, staged: Path
         try:
             if base_gguf is None:  # an f32 base keeps the comparison about the adapter, not base rounding
                 temp_base = reserve(staged.parent / "base-f32.for-lora-check.gguf")
+                say("writing an f32 GGUF of the base to verify on")
                 from llmforge.export import gguf_convert
 
                 gguf_convert.convert(base, temp_base, QUANT_TYPES["f32"])
+            say(f"verifying {Path(rel).name} on the base")
             ref = verify.load_reference(base, [adapter_dir])
             prompts = verify.prompt_ids(ref)
             ref_logits = verify.hf_logits(ref, prompts)

@@ -76,10 +76,13 @@ def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     return target
 
 
-def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace):
+def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace,
+                progress: Callable[[str], None] | None = None):
     from llmforge.serving import engines
 
     target = resolve_target(model, serve, workspace)
+    if progress is not None:  # loading is the slow part of a start-up: say what before it begins
+        progress(f"loading {target.path} with the {target.engine} engine")
     return engines.load(
         target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype, parallel=serve.parallel
     )
@@ -103,15 +106,17 @@ def serve(
     workspace: Workspace,
     *,
     on_ready: Callable[[ServeInfo], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Load the model and serve it until interrupted (Ctrl-C)."""
+    """Load the model and serve it until interrupted (Ctrl-C). `progress` gets a line per start-up phase before
+    `on_ready` gets the address."""
     from llmforge.errors import LlmforgeError, require_extra
 
     require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
     check_host(serve)  # the CLI shows its warning before the model loads; other callers are refused here too
     import uvicorn
 
-    engine = load_engine(model, serve, workspace)
+    engine = load_engine(model, serve, workspace, progress)
     app = build_app(model, serve, workspace, engine=engine)
     import socket
 

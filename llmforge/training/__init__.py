@@ -30,9 +30,11 @@ def train(
     """Train as `train` says, starting from `model` (unused for scratch), reading data from the workspace (or
     `train.data`) and writing `runs/<run>/`. Returns the result (or, with dry_run, the plan) as a dict.
 
-    `progress` receives events {"event": "start"|"step"|"eval", "step", "total_steps", "loss", "learning_rate",
-    "tokens_per_second", "eval_loss"} on the main process only, and on a resume first {"event": "resume",
-    "checkpoint", "skipped": [{"checkpoint", "reason"}]} (newer checkpoints passed over because they are incomplete).
+    `progress` receives events on the main process only: "begin" (run, method, backend, backend_why, total_steps,
+    resume_from) before the model loads; on a resume, {"event": "resume", "checkpoint", "skipped": [{"checkpoint",
+    "reason"}]} (newer checkpoints passed over because they are incomplete); then {"event": "start"|"step"|"log"|
+    "eval", "step", "total_steps", "loss", "learning_rate", "tokens_per_second", "eval_loss"}: "step" after every
+    step, "log" every train.logging_steps, "eval" after each evaluation.
     """
     from llmforge.errors import require_extra
 

@@ -79,11 +79,15 @@ class RunLog(TrainerCallback):
             row["tokens_seen"] = state.num_input_tokens_seen
             if "grad_norm" in logs:
                 row["grad_norm"] = logs["grad_norm"]
+            self._emit({"event": "log", "step": state.global_step, "total_steps": state.max_steps,
+                        "loss": row["loss"], "learning_rate": row["learning_rate"],
+                        "tokens_per_second": row["tokens_per_second"]})
         elif "eval_loss" in logs:
             row["eval_loss"] = logs["eval_loss"]
             self.last_eval_loss = logs["eval_loss"]
             self.last_eval_step = state.global_step
-            self._emit({"event": "eval", "step": state.global_step, "eval_loss": logs["eval_loss"]})
+            self._emit({"event": "eval", "step": state.global_step, "total_steps": state.max_steps,
+                        "eval_loss": logs["eval_loss"]})
         else:
             return  # the end-of-training summary row (train_runtime ...) goes to the manifest instead
         for key, value in logs.items():

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from llmforge import atomic, manifest, registry
-from llmforge.errors import ConfigError, LlmforgeError, UsageError
+from llmforge.errors import ConfigError, TrainingStopped, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
 from llmforge.training import launch
@@ -419,6 +419,9 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     }
     if dry_run:
         return {"dry_run": True, "is_main": is_main, **plan}
+    if progress is not None and is_main:  # before the model loads: which backend and why, first thing in a log
+        progress({"event": "begin", "run": run_name, "method": method, "backend": backend, "backend_why": why,
+                  "total_steps": steps, "resume_from": plan["resume_from"]})
 
     # 5. Build the trainer. From here on the run folder exists.
     removed: list[Path] = []
@@ -503,10 +506,10 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         from llmforge.training.callbacks import plot_loss
 
         plot_loss(metrics_file, run_dir / "loss.png")
-        raise LlmforgeError(
+        raise TrainingStopped(
             f"training stopped by signal {stopper.received} at step {state.global_step}; "
             f"checkpoint saved in {workspace.checkpoints_dir(run_name)}",
-            hint=f"continue with: llmforge train --resume -s train.run_name={run_name}",
+            run=run_name,
             exit_code=code,
         )
 
