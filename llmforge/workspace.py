@@ -119,14 +119,21 @@ class Workspace:
         """Complete runs (those with a manifest), oldest first by manifest time."""
         return _complete(self.runs_dir)
 
-    def latest_run(self) -> str:
-        runs = self.runs()
-        if not runs:
+    def latest_run(self, base_model: str | None = None) -> str:
+        """The newest finished run. With `base_model` (a hub id or the absolute path runs record), the newest
+        fine-tune of that model: a run from scratch or of another base is not the "run" someone comparing against
+        that base means. Falls back to the newest finished run when none matches."""
+        usable = self.runs()
+        if not usable:
             raise UsageError(
                 f"no finished training run in {self.runs_dir}",
                 hint="train one first: llmforge train --method lora",
             )
-        return runs[-1]
+        if base_model:
+            same = [r for r in usable if _manifest(self.run_manifest(r)).get("base_model") == base_model]
+            if same:
+                return same[-1]
+        return usable[-1]
 
     # eval/<stamp>/
     @property
@@ -192,6 +199,14 @@ class Workspace:
     @property
     def registry_file(self) -> Path:
         return self.root / "registry.json"
+
+
+def _manifest(path: Path) -> dict:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _complete(folder: Path) -> list[str]:

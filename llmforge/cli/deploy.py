@@ -56,6 +56,9 @@ def ollama_cmd(
     if json_:
         print_json(result.to_dict())
         return
+    if export is None:  # say which export the default picked: the newest finished one
+        console.print(f"gguf: {escape(str(result.gguf))} (the newest finished export; name another as EXPORT)",
+                      soft_wrap=True)
     for message in result.warnings:
         warn(message)
     for item in result.caveats:

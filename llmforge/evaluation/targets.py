@@ -134,7 +134,10 @@ def _adapter_base(adapter: Path, manifest: dict | None) -> str:
 
 
 def _resolve_run(spec: str, workspace: Workspace, base_model: str | None) -> Target:
-    name = spec.split(":", 1)[1] if ":" in spec else workspace.latest_run()
+    from llmforge.checkpoints import model_ref
+
+    # The default is the newest finished fine-tune of model.name: the run a base-vs-run comparison means.
+    name = spec.split(":", 1)[1] if ":" in spec else workspace.latest_run(model_ref(base_model) if base_model else None)
     run_dir = workspace.run_dir(name)
     if not run_dir.is_dir():
         known = ", ".join(workspace.runs()) or "none"

@@ -160,6 +160,8 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
         check_name(name, "--name")
     quants = parse_quants(export.quant)
     kind, run, path = resolve_source(workspace, source)
+    if source is None and progress:
+        progress(f"run {run} (the newest finished run; name another as RUN)")
     if dry_run:
         return _plan_gguf(model, export, workspace, kind, run, path, quants, name or run)
     out_dir = workspace.export_dir(run)

@@ -196,3 +196,17 @@ def test_judge_prompt_and_reply_parsing():
         parse_scores('{"relevance": 4, "accuracy": 9}', ["relevance", "accuracy"], 5)
     with pytest.raises(LlmforgeError, match="did not answer a JSON object"):
         parse_scores("great answer", ["relevance"], 5)
+
+
+def test_run_defaults_to_the_newest_finished_fine_tune_of_model_name(ws):
+    """A newer run from scratch or of another base is not the run a base-vs-run comparison means."""
+    _finished(ws.run_dir("lora-400"), at="2026-01-01", base_model="org/model")
+    _adapter(ws.adapter_dir("lora-400"), "org/model")
+    _finished(ws.run_dir("scratch-40"), at="2026-02-01", base_model="scratch llama")
+    (ws.model_dir("scratch-40")).mkdir(parents=True)
+    (ws.model_dir("scratch-40") / "config.json").write_text("{}")
+    _finished(ws.run_dir("other-base"), at="2026-03-01", base_model="org/other")
+    _adapter(ws.adapter_dir("other-base"), "org/other")
+    assert resolve("run", ws, "org/model").run == "lora-400"
+    assert resolve("run", ws, "org/unknown").run == "other-base"  # no fine-tune of it: the newest usable run
+    assert ws.latest_run() == "other-base"
