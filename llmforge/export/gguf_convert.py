@@ -1,8 +1,8 @@
-"""Our HF -> GGUF converter for llama (Llama 2/3, Mistral), qwen2 and qwen3, written on the `gguf` library.
+"""Our HF -> GGUF converter for the model families people fine-tune, written on the `gguf` library.
 
 It streams: the tensor table is planned from the safetensors headers, the GGUF header and tensor infos are written
-first, then each tensor is read, transformed (Q/K permutation for llama's rope layout), cast or quantized and
-written before the next is read, so peak memory is about one tensor, not the model. No torch import.
+first, then each tensor is read, transformed (Q/K permutation for llama's rope layout, Gemma's norm offset), cast or
+quantized and written before the next is read, so peak memory is about one tensor, not the model. No torch import.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class ArchSpec:
     gguf_arch: str  # gguf.MODEL_ARCH member name
     permute_qk: bool  # llama.cpp's llama graph uses the interleaved rope layout; HF stores halves
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + w); llama.cpp's by w, so w + 1 is written
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -32,6 +33,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "MistralForCausalLM": ArchSpec("LLAMA", True),
     "Qwen2ForCausalLM": ArchSpec("QWEN2", False),
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),
+    "Gemma2ForCausalLM": ArchSpec("GEMMA2", False, norm_offset=1.0),
+    "Gemma3ForCausalLM": ArchSpec("GEMMA3", False, norm_offset=1.0),
+    "Phi3ForCausalLM": ArchSpec("PHI3", False),
+    "SmolLM3ForCausalLM": ArchSpec("SMOLLM3", True),
+    "GraniteForCausalLM": ArchSpec("GRANITE", True),
+    "Olmo2ForCausalLM": ArchSpec("OLMO2", False),
 }
 
 # The HF architectures this converter writes itself; export.converter "auto" hands every other one to llama.cpp's
@@ -79,13 +86,56 @@ def arch_spec(config: dict, model_dir: Path) -> ArchSpec:
     missing = [k for k in _REQUIRED_CONFIG if k not in config]
     if missing:
         raise InputError(f"{model_dir}/config.json: {missing[0]}: missing", hint="re-save the model with transformers")
-    return ARCHITECTURES[arch]
+    spec = ARCHITECTURES[arch]
+    _check_family(spec, config, model_dir)
+    return spec
+
+
+def _refuse(model_dir: Path, what: str) -> UsageError:
+    return UsageError(f"{model_dir}/config.json: {what}; llama.cpp's graph for this architecture cannot reproduce it",
+                      hint="set export.converter: llama.cpp to try llama.cpp's own converter")
+
+
+def gemma_attention_scale(gguf_arch: str, config: dict) -> float:
+    """The query scale llama.cpp hard-codes for Gemma 2/3 (it reads no key for it): 1/sqrt(hidden/heads) for the
+    27B models, recognised by their layer count, else 1/sqrt(head_dim). HF uses query_pre_attn_scalar**-0.5."""
+    if int(config["num_hidden_layers"]) == {"GEMMA2": 46, "GEMMA3": 62}[gguf_arch]:
+        return 1.0 / math.sqrt(int(config["hidden_size"]) // int(config["num_attention_heads"]))
+    return 1.0 / math.sqrt(head_dim_of(config))
+
+
+def _check_family(spec: ArchSpec, config: dict, model_dir: Path) -> None:
+    """Refuse settings llama.cpp fixes in code rather than reading from the file: a GGUF written anyway would load
+    and compute something else than the HF model."""
+    if spec.gguf_arch in ("GEMMA2", "GEMMA3"):
+        scalar = config.get("query_pre_attn_scalar")
+        if scalar is not None and not math.isclose(float(scalar) ** -0.5, gemma_attention_scale(spec.gguf_arch, config), rel_tol=1e-6):
+            raise _refuse(model_dir, f"query_pre_attn_scalar {scalar} differs from the scale llama.cpp assumes "
+                                     f"for {int(config['num_hidden_layers'])} layers")
+    if spec.gguf_arch == "GEMMA2" and config.get("attn_logit_softcapping") is None:
+        raise _refuse(model_dir, "Gemma 2 without attn_logit_softcapping")
+    if spec.gguf_arch == "GEMMA3" and config.get("attn_logit_softcapping") is not None:
+        raise _refuse(model_dir, "Gemma 3 with attn_logit_softcapping")
+    if spec.gguf_arch == "SMOLLM3":
+        layers = int(config["num_hidden_layers"])
+        expected = [int((i + 1) % 4 != 0) for i in range(layers)]  # llama.cpp: every 4th layer has no rope
+        if config.get("no_rope_layers") is not None and list(config["no_rope_layers"]) != expected:
+            raise _refuse(model_dir, f"no_rope_layers {config['no_rope_layers']} is not every 4th layer")
+        if config.get("use_sliding_window"):
+            raise _refuse(model_dir, "SmolLM3 with use_sliding_window")
+    if spec.gguf_arch == "PHI3":
+        if float(config.get("partial_rotary_factor") or rope_settings(config)[1].get("partial_rotary_factor", 1.0)) != 1.0:
+            raise _refuse(model_dir, "Phi-3 with partial_rotary_factor != 1")
+    if spec.gguf_arch == "OLMO2" and config.get("sliding_window"):
+        raise _refuse(model_dir, "OLMo 2 with sliding_window")
 
 
 def rope_settings(config: dict) -> tuple[float, dict]:
     """(theta, scaling parameters). transformers 5 keeps both under rope_parameters; 4.x had rope_theta and
     rope_scaling at the top level."""
     params = dict(config.get("rope_parameters") or {})
+    if isinstance(params.get("full_attention"), dict):  # Gemma 3: one set per layer type; global layers here
+        params = dict(params["full_attention"])
     scaling = dict(config.get("rope_scaling") or {})
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
     merged = {**scaling, **params}
@@ -131,6 +181,7 @@ class PlannedTensor:
     shape: tuple[int, ...]
     qtype: str  # gguf.GGMLQuantizationType member name
     permute_heads: int = 0  # >0: apply permute_qk with this many heads
+    add: float = 0.0  # added to every value (Gemma's norm offset)
 
 
 def _tensor_type(shape: tuple[int, ...], quant: QuantType) -> str:
@@ -171,7 +222,8 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
                 heads = n_head
             elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
                 heads = n_kv
-        plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant), heads))
+        add = spec.norm_offset if name.endswith("norm.weight") else 0.0
+        plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant), heads, add))
     names = {p.gguf_name for p in plan}
     if "token_embd.weight" not in names:
         raise InputError(f"{model_dir}: no token embedding (model.embed_tokens.weight) in the safetensors",
@@ -179,7 +231,7 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
     if "output.weight" not in names and not tied:
         raise InputError(f"{model_dir}: no lm_head.weight and tie_word_embeddings is false",
                          hint="the checkpoint is incomplete; re-save it")
-    missing = [b for b in range(n_layers) if f"blk.{b}.attn_q.weight" not in names]
+    missing = [b for b in range(n_layers) if not {f"blk.{b}.attn_q.weight", f"blk.{b}.attn_qkv.weight"} & names]
     if missing:
         raise InputError(f"{model_dir}: layer {missing[0]} has no attention weights but config says "
                          f"{n_layers} layers", hint="the checkpoint is incomplete; re-save it")
@@ -208,7 +260,7 @@ def _file_type(quant: QuantType) -> int:
 
 
 def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType,
-                  _write_rope_theta: bool) -> None:
+                  _write_rope_theta: bool, _family_keys: bool = True) -> None:
     import gguf
 
     writer.add_name(name)
@@ -243,12 +295,58 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
     elif rope_type not in ("default", "llama3"):
         raise UsageError(f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
                          hint="set export.llama_cpp_dir to use llama.cpp's converter")
+    if _family_keys:
+        _add_family_metadata(writer, config, spec)
     gguf_vocab.add_to_writer(writer, vocab)
 
 
+def _sliding_pattern(config: dict) -> list[bool] | None:
+    """Which layers use the sliding window, from HF's layer_types (llama.cpp reads it as a bool array)."""
+    types = config.get("layer_types")
+    return [t == "sliding_attention" for t in types] if types else None
+
+
+def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
+    """The keys each family's llama.cpp graph reads beyond the llama set (src/models/<arch>.cpp, load_arch_hparams).
+    Where llama.cpp has a default that differs from HF's absence of the feature, the neutral value is written."""
+    arch = spec.gguf_arch
+    if arch in ("GEMMA2", "GEMMA3"):
+        head_dim = head_dim_of(config)
+        writer.add_key_length(head_dim)  # Gemma's head_dim is not hidden/heads in general; always say it
+        writer.add_value_length(head_dim)
+        # llama.cpp defaults to a cap of 30 when the key is missing; HF's None means no cap at all
+        writer.add_final_logit_softcapping(float(config.get("final_logit_softcapping") or 0.0))
+        # the per-layer array overrides llama.cpp's fixed patterns (every 2nd layer global for Gemma 2, every 6th
+        # for Gemma 3), so a config with other layer_types converts right too
+        if config.get("sliding_window"):
+            writer.add_sliding_window(int(config["sliding_window"]))
+        if (pattern := _sliding_pattern(config)) is not None:
+            writer.add_sliding_window_pattern(pattern)
+    if arch == "GEMMA2":
+        writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
+    if arch == "GEMMA3":
+        params = config.get("rope_parameters") or {}
+        local = (params.get("sliding_attention") or {}).get("rope_theta", config.get("rope_local_base_freq"))
+        if local is not None:  # llama.cpp's default for the local layers is 10000, Gemma 3's too, but say it
+            writer.add_rope_freq_base_swa(float(local))
+    if arch == "PHI3":
+        _, scaling = rope_settings(config)
+        orig = scaling.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+        if orig:
+            writer.add_rope_scaling_orig_ctx_len(int(orig))
+        # llama.cpp disables Phi-3's sliding window (it warns); 0 marks "none" as llama.cpp's converter does
+        writer.add_sliding_window(int(config.get("sliding_window") or 0))
+    if arch == "GRANITE":
+        # HF multiplies by these; llama.cpp reads logit_scale as a divisor, exactly as HF's logits_scaling
+        writer.add_embedding_scale(float(config.get("embedding_multiplier", 1.0)))
+        writer.add_residual_scale(float(config.get("residual_multiplier", 1.0)))
+        writer.add_attention_scale(float(config.get("attention_multiplier", 1.0)))
+        writer.add_logit_scale(float(config.get("logits_scaling", 1.0)))
+
+
 def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
-            _permute: bool = True, _write_rope_theta: bool = True,
-            _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
+            _permute: bool = True, _write_rope_theta: bool = True, _family_keys: bool = True,
+            _norm_offset: bool = True, _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
     The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
@@ -262,6 +360,9 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
     config = read_config(model_dir)
     spec = arch_spec(config, model_dir)
     plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute)
+    if not _norm_offset:
+        for p in plan:
+            p.add = 0.0
     n_vocab = next(p.shape[0] for p in plan if p.gguf_name == "token_embd.weight")
     vocab = gguf_vocab.load_vocab(model_dir, n_vocab)
     if _pre_tokenizer is not None:
@@ -274,7 +375,7 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
 
     arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, spec.gguf_arch)]
     writer = gguf.GGUFWriter(None, arch_name)
-    _add_metadata(writer, config, spec, vocab, name or model_dir.name, quant, _write_rope_theta)
+    _add_metadata(writer, config, spec, vocab, name or model_dir.name, quant, _write_rope_theta, _family_keys)
     for p in plan:
         qt = getattr(gguf.GGMLQuantizationType, p.qtype)
         writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), _nbytes(p.shape, p.qtype), raw_dtype=qt)
@@ -300,6 +401,8 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
                 else:
                     blocks = safetensors_stream.iter_rows(p.entry)
                 for block in blocks:
+                    if p.add:
+                        block = block + p.add
                     data = _encode(block, p.qtype)
                     data.tofile(out)
                     written += data.nbytes
