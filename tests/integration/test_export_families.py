@@ -109,11 +109,11 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
                pad_token_id=tok.pad_token_id)
     if family == "gemma2":
         config = transformers.Gemma2Config(**SIZE, **ids, head_dim=64, query_pre_attn_scalar=64, sliding_window=8,
-                                           attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+                                           attn_logit_softcapping=20.0, final_logit_softcapping=5.0)
         cls = transformers.Gemma2ForCausalLM
     elif family == "gemma3":
         config = transformers.Gemma3TextConfig(
-            **SIZE, **ids, head_dim=64, query_pre_attn_scalar=64, sliding_window=8,
+            **SIZE, **ids, head_dim=64, query_pre_attn_scalar=64, sliding_window=8, final_logit_softcapping=5.0,
             layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
@@ -174,6 +174,7 @@ def test_family_converts_quantizes_and_agrees_with_hf(family, family_dir, tmp_pa
         assert f["tokenization"]["ok"], (q, f["tokenization"]["mismatches"][:1])
         assert f["verified"], (q, f.get("problems"))
     assert files["f32"]["logits"]["top1_agreement"] == 1.0, files["f32"]["logits"]
+    assert files["f32"]["logits"]["max_abs_diff"] < 1e-2
     assert files["f16"]["logits"]["top1_agreement_decisive"] >= 0.99
     assert files["q8_0"]["logits"]["top1_agreement_decisive"] >= 0.9
     assert files["q4_k_m"]["tensor_types"].get("Q4_K", 0) > 0  # the K-quant really applied
@@ -194,11 +195,17 @@ def test_family_converts_quantizes_and_agrees_with_hf(family, family_dir, tmp_pa
     ("granite", "_family_keys"), ("smollm3", "_permute"),
 ])
 def test_without_each_family_fix_llama_cpp_disagrees(family, what, family_dir, tmp_path):
-    """Each conversion step the family needs is load-bearing: leave it out and llama.cpp computes another model."""
-    result = gguf_export.produce(family_dir(family), tmp_path, "m", parse_quants("f32"),
-                                 _convert_options={what: False})
-    f = by_quant(result)["f32"]
-    assert not f["verified"] and f["logits"]["top1_agreement_decisive"] < 0.99, f["logits"]
+    """Each conversion step the family needs is load-bearing: leave it out and llama.cpp computes another model
+    (soft-capping is monotonic, so a missing cap shows in the logits' values, not in their argmax)."""
+    try:
+        result = gguf_export.produce(family_dir(family), tmp_path, "m", parse_quants("f32"),
+                                     _convert_options={what: False})
+    except ValueError as e:  # llama.cpp refuses a file without a key it requires (Granite's logit_scale)
+        assert "Failed to load" in str(e)
+        return
+    logits = by_quant(result)["f32"]["logits"]
+    print("NEG", family, what, logits)
+    assert logits["max_abs_diff"] > 0.1, logits
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -228,7 +235,7 @@ def test_family_lora_adapter_as_gguf_matches_hf(family, family_dir, tmp_path):
     (ws.run_dir("lora-1") / "manifest.json").write_text(json.dumps({"base_model": str(base)}))
     entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")["lora_adapters"][-1]
     assert entry["verified"], entry.get("logits")
-    assert entry["logits"]["top1_agreement"] >= 0.99 and entry["logits"]["max_abs_diff"] < 1e-2
+    assert entry["logits"]["top1_agreement"] >= 0.99 and entry["logits"]["max_abs_diff"] < 5e-2
 
 
 # Runs llama.cpp's converter with its vocabulary step switched off: its BPE path accepts only pre-tokenizers it
@@ -275,7 +282,7 @@ def test_tensors_are_byte_identical_to_llama_cpp_converter(family, family_dir, l
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = {t.name: t for t in gguf.GGUFReader(str(ours)).tensors}
     b = {t.name: t for t in gguf.GGUFReader(str(theirs)).tensors}
-    assert sorted(a) == sorted(b)
+    assert a and sorted(a) == sorted(b)
     for name in a:
         assert a[name].tensor_type == b[name].tensor_type, name
         assert list(a[name].shape) == list(b[name].shape), name
