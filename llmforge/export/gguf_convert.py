@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmforge.atomic import atomic_path
@@ -39,6 +40,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "SmolLM3ForCausalLM": ArchSpec("SMOLLM3", True),
     "GraniteForCausalLM": ArchSpec("GRANITE", True),
     "Olmo2ForCausalLM": ArchSpec("OLMO2", False),
+    "MixtralForCausalLM": ArchSpec("LLAMA", True),
+    "Qwen2MoeForCausalLM": ArchSpec("QWEN2MOE", False),
 }
 
 # The HF architectures this converter writes itself; export.converter "auto" hands every other one to llama.cpp's
@@ -126,6 +129,13 @@ def _check_family(spec: ArchSpec, config: dict, model_dir: Path) -> None:
     if spec.gguf_arch == "PHI3":
         if float(config.get("partial_rotary_factor") or rope_settings(config)[1].get("partial_rotary_factor", 1.0)) != 1.0:
             raise _refuse(model_dir, "Phi-3 with partial_rotary_factor != 1")
+    if spec.gguf_arch == "QWEN2MOE":
+        if config.get("norm_topk_prob"):
+            raise _refuse(model_dir, "Qwen2-MoE with norm_topk_prob")  # llama.cpp never renormalises here
+        if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step") or 1) != 1:
+            raise _refuse(model_dir, "Qwen2-MoE with dense layers (mlp_only_layers / decoder_sparse_step)")
+        if config.get("use_sliding_window"):
+            raise _refuse(model_dir, "Qwen2-MoE with use_sliding_window")
     if spec.gguf_arch == "OLMO2" and config.get("sliding_window"):
         raise _refuse(model_dir, "OLMo 2 with sliding_window")
 
@@ -182,11 +192,19 @@ class PlannedTensor:
     qtype: str  # gguf.GGMLQuantizationType member name
     permute_heads: int = 0  # >0: apply permute_qk with this many heads
     add: float = 0.0  # added to every value (Gemma's norm offset)
+    experts: list[safetensors_stream.TensorEntry] = field(default_factory=list)  # stacked in this order
 
 
-def _tensor_type(shape: tuple[int, ...], quant: QuantType) -> str:
+# HF keeps each MoE expert's matrices apart (…experts.<i>.w1.weight); llama.cpp wants one [n_expert, rows, cols]
+# tensor per projection. Expert-major, so the stacked tensor is the experts' rows one after another: it streams.
+_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight$")
+
+
+def _tensor_type(shape: tuple[int, ...], quant: QuantType, gguf_name: str = "") -> str:
     if len(shape) < 2:
         return "F32"  # norms and biases stay f32: tiny, and llama.cpp computes them in f32 anyway
+    if ".ffn_gate_inp" in gguf_name:
+        return "F32"  # MoE routers: tiny, and expert choice hangs on small logit gaps (llama.cpp keeps them f32)
     if quant.numpy in ("Q8_0", "Q4_0", "Q5_0") and shape[-1] % 32 != 0:
         return "F16"  # block types need rows divisible by their block size (32)
     return quant.numpy
@@ -204,9 +222,21 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
     n_kv = int(config.get("num_key_value_heads") or n_head)
     tied = bool(config.get("tie_word_embeddings", False))
     plan: list[PlannedTensor] = []
+    stacks: dict[str, tuple[PlannedTensor, dict[int, safetensors_stream.TensorEntry]]] = {}
     for name, entry in tensors.items():
         if name.endswith(".rotary_emb.inv_freq"):
             continue  # recomputed by llama.cpp from rope.freq_base
+        if m := _EXPERT.match(name):
+            merged = f"{m['prefix']}.{m['proj']}.weight"
+            if merged not in stacks:
+                gguf_name = name_map.get_name(merged, try_suffixes=(".weight",))
+                if gguf_name is None:
+                    raise InputError(f"{entry.file}: expert tensor {name} has no GGUF name for architecture "
+                                     f"{spec.gguf_arch.lower()}", hint="set export.converter: llama.cpp")
+                stacks[merged] = (PlannedTensor(gguf_name, None, (), ""), {})
+                plan.append(stacks[merged][0])
+            stacks[merged][1][int(m["index"])] = entry
+            continue
         if name == "lm_head.weight" and tied:
             continue  # tied: llama.cpp uses token_embd when output.weight is absent
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -223,7 +253,17 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
             elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
                 heads = n_kv
         add = spec.norm_offset if name.endswith("norm.weight") else 0.0
-        plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant), heads, add))
+        plan.append(PlannedTensor(gguf_name, entry, entry.shape, _tensor_type(entry.shape, quant, gguf_name), heads,
+                                  add))
+    n_experts = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+    for merged, (planned, parts) in stacks.items():
+        shapes = {e.shape for e in parts.values()}
+        if sorted(parts) != list(range(n_experts)) or len(shapes) != 1:
+            raise InputError(f"{model_dir}: {merged}: found experts {sorted(parts)} of shapes {sorted(shapes)}, "
+                             f"config says {n_experts} experts", hint="the checkpoint is incomplete; re-save it")
+        planned.experts = [parts[i] for i in range(n_experts)]
+        planned.shape = (n_experts, *shapes.pop())
+        planned.qtype = _tensor_type(planned.shape, quant, planned.gguf_name)
     names = {p.gguf_name for p in plan}
     if "token_embd.weight" not in names:
         raise InputError(f"{model_dir}: no token embedding (model.embed_tokens.weight) in the safetensors",
@@ -336,6 +376,12 @@ def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
             writer.add_rope_scaling_orig_ctx_len(int(orig))
         # llama.cpp disables Phi-3's sliding window (it warns); 0 marks "none" as llama.cpp's converter does
         writer.add_sliding_window(int(config.get("sliding_window") or 0))
+    if n_experts := config.get("num_local_experts") or config.get("num_experts"):
+        writer.add_expert_count(int(n_experts))
+        writer.add_expert_used_count(int(config["num_experts_per_tok"]))
+    if arch == "QWEN2MOE":
+        writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+        writer.add_expert_shared_feed_forward_length(int(config["shared_expert_intermediate_size"]))
     if arch == "GRANITE":
         # HF multiplies by these; llama.cpp reads logit_scale as a divisor, exactly as HF's logits_scaling
         writer.add_embedding_scale(float(config.get("embedding_multiplier", 1.0)))
@@ -394,7 +440,9 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
             _pad(out, align)
             for i, p in enumerate(plan):
                 written = 0
-                if p.entry is None:
+                if p.experts:
+                    blocks = (block for e in p.experts for block in safetensors_stream.iter_rows(e))
+                elif p.entry is None:
                     blocks = [extra[p.gguf_name]]
                 elif p.permute_heads:  # a head's rows must be together to permute; q/k are hidden x hidden at most
                     blocks = [permute_qk(safetensors_stream.load(p.entry), p.permute_heads)]

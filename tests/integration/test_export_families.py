@@ -18,7 +18,7 @@ from llmforge.export.quant_types import parse_quants
 pytestmark = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus.txt"
-FAMILIES = ["gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2"]
+FAMILIES = ["gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2", "mixtral", "qwen2moe"]
 # 256 wide with 512-wide MLPs: every matrix row is a whole number of K-quant blocks, so q4_k_m really applies
 SIZE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)
@@ -100,8 +100,10 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     llama_bpe = next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "llama-bpe")
     if family in ("gemma2", "gemma3"):
         sentencepiece_style_tokenizer(out, "gemma")
-    elif family == "phi3":
+    elif family in ("phi3", "mixtral"):
         sentencepiece_style_tokenizer(out, "llama")
+    elif family == "qwen2moe":
+        byte_level_tokenizer(out, next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "qwen2"))
     else:
         byte_level_tokenizer(out, None if family == "granite" else llama_bpe)
     tok = transformers.PreTrainedTokenizerFast.from_pretrained(str(out))
@@ -131,6 +133,13 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     elif family == "olmo2":
         config = transformers.Olmo2Config(**SIZE, **ids)
         cls = transformers.Olmo2ForCausalLM
+    elif family == "mixtral":
+        config = transformers.MixtralConfig(**SIZE, **ids, num_local_experts=4, num_experts_per_tok=2)
+        cls = transformers.MixtralForCausalLM
+    elif family == "qwen2moe":
+        config = transformers.Qwen2MoeConfig(**SIZE, **ids, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=256, shared_expert_intermediate_size=512)
+        cls = transformers.Qwen2MoeForCausalLM
     else:
         raise ValueError(family)
     torch.manual_seed(seed)
@@ -185,8 +194,8 @@ def test_family_converts_quantizes_and_agrees_with_hf(family, family_dir, tmp_pa
     reader = gguf.GGUFReader(str(tmp_path / "m-f16.gguf"))
     arch = reader.fields["general.architecture"].contents()
     assert arch == {"gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3",
-                    "granite": "granite", "olmo2": "olmo2"}[family]
-    model = "llama" if family in ("gemma2", "gemma3", "phi3") else "gpt2"
+                    "granite": "granite", "olmo2": "olmo2", "mixtral": "llama", "qwen2moe": "qwen2moe"}[family]
+    model = "llama" if family in ("gemma2", "gemma3", "phi3", "mixtral") else "gpt2"
     assert reader.fields["tokenizer.ggml.model"].contents() == model
 
 
@@ -220,8 +229,9 @@ def test_family_lora_adapter_as_gguf_matches_hf(family, family_dir, tmp_path):
     from llmforge.workspace import Workspace
 
     base = family_dir(family)
-    targets = ["qkv_proj", "o_proj", "gate_up_proj"] if family == "phi3" else ["q_proj", "k_proj", "v_proj",
-                                                                               "o_proj", "up_proj"]
+    targets = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj"], "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+               "qwen2moe": ["q_proj", "k_proj", "v_proj", "o_proj"]}.get(
+        family, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     ws = Workspace(tmp_path / "ws")
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
