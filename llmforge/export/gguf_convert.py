@@ -332,12 +332,25 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif rope_type in ("longrope", "su") and spec.gguf_arch == "PHI3":
+        pass  # rope_factors_long/short tensors and an attention factor (below and in convert)
     elif rope_type not in ("default", "llama3"):
         raise UsageError(f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
                          hint="set export.llama_cpp_dir to use llama.cpp's converter")
     if _family_keys:
         _add_family_metadata(writer, config, spec)
     gguf_vocab.add_to_writer(writer, vocab)
+
+
+def longrope_attention_factor(config: dict) -> float:
+    """The cos/sin scale of Phi-3's longrope: the config's attention_factor, else HF's (and llama.cpp's converter's)
+    sqrt(1 + ln(scale) / ln(original context))."""
+    _, scaling = rope_settings(config)
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    orig = int(scaling.get("original_max_position_embeddings") or config["original_max_position_embeddings"])
+    scale = int(config["max_position_embeddings"]) / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
 
 
 def _sliding_pattern(config: dict) -> list[bool] | None:
@@ -374,6 +387,8 @@ def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
         orig = scaling.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
         if orig:
             writer.add_rope_scaling_orig_ctx_len(int(orig))
+        if scaling.get("rope_type") in ("longrope", "su"):
+            writer.add_rope_scaling_attn_factors(longrope_attention_factor(config))
         # llama.cpp disables Phi-3's sliding window (it warns); 0 marks "none" as llama.cpp's converter does
         writer.add_sliding_window(int(config.get("sliding_window") or 0))
     if n_experts := config.get("num_local_experts") or config.get("num_experts"):
@@ -392,7 +407,7 @@ def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
 
 def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
             _permute: bool = True, _write_rope_theta: bool = True, _family_keys: bool = True,
-            _norm_offset: bool = True, _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
+            _norm_offset: bool = True, _rope_factors: bool = True, _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
     The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
@@ -418,6 +433,13 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
     if scaling.get("rope_type") == "llama3" and spec.gguf_arch == "LLAMA":
         extra["rope_freqs.weight"] = llama3_rope_factors(config, theta, scaling)
         plan.append(PlannedTensor("rope_freqs.weight", None, extra["rope_freqs.weight"].shape, "F32"))
+    if scaling.get("rope_type") in ("longrope", "su") and spec.gguf_arch == "PHI3" and _rope_factors:
+        # Phi-3.5 / Phi-3-128k: llama.cpp picks the long or short per-frequency factors by context size, as HF
+        # picks them by sequence length against original_max_position_embeddings
+        for kind in ("long", "short"):
+            extra[f"rope_factors_{kind}.weight"] = np.asarray(scaling[f"{kind}_factor"], dtype=np.float32)
+            plan.append(PlannedTensor(f"rope_factors_{kind}.weight", None, extra[f"rope_factors_{kind}.weight"].shape,
+                                      "F32"))
 
     arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, spec.gguf_arch)]
     writer = gguf.GGUFWriter(None, arch_name)

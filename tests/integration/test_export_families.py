@@ -18,7 +18,7 @@ from llmforge.export.quant_types import parse_quants
 pytestmark = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus.txt"
-FAMILIES = ["gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2", "mixtral", "qwen2moe"]
+FAMILIES = ["gemma2", "gemma3", "phi3", "phi3-longrope", "smollm3", "granite", "olmo2", "mixtral", "qwen2moe"]
 # 256 wide with 512-wide MLPs: every matrix row is a whole number of K-quant blocks, so q4_k_m really applies
 SIZE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)
@@ -100,7 +100,7 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     llama_bpe = next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "llama-bpe")
     if family in ("gemma2", "gemma3"):
         sentencepiece_style_tokenizer(out, "gemma")
-    elif family in ("phi3", "mixtral"):
+    elif family in ("phi3", "phi3-longrope", "mixtral"):
         sentencepiece_style_tokenizer(out, "llama")
     elif family == "qwen2moe":
         byte_level_tokenizer(out, next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "qwen2"))
@@ -122,6 +122,14 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
         cls = transformers.Gemma3ForCausalLM
     elif family == "phi3":
         config = transformers.Phi3Config(**SIZE, **ids, original_max_position_embeddings=512)
+        cls = transformers.Phi3ForCausalLM
+    elif family == "phi3-longrope":
+        # Phi-3.5-mini's rope: per-frequency factors, the short ones within the original context. llama.cpp picks by
+        # context size (at least 256 here), HF by sequence length: an original context of 512 keeps both on short.
+        config = transformers.Phi3Config(**{**SIZE, "max_position_embeddings": 2048}, **ids,
+                                         original_max_position_embeddings=512, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0 + 0.1 * i for i in range(32)],
+            "long_factor": [2.0 + 0.5 * i for i in range(32)]})
         cls = transformers.Phi3ForCausalLM
     elif family == "smollm3":
         config = transformers.SmolLM3Config(**SIZE, **ids)
@@ -193,15 +201,15 @@ def test_family_converts_quantizes_and_agrees_with_hf(family, family_dir, tmp_pa
     assert files["q8_0"]["logits"]["mean_abs_diff"] < files["q4_k_m"]["logits"]["mean_abs_diff"]
     reader = gguf.GGUFReader(str(tmp_path / "m-f16.gguf"))
     arch = reader.fields["general.architecture"].contents()
-    assert arch == {"gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3",
+    assert arch == {"gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "phi3-longrope": "phi3", "smollm3": "smollm3",
                     "granite": "granite", "olmo2": "olmo2", "mixtral": "llama", "qwen2moe": "qwen2moe"}[family]
-    model = "llama" if family in ("gemma2", "gemma3", "phi3", "mixtral") else "gpt2"
+    model = "llama" if family in ("gemma2", "gemma3", "phi3", "phi3-longrope", "mixtral") else "gpt2"
     assert reader.fields["tokenizer.ggml.model"].contents() == model
 
 
 @pytest.mark.parametrize("family,what", [
     ("gemma2", "_norm_offset"), ("gemma2", "_family_keys"), ("gemma3", "_family_keys"),
-    ("granite", "_family_keys"), ("smollm3", "_permute"),
+    ("granite", "_family_keys"), ("smollm3", "_permute"), ("phi3-longrope", "_rope_factors"),
 ])
 def test_without_each_family_fix_llama_cpp_disagrees(family, what, family_dir, tmp_path):
     """Each conversion step the family needs is load-bearing: leave it out and llama.cpp computes another model
@@ -229,7 +237,7 @@ def test_family_lora_adapter_as_gguf_matches_hf(family, family_dir, tmp_path):
     from llmforge.workspace import Workspace
 
     base = family_dir(family)
-    targets = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj"], "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    targets = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj"], "phi3-longrope": ["qkv_proj"], "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
                "qwen2moe": ["q_proj", "k_proj", "v_proj", "o_proj"]}.get(
         family, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     ws = Workspace(tmp_path / "ws")
