@@ -162,6 +162,12 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """No llama.cpp converter cached by an earlier run may change what export.converter 'auto' does here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def family_dir(request, tmp_path_factory):
     """One tiny model per family, built once per module."""
