@@ -115,8 +115,10 @@ def _check_family(spec: ArchSpec, config: dict, model_dir: Path) -> None:
         if scalar is not None and not math.isclose(float(scalar) ** -0.5, gemma_attention_scale(spec.gguf_arch, config), rel_tol=1e-6):
             raise _refuse(model_dir, f"query_pre_attn_scalar {scalar} differs from the scale llama.cpp assumes "
                                      f"for {int(config['num_hidden_layers'])} layers")
-    if spec.gguf_arch == "GEMMA2" and config.get("attn_logit_softcapping") is None:
-        raise _refuse(model_dir, "Gemma 2 without attn_logit_softcapping")
+    if spec.gguf_arch == "GEMMA2":  # its graph always applies both caps
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if not config.get(key):
+                raise _refuse(model_dir, f"Gemma 2 without {key}")
     if spec.gguf_arch == "GEMMA3" and config.get("attn_logit_softcapping") is not None:
         raise _refuse(model_dir, "Gemma 3 with attn_logit_softcapping")
     if spec.gguf_arch == "SMOLLM3":

@@ -162,10 +162,14 @@ FAMILY_BASE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads"
 
 
 @pytest.mark.parametrize("arch,config,ok", [
-    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0}, True),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0,
+                           "final_logit_softcapping": 30.0}, True),
     # llama.cpp hard-codes the query scale 1/sqrt(head_dim) (27B: 1/sqrt(hidden/heads)) and reads no key for it
-    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0}, False),
-    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": None}, False),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
+                           "final_logit_softcapping": 30.0}, False),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": None,
+                           "final_logit_softcapping": 30.0}, False),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0}, False),
     ("Gemma3ForCausalLM", {"query_pre_attn_scalar": 64}, True),
     ("Gemma3ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0}, False),
     ("SmolLM3ForCausalLM", {"no_rope_layers": [1, 1, 1, 0]}, True),
