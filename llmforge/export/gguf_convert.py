@@ -96,7 +96,8 @@ def arch_spec(config: dict, model_dir: Path) -> ArchSpec:
 
 def _refuse(model_dir: Path, what: str) -> UsageError:
     return UsageError(f"{model_dir}/config.json: {what}; llama.cpp's graph for this architecture cannot reproduce it",
-                      hint="set export.converter: llama.cpp to try llama.cpp's own converter")
+                      hint="a GGUF of this model would compute something else in llama.cpp; export.converter: "
+                      "llama.cpp writes one anyway, and verification shows how far off it is")
 
 
 def gemma_attention_scale(gguf_arch: str, config: dict) -> float:
