@@ -113,7 +113,8 @@ def _check_family(spec: ArchSpec, config: dict, model_dir: Path) -> None:
     and compute something else than the HF model."""
     if spec.gguf_arch in ("GEMMA2", "GEMMA3"):
         scalar = config.get("query_pre_attn_scalar")
-        if scalar is not None and not math.isclose(float(scalar) ** -0.5, gemma_attention_scale(spec.gguf_arch, config), rel_tol=1e-6):
+        assumed = gemma_attention_scale(spec.gguf_arch, config)
+        if scalar is not None and not math.isclose(float(scalar) ** -0.5, assumed, rel_tol=1e-6):
             raise _refuse(model_dir, f"query_pre_attn_scalar {scalar} differs from the scale llama.cpp assumes "
                                      f"for {int(config['num_hidden_layers'])} layers")
     if spec.gguf_arch == "GEMMA2":  # its graph always applies both caps
@@ -129,9 +130,6 @@ def _check_family(spec: ArchSpec, config: dict, model_dir: Path) -> None:
             raise _refuse(model_dir, f"no_rope_layers {config['no_rope_layers']} is not every 4th layer")
         if config.get("use_sliding_window"):
             raise _refuse(model_dir, "SmolLM3 with use_sliding_window")
-    if spec.gguf_arch == "PHI3":
-        if float(config.get("partial_rotary_factor") or rope_settings(config)[1].get("partial_rotary_factor", 1.0)) != 1.0:
-            raise _refuse(model_dir, "Phi-3 with partial_rotary_factor != 1")
     if spec.gguf_arch == "QWEN2MOE":
         if config.get("norm_topk_prob"):
             raise _refuse(model_dir, "Qwen2-MoE with norm_topk_prob")  # llama.cpp never renormalises here
@@ -158,6 +156,12 @@ def rope_settings(config: dict) -> tuple[float, dict]:
 
 def head_dim_of(config: dict) -> int:
     return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def rotary_dims(config: dict) -> int:
+    """How many of each head's dimensions rope rotates (Phi-4-mini: 0.75 of them); llama.cpp's n_rot."""
+    partial = config.get("partial_rotary_factor") or rope_settings(config)[1].get("partial_rotary_factor") or 1.0
+    return int(head_dim_of(config) * float(partial))
 
 
 def permute_qk(w, n_head: int):
@@ -320,7 +324,7 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
     writer.add_head_count(n_head)
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(rotary_dims(config))
     if head_dim != int(config["hidden_size"]) // n_head:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -410,7 +414,8 @@ def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
 
 def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
             _permute: bool = True, _write_rope_theta: bool = True, _family_keys: bool = True,
-            _norm_offset: bool = True, _rope_factors: bool = True, _pre_tokenizer: str | None = None, _after_tensor=None) -> dict:
+            _norm_offset: bool = True, _rope_factors: bool = True, _pre_tokenizer: str | None = None,
+            _after_tensor=None) -> dict:
     """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
 
     The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-c
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus.txt"
 FAMILIES = ["gemma2", "gemma3", "phi3", "phi3-longrope", "smollm3", "granite", "olmo2", "mixtral", "qwen2moe"]
+SPM_FAMILIES = ("gemma2", "gemma3", "phi3", "phi3-longrope", "mixtral")  # the rest ship byte-level BPE
 # 256 wide with 512-wide MLPs: every matrix row is a whole number of K-quant blocks, so q4_k_m really applies
 SIZE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)
@@ -100,7 +101,7 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     llama_bpe = next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "llama-bpe")
     if family in ("gemma2", "gemma3"):
         sentencepiece_style_tokenizer(out, "gemma")
-    elif family in ("phi3", "phi3-longrope", "mixtral"):
+    elif family in SPM_FAMILIES:
         sentencepiece_style_tokenizer(out, "llama")
     elif family == "qwen2moe":
         byte_level_tokenizer(out, next(r for r, name in gguf_vocab._SPLIT_REGEXES.items() if name == "qwen2"))
@@ -126,10 +127,12 @@ def build_family(out: Path, family: str, *, seed: int = 0) -> Path:
     elif family == "phi3-longrope":
         # Phi-3.5-mini's rope: per-frequency factors, the short ones within the original context. llama.cpp picks by
         # context size (at least 256 here), HF by sequence length: an original context of 512 keeps both on short.
+        # Phi-4-mini's partial rotary (0.75 of each head) too: 24 factors for the 48 rotated dimensions
         config = transformers.Phi3Config(**{**SIZE, "max_position_embeddings": 2048}, **ids,
-                                         original_max_position_embeddings=512, rope_parameters={
-            "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0 + 0.1 * i for i in range(32)],
-            "long_factor": [2.0 + 0.5 * i for i in range(32)]})
+                                         original_max_position_embeddings=512, partial_rotary_factor=0.75,
+                                         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                          "short_factor": [1.0 + 0.1 * i for i in range(24)],
+                                                          "long_factor": [2.0 + 0.5 * i for i in range(24)]})
         cls = transformers.Phi3ForCausalLM
     elif family == "smollm3":
         config = transformers.SmolLM3Config(**SIZE, **ids)
@@ -201,16 +204,14 @@ def test_family_converts_quantizes_and_agrees_with_hf(family, family_dir, tmp_pa
     assert files["f16"]["logits"]["top1_agreement_decisive"] >= 0.99
     assert files["q8_0"]["logits"]["top1_agreement_decisive"] >= 0.9
     assert files["q4_k_m"]["tensor_types"].get("Q4_K", 0) > 0  # the K-quant really applied
-    # 4-bit rounding of these sharp random weights flips many tokens (measured 0.29-1.0 by family); a broken
+    # 4-bit rounding of these sharp random weights flips many tokens (measured 0.18-1.0 by family); a broken
     # layout would be at chance (1/600)
-    assert files["q4_k_m"]["logits"]["top1_agreement_decisive"] >= 0.25
+    assert files["q4_k_m"]["logits"]["top1_agreement_decisive"] >= 0.1
     assert files["q8_0"]["logits"]["mean_abs_diff"] < files["q4_k_m"]["logits"]["mean_abs_diff"]
     reader = gguf.GGUFReader(str(tmp_path / "m-f16.gguf"))
     arch = reader.fields["general.architecture"].contents()
-    assert arch == {"gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3", "phi3-longrope": "phi3", "smollm3": "smollm3",
-                    "granite": "granite", "olmo2": "olmo2", "mixtral": "llama", "qwen2moe": "qwen2moe"}[family]
-    model = "llama" if family in ("gemma2", "gemma3", "phi3", "phi3-longrope", "mixtral") else "gpt2"
-    assert reader.fields["tokenizer.ggml.model"].contents() == model
+    assert arch == {"phi3-longrope": "phi3", "mixtral": "llama"}.get(family, family)
+    assert reader.fields["tokenizer.ggml.model"].contents() == ("llama" if family in SPM_FAMILIES else "gpt2")
 
 
 @pytest.mark.parametrize("family,what", [
