@@ -244,9 +244,9 @@ def test_family_lora_adapter_as_gguf_matches_hf(family, family_dir, tmp_path):
     from llmforge.workspace import Workspace
 
     base = family_dir(family)
-    targets = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj"], "phi3-longrope": ["qkv_proj"], "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-               "qwen2moe": ["q_proj", "k_proj", "v_proj", "o_proj"]}.get(
-        family, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
+    attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    targets = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj"], "phi3-longrope": ["qkv_proj"],  # fused in Phi-3
+               "mixtral": attention, "qwen2moe": attention}.get(family, [*attention, "up_proj"])  # MoE: no up_proj
     ws = Workspace(tmp_path / "ws")
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
