@@ -155,3 +155,53 @@ def test_converter_architectures_are_read_from_its_source_without_importing_it(t
     (tmp_path / "convert_hf_to_gguf.py").write_text("import torch\n")
     assert supported_architectures(tmp_path) == ["FalconForCausalLM", "GPTNeoXForCausalLM", "MixtralForCausalLM",
                                                  "RWForCausalLM"]
+
+
+FAMILY_BASE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
+               "rms_norm_eps": 1e-6, "head_dim": 64}
+
+
+@pytest.mark.parametrize("arch,config,ok", [
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0,
+                           "final_logit_softcapping": 30.0}, True),
+    # llama.cpp hard-codes the query scale 1/sqrt(head_dim) (27B: 1/sqrt(hidden/heads)) and reads no key for it
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
+                           "final_logit_softcapping": 30.0}, False),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": None,
+                           "final_logit_softcapping": 30.0}, False),
+    ("Gemma2ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0}, False),
+    ("Gemma3ForCausalLM", {"query_pre_attn_scalar": 64}, True),
+    ("Gemma3ForCausalLM", {"query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0}, False),
+    ("SmolLM3ForCausalLM", {"no_rope_layers": [1, 1, 1, 0]}, True),
+    ("SmolLM3ForCausalLM", {"no_rope_layers": [1, 0, 1, 0]}, False),  # llama.cpp: every 4th layer, fixed
+    ("Qwen2MoeForCausalLM", {"norm_topk_prob": False, "mlp_only_layers": []}, True),
+    ("Qwen2MoeForCausalLM", {"norm_topk_prob": True}, False),
+    ("Qwen2MoeForCausalLM", {"mlp_only_layers": [0]}, False),
+])  # fmt: skip
+def test_family_settings_llama_cpp_cannot_reproduce_are_refused(arch, config, ok, tmp_path):
+    from llmforge.export import gguf_convert
+
+    full = {**FAMILY_BASE, **config, "architectures": [arch]}
+    if ok:
+        assert gguf_convert.arch_spec(full, tmp_path) is gguf_convert.ARCHITECTURES[arch]
+    else:
+        with pytest.raises(UsageError) as err:
+            gguf_convert.arch_spec(full, tmp_path)
+        assert "llama.cpp" in str(err.value) and "export.converter" in err.value.hint
+
+
+def test_native_architectures_name_every_family_the_converter_writes():
+    from llmforge.export import gguf_convert
+
+    assert gguf_convert.NATIVE_ARCHITECTURES == set(gguf_convert.ARCHITECTURES)
+    assert {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "SmolLM3ForCausalLM", "GraniteForCausalLM",
+            "Olmo2ForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM"} <= gguf_convert.NATIVE_ARCHITECTURES
+
+
+def test_longrope_attention_factor_follows_the_context_ratio():
+    from llmforge.export import gguf_convert
+
+    config = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+              "rope_parameters": {"rope_type": "longrope"}}
+    assert gguf_convert.longrope_attention_factor(config) == pytest.approx(1.1902380714238083)  # Phi-3.5-mini
+    assert gguf_convert.longrope_attention_factor({**config, "max_position_embeddings": 4096}) == 1.0
