@@ -154,8 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "export_gguf.json")
     parser.add_argument("--architectures", default="llama,mixtral",
-                        help="transformers model_types, comma-separated (default: llama and mixtral, which only "
-                        "llama.cpp's converter covers while no new native family exists)")
+                        help="transformers model_types, comma-separated (default: llama and mixtral, both converted "
+                        "natively since the MoE families were added)")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
