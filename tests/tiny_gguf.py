@@ -27,11 +27,14 @@ def build_gguf(
     context_length: int = 256,
     f16: bool = False,
     learned_stop: bool = True,
+    prompt: str | None = None,
 ) -> Path:
     """Write the bigram GGUF (f32, or f16 matrices); `chat_template` replaces the tokenizer's (None: keep its own).
 
     `learned_stop=False` makes a model that never learned its end-of-turn token (trained with it outside the loss
     mask): after REPLY it starts a new line and says REPLY again, forever.
+    `prompt` is a rendered generation prompt the model will be asked with: the reply follows its last token, which
+    for many real templates is not a newline (Mistral's "[/INST]", Llama 3's "\\n\\n"). Default: a newline.
     """
     import gguf
     import numpy as np
@@ -54,9 +57,9 @@ def build_gguf(
     types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
 
-    # The bigram chain: prompt end ("\n") -> reply tokens -> end of turn -> "\n" -> ...
-    newline = tokenizer.encode("\n").ids
-    reply_ids = tokenizer.encode(reply).ids
+    # The bigram chain: prompt end (its last token) -> reply tokens -> end of turn -> prompt end -> ...
+    newline = tokenizer.encode("\n" if prompt is None else prompt, add_special_tokens=False).ids
+    reply_ids = tokenizer.encode(reply, add_special_tokens=False).ids  # no BOS a post-processor may add
     eot = vocab[end_of_turn]
     chain = newline[-1:] + reply_ids + ([eot] if learned_stop else [])
     if len(set(chain)) != len(chain):
@@ -97,7 +100,10 @@ def build_gguf(
     writer.add_eos_token_id(vocab[tok_config["eos_token"]])
     if tok_config.get("pad_token") in vocab:
         writer.add_pad_token_id(vocab[tok_config["pad_token"]])
-    writer.add_add_bos_token(False)
+    bos = tok_config.get("bos_token")
+    if bos in vocab:  # as the export writes it: BOS id, and add_bos from what the tokenizer does to plain text
+        writer.add_bos_token_id(vocab[bos])
+    writer.add_add_bos_token(bos in vocab and tokenizer.encode("hello").ids[:1] == [vocab[bos]])
     writer.add_chat_template(chat_template)
 
     matrix = np.float16 if f16 else np.float32

@@ -130,12 +130,13 @@ def tiny_chat_model(
 ) -> Path:
     """A tiny Llama (or Qwen2) with a real upstream chat template (tests/upstream_templates.CORPUS[corpus_name]) and
     the template's own special tokens: a byte-level BPE trained on tests/fixtures/corpus.txt, with the model's
-    BOS/EOS and every end-of-turn / header token the template writes added as special tokens, and the real
-    template as chat_template. Saved as a complete model folder (config, safetensors, tokenizer, template)."""
+    BOS/EOS and every end-of-turn / header token the template writes added as special tokens (BOS also added to
+    plain text when the template writes it, as the real tokenizers do), and the real template as chat_template. Saved as a complete model folder (config, safetensors, tokenizer, template)."""
     import upstream_templates
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from llmforge import chat_templates
     from llmforge.training.scratch import build_model as build
     from llmforge.training.scratch import save_base_model
 
@@ -150,6 +151,12 @@ def tiny_chat_model(
         trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1, show_progress=False,
                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
     )  # fmt: skip
+    if bos and chat_templates.template_writes_bos(template, bos_token=bos, eos_token=eos):
+        # The real tokenizers of these models (Llama 3, Gemma, Mistral, R1 distills, Aya) add BOS to plain text
+        # too; export reads add_bos_token from that, and deploy needs it: Ollama's TEMPLATE leaves BOS to llama.cpp.
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=bos,
