@@ -434,7 +434,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         if not resume:
             atomic.write_json(run_dir / FINGERPRINT_FILE, {**fp, "run": run_name, "started_at": manifest.now()})
         if chosen is not None:
-            atomic.write_text(run_dir / TEMPLATE_FILE, chosen.text)
+            atomic.write_text(run_dir / TEMPLATE_FILE, chosen.saved_text)
         atomic.write_text(
             run_dir / "config.yaml",
             yaml.safe_dump(
@@ -552,7 +552,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
             checkpoints.save_adapter(trained, tmp)
         else:
             checkpoints.save_model(trained, tmp)
-        checkpoints.save_tokenizer(tokenizer, tmp, chosen.text if chosen else None)
+        checkpoints.save_tokenizer(tokenizer, tmp, chosen.saved_text if chosen else None)
     # free the model and optimizer before matplotlib loads, so plotting never raises the run's peak memory
     del trained, trainer, built
     import gc

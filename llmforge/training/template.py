@@ -22,6 +22,16 @@ class ChosenTemplate:
     how: str | None = None  # how the loss mask is made: one of chat_spans.HOW (None: no mask, full-text loss)
     date: datetime | None = None  # the "today" a dated template (strftime_now) is rendered with in this run
     verdict: Any = None  # chat_spans.Verdict
+    original: str | None = None  # the tokenizer's own template, as the base model ships it
+
+    @property
+    def saved_text(self) -> str:
+        """The template the run saves with its tokenizer (and export embeds, and deploy reproduces): the model's own
+        when llmforge only borrowed a marked twin to find the loss spans (a family's or TRL's copy renders the same
+        conversations, but not e.g. the tool-calling path the original has); otherwise the one trained with."""
+        if self.source in ("family", "trl") and self.original:
+            return self.original
+        return self.text
 
 
 def resolve(tokenizer, configured: str = "auto", *, now: datetime | None = None) -> ChosenTemplate:
@@ -31,7 +41,9 @@ def resolve(tokenizer, configured: str = "auto", *, now: datetime | None = None)
     verdict = chat_spans.require(chat_spans.verdict_for(tokenizer, configured))
     date = (now or datetime.now()).replace(microsecond=0) if verdict.dated else None
     family = verdict.family.name if verdict.family is not None else None
-    return ChosenTemplate(verdict.template, verdict.source, family, verdict.end_of_turn, verdict.how, date, verdict)
+    own = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else None
+    return ChosenTemplate(verdict.template, verdict.source, family, verdict.end_of_turn, verdict.how, date, verdict,
+                          original=own)
 
 
 @dataclass

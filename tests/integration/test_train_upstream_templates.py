@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import upstream_templates  # noqa: E402
 from tiny_models import tiny_chat_model  # noqa: E402
 from train_data import workspace_with  # noqa: E402
 
@@ -79,7 +80,8 @@ def test_lora_trains_each_answer_and_its_end_of_turn_token(name, chat_models, tm
     chosen = template_mod.resolve(tokenizer)
     assert chosen.how == how
     saved = (ws.run_dir("r") / "chat_template.jinja").read_text(encoding="utf-8")
-    assert saved == chosen.text  # the template trained with: TRL's marked one, or the model's own
+    # the run ships the model's own template, also where a marked twin (TRL's, a family's) found the loss spans
+    assert saved == upstream_templates.read(name) == chosen.saved_text
     eot = tokenizer.convert_tokens_to_ids(chosen.end_of_turn[0])
     encoded = template_mod.encode(tokenizer, chosen, records[:1])
     trained = []

@@ -48,16 +48,10 @@ TEMPLATES = {
     "ibm-granite-granite-3.3-2B-Instruct": ("llama", "<|end_of_text|>", "granite", ("date-format", "no-tools")),
     "CohereLabs-aya-expanse-8b": ("llama", "<|END_OF_TURN_TOKEN|>", "cohere", ("trims-whitespace",)),
     "Qwen-Qwen3-0.6B": ("qwen2", "<|im_end|>", "chatml", ("no-tools", "reasoning-history")),
+    # identified as a family: training borrows llmforge's marked copy to find the spans, but the run ships Nemo's own
+    # template (it lists tools; the copy does not), so deploy still reports no-tools
+    "mistralai-Mistral-Nemo-Instruct-2407": ("llama", "</s>", "mistral", ("no-tools",)),
 }  # fmt: skip
-# A template identified as a fixed family trains with llmforge's marked copy, and the run ships that copy
-# (runner.save_tokenizer(..., chosen.text)): Mistral Nemo's own template lists tools, the copy drops them, so the
-# fine-tuned model no longer carries its own template and deploy calls it 'exact' instead of 'caveats: no-tools'.
-KNOWN_GAPS = {
-    "mistralai-Mistral-Nemo-Instruct-2407": (
-        ("llama", "</s>", "mistral", ("no-tools",)),
-        "the run ships llmforge's mistral family copy instead of Nemo's own template (tools dropped)",
-    ),
-}
 # What the template writes before each trained answer inside the trained span: Qwen3 gives every assistant turn it
 # renders last an empty reasoning block, which the model learns to write before its answer.
 ANSWER_PREFIX = {"Qwen-Qwen3-0.6B": "<think>\n\n</think>\n\n"}
@@ -123,19 +117,13 @@ def serve_process(gguf: Path, cwd: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        *TEMPLATES,
-        *(pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=why)) for n, (_, why) in KNOWN_GAPS.items()),
-    ],
-)
+@pytest.mark.parametrize("name", list(TEMPLATES))
 def test_real_template_from_data_to_a_served_answer_that_stops(name, tmp_path, gorender):  # noqa: F811
     import gguf as gguf_lib
     import httpx
     import ollama
 
-    architecture, end_of_turn, family, caveats = TEMPLATES[name] if name in TEMPLATES else KNOWN_GAPS[name][0]
+    architecture, end_of_turn, family, caveats = TEMPLATES[name]
     _, bos, eos, _ = upstream_templates.CORPUS[name]
     verdict = ct.deploy_verdict(upstream_templates.read(name), bos, eos)
     assert (verdict.family.name, verdict.caveat_ids) == (family, caveats)
