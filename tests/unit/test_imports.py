@@ -45,7 +45,9 @@ def test_every_help_page_imports_no_heavy_module():
 
 
 def _loaded_modules_after(code: str, prefixes: tuple[str, ...]) -> list[str]:
-    probe = code + f"\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    probe = (
+        code + f"\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
