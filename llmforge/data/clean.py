@@ -13,15 +13,18 @@ from typing import Any
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
 _ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _LINE_SEP = re.compile(r"\r\n?|[\u2028\u2029\x85]")
+_ODD_SPACE_OR_LINE_SEP = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000\r\u2028\u2029\x85]")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _FENCE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
 def _tidy(prose: str) -> str:
-    # Plain substring tests first: most text has neither trailing blanks nor blank runs, and the regexes cost a
-    # scan (with a match attempt at every space) each. Splitting on newlines strips exactly what `[ \t]+$` would.
-    if " \n" in prose or "\t\n" in prose or prose.endswith((" ", "\t")):
-        prose = "\n".join([line.rstrip(" \t") for line in prose.split("\n")])
+    # Plain substring work, not `re.sub(r"[ \t]+$", "", prose, flags=re.M)`, whose engine tries a match at every
+    # space: each round drops one blank before every newline (lines rarely end in more than one or two).
+    while " \n" in prose or "\t\n" in prose:
+        prose = prose.replace(" \n", "\n").replace("\t\n", "\n")
+    if prose.endswith((" ", "\t")):
+        prose = prose.rstrip(" \t")
     if "\n\n\n" in prose:
         prose = _BLANK_RUN.sub("\n\n", prose)
     return prose
@@ -32,10 +35,8 @@ def normalize_text(text: str) -> str:
     fenced code blocks, no leading/trailing blank space. Indentation is kept (it may be code)."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
-        if _ODD_SPACE.search(text):
-            text = _ODD_SPACE.sub(" ", text)
-        if "\r" in text or "\u2028" in text or "\u2029" in text or "\x85" in text:
-            text = _LINE_SEP.sub("\n", text)
+        if _ODD_SPACE_OR_LINE_SEP.search(text):  # one scan for the rare case of either
+            text = _LINE_SEP.sub("\n", _ODD_SPACE.sub(" ", text))
     elif "\r" in text:
         text = _LINE_SEP.sub("\n", text)
     # C-speed check: only unprintable text can hold control characters. Newlines and tabs are unprintable too and
