@@ -14,6 +14,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u
 _ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _LINE_SEP = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 _ODD_SPACE_OR_LINE_SEP = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000\r\u2028\u2029\x85]")
+_CONTROL_OR_FENCE = re.compile(_CONTROL.pattern + "|```|~~~")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _FENCE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.MULTILINE | re.DOTALL)
 
@@ -39,14 +40,14 @@ def normalize_text(text: str) -> str:
             text = _LINE_SEP.sub("\n", _ODD_SPACE.sub(" ", text))
     elif "\r" in text:
         text = _LINE_SEP.sub("\n", text)
-    # C-speed check: only unprintable text can hold control characters. Newlines and tabs are unprintable too and
-    # common, so they are set aside for the check (they are no control characters to remove).
-    probe = text.replace("\n", " ").replace("\t", " ") if "\n" in text or "\t" in text else text
-    if not probe.isprintable():
+    # One scan tells whether there is anything rare to do: control characters to remove or code fences to keep.
+    fenced = False
+    if _CONTROL_OR_FENCE.search(text):
         text = _CONTROL.sub("", text)
+        fenced = "```" in text or "~~~" in text  # after the removal, which can join a fence
     if "\n" not in text:
         return text.strip()
-    if "```" in text or "~~~" in text:
+    if fenced:
         pieces, last = [], 0
         for match in _FENCE.finditer(text):
             pieces.append(_tidy(text[last : match.start()]))

@@ -437,30 +437,30 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         t1 = clock()
         index = file_index[name]
         view, sigs = memoryview(result.spill), memoryview(result.signatures)
-        start = 0
+        ends, lines, sizes = result.ends, result.lines, result.sizes
+        kept_from = 0  # the spill bytes from here to the current record are all kept: written in one go
         for i, key in enumerate(result.keys):
-            end = result.ends[i]
             if exact:
                 first = exact_seen.get(key)
                 if first is not None:
                     exact_dupes += 1
                     exact_targets[first] += 1
                     duplicates.write(
-                        dumps({"file": name, "line": result.lines[i], "kind": "exact",
+                        dumps({"file": name, "line": lines[i], "kind": "exact",
                                "duplicate_of": {"file": str(files[origin_file[first]]), "line": origin_line[first]}})
                         + b"\n"
                     )  # fmt: skip
-                    start = end
+                    spill.write(view[kept_from : ends[i - 1] if i else 0])
+                    kept_from = ends[i]
                     continue
                 exact_seen[key] = len(keys)
-            spill.write(view[start:end])
-            start = end
             origin_file.append(index)
-            origin_line.append(result.lines[i])
+            origin_line.append(lines[i])
             keys.append(key)
-            lengths.append(result.sizes[i])
+            lengths.append(sizes[i])
             if near is not None:
                 near.add_signatures(sigs[i * sig_size : (i + 1) * sig_size])
+        spill.write(view[kept_from:])
         t2 = clock()
         seconds["exact_dedupe"] += t2 - t1
         seconds["collect"] += t1 - t0
