@@ -16,7 +16,7 @@ import orjson
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
-from llmforge.data.dedupe import exact_key
+from llmforge.data.dedupe import exact_key, words
 
 
 @dataclass
@@ -136,7 +136,8 @@ class Worker:
             if reason:
                 out.filtered.append((item.line, reason))
                 continue
-            out.keys.append(exact_key(text))
+            split = words(text)  # for the exact key and, when wanted, the near-duplicate shingles
+            out.keys.append(exact_key(text, split))
             t5 = clock()
             line = dumps(record) + b"\n"
             spill.append(line)
@@ -148,7 +149,7 @@ class Worker:
             seconds["exact_dedupe"] += t5 - t4
             seconds["spill"] += t6 - t5
             if self.hasher is not None:
-                signatures.append(self.hasher.signature(text))
+                signatures.append(self.hasher.signature(text, split))
                 seconds["near_signatures"] += clock() - t6
         out.dataset_kind = dataset_kind
         out.spill = b"".join(spill)

@@ -273,6 +273,12 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
         reference.update_batch(shingles(text, 3))
         assert (reference.hashvalues == row).all()
         assert abs(MinHash(num_perm=64, hashvalues=row, scheme=reference.scheme).jaccard(reference) - 1.0) < 1e-9
+    # shingles are runs of lower-cased words, whatever the size and the script (the fast path joins encoded words)
+    for text in [*texts[:4], "Ünïcode CAFÉ 東京 数据 😀\tand  tabs\n", "one", ""]:
+        lower = text.lower().split()
+        for size in (1, 2, 3, 5):
+            runs = [lower[i : i + size] for i in range(len(lower) - size + 1)] if len(lower) > size else [lower]
+            assert shingles(text, size) == [" ".join(run).encode() for run in runs]
 
 
 def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
