@@ -1,12 +1,15 @@
-"""Benchmark `llmforge data prepare` at scale: generate a JSONL file of N chat records (1M by default) with exact
-and near duplicates, then run prepare three times, each in a fresh process, and report records/s, per-phase
-seconds and peak RSS:
+"""Benchmark `llmforge data prepare` against the orjson anchor (the same normalization and exact dedupe in a plain
+loop, ../shared/bench/orjson_baseline.py) on the shared chat workload (../shared/bench/gen_chat.py, 1M records by
+default). Every run is a whole `llmforge data prepare` process (imports, worker pool, report and plot included),
+timed from start to exit, its peak memory sampled over the process tree (the worker processes too). Runs alternate
+anchor, core, pii, full, anchor, core, ... and medians are reported, with the load average around each run: other
+work on the machine slows both sides.
 
-  core   read + validate + normalize + exact dedupe (+ split and write), PII and near dedupe off
-  pii    core + PII scrubbing
-  full   core + PII + near dedupe (MinHash/LSH); near-dedupe throughput reported separately
+  core   defaults minus PII scrubbing and near dedupe: the anchor's work plus validation, filters, split, report
+  pii    defaults minus near dedupe (PII scrubbing on)
+  full   defaults (PII scrubbing and near dedupe on)
 
-Usage:  OMP_NUM_THREADS=1 python benchmarks/data_prepare.py [--records 1000000] [--output results.json]
+Usage:  python benchmarks/data_prepare.py [--records 1000000] [--rounds 2] [--phases core,pii,full] [--data FILE]
 """
 
 from __future__ import annotations
@@ -14,120 +17,141 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze") for b in
-         ("ba", "de", "fi", "go", "hu", "jo", "ky", "la", "mo", "ne", "po", "qu", "ri", "st", "tu")]  # fmt: skip
+SHARED = ROOT.parent / "shared" / "bench"
+PII_OFF = [f"data.pii.{kind}=false" for kind in ("email", "url", "phone", "ip", "card")]
+PHASES = {"core": [*PII_OFF, "data.dedupe.near=false"], "pii": ["data.dedupe.near=false"], "full": []}
 
 
-def make_dataset(path: Path, n: int, seed: int = 0) -> dict[str, int]:
-    """n chat records; about 5% exact duplicates (case/space changes) and 5% near duplicates (one word changed)."""
-    import orjson
+def measure(cmd: list[str], env: dict[str, str], scratch: Path) -> dict:
+    """Wall seconds, CPU seconds and peak memory of the process and its children together: the sum of their RSS
+    (sampled every 20 ms; pages the forked workers share with the parent count once per process) and of their PSS
+    (every 100 ms; shared pages split between the processes sharing them: what the tree really occupies)."""
+    import psutil
 
-    rng = random.Random(seed)
-    recent: list[tuple[str, str]] = []
-    counts = {"records": n, "exact_duplicates": 0, "near_duplicates": 0}
-    with open(path, "wb") as fh:
-        for i in range(n):
-            roll = rng.random()
-            if recent and roll < 0.05:
-                q, a = rng.choice(recent)
-                q, a = q.upper() if rng.random() < 0.5 else q, a + "  "
-                counts["exact_duplicates"] += 1
-            elif recent and roll < 0.10:
-                q, a = rng.choice(recent)
-                words = a.split()
-                words[rng.randrange(len(words))] = "changed"
-                a = " ".join(words)
-                counts["near_duplicates"] += 1
-            else:
-                q = f"Question {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(6, 14))) + "?"
-                a = " ".join(rng.choices(WORDS, k=rng.randint(40, 80))) + "."
-                if len(recent) < 5000:
-                    recent.append((q, a))
-                else:
-                    recent[rng.randrange(5000)] = (q, a)
-            record = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            fh.write(orjson.dumps(record) + b"\n")
-    return counts
+    load_before = os.getloadavg()[0]
+    out_path, err_path = scratch / "stdout.txt", scratch / "stderr.txt"
+    start = time.perf_counter()
+    with open(out_path, "wb") as out_fh, open(err_path, "wb") as err_fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=out_fh, stderr=err_fh)
+    peak, peak_pss, done = 0, 0, threading.Event()
 
+    def sample() -> None:
+        nonlocal peak, peak_pss
+        root = psutil.Process(proc.pid)
+        tick = 0
+        while not done.is_set():
+            tick += 1
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                if tick % 5 == 0:  # PSS reads /proc/PID/smaps_rollup: costlier, so every 100 ms
+                    peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree))
+            except (psutil.Error, AttributeError):  # AttributeError: no PSS outside Linux
+                pass
+            done.wait(0.02)
 
-def run_phase(name: str, data_file: Path, work: Path) -> dict:
-    """Run prepare in a child process (its own peak RSS) with the settings of one phase."""
-    settings = {
-        "core": {"pii": dict.fromkeys(("email", "url", "phone", "ip", "card"), False), "dedupe": {"near": False}},
-        "pii": {"dedupe": {"near": False}},
-        "full": {},
-    }[name]
-    code = f"""
-import json, resource, time
-from pathlib import Path
-from llmforge.config.data import DataConfig
-from llmforge.config.model import ModelConfig
-from llmforge.data import prepare
-from llmforge.workspace import Workspace
-cfg = DataConfig(inputs=[{str(data_file)!r}], **json.loads({json.dumps(json.dumps(settings))}))
-start = time.perf_counter()
-report = prepare(cfg, ModelConfig(), Workspace(Path({str(work / name)!r})), force=True)
-wall = time.perf_counter() - start
-print(json.dumps({{"wall_seconds": wall, "counts": report["counts"], "timings": report["timings"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    out, err = out_path.read_bytes(), err_path.read_bytes()
+    proc.returncode = 0  # reaped by wait4 above
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
+    return {
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(rusage.ru_utime + rusage.ru_stime, 2),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "peak_pss_mib": round(peak_pss / 2**20, 1),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        "stdout": out.decode(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--phases", default="core,pii,full")
+    parser.add_argument("--data", type=Path, help="An existing JSONL file (default: generate --records of them).")
+    parser.add_argument("--generator", type=Path, default=SHARED / "gen_chat.py")
+    parser.add_argument("--anchor", type=Path, default=SHARED / "orjson_baseline.py")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "data_prepare.json")
     parser.add_argument("--workdir", type=Path, default=None, help="Scratch folder (default: a temp folder).")
     args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
     with tempfile.TemporaryDirectory(prefix="llmforge-bench-", dir=args.workdir) as tmp:
         tmp_path = Path(tmp)
-        data_file = tmp_path / "records.jsonl"
-        t0 = time.perf_counter()
-        made = make_dataset(data_file, args.records)
-        gen_seconds = time.perf_counter() - t0
-        size_mb = data_file.stat().st_size / 2**20
-        print(f"generated {args.records:,} records ({size_mb:.0f} MiB) in {gen_seconds:.1f}s", flush=True)
-        results = {
-            "records": args.records,
-            "input_mib": round(size_mb, 1),
-            "generated": made,
-            "cpus": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "python": sys.version.split()[0],
-            "phases": {},
+        data = args.data
+        if data is None:
+            data = tmp_path / "chat.jsonl"
+            subprocess.run([sys.executable, str(args.generator), str(args.records), str(data)], check=True)
+        records = sum(1 for line in open(data, "rb") if line.strip())
+        input_mib = round(data.stat().st_size / 2**20, 1)
+        runs: dict[str, list[dict]] = {"anchor": [], **{name: [] for name in args.phases.split(",")}}
+        for round_ in range(args.rounds):
+            for name in runs:
+                if name == "anchor":
+                    cmd = [sys.executable, str(args.anchor), str(data), str(tmp_path / "anchor.jsonl")]
+                else:
+                    sets = [f"project.workdir={tmp_path / name}", *PHASES[name]]
+                    cmd = [sys.executable, "-m", "llmforge", "data", "prepare", str(data), "--force", "--json"]
+                    cmd += [arg for s in sets for arg in ("-s", s)]
+                result = measure(cmd, env, tmp_path)
+                stdout = result.pop("stdout")
+                if name != "anchor":
+                    report = json.loads(stdout)
+                    result["counts"] = report["counts"]
+                    result["timings"] = report["timings"]
+                result["records_per_second"] = round(records / result["wall_seconds"])
+                runs[name].append(result)
+                print(f"round {round_ + 1} {name:6s} {result['wall_seconds']:7.2f}s  {result['records_per_second']:>7,}"
+                      f" records/s  cpu {result['cpu_seconds']:.1f}s  peak RSS {result['peak_rss_mib']:.0f} MiB, PSS "
+              f"{result['peak_pss_mib']:.0f} MiB  load "
+                      f"{result['load_average_before']:.1f}->{result['load_average_after']:.1f}", flush=True)  # fmt: skip
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
+
+    anchor_wall = median("anchor", "wall_seconds")
+    summary = {}
+    print(f"\n{'':8s}{'median s':>10s}{'records/s':>11s}{'vs anchor':>11s}{'RSS MiB':>10s}{'PSS MiB':>10s}")
+    for name in runs:
+        wall = median(name, "wall_seconds")
+        summary[name] = {
+            "median_wall_seconds": wall,
+            "records_per_second": round(records / wall),
+            "speedup_vs_anchor": round(anchor_wall / wall, 2),
+            "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
+            "max_peak_pss_mib": max(r["peak_pss_mib"] for r in runs[name]),
+            "median_cpu_seconds": median(name, "cpu_seconds"),
         }
-        for name in args.phases.split(","):
-            result = run_phase(name, data_file, tmp_path)
-            shutil.rmtree(tmp_path / name, ignore_errors=True)  # a phase's outputs are as large as its input
-            t = result["timings"]
-            core = sum(t.get(k, 0.0) for k in ("read", "validate_normalize", "exact_dedupe"))
-            result["records_per_second"] = round(args.records / result["wall_seconds"])
-            result["read_validate_normalize_exact_dedupe_records_per_second"] = round(args.records / core)
-            if name == "pii":
-                result["pii_records_per_second"] = round(args.records / max(t.get("clean", 0.0), 1e-9))
-            if name == "full":
-                near = t.get("near_signatures", 0.0) + t.get("near_cluster", 0.0)
-                signed = result["counts"]["read"] - result["counts"]["exact_duplicates"] - result["counts"]["rejected"]
-                result["near_dedupe_records_per_second"] = round(signed / max(near, 1e-9))
-            results["phases"][name] = result
-            extra = {k: v for k, v in result.items() if k.endswith("per_second")}
-            print(f"{name}: {result['wall_seconds']:.1f}s, peak RSS {result['peak_rss_mb']:.0f} MiB, {extra}", flush=True)
-            print(f"  timings: {t}", flush=True)
-            print(f"  counts: {result['counts']}", flush=True)
+        s = summary[name]
+        print(f"{name:8s}{wall:10.2f}{s['records_per_second']:11,}{s['speedup_vs_anchor']:10.2f}x"
+              f"{s['max_peak_rss_mib']:10.0f}{s['max_peak_pss_mib']:10.0f}")  # fmt: skip
+    results = {
+        "records": records,
+        "input_mib": input_mib,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "note": "anchor and phases interleaved (A B C D A B C D ...); medians; other work shared the machine: see "
+        "the load averages",
+        "summary": summary,
+        "runs": runs,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.output}")

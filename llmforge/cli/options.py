@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from llmforge.cli.output import warn
-from llmforge.config import LoadedConfig, load_config
-from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:  # the config tree builds every pydantic model on import: not needed to print help
+    from llmforge.config import LoadedConfig
+    from llmforge.workspace import Workspace
 
 ConfigOption = Annotated[
     Optional[Path],
@@ -36,6 +38,8 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing out
 
 def load(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> LoadedConfig:
     """Resolve the config for one command. `flags` maps dotted keys (as `train__method`) to typed flag values."""
+    from llmforge.config import load_config
+
     dotted = {key.replace("__", "."): value for key, value in flags.items()}
     loaded = load_config(config, sets or (), dotted)
     for message in loaded.warnings:
@@ -44,4 +48,6 @@ def load(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> Loa
 
 
 def workspace_of(loaded: LoadedConfig) -> Workspace:
+    from llmforge.workspace import Workspace
+
     return Workspace(loaded.config.project.workspace_root)

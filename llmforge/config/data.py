@@ -114,6 +114,13 @@ class DataConfig(Section):
         description="A record longer than this is invalid (absurd length); a .txt/.md document longer than this "
         "becomes several records, cut at paragraph breaks.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes that parse, validate, clean and hash JSONL records in `data prepare` (default: one "
+        "per CPU this process may use, for inputs over 8 MiB; 1 runs in-process). Outputs are the same either way.",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="Personal data scrubbing.")

@@ -13,13 +13,22 @@ from typing import Any
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
 _ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _LINE_SEP = re.compile(r"\r\n?|[\u2028\u2029\x85]")
-_TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
+_ODD_SPACE_OR_LINE_SEP = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000\r\u2028\u2029\x85]")
+_CONTROL_OR_FENCE = re.compile(_CONTROL.pattern + "|```|~~~")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _FENCE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
 def _tidy(prose: str) -> str:
-    return _BLANK_RUN.sub("\n\n", _TRAILING.sub("", prose))
+    # Plain substring work, not `re.sub(r"[ \t]+$", "", prose, flags=re.M)`, whose engine tries a match at every
+    # space: each round drops one blank before every newline (lines rarely end in more than one or two).
+    while " \n" in prose or "\t\n" in prose:
+        prose = prose.replace(" \n", "\n").replace("\t\n", "\n")
+    if prose.endswith((" ", "\t")):
+        prose = prose.rstrip(" \t")
+    if "\n\n\n" in prose:
+        prose = _BLANK_RUN.sub("\n\n", prose)
+    return prose
 
 
 def normalize_text(text: str) -> str:
@@ -27,14 +36,18 @@ def normalize_text(text: str) -> str:
     fenced code blocks, no leading/trailing blank space. Indentation is kept (it may be code)."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
-        text = _ODD_SPACE.sub(" ", text)
-    if "\r" in text or not text.isascii():
+        if _ODD_SPACE_OR_LINE_SEP.search(text):  # one scan for the rare case of either
+            text = _LINE_SEP.sub("\n", _ODD_SPACE.sub(" ", text))
+    elif "\r" in text:
         text = _LINE_SEP.sub("\n", text)
-    if not text.isprintable():  # C-speed check: only then look for control characters (all are unprintable)
+    # One scan tells whether there is anything rare to do: control characters to remove or code fences to keep.
+    fenced = False
+    if _CONTROL_OR_FENCE.search(text):
         text = _CONTROL.sub("", text)
+        fenced = "```" in text or "~~~" in text  # after the removal, which can join a fence
     if "\n" not in text:
         return text.strip()
-    if "```" in text or "~~~" in text:
+    if fenced:
         pieces, last = [], 0
         for match in _FENCE.finditer(text):
             pieces.append(_tidy(text[last : match.start()]))

@@ -16,16 +16,28 @@ import numpy as np
 SHINGLES_PER_BATCH = 8192
 
 
-def exact_key(text: str) -> int:
-    """64-bit hash of the text with case and whitespace differences removed."""
-    return int.from_bytes(hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=8).digest(), "little")
+def words(text: str) -> list[str]:
+    """The text's words in lower case: what exact keys and shingles are made of (split once, used by both)."""
+    return text.lower().split()
 
 
-def shingles(text: str, size: int) -> list[bytes]:
-    words = text.lower().split()
-    if len(words) <= size:
-        return [" ".join(words).encode()]
-    return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
+def exact_key(text: str, split: list[str] | None = None) -> int:
+    """64-bit hash of the text with case and whitespace differences removed (`split`: its `words`, if at hand)."""
+    joined = " ".join(words(text) if split is None else split)
+    return int.from_bytes(hashlib.blake2b(joined.encode(), digest_size=8).digest(), "little")
+
+
+def shingles(text: str, size: int, split: list[str] | None = None) -> list[bytes]:
+    """Every run of `size` consecutive words, space-joined, UTF-8; a text of `size` words or fewer is one shingle."""
+    found = words(text) if split is None else split
+    if len(found) <= size:
+        return [" ".join(found).encode()]
+    # Words encoded once and joined as bytes, by zipping shifted lists (UTF-8 of a join is the join of the UTF-8s):
+    # a third of the cost of slicing and encoding every shingle.
+    encoded = [word.encode() for word in found]
+    if size == 1:
+        return encoded
+    return [b" ".join(run) for run in zip(*(encoded[k:] for k in range(size)))]
 
 
 def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.2) -> tuple[int, int]:
@@ -47,33 +59,52 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.2) -> tu
     return best
 
 
+class MinHasher:
+    """MinHash signatures of texts, one object reused for every record (no re-setup per record)."""
+
+    def __init__(self, num_perm: int = 128, shingle: int = 3, seed: int = 1):
+        from datasketch import MinHash
+
+        self.shingle = shingle
+        # Shingles are hashed with CRC32 rather than datasketch's default SHA-1: 1.6x faster per record, and
+        # datasketch (>= 2.0) runs every input hash through a murmur3 finalizer before its affine permutations, so
+        # the checksum's linearity does not reach the signatures.
+        self._minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+
+    def signature(self, text: str, split: list[str] | None = None) -> bytes:
+        """num_perm uint32 values, native byte order (`split`: the text's `words`, if at hand)."""
+        m = self._minhash
+        m.clear()
+        # In slices: update_batch builds a (shingles x num_perm) array, 1 KB per shingle, and a long record has
+        # millions of shingles. The signature is a running minimum, so slicing leaves it unchanged.
+        found = shingles(text, self.shingle, split)
+        for lo in range(0, len(found), SHINGLES_PER_BATCH):
+            m.update_batch(found[lo : lo + SHINGLES_PER_BATCH])
+        return np.asarray(m.hashvalues, dtype=np.uint32).tobytes()
+
+
 class NearDuplicates:
     """Collects MinHash signatures record by record (spilled to `spill`), then clusters them in one go."""
 
     def __init__(self, spill: Path, threshold: float = 0.8, num_perm: int = 128, shingle: int = 3, seed: int = 1):
-        from datasketch import MinHash
-
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
-        # One object, cleared per record (no re-setup). Shingles are hashed with CRC32 rather than datasketch's
-        # default SHA-1: 1.6x faster per record, and datasketch (>= 2.0) runs every input hash through a murmur3
-        # finalizer before its affine permutations, so the checksum's linearity does not reach the signatures.
-        self._minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+        self.seed = seed
+        self._hasher: MinHasher | None = None  # made on first use: signatures may come ready-made from workers
         self.spill = Path(spill)
         self._fh = open(self.spill, "wb")
         self.count = 0
 
     def add(self, text: str) -> None:
-        m = self._minhash
-        m.clear()
-        # In slices: update_batch builds a (shingles x num_perm) array, 1 KB per shingle, and a long record has
-        # millions of shingles. The signature is a running minimum, so slicing leaves it unchanged.
-        found = shingles(text, self.shingle)
-        for lo in range(0, len(found), SHINGLES_PER_BATCH):
-            m.update_batch(found[lo : lo + SHINGLES_PER_BATCH])
-        self._fh.write(np.asarray(m.hashvalues, dtype=np.uint32).tobytes())
-        self.count += 1
+        if self._hasher is None:
+            self._hasher = MinHasher(self.num_perm, self.shingle, self.seed)
+        self.add_signatures(self._hasher.signature(text))
+
+    def add_signatures(self, signatures) -> None:
+        """Signatures made by a MinHasher of the same num_perm, shingle and seed, one after another."""
+        self._fh.write(signatures)
+        self.count += len(signatures) // (4 * self.num_perm)
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -86,10 +117,22 @@ class NearDuplicates:
         parent = np.arange(n, dtype=np.int64)
         if n < 2:
             return parent
-        sig = np.memmap(self.spill, dtype=np.uint32, mode="r", shape=(n, self.num_perm))
         bands, rows = optimal_bands(self.threshold, self.num_perm)
         rng = np.random.default_rng(12345)
         coef = rng.integers(1, 2**63 - 1, size=(bands, rows), dtype=np.uint64) | np.uint64(1)
+        # Every band's hashes in one pass over the signatures, read a block at a time: a memory map of them would
+        # keep every page it touched resident (num_perm * 4 bytes a record, 512 MB for a million).
+        band_hashes = np.empty((bands, n), dtype=np.uint64)
+        step = 65_536
+        with open(self.spill, "rb") as fh:
+            for lo in range(0, n, step):
+                block = np.fromfile(fh, dtype=np.uint32, count=min(step, n - lo) * self.num_perm)
+                block = block.reshape(-1, self.num_perm)
+                for band in range(bands):
+                    cols = np.asarray(block[:, band * rows : (band + 1) * rows], dtype=np.uint64)
+                    with np.errstate(over="ignore"):
+                        band_hashes[band, lo : lo + len(block)] = (cols * coef[band]).sum(axis=1, dtype=np.uint64)
+        sig = np.memmap(self.spill, dtype=np.uint32, mode="r", shape=(n, self.num_perm))  # only candidates are read
 
         def find(i: int) -> int:
             root = i
@@ -102,14 +145,8 @@ class NearDuplicates:
         def similar(a: int, b: int) -> bool:
             return float(np.mean(sig[a] == sig[b])) >= self.threshold
 
-        step = 262_144
         for band in range(bands):
-            hashes = np.empty(n, dtype=np.uint64)
-            cols = slice(band * rows, (band + 1) * rows)
-            for lo in range(0, n, step):
-                block = np.asarray(sig[lo : lo + step, cols], dtype=np.uint64)
-                with np.errstate(over="ignore"):
-                    hashes[lo : lo + step] = (block * coef[band]).sum(axis=1, dtype=np.uint64)
+            hashes = band_hashes[band]
             order = np.argsort(hashes, kind="stable")
             ordered = hashes[order]
             starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])

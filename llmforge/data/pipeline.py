@@ -6,12 +6,14 @@ content hash, length, MinHash band hashes) stay in memory; a second pass writes 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -24,9 +26,9 @@ import orjson
 from llmforge import atomic, manifest, registry
 from llmforge.config.data import DataConfig
 from llmforge.config.model import ModelConfig
+from llmforge.data import chunks, sources
 from llmforge.data import hub as hub_inputs
 from llmforge.data import records as rec
-from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
 from llmforge.errors import ConfigError, InputError, UsageError
 from llmforge.workspace import Workspace
@@ -300,10 +302,80 @@ def prepare(
         shutil.rmtree(work, ignore_errors=True)
 
 
+class _Tally:
+    """What the first pass of `prepare` counts over every input, in input order (a _Scan's counts, from chunks)."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.problem_count = 0
+        self.records = 0
+        self.kinds: Counter[str] = Counter()
+        self.formats: Counter[str] = Counter()
+        self.per_file: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.unreadable: dict[str, str] = {}
+        self.dataset_kind: str | None = None
+
+
+# Records per chunk handed to a worker: big enough that pickling and scheduling cost little per record, small enough
+# that a few chunks in flight per worker hold a few MB.
+CHUNK_RECORDS = 2000
+# Below this much input a process pool costs more than it saves.
+POOL_MIN_BYTES = 8 << 20
+
+
+def _workers(data: DataConfig, files: list[Path], counter) -> int:
+    if counter is not None:  # a tokenizer stays in this process (fork and tokenizers' own threads do not mix)
+        return 1
+    if data.workers is not None:
+        return data.workers
+    if sys.platform != "linux":  # workers are forked: elsewhere start methods re-import everything per worker
+        return 1
+    jsonl = sum(f.stat().st_size for f in files if sources.kind_of(f) in (".jsonl", ".ndjson") and f.is_file())
+    if jsonl < POOL_MIN_BYTES:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+class _Chunks:
+    """Runs chunks through workers (a forked process pool, or in this process) and gives back results in order.
+    JSONL chunks go to the pool; other formats arrive parsed and are cheap to read, so they run here."""
+
+    def __init__(self, settings: chunks.Settings, workers: int):
+        self.local = chunks.Worker(settings)
+        self.pool = None
+        if workers > 1:
+            import multiprocessing
+
+            self.pool = multiprocessing.get_context("fork").Pool(workers, chunks.start, (settings,))
+        self.in_flight = 2 * workers + 1
+        self.pending: deque = deque()
+
+    def submit(self, chunk, dataset_kind: str | None) -> None:
+        if self.pool is not None and isinstance(chunk, sources.Lines):
+            self.pending.append(self.pool.apply_async(chunks.run, (chunk, dataset_kind)))
+        else:
+            self.pending.append(self.local.run(chunk, dataset_kind))
+
+    def ready(self, drain: bool = False) -> Iterator[chunks.Result]:
+        """Results in submission order: while more than `in_flight` are pending, or all of them with `drain`."""
+        while self.pending and (drain or len(self.pending) > self.in_flight):
+            head = self.pending.popleft()
+            yield head if isinstance(head, chunks.Result) else head.get()
+
+    def close(self, ok: bool) -> None:
+        if self.pool is not None:
+            if ok:
+                self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool.join()
+
+
 def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress):
     clock = time.perf_counter
     seconds: Counter[str] = Counter()
-    scan = _Scan(data, files)
+    scan = _Tally()
     file_index = {str(f): i for i, f in enumerate(files)}
     origin_file, origin_line = array("I"), array("I")
     keys, lengths = array("Q"), array("I")
@@ -317,84 +389,106 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         from llmforge.data.dedupe import NearDuplicates
 
         near = NearDuplicates(work / "signatures.bin", data.dedupe.threshold, data.dedupe.num_perm, data.dedupe.shingle)
-    from llmforge.data.dedupe import exact_key
-
     dumps = orjson.dumps
-    min_len, max_len = data.filter.min_tokens, data.filter.max_tokens
-    min_answer = data.filter.min_answer_chars
     skip = data.on_error == "skip"
-    # rejected.jsonl and the report's examples quote the inputs: scrubbed like the records, counted apart from them
+    exact = data.dedupe.exact
+    # the report's examples of rejected records quote the inputs: scrubbed like the records, counted apart from them
     scrub_rejected = PiiScrubber(**data.pii.model_dump())
+    sig_size = 4 * data.dedupe.num_perm
+    settings = chunks.Settings(
+        fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
+        min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
+        blocklist=blocklist, unit=unit, skip=skip, counter=counter,
+        near=(data.dedupe.num_perm, data.dedupe.shingle) if near is not None else None,
+    )  # fmt: skip
+    workers = _workers(data, files, counter)
+    log.info("preparing with %d worker process(es)", workers if workers > 1 else 0)
     spill = open(work / "records.jsonl", "wb")
     rejected = open(work / "rejected.jsonl", "wb")
     duplicates = open(work / "duplicates.jsonl", "wb")
-    try:
-        for item, kind, record, problem in scan:
-            if problem is not None:
-                if skip:
-                    rejected.write(_rejected_line(item, problem, scrub_rejected))
-                continue
-            if scan.problem_count and not skip:
-                continue  # failing anyway: only collect the remaining problems
-            t0 = clock()
-            if scrub.active:
-                record = rec.map_texts(record, scrub)
-            t1 = clock()
-            text = rec.plain(record)
-            reason = None
-            size = counter.count(record) if counter else len(text)
-            if size < min_len:
-                reason = f"too short: {size} {unit} (min {min_len})"
-            elif max_len is not None and size > max_len:
-                reason = f"too long: {size} {unit} (max {max_len})"
-            elif kind != "text" and rec.answer_chars(record) < min_answer:
-                reason = f"answer shorter than {min_answer} characters"
-            elif blocklist is not None and (hit := blocklist.search(text)):
-                reason = f"matches the blocklist ({hit.group(0)[:40]!r})"
-            t2 = clock()
-            seconds["clean"] += t1 - t0
-            seconds["filter"] += t2 - t1
-            if reason:
-                filtered[reason.split(":")[0].split(" (")[0]] += 1
-                if len(filtered_examples) < 20:
-                    filtered_examples.append(f"{item.file}:{item.line}: {reason}")
-                continue
-            key = exact_key(text)
-            if data.dedupe.exact:
+
+    def take(result: chunks.Result) -> None:
+        nonlocal exact_dupes
+        t0 = clock()
+        name = result.file
+        scan.records += result.items
+        scan.per_file[name] += result.items
+        for line, field_, reason in result.problems:
+            scan.problem_count += 1
+            if len(scan.problems) < MAX_PROBLEMS_KEPT:
+                scan.problems.append(Problem(name, line, field_, reason))
+            if field_ == "file" and line == 0:
+                scan.unreadable[name] = reason
+                scan.per_file[name] -= 1  # the file's own problem is no record of it
+        for line in result.rejected:
+            rejected.write(line)
+        scan.kinds.update(result.kinds)
+        scan.formats.update(result.formats)
+        if scan.dataset_kind is None:
+            scan.dataset_kind = result.dataset_kind
+        seconds.update(result.seconds)
+        scrub.counts.update(result.pii)
+        if scan.problem_count and not skip:
+            return  # failing anyway: only collect the remaining problems
+        for line, reason in result.filtered:
+            filtered[reason.split(":")[0].split(" (")[0]] += 1
+            if len(filtered_examples) < 20:
+                filtered_examples.append(f"{name}:{line}: {reason}")
+        t1 = clock()
+        index = file_index[name]
+        view, sigs = memoryview(result.spill), memoryview(result.signatures)
+        ends, lines, sizes = result.ends, result.lines, result.sizes
+        kept_from = 0  # the spill bytes from here to the current record are all kept: written in one go
+        for i, key in enumerate(result.keys):
+            if exact:
                 first = exact_seen.get(key)
                 if first is not None:
                     exact_dupes += 1
                     exact_targets[first] += 1
                     duplicates.write(
-                        dumps({"file": item.file, "line": item.line, "kind": "exact",
+                        dumps({"file": name, "line": lines[i], "kind": "exact",
                                "duplicate_of": {"file": str(files[origin_file[first]]), "line": origin_line[first]}})
                         + b"\n"
                     )  # fmt: skip
-                    seconds["exact_dedupe"] += clock() - t2
+                    spill.write(view[kept_from : ends[i - 1] if i else 0])
+                    kept_from = ends[i]
                     continue
                 exact_seen[key] = len(keys)
-            t3 = clock()
-            seconds["exact_dedupe"] += t3 - t2
-            spill.write(dumps(record) + b"\n")
-            origin_file.append(file_index[item.file])
-            origin_line.append(item.line)
+            origin_file.append(index)
+            origin_line.append(lines[i])
             keys.append(key)
-            lengths.append(size)
-            t4 = clock()
-            seconds["spill"] += t4 - t3
+            lengths.append(sizes[i])
             if near is not None:
-                near.add(text)
-                seconds["near_signatures"] += clock() - t4
-            if progress and scan.records % 10_000 == 0:
-                progress("read", scan.records)
+                near.add_signatures(sigs[i * sig_size : (i + 1) * sig_size])
+        spill.write(view[kept_from:])
+        t2 = clock()
+        seconds["exact_dedupe"] += t2 - t1
+        seconds["collect"] += t1 - t0
+        if progress:
+            progress("read", scan.records)
+
+    pool = _Chunks(settings, workers)
+    ok = False
+    try:
+        for path in files:
+            for chunk in sources.read_batches(path, data.max_record_chars, scan.warnings, CHUNK_RECORDS):
+                if scan.dataset_kind is None:  # the chunk needs to know: wait for the ones before it
+                    for result in pool.ready(drain=True):
+                        take(result)
+                pool.submit(chunk, scan.dataset_kind)
+                for result in pool.ready():
+                    take(result)
+            scan.per_file[str(path)] += 0  # listed even when empty
+        for result in pool.ready(drain=True):
+            take(result)
+        ok = True
     finally:
+        pool.close(ok)
         spill.close()
         rejected.close()
         duplicates.close()
         if near is not None:
             near.close()
-    seconds["read"] = scan.read_seconds
-    seconds["validate_normalize"] = scan.validate_seconds
     exact_seen.clear()
 
     if scan.problem_count and not skip:
@@ -484,22 +578,6 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
 
 def _scrubbed(text: str, scrub: PiiScrubber) -> str:
     return scrub(text) if scrub.active else text
-
-
-def _rejected_line(item: sources.Item, problem: Problem, scrub: PiiScrubber) -> bytes:
-    """One line of rejected.jsonl: where, why, and the record as read, PII scrubbed when data.pii asks for it."""
-    record = item.obj
-    if scrub.active and record is not None:
-        try:
-            record = scrub.scrub_value(record)
-        except RecursionError:
-            record = None
-    entry = {"file": item.file, "line": item.line, "field": problem.field,
-             "reason": _scrubbed(problem.reason, scrub), "record": record}  # fmt: skip
-    try:
-        return orjson.dumps(entry, default=str) + b"\n"
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels): keep where and why
-        return orjson.dumps({**entry, "record": None}) + b"\n"
 
 
 def _input_entry(path: Path, scan: _Scan) -> dict[str, Any]:

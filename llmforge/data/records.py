@@ -64,6 +64,12 @@ def _messages(value: Any, field: str, *, need_assistant: bool = True) -> list[di
         raise RecordError(field, "empty conversation")
     out = []
     for i, message in enumerate(value):
+        # the common case first, without building field names that only an error needs
+        if isinstance(message, dict) and (role := message.get("role")) in ROLES and isinstance(role, str):
+            content = message.get("content")
+            if isinstance(content, str) and (text := normalize_text(content)):
+                out.append({"role": role, "content": text})
+                continue
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
             raise RecordError(where, f"expected an object with role and content, got {_type(message)}")

@@ -153,33 +153,83 @@ def _json_error(raw: bytes) -> str:
     return "not a JSON value"
 
 
-def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
-    loads = orjson.loads
+def jsonl_item(name: str, number: int, raw: bytes, limit: int) -> Item | None:
+    """The record (or problem) on one line of a JSONL file; None for a blank line. A byte-order mark at the start of
+    line 1 is the reader's to remove (and warn about) before this sees the line."""
+    if number > 1 and raw.startswith(BOM):
+        return Item(name, number, field="encoding", reason="byte-order mark inside the file (concatenated files?)")
+    if len(raw) > limit:
+        return Item(name, number, field="record", reason=f"absurd length: {len(raw)} bytes (limit {limit})")
+    try:
+        return Item(name, number, orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        if not raw.strip():
+            return None
+        bad = _bad_utf8(raw)
+        if bad:
+            return Item(name, number, field="encoding", reason=bad)
+        return Item(name, number, field="json", reason=f"invalid JSON ({_json_error(raw.strip())})")
+
+
+def _jsonl_lines(path: Path, name: str, warnings: list[str]) -> Iterator[bytes]:
+    """The lines of a JSONL file as bytes, a byte-order mark at the very start removed (with a warning)."""
     with _open_binary(path) as fh:
         for number, raw in enumerate(fh, 1):
             if number == 1 and raw.startswith(BOM):
                 raw = raw[3:]
                 warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
-            elif raw.startswith(BOM):
-                yield Item(
-                    name, number, field="encoding", reason="byte-order mark inside the file (concatenated files?)"
-                )
-                continue
-            if len(raw) > limit:
-                yield Item(name, number, field="record", reason=f"absurd length: {len(raw)} bytes (limit {limit})")
-                continue
-            try:
-                obj = loads(raw)
-            except orjson.JSONDecodeError:
-                if not raw.strip():
-                    continue
-                bad = _bad_utf8(raw)
-                if bad:
-                    yield Item(name, number, field="encoding", reason=bad)
-                else:
-                    yield Item(name, number, field="json", reason=f"invalid JSON ({_json_error(raw.strip())})")
-                continue
-            yield Item(name, number, obj)
+            yield raw
+
+
+def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[Item]:
+    for number, raw in enumerate(_jsonl_lines(path, name, warnings), 1):
+        item = jsonl_item(name, number, raw, limit)
+        if item is not None:
+            yield item
+
+
+@dataclass
+class Lines:
+    """Raw lines of a JSONL file, `first` the number of the first, for `jsonl_item` to turn into records elsewhere
+    (in a worker process: parsing is most of the cost of reading)."""
+
+    file: str
+    first: int
+    lines: list[bytes]
+
+
+def read_batches(path: Path, max_record_chars: int, warnings: list[str], size: int) -> Iterator[Lines | list[Item]]:
+    """`read` in batches of about `size` records: a JSONL file as unparsed Lines, other files as Items. Problems and
+    a file that breaks off come back exactly as `read` gives them (the break as a last one-Item batch)."""
+    if kind_of(path) not in (".jsonl", ".ndjson"):
+        batch: list[Item] = []
+        for item in read(path, max_record_chars, warnings):
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    name = str(path)
+    lines: list[bytes] = []
+    first, last, number = 1, 0, 0
+    try:
+        for number, raw in enumerate(_jsonl_lines(path, name, warnings), 1):
+            lines.append(raw)
+            if len(raw) > max_record_chars or (raw and not raw.isspace()):  # what jsonl_item will not skip as blank
+                last = number
+            if len(lines) == size:
+                yield Lines(name, first, lines)
+                lines, first = [], number + 1
+    except (OSError, EOFError, zlib.error) as exc:
+        if lines:
+            yield Lines(name, first, lines)
+        where = f" past the record at line {last}" if last else ""
+        yield [Item(name, 0, field="file", reason=f"cannot read{where}: {str(exc).strip()}")]
+        return
+    if lines:
+        yield Lines(name, first, lines)
 
 
 def _decode_document(path: Path, name: str, warnings: list[str]) -> tuple[str | None, Item | None]:

@@ -273,6 +273,12 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
         reference.update_batch(shingles(text, 3))
         assert (reference.hashvalues == row).all()
         assert abs(MinHash(num_perm=64, hashvalues=row, scheme=reference.scheme).jaccard(reference) - 1.0) < 1e-9
+    # shingles are runs of lower-cased words, whatever the size and the script (the fast path joins encoded words)
+    for text in [*texts[:4], "Ünïcode CAFÉ 東京 数据 😀\tand  tabs\n", "one", ""]:
+        lower = text.lower().split()
+        for size in (1, 2, 3, 5):
+            runs = [lower[i : i + size] for i in range(len(lower) - size + 1)] if len(lower) > size else [lower]
+            assert shingles(text, size) == [" ".join(run).encode() for run in runs]
 
 
 def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
@@ -318,18 +324,18 @@ def test_minhash_estimates_track_true_jaccard(tmp_path):
     """CRC32 shingle hashes still give unbiased estimates: mean error small over many pairs."""
     from datasketch import MinHash
 
-    from llmforge.data.dedupe import NearDuplicates, shingles
+    from llmforge.data.dedupe import MinHasher, shingles
 
     rng = random.Random(9)
     errors = []
-    near = NearDuplicates(tmp_path / "s.bin")
+    hasher = MinHasher()
     for _ in range(100):
         words = sentence(rng, 80).split()
         other = list(words)
         for _ in range(rng.randint(1, 12)):
             other[rng.randrange(len(other))] = rng.choice(WORDS)
         a, b = set(shingles(" ".join(words), 3)), set(shingles(" ".join(other), 3))
-        ma, mb = near._minhash.copy(), near._minhash.copy()
+        ma, mb = hasher._minhash.copy(), hasher._minhash.copy()
         ma.clear(), mb.clear()
         ma.update_batch(list(a)), mb.update_batch(list(b))
         assert isinstance(ma, MinHash)
@@ -439,3 +445,78 @@ def test_prepared_files_get_the_umask_permissions(tmp_path):
     assert {"train.jsonl", "report.json", "manifest.json", "config.yaml"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o644)
     assert stat.S_IMODE(ws.registry_file.stat().st_mode) == 0o644
+
+
+# --- worker processes ------------------------------------------------------------------------------------------------
+
+
+def _outputs(ws: Workspace) -> dict[str, object]:
+    """Every data/*.jsonl byte for byte and report.json without its clock readings."""
+    out: dict[str, object] = {p.name: p.read_bytes() for p in sorted(ws.data_dir.glob("*.jsonl"))}
+    report = json.loads(ws.data_report_json.read_text())
+    for key in ("timings", "records_per_second", "finished_at", "outputs", "plots"):
+        report.pop(key)
+    out["report.json"] = report
+    return out
+
+
+def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkeypatch):
+    """Chunks go through a process pool and come back in order: the same splits, duplicates, rejected records and
+    report as in-process, with problems, a record of the wrong kind, PII, filters, exact and near duplicates spread
+    over many small chunks, a CSV beside the JSONL, and a gzip file that breaks off."""
+    import gzip
+
+    from llmforge.data import pipeline, sources
+
+    rng = random.Random(5)
+    rows: list = ["not json", "", '{"messages": [{"role": "user", "content": "only a question"}]}'] * 4
+    kept: list[tuple[str, str]] = []
+    for i in range(400):
+        roll = rng.random()
+        if kept and roll < 0.1:
+            q, a = rng.choice(kept)
+            rows.append(chat(q.upper(), a + "  "))  # an exact duplicate
+        elif kept and roll < 0.2:
+            q, a = rng.choice(kept)
+            rows.append(chat(q, a.replace(a.split()[3], "changed", 1)))  # a near duplicate
+        elif roll < 0.23:
+            rows.append(chat(f"Question {i}?", "ok"))  # answer too short
+        elif roll < 0.25:
+            rows.append({"prompt": "Which?", "chosen": "This one.", "rejected": "That one."})  # the wrong kind
+        elif roll < 0.27:
+            rows.append(b"\xef\xbb\xbf" + json.dumps(chat("Hi?", "Hello there")).encode())  # a BOM inside the file
+        elif roll < 0.29:
+            rows.append(chat(f"Mail me at user{i}@example.com?", f"Call 555-123-{1000 + i} or see https://x.org/{i}"))
+        else:
+            q, a = f"Question {i}: {sentence(rng, 6)}?", sentence(rng, 30)
+            kept.append((q, a))
+            rows.append(chat(q, a))
+    rows[7 * 20] = {"prompt": "Which?", "chosen": "This.", "rejected": "That."}  # first of a chunk: the wrong kind
+    Path("in").mkdir()
+    with open("in/a.jsonl", "wb") as fh:
+        fh.writelines((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()) + b"\n"
+                      for r in rows)  # fmt: skip
+    Path("in/b.csv").write_text("instruction,output\nName a colour.,Blue is a colour.\nSay hi.,Hi\n")
+    whole = gzip.compress("".join(json.dumps(chat(f"Zip {i}?", sentence(rng))) + "\n\n" for i in range(60)).encode())
+    Path("in/c.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    settings = {"on_error": "skip", "filter": {"min_answer_chars": 5, "blocklist": ["forbidden"]}}
+
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 10**6)  # in-process, one chunk a file: no seams
+    one, ws_one = run(["in"], ws=Workspace(Path("one")), workers=1, **settings)
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)
+    two, ws_two = run(["in"], ws=Workspace(Path("two")), workers=2, **settings)
+    assert one["counts"]["exact_duplicates"] and one["counts"]["near_duplicates"] and one["counts"]["rejected"]
+    assert one["counts"]["filtered"] and sum(one["pii"].values()) and any("error" in f for f in one["inputs"])
+    assert _outputs(ws_two) == _outputs(ws_one)
+    *_, broken = sources.read(Path("in/c.jsonl.gz"), 10**6, [])  # the break, as the record-by-record reader has it
+    assert broken.reason.startswith("cannot read past the record at line ")
+    assert [f.get("error") for f in two["inputs"] if f["file"] == "in/c.jsonl.gz"] == [broken.reason]
+
+    # on_error: fail lists the same problems, in the same order
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 10**6)
+    with pytest.raises(InputError) as in_process:
+        run(["in"], ws=Workspace(Path("three")), workers=1)
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)
+    with pytest.raises(InputError) as pooled:
+        run(["in"], ws=Workspace(Path("four")), workers=2)
+    assert pooled.value.message == in_process.value.message

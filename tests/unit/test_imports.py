@@ -42,3 +42,32 @@ def test_every_help_page_imports_no_heavy_module():
         "    assert r.exit_code == 0, (path, r.output)\n"
     )
     assert _loaded_after(code) == []
+
+
+def _loaded_modules_after(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    probe = (
+        code + f"\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_root_help_builds_no_config_model():
+    """`llmforge --help` is what users wait for most: the config tree (every pydantic model built on import),
+    pydantic itself and yaml stay unloaded until a command loads a config."""
+    code = (
+        "import sys\nfrom llmforge.cli.app import main\nsys.argv = ['llmforge', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+    )
+    assert _loaded_modules_after(code, ("llmforge.config", "pydantic", "yaml")) == []
+
+
+def test_no_help_page_loads_the_config_tree():
+    # Typer's own parameter adapters import pydantic for a subcommand's help; our models must still not be built.
+    code = (
+        "from typer.testing import CliRunner\nfrom llmforge.cli.app import app, command_paths\n"
+        "for path in command_paths():\n"
+        "    r = CliRunner().invoke(app, path + ['--help'])\n"
+        "    assert r.exit_code == 0, (path, r.output)\n"
+    )
+    assert _loaded_modules_after(code, ("llmforge.config",)) == []
