@@ -55,7 +55,9 @@ def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llam
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    assert err.count("hint: continue with: llmforge train --resume -s train.run_name=d") == 1  # rank 0 only
+    hints = [line for line in err.splitlines() if "continue with: llmforge train --resume" in line]
+    assert len(hints) == 1, err[-3000:]  # rank 0 only
+    assert "--nproc 2" in hints[0] and "train.run_name=d" in hints[0] and "--method lora" in hints[0], hints[0]
     saved = list((ws / "runs" / "d" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     assert len(saved) == 1  # both ranks stopped at the same step and saved it once
     # rank 0 vouched for it after both ranks had written their parts (each its own rng_state_<rank>.pth)
