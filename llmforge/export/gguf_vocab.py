@@ -192,7 +192,30 @@ def load_vocab(model_dir: Path, n_vocab: int) -> GgufVocab:
     vocab.special_ids = special
     vocab.add_bos, vocab.add_eos = add_bos, add_eos
     vocab.chat_template = _chat_template(model_dir, tok_config)
+    _warn_bos_mismatch(vocab, tokens, model_dir)
     return vocab
+
+
+def _warn_bos_mismatch(vocab: GgufVocab, tokens: list[str], model_dir: Path) -> None:
+    """The GGUF's add_bos_token follows the tokenizer (what HF does to plain text). Deploy needs it to match the chat
+    template, whose BOS llama.cpp must prepend itself: say so here, where it can still be fixed, not only at deploy."""
+    bos_id = vocab.special_ids.get("bos")
+    if not vocab.chat_template or bos_id is None or vocab.add_bos:
+        return
+    from llmforge.chat_templates import template_writes_bos
+    from llmforge.errors import UsageError
+
+    bos = tokens[bos_id]
+    try:
+        writes = template_writes_bos(vocab.chat_template, bos_token=bos)
+    except UsageError:  # a template that refuses the probe: deploy will say what it makes of it
+        return
+    if writes:
+        log.warning(
+            "%s: the chat template starts with the BOS token %r but the tokenizer adds none to plain text, so the GGUF "
+            "says add_bos_token=false and llama.cpp/Ollama will not prepend it (deploy ollama refuses such a file); "
+            "make the tokenizer add its BOS (tokenizer.json post_processor) and export again", model_dir, bos,
+        )
 
 
 def _sentencepiece_bpe(tok: dict, tokens: list[str], types: list[int], merges: list[str], special: dict) -> GgufVocab:
