@@ -502,8 +502,8 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     if n == 0:
         raise InputError(
             f"no records left to write: {scan.records} read, {scan.problem_count} invalid, "
-            f"{transformed_out} dropped by data.transforms, {sum(filtered.values())} filtered out, "
-            f"{exact_dupes} duplicates",
+            + (f"{transformed_out} dropped by data.transforms, " if transformed_out else "")
+            + f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
             hint="check data.filter settings and the inputs; `llmforge data validate` lists invalid records",
         )
     t0 = clock()
