@@ -76,8 +76,10 @@ def prepare(
     table = Table(title=f"{report['dataset_kind']} dataset -> {escape(str(workspace_of(loaded).data_dir))}")
     table.add_column("what")
     table.add_column("records", justify="right")
-    for key in ("read", "rejected", "filtered", "exact_duplicates", "near_duplicates", "train", "val", "test"):
-        table.add_row(key.replace("_", " "), f"{c[key]:,}")
+    for key in ("read", "rejected", "transformed_out", "filtered", "exact_duplicates", "near_duplicates", "train",
+                "val", "test"):
+        if key != "transformed_out" or c.get(key):  # only when data.transforms dropped some
+            table.add_row(key.replace("_", " "), f"{c[key]:,}")
     print_table(table)
     pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
     if pii:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
+from llmforge.extensions import is_entry
 from llmforge.secrets import Secret
 
 DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "text"]
@@ -121,6 +122,11 @@ class DataConfig(Section):
         description="Processes that parse, validate, clean and hash JSONL records in `data prepare` (default: one "
         "per CPU this process may use, for inputs over 8 MiB; 1 runs in-process). Outputs are the same either way.",
     )
+    transforms: list[str] = Field(
+        default_factory=list,
+        description="Your own functions, as 'mypkg.module:function', applied in order to each normalized record in "
+        "`data prepare`: each takes the record dict and returns a record dict (validated again) or None to drop it.",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="Personal data scrubbing.")
@@ -133,3 +139,11 @@ class DataConfig(Section):
         description="Hugging Face dataset inputs: read with the `datasets` library, from its local cache when "
         "HF_HUB_OFFLINE=1.",
     )
+
+    @field_validator("transforms")
+    @classmethod
+    def _import_paths(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not is_entry(t)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: expected an import path like 'mypkg.module:function'")
+        return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from llmforge.config.base import COUNT_MAX, SEED_MAX, TOKENS_MAX, Section
+from llmforge.extensions import is_entry
 
 ALL_METRICS = ["perplexity", "bleu", "rouge", "chrf", "exact_match", "f1"]
 
@@ -36,7 +37,8 @@ class EvalConfig(Section):
         "a .gguf file, or an http://... OpenAI-compatible endpoint.",
     )
     data: str | None = Field(None, description="Evaluation data (default: the workspace's test split).")
-    metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS), description="Metrics to compute.")
+    metrics: list[str] = Field(default_factory=lambda: list(ALL_METRICS), description="Metrics to compute: built-in names, or your own function as 'mypkg.module:function' "
+        "(predictions, references -> float, or a dict of name -> float), reported under the function's name.")
     limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="Evaluate at most this many examples.")
     max_new_tokens: int = Field(128, ge=1, le=TOKENS_MAX, description="Generation length for text metrics.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for sampling and bootstrap intervals.")
@@ -65,7 +67,8 @@ class EvalConfig(Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: list[str]) -> list[str]:
-        unknown = [m for m in value if m not in ALL_METRICS]
+        unknown = [m for m in value if m not in ALL_METRICS and not is_entry(m)]
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}, "
+                             "or name your own function as 'mypkg.module:function'")
         return value

@@ -1,5 +1,5 @@
-"""The per-record work of `data prepare`, a chunk of records at a time: parse, validate, normalize, scrub PII,
-filter, hash and serialize. Chunks are independent, so a process pool can share them out; the caller takes the
+"""The per-record work of `data prepare`, a chunk of records at a time: parse, validate, normalize, apply the
+user's data.transforms, scrub PII, filter, hash and serialize. Chunks are independent, so a process pool can share them out; the caller takes the
 results in order and does what needs all records in sequence (exact dedupe, counts, the spill file).
 """
 
@@ -17,6 +17,7 @@ from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber
 from llmforge.data.dedupe import exact_key, words
+from llmforge.extensions import load, one_line
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Settings:
     skip: bool  # data.on_error == "skip": rejected.jsonl lines are wanted
     near: tuple[int, int] | None  # (num_perm, shingle) when near-duplicate signatures are wanted
     counter: Any = None  # a TokenCounter: chunks then run in-process only
+    transforms: tuple[str, ...] = ()  # data.transforms entries, imported by each Worker
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Result:
     problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, field, reason)
     rejected: list[bytes] = field(default_factory=list)  # a rejected.jsonl line per problem (on_error: skip)
     kinds: Counter = field(default_factory=Counter)
+    transformed_out: int = 0  # records a data.transforms function dropped (returned None)
+    # (message, hint) when a transform raised: the chunk stops there and the caller raises the UsageError (a
+    # UsageError raised in a pool worker would lose its hint on the way back)
+    failure: tuple[str, str] | None = None
     formats: Counter = field(default_factory=Counter)
     filtered: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     lines: array = field(default_factory=lambda: array("I"))  # passed records: line, content key, size
@@ -66,6 +72,8 @@ class Worker:
         self.scrub = PiiScrubber(**settings.pii)
         # rejected.jsonl quotes the inputs: scrubbed like the records, counted apart from them
         self.scrub_rejected = PiiScrubber(**settings.pii)
+        # imported once per process (a forked worker finds the modules already imported by the parent)
+        self.transforms = [(entry, load(entry, "data.transforms")) for entry in settings.transforms]
         self.hasher = None
         if settings.near is not None:
             from llmforge.data.dedupe import MinHasher
@@ -100,6 +108,19 @@ class Worker:
             try:
                 detected = rec.detect(item.obj) if s.fmt == "auto" else s.fmt
                 kind, record = rec.canonical(item.obj, detected)
+                if self.transforms:
+                    record = self._transform(out, item, record)
+                    if out.failure is not None:
+                        break
+                    if record is None:
+                        seconds["transform"] += clock() - t1
+                        out.transformed_out += 1
+                        continue
+                    # a returned record is checked and normalized again, like any input record
+                    try:
+                        kind, record = rec.canonical(record, rec.detect(record))
+                    except rec.RecordError as exc:
+                        raise rec.RecordError(exc.field, f"after data.transforms: {exc.reason}") from None
                 if dataset_kind is None:
                     dataset_kind = kind
                 elif kind != dataset_kind:
@@ -158,6 +179,19 @@ class Worker:
         scrub.counts.clear()
         out.seconds = seconds
         return out
+
+    def _transform(self, out: Result, item: sources.Item, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The record through each data.transforms function in turn; None once one drops it."""
+        for entry, function in self.transforms:
+            try:
+                record = function(record)
+            except Exception as exc:  # the user's code: any failure is theirs to fix, reported where it happened
+                out.failure = (f"data.transforms: {entry} failed on {item.file}:{item.line}: {one_line(exc)}",
+                               "fix the function, or have it return None to drop such records")
+                return None
+            if record is None:
+                return None
+        return record
 
     def _problem(self, out: Result, item: sources.Item, field_: str, reason: str) -> None:
         out.problems.append((item.line, field_, reason))

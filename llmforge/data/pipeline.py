@@ -384,6 +384,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     exact_seen: dict[int, int] = {}
     exact_targets: Counter[int] = Counter()
     exact_dupes = 0
+    transformed_out = 0
     near = None
     if data.dedupe.near:
         from llmforge.data.dedupe import NearDuplicates
@@ -398,7 +399,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     settings = chunks.Settings(
         fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
         min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
-        blocklist=blocklist, unit=unit, skip=skip, counter=counter,
+        blocklist=blocklist, unit=unit, skip=skip, counter=counter, transforms=tuple(data.transforms),
         near=(data.dedupe.num_perm, data.dedupe.shingle) if near is not None else None,
     )  # fmt: skip
     workers = _workers(data, files, counter)
@@ -408,9 +409,12 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     duplicates = open(work / "duplicates.jsonl", "wb")
 
     def take(result: chunks.Result) -> None:
-        nonlocal exact_dupes
+        nonlocal exact_dupes, transformed_out
+        if result.failure is not None:
+            raise UsageError(*result.failure)
         t0 = clock()
         name = result.file
+        transformed_out += result.transformed_out
         scan.records += result.items
         scan.per_file[name] += result.items
         for line, field_, reason in result.problems:
@@ -498,7 +502,8 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     if n == 0:
         raise InputError(
             f"no records left to write: {scan.records} read, {scan.problem_count} invalid, "
-            f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
+            + (f"{transformed_out} dropped by data.transforms, " if transformed_out else "")
+            + f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
             hint="check data.filter settings and the inputs; `llmforge data validate` lists invalid records",
         )
     t0 = clock()
@@ -554,6 +559,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
             "valid": scan.records - scan.problem_count,
             "rejected": scan.problem_count,
             "filtered": sum(filtered.values()),
+            "transformed_out": transformed_out,
             "exact_duplicates": exact_dupes,
             "near_duplicates": near_dupes,
             "near_duplicate_clusters": clusters["near"]["count"],

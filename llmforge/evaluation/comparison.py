@@ -23,6 +23,7 @@ from llmforge.evaluation import metrics as m
 from llmforge.evaluation.cache import GenerationCache, entry_key
 from llmforge.evaluation.examples import Example
 from llmforge.evaluation.targets import Target, resolve
+from llmforge.extensions import is_entry, load
 from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,15 @@ def reported(config: EvalConfig) -> set[str]:
     return {key for name in config.metrics for key in expand.get(name, [name])}
 
 
-def summarise(result: TargetResult, items: list[Example], keep: set[str] | None = None) -> None:
-    """Fill result.metrics from the per-example rows (metrics outside `keep` stay None)."""
+def custom_metrics(config: EvalConfig) -> list[tuple[str, Callable]]:
+    """The user's own eval.metrics functions ("mypkg.module:function"), imported before any model is loaded."""
+    return [(entry, load(entry, "eval.metrics")) for entry in config.metrics if is_entry(entry)]
+
+
+def summarise(result: TargetResult, items: list[Example], keep: set[str] | None = None,
+              custom: list[tuple[str, Callable]] = ()) -> None:
+    """Fill result.metrics from the per-example rows (metrics outside `keep` stay None; `custom` are the user's
+    metric functions, reported after the built-in ones)."""
     metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     if result.nll:
         total = sum(n for _, n in result.nll)
@@ -177,6 +185,9 @@ def summarise(result: TargetResult, items: list[Example], keep: set[str] | None 
         timed = [(p["new_tokens"], p["seconds"]) for p in preds if p.get("new_tokens") is not None]
         spent = sum(s for _, s in timed)
         metrics["tokens_per_second"] = sum(t for t, _ in timed) / spent if timed and spent > 0 else None
+        texts, references = [p["text"] for p in preds], [refs[p["index"]] for p in preds]
+        for entry, function in custom:
+            metrics.update(m.custom_metrics(entry, function, texts, references))
     if result.judge_scores:
         for criterion in result.judge_scores[0]:
             values = [s[criterion] for s in result.judge_scores]
@@ -260,6 +271,7 @@ def compare(
     data = Path(config.data) if config.data else workspace.split_file("test")
     items = example_io.load(data, config.limit)
     cache_dir = workspace.root / "eval" / "cache" if config.cache else None
+    custom = custom_metrics(config)
     # Every target is resolved before any is evaluated: a target that names nothing (a typo, a run or file that does
     # not exist) is a usage error for the whole command, which then writes no report and no registry entry.
     resolved = [resolve(spec, workspace, model.name, model.revision, config.ollama_host) for spec in targets]
@@ -294,5 +306,5 @@ def compare(
         run_judge(results, items, config, cache_dir, progress)
     for r in results:
         if r.ok:
-            summarise(r, items, reported(config))
+            summarise(r, items, reported(config), custom)
     return results, items, data

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmforge.errors import UsageError
+from llmforge.extensions import name_of, one_line
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 
@@ -161,3 +164,20 @@ def bootstrap_delta(
         return {"delta": delta, "low": None, "high": None}
     low, high = np.quantile(finite, [tail, 1 - tail])
     return {"delta": delta, "low": float(low), "high": float(high)}
+
+
+def custom_metrics(entry: str, function: Callable, predictions: list[str], references: list[str]) -> dict[str, float]:
+    """A user's eval.metrics function on the predictions: its float under the function's name, or its dict of
+    name -> float. Anything else, or an exception inside it, is a UsageError naming the entry."""
+    try:
+        value = function(list(predictions), list(references))
+    except Exception as exc:  # the user's code: any failure is theirs to fix
+        raise UsageError(f"eval.metrics: {entry} failed: {one_line(exc)}", hint="fix the metric function") from None
+    values = value if isinstance(value, dict) else {name_of(entry): value}
+    out: dict[str, float] = {}
+    for key, number in values.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float, np.number)):
+            raise UsageError(f"eval.metrics: {entry} returned {type(number).__name__} for {key!r}; expected a float",
+                             hint="return a float, or a dict of name -> float")
+        out[str(key)] = float(number)
+    return out

@@ -65,6 +65,8 @@ def markdown(report: dict[str, Any]) -> str:
             if any(k in ms and ms[k] is not None for ms in report["metrics"].values())]
     judge_keys = sorted({k for ms in report["metrics"].values() for k in ms if k.startswith("judge_")})
     keys += judge_keys
+    # the user's own eval.metrics functions, under their names, after the built-in ones, in the config's order
+    keys += dict.fromkeys(k for ms in report["metrics"].values() for k, v in ms.items() if v is not None and k not in keys)
     lines += ["| target | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for t in report["targets"]:
         if t["error"]:
