@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 from llmforge.secrets import Secret
 
-DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "text"]
+DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "kto", "text"]
 
 
 class SplitConfig(Section):

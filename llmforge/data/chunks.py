@@ -98,7 +98,7 @@ class Worker:
                 continue
             t1 = clock()
             try:
-                detected = rec.detect(item.obj) if s.fmt == "auto" else s.fmt
+                detected = rec.detect(item.obj, dataset_kind) if s.fmt == "auto" else s.fmt
                 kind, record = rec.canonical(item.obj, detected)
                 if dataset_kind is None:
                     dataset_kind = kind
