@@ -275,9 +275,9 @@ def _dpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> 
 
 
 def _orpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
-    from peft import get_peft_model
-
     import warnings
+
+    from peft import get_peft_model
 
     with warnings.catch_warnings():
         # TRL 1.16 keeps ORPO under trl.experimental (KTO was promoted to the stable API); its import warns so
