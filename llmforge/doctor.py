@@ -248,7 +248,7 @@ def judge(
     device = f"GPU {torch_info.get('gpu', 'CUDA')}" if cuda else "Apple GPU (MPS)" if mps else "CPU (slow)"
     train_missing = [n for n in ("torch", "transformers", "peft", "trl", "datasets", "accelerate") if not libraries[n]]
     torch_broken = libraries["torch"] and "version" not in torch_info
-    for method in ("scratch", "sft", "lora", "dpo"):
+    for method in ("scratch", "sft", "lora", "dpo", "orpo", "kto"):
         if train_missing:
             verdicts.append(Verdict(method, False, f"needs the 'train' extra ({', '.join(train_missing)} missing)"))
         elif torch_broken:

@@ -49,3 +49,13 @@ def workspace_with(root: Path, train: list[dict], val: list[dict] | None = None)
     if val is not None:
         write_jsonl(root / "data" / "val.jsonl", val)
     return root
+
+
+def kto_rows(n: int = 16) -> list[dict]:
+    """Unpaired feedback: every number's right answer is good (true), the refusal is bad (false)."""
+    return [
+        {"prompt": [{"role": "user", "content": f"Name the number {i}."}],
+         "completion": [{"role": "assistant", "content": f"The number is {i}." if i % 2 == 0 else "I will not say."}],
+         "label": i % 2 == 0}
+        for i in range(n)
+    ]

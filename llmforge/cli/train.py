@@ -14,7 +14,7 @@ import typer
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
 from llmforge.cli.output import console, escape, plain, print_json, print_table
 
-METHODS = ["scratch", "sft", "lora", "qlora", "dpo"]
+METHODS = ["scratch", "sft", "lora", "qlora", "dpo", "orpo", "kto"]
 
 
 def _method(value: Optional[str]) -> Optional[str]:
@@ -30,7 +30,7 @@ def train(
     ] = None,
     method: Annotated[
         Optional[str],
-        typer.Option("--method", "-m", help="scratch, sft, lora, qlora or dpo (default: train.method).",
+        typer.Option("--method", "-m", help="scratch, sft, lora, qlora, dpo, orpo or kto (default: train.method).",
                      callback=_method, show_default=False),
     ] = None,
     resume: Annotated[
@@ -61,7 +61,7 @@ def train(
     dry_run: DryRunOption = False,
     json_: JsonOption = False,
 ) -> None:
-    """Train a model: from scratch, full SFT, LoRA, QLoRA or DPO; writes runs/<run>/ in the workspace.
+    """Train a model: from scratch, full SFT, LoRA, QLoRA, DPO, ORPO or KTO; writes runs/<run>/ in the workspace.
 
     Example:  llmforge train my.yaml --method lora --model Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl --max-steps 200
     """

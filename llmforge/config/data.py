@@ -10,7 +10,7 @@ from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Se
 from llmforge.extensions import is_entry
 from llmforge.secrets import Secret
 
-DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "text"]
+DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "kto", "text"]
 
 
 class SplitConfig(Section):

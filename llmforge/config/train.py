@@ -1,4 +1,4 @@
-"""`train:` how a model is trained (method, backend, hyperparameters, LoRA/QLoRA/DPO/scratch settings)."""
+"""`train:` how a model is trained (method, backend, hyperparameters, LoRA/QLoRA/DPO/ORPO/KTO/scratch settings)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import Field
 
 from llmforge.config.base import COUNT_MAX, DIM_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 
-Method = Literal["scratch", "sft", "lora", "qlora", "dpo"]
+Method = Literal["scratch", "sft", "lora", "qlora", "dpo", "orpo", "kto"]
 
 
 class EarlyStoppingConfig(Section):
@@ -48,6 +48,26 @@ class DpoConfig(Section):
     )
 
 
+class OrpoConfig(Section):
+    beta: float = Field(
+        0.1, gt=0, description="ORPO lambda: weight of the odds-ratio preference term against the SFT loss on chosen."
+    )
+    lora: bool = Field(True, description="Train a LoRA adapter (train.lora settings); false trains every weight.")
+
+
+class KtoConfig(Section):
+    beta: float = Field(0.1, gt=0, description="KTO beta: how far the policy may move from the reference.")
+    desirable_weight: float = Field(
+        1.0, gt=0, description="Weight of the loss on good completions (label true), to balance unequal counts."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="Weight of the loss on bad completions (label false), to balance unequal counts."
+    )
+    lora: bool = Field(
+        True, description="Train a LoRA adapter (train.lora settings); false trains every weight against a frozen copy."
+    )
+
+
 class ScratchConfig(Section):
     architecture: Literal["llama", "qwen2"] = Field(
         "llama", description="Architecture of the model built from scratch."
@@ -64,7 +84,7 @@ class ScratchConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Method = Field("lora", description="Training method: scratch, sft, lora, qlora or dpo.")
+    method: Method = Field("lora", description="Training method: scratch, sft, lora, qlora, dpo, orpo or kto.")
     backend: Literal["auto", "trl", "unsloth"] = Field(
         "auto",
         description="'auto' uses Unsloth with a CUDA GPU when installed (sft, lora, and qlora with the default "
@@ -77,7 +97,7 @@ class TrainConfig(Section):
     learning_rate: float | None = Field(
         None,
         gt=0,
-        description="Peak learning rate (default by method: lora/qlora 2e-4, sft 2e-5, dpo 5e-6, scratch 1e-3).",
+        description="Peak learning rate (default by method: lora/qlora 2e-4, sft 2e-5, dpo/orpo/kto 5e-6, scratch 1e-3).",
     )
     batch_size: int = Field(4, ge=1, le=1_000_000, description="Per-device batch size.")
     grad_accum: int = Field(1, ge=1, le=1_000_000, description="Gradient accumulation steps.")
@@ -118,7 +138,9 @@ class TrainConfig(Section):
         None, description="An accelerate config file (FSDP, DeepSpeed) used when --nproc relaunches the training."
     )
     report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Experiment tracker.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings (lora, qlora, dpo).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings (lora, qlora, dpo, orpo, kto).")
     qlora: QloraConfig = Field(default_factory=QloraConfig, description="4-bit quantization settings (qlora).")
     dpo: DpoConfig = Field(default_factory=DpoConfig, description="Preference optimisation settings (dpo).")
+    orpo: OrpoConfig = Field(default_factory=OrpoConfig, description="Odds-ratio preference optimisation (orpo).")
+    kto: KtoConfig = Field(default_factory=KtoConfig, description="Optimisation from good/bad labelled completions (kto).")
     scratch: ScratchConfig = Field(default_factory=ScratchConfig, description="Model built from scratch (scratch).")

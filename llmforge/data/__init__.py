@@ -7,6 +7,8 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
                 (system only first, no two user or two assistant turns in a row, at least one assistant turn)
     preference  {"prompt": [messages ending with a user turn],
                  "chosen": [{"role": "assistant", "content": str}], "rejected": [...]}  (TRL's conversational DPO)
+    kto         {"prompt": [messages ending with a user turn],
+                 "completion": [{"role": "assistant", "content": str}], "label": true|false}  (TRL's unpaired KTO)
     text        {"text": str}  (raw text for pretraining from scratch; .txt/.md documents become these)
   No other keys: metadata of the inputs (such as `llmforge serve`'s conversation log) is dropped.
 - rejected.jsonl: invalid records (data.on_error: skip), each {"file", "line", "field", "reason", "record"}.

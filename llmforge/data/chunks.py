@@ -106,7 +106,7 @@ class Worker:
                 continue
             t1 = clock()
             try:
-                detected = rec.detect(item.obj) if s.fmt == "auto" else s.fmt
+                detected = rec.detect(item.obj, dataset_kind) if s.fmt == "auto" else s.fmt
                 kind, record = rec.canonical(item.obj, detected)
                 if self.transforms:
                     record = self._transform(out, item, record)

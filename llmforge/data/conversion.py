@@ -39,6 +39,8 @@ def to_format(kind: str, record: dict[str, Any], target: str) -> dict[str, Any]:
                     "chosen": "".join(m["content"] for m in record["chosen"]) + "<|im_end|>",
                     "rejected": "".join(m["content"] for m in record["rejected"]) + "<|im_end|>"}  # fmt: skip
         raise Unrepresentable(f"preference pairs have no {target} form")
+    if kind == "kto":
+        raise Unrepresentable(f"labelled completions (KTO) have no {target} form")
     messages = record["messages"]
     if target == "chatml":
         return {"text": chatml(messages)}

@@ -84,7 +84,7 @@ def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = 
                 problems.append(f"{file}:{line}: {problem}")
             continue
         kinds[kind] += 1
-        messages = record.get("messages") or (record.get("prompt", []) + record.get("chosen", []))
+        messages = record.get("messages") or (record.get("prompt", []) + record.get("chosen", record.get("completion", [])))
         for m in messages:
             roles[m["role"]] += 1
         if messages:
@@ -191,7 +191,8 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
                 raise template_problem  # training could not tell the assistant's tokens either
             family = f" ({verdict.family.name})" if verdict.family else ""
             mask_source = f"{verdict.how}, template: {verdict.source}{family}"
-            for which in ("chosen", "rejected") if kind == "preference" else ("messages",):
+            answers = {"preference": ("chosen", "rejected"), "kto": ("completion",)}.get(kind, ("messages",))
+            for which in answers:
                 samples = encode(tokenizer, verdict, conversation(record, which), now=today)
                 for number, (ids, mask, _turns) in enumerate(samples, start=1):
                     # per-turn prefix: one sample per assistant turn, each shown on its own

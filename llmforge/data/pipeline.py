@@ -123,7 +123,7 @@ class _Scan:
                     yield item, "", {}, self.problem(item, item.field or "record", item.reason)
                     continue
                 try:
-                    detected = rec.detect(item.obj) if fmt == "auto" else fmt
+                    detected = rec.detect(item.obj, self.dataset_kind) if fmt == "auto" else fmt
                     kind, record = rec.canonical(item.obj, detected)
                     if self.dataset_kind is None:
                         self.dataset_kind = kind

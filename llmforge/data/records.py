@@ -19,7 +19,7 @@ SHAREGPT_ROLES = {
     "model": "assistant", "bot": "assistant", "claude": "assistant", "llm": "assistant",
     "system": "system",
 }  # fmt: skip
-KINDS = ("messages", "preference", "text")
+KINDS = ("messages", "preference", "kto", "text")
 
 
 class RecordError(Exception):
@@ -133,8 +133,9 @@ def _system(obj: dict, messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "system", "content": _text(system, "system")}, *messages]
 
 
-def detect(obj: Any) -> str:
-    """The input format of one record, from its keys."""
+def detect(obj: Any, dataset_kind: str | None = None) -> str:
+    """The input format of one record, from its keys. In a KTO dataset (`dataset_kind` "kto") a prompt/completion
+    record without its label is a KTO record with a missing label, not a chat: the error then names the label."""
     if not isinstance(obj, dict):
         raise RecordError("record", f"expected a JSON object, got {_type(obj)}")
     if "messages" in obj:
@@ -145,6 +146,8 @@ def detect(obj: Any) -> str:
         return "preference"
     if "instruction" in obj:
         return "alpaca"
+    if "label" in obj or (dataset_kind == "kto" and "prompt" in obj and "completion" in obj):
+        return "kto"
     if "prompt" in obj and ("response" in obj or "completion" in obj):
         return "prompt_response"
     if "text" in obj:
@@ -153,7 +156,7 @@ def detect(obj: Any) -> str:
     raise RecordError(
         "record",
         f"unknown format (keys: {keys}); expected messages, conversations, instruction/output, "
-        "prompt/response, prompt/completion, prompt/chosen/rejected or text",
+        "prompt/response, prompt/completion, prompt/chosen/rejected, prompt/completion/label or text",
     )
 
 
@@ -207,6 +210,16 @@ def canonical(obj: Any, fmt: str = "auto") -> tuple[str, dict[str, Any]]:
         if chosen == rejected:
             raise RecordError("chosen", "chosen and rejected are identical")
         return "preference", {"prompt": _system(obj, prompt), "chosen": chosen, "rejected": rejected}
+    if fmt == "kto":
+        # unpaired feedback (TRL's KTO): one completion, judged good (true) or bad (false)
+        prompt = _prompt(obj.get("prompt"), "prompt")
+        completion = _answer(obj.get("completion"), "completion", prompt)
+        label = obj.get("label")
+        if not isinstance(label, bool):  # 0/1 or "yes" are ambiguous enough to refuse rather than guess
+            if "label" not in obj:
+                raise RecordError("label", "missing (expected true or false: was the completion good?)")
+            raise RecordError("label", f"expected true or false, got {_type(label)} {label!r}")
+        return "kto", {"prompt": _system(obj, prompt), "completion": completion, "label": label}
     if fmt == "text":
         return "text", {"text": _text(obj.get("text"), "text")}
     raise RecordError("record", f"unknown format {fmt!r}")
@@ -218,7 +231,11 @@ def texts(record: dict[str, Any]) -> list[str]:
         return [record["text"]]
     if "messages" in record:
         return [m["content"] for m in record["messages"]]
-    return [m["content"] for key in ("prompt", "chosen", "rejected") for m in record[key]]
+    return [m["content"] for key in _turn_keys(record) for m in record[key]]
+
+
+def _turn_keys(record: dict[str, Any]) -> tuple[str, ...]:
+    return ("prompt", "completion") if "completion" in record else ("prompt", "chosen", "rejected")
 
 
 def answer_chars(record: dict[str, Any]) -> int:
@@ -227,6 +244,8 @@ def answer_chars(record: dict[str, Any]) -> int:
         return len(record["text"])
     if "messages" in record:
         return min(len(m["content"]) for m in record["messages"] if m["role"] == "assistant")
+    if "completion" in record:
+        return min(len(m["content"]) for m in record["completion"])
     return min(len(m["content"]) for key in ("chosen", "rejected") for m in record[key])
 
 
@@ -234,7 +253,10 @@ def map_texts(record: dict[str, Any], fn) -> dict[str, Any]:
     """The record with `fn` applied to every content string."""
     if "text" in record:
         return {"text": fn(record["text"])}
-    return {key: [{"role": m["role"], "content": fn(m["content"])} for m in value] for key, value in record.items()}
+    return {
+        key: [{"role": m["role"], "content": fn(m["content"])} for m in value] if key != "label" else value
+        for key, value in record.items()
+    }
 
 
 def plain(record: dict[str, Any]) -> str:
@@ -244,6 +266,9 @@ def plain(record: dict[str, Any]) -> str:
     if "messages" in record:
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in record["messages"])
     parts = [f"{m['role']}: {m['content']}" for m in record["prompt"]]
+    if "completion" in record:
+        parts += [f"{'good' if record['label'] else 'bad'}: {m['content']}" for m in record["completion"]]
+        return "\n\n".join(parts)
     parts += [f"chosen: {m['content']}" for m in record["chosen"]]
     parts += [f"rejected: {m['content']}" for m in record["rejected"]]
     return "\n\n".join(parts)

@@ -61,12 +61,20 @@ def _ids(encoded: Any) -> list[int]:
 
 
 def conversation(record: dict[str, Any], which: str = "chosen") -> list[dict[str, str]] | None:
-    """The messages a record trains on (prompt + chosen for preference), None for raw text."""
+    """The messages a record trains on (prompt + chosen for preference, prompt + completion for KTO), None for raw
+    text."""
     if "messages" in record:
         return record["messages"]
     if "prompt" in record:
         return record["prompt"] + record[which]
     return None
+
+
+def _answers(record: dict[str, Any]) -> tuple[str, ...]:
+    """The fields holding the answers a record is trained on."""
+    if "completion" in record:
+        return ("completion",)
+    return ("chosen", "rejected") if "prompt" in record else ("chosen",)
 
 
 class TokenCounter:
@@ -80,7 +88,7 @@ class TokenCounter:
         if "text" in record or not self.has_template:
             return len(self.tokenizer(plain(record), add_special_tokens=True)["input_ids"])
         sizes = []
-        for which in ("chosen", "rejected") if "prompt" in record else ("chosen",):
+        for which in _answers(record):
             encoded = self.tokenizer.apply_chat_template(conversation(record, which), tokenize=True, return_dict=True)
             sizes.append(len(_ids(encoded)))
         return max(sizes)

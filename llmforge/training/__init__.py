@@ -1,4 +1,5 @@
-"""`llmforge train`: pretrain from scratch, full SFT, LoRA, QLoRA or DPO, with resume, progress and clean stops.
+"""`llmforge train`: pretrain from scratch, full SFT, LoRA, QLoRA, DPO, ORPO or KTO, with resume, progress and
+clean stops.
 
 The verb takes the `model` and `train` config sections; the implementation modules are imported inside it so
 that importing this package stays light.

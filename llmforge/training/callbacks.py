@@ -91,7 +91,10 @@ class RunLog(TrainerCallback):
         else:
             return  # the end-of-training summary row (train_runtime ...) goes to the manifest instead
         for key, value in logs.items():
-            if key.startswith(("rewards/", "logps/")) or key in ("eval_runtime",):
+            # each preference method's own figures: DPO/ORPO/KTO rewards, ORPO's odds ratio, KTO's KL estimate
+            if key.startswith(("rewards/", "logps/")) or key in (
+                "eval_runtime", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen"
+            ):
                 row[key] = value
         if self.is_main:
             with open(self.metrics_file, "a", encoding="utf-8") as fh:

@@ -11,7 +11,7 @@ from llmforge.errors import InputError, UsageError
 from llmforge.manifest import sha256_file
 from llmforge.workspace import Workspace
 
-KINDS = ("messages", "text", "preference")
+KINDS = ("messages", "text", "preference", "kto")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class TrainingData:
 def kind_of(record: dict[str, Any]) -> str | None:
     if "chosen" in record and "rejected" in record:
         return "preference"
+    if "completion" in record and "label" in record:
+        return "kto"
     if "messages" in record:
         return "messages"
     if "text" in record:
@@ -59,9 +61,10 @@ def _check(record: Any, path: Path, line: int) -> str:
     kind = kind_of(record)
     if kind is None:
         raise InputError(
-            f"{where}: record has none of the fields messages, text or prompt/chosen/rejected",
-            hint="canonical records are {\"messages\": [...]}, {\"text\": ...} or "
-            "{\"prompt\": [...], \"chosen\": [...], \"rejected\": [...]}; `llmforge data prepare` writes them",
+            f"{where}: record has none of the fields messages, text, prompt/chosen/rejected or prompt/completion/label",
+            hint="canonical records are {\"messages\": [...]}, {\"text\": ...}, "
+            "{\"prompt\": [...], \"chosen\": [...], \"rejected\": [...]} or "
+            "{\"prompt\": [...], \"completion\": [...], \"label\": true}; `llmforge data prepare` writes them",
         )
     if kind == "messages":
         messages = record["messages"]
@@ -75,6 +78,11 @@ def _check(record: Any, path: Path, line: int) -> str:
     elif kind == "text":
         if not isinstance(record["text"], str) or not record["text"]:
             raise InputError(f"{where}: text: must be a non-empty string")
+    elif kind == "kto":
+        if "prompt" not in record:
+            raise InputError(f"{where}: prompt: missing from a KTO record")
+        if not isinstance(record["label"], bool):
+            raise InputError(f"{where}: label: expected true or false, got {record['label']!r}")
     else:
         for key in ("prompt", "chosen", "rejected"):
             if key not in record:
@@ -133,13 +141,17 @@ def load(train_data: str | None, workspace: Workspace, method: str) -> TrainingD
     notes = []
     if val is not None and val.kind != train.kind:
         raise InputError(f"{val_file}: holds {val.kind} records but {train_file} holds {train.kind} records")
-    wanted = {"dpo": ("preference",), "scratch": ("text", "messages")}.get(method, ("messages", "text"))
+    wanted = {
+        "dpo": ("preference",), "orpo": ("preference",), "kto": ("kto",), "scratch": ("text", "messages")
+    }.get(method, ("messages", "text"))  # fmt: skip
     if train.kind not in wanted:
-        hint = (
-            "dpo needs preference records {\"prompt\", \"chosen\", \"rejected\"}"
-            if method == "dpo"
-            else "use --method dpo for preference data"
-        )
+        if method in ("dpo", "orpo"):
+            hint = f"{method} needs preference records {{\"prompt\", \"chosen\", \"rejected\"}}"
+        elif method == "kto":
+            hint = "kto needs labelled records {\"prompt\", \"completion\", \"label\": true|false}"
+        else:
+            hint = {"preference": "use --method dpo or orpo for preference data",
+                    "kto": "use --method kto for labelled (prompt, completion, label) data"}.get(train.kind)  # fmt: skip
         raise UsageError(f"--method {method} cannot train on {train.kind} records ({train_file})", hint=hint)
     if val is None:
         notes.append("no validation split: eval_every and early stopping are off")
@@ -169,4 +181,15 @@ def preference_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"role": m["role"], "content": m["content"]} for m in value]
 
     return [{"prompt": turns(r["prompt"]), "chosen": turns(r["chosen"]), "rejected": turns(r["rejected"])}
+            for r in records]
+
+
+def kto_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """TRL's unpaired preference columns: prompt, completion and the bool label."""
+    def turns(value):
+        if isinstance(value, str):
+            return value
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+
+    return [{"prompt": turns(r["prompt"]), "completion": turns(r["completion"]), "label": r["label"]}
             for r in records]

@@ -8,8 +8,8 @@ Run folder (workspace.run_dir(run)):
     checkpoints/checkpoint-<step>/   Trainer checkpoints (optimizer, scheduler, RNG, data position)
     metrics.jsonl, loss.png
     tensorboard/         TensorBoard event files (train.report_to: tensorboard)
-    adapter/             PEFT adapter + tokenizer (lora, qlora, dpo with LoRA)   | one of the two
-    model/               full model + tokenizer + generation_config (scratch, sft, dpo full)
+    adapter/             PEFT adapter + tokenizer (lora, qlora; dpo, orpo, kto with LoRA)   | one of the two
+    model/               full model + tokenizer + generation_config (scratch, sft; dpo, orpo, kto full)
     manifest.json        written last; `finished_at` marks the run complete
 """
 
@@ -39,7 +39,7 @@ from llmforge.workspace import Workspace, timestamp
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "sft": 2e-5, "dpo": 5e-6, "scratch": 1e-3}
+DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "sft": 2e-5, "dpo": 5e-6, "orpo": 5e-6, "kto": 5e-6, "scratch": 1e-3}
 # Config keys that do not change what is learned: a resume may change them freely.
 NOT_FINGERPRINTED = ("run_name", "report_to", "logging_steps", "save_total_limit", "save_every", "accelerate_config")
 FINGERPRINT_FILE = "fingerprint.json"
@@ -115,8 +115,10 @@ def _new_run_name(train_cfg, method: str, world: int) -> str:
 
 
 def _trains_adapter(train_cfg, method: str) -> bool:
-    """LoRA adapters on a frozen base (lora, qlora, dpo with LoRA), rather than every weight."""
-    return method in ("lora", "qlora") or (method == "dpo" and train_cfg.dpo.lora)
+    """LoRA adapters on a frozen base (lora, qlora; dpo, orpo, kto with LoRA), rather than every weight."""
+    if method in ("dpo", "orpo", "kto"):
+        return getattr(train_cfg, method).lora
+    return method in ("lora", "qlora")
 
 
 def _precision(train_cfg, model_cfg, method: str) -> dict[str, Any]:
@@ -147,10 +149,11 @@ def _token_lengths(tokenizer, split: data_mod.Split, method: str, max_length: in
     for record in split.records[:limit]:
         if split.kind == "messages" and method != "scratch":
             n = len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=True)["input_ids"])
-        elif split.kind == "preference":
+        elif split.kind in ("preference", "kto"):
+            keys = ("prompt", "chosen", "rejected") if split.kind == "preference" else ("prompt", "completion")
             n = sum(
                 len(tokenizer(json.dumps(record[k]) if not isinstance(record[k], str) else record[k])["input_ids"])
-                for k in ("prompt", "chosen", "rejected")
+                for k in keys
             )
         else:
             n = len(tokenizer(data_mod.texts_of([record])[0], add_special_tokens=False)["input_ids"]) + 1
@@ -209,8 +212,8 @@ def _memory_estimate(total: int, trainable: int, config, train_cfg, method: str,
     tokens = train_cfg.batch_size * train_cfg.max_length
     act_per_layer = tokens * hidden * (2 if train_cfg.gradient_checkpointing else 18) * (2 if weight_bytes != 4 else 4)
     activations = act_per_layer * layers + tokens * vocab * 4 * 2  # + fp32 logits and their gradient
-    if method == "dpo":
-        activations *= 2  # chosen and rejected in one batch
+    if method in ("dpo", "orpo", "kto"):
+        activations *= 2  # chosen and rejected in one batch (kto: each completion and its mismatched KL twin)
     gib = 1024**3
     return {
         "weights_gib": round(weights / gib, 3),
@@ -252,6 +255,11 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     if train_cfg.early_stopping.patience and not train_cfg.eval_every:
         raise ConfigError(
             "train.early_stopping.patience needs train.eval_every", hint="e.g. -s train.eval_every=50"
+        )
+    if method == "kto" and train_cfg.batch_size < 2:
+        raise ConfigError(
+            "train.batch_size: kto needs at least 2 (its KL term compares each completion with another in the batch)",
+            hint="e.g. -s train.batch_size=4",
         )
     if train_cfg.report_to != "none" and not any(
         importlib.util.find_spec(m) for m in TRACKER_MODULES[train_cfg.report_to]
@@ -332,7 +340,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    chat = data.train.kind in ("messages", "preference") and method != "scratch"
+    chat = data.train.kind in ("messages", "preference", "kto") and method != "scratch"
     own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     masked = chat and data.train.kind == "messages" and train_cfg.assistant_only_loss
     if masked or (chat and model_cfg.chat_template != "auto"):

@@ -1,4 +1,5 @@
-"""The trainer for each method: Trainer (scratch), TRL SFTTrainer (sft, lora, qlora), TRL DPOTrainer (dpo)."""
+"""The trainer for each method: Trainer (scratch), TRL SFTTrainer (sft, lora, qlora), TRL DPOTrainer (dpo),
+ORPOTrainer (orpo) and KTOTrainer (kto)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,10 @@ def build(model_cfg, train_cfg, method, backend, data: data_mod.TrainingData, to
         return _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world)
     if method == "dpo":
         return _dpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
+    if method == "orpo":
+        return _orpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
+    if method == "kto":
+        return _kto(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
     return _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, output_dir, world)
 
 
@@ -267,3 +272,63 @@ def _dpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> 
         processing_class=tokenizer,
     )
     return Built(trainer, is_adapter=d.lora)
+
+
+def _orpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # TRL 1.16 keeps ORPO under trl.experimental (KTO was promoted to the stable API); its import warns so
+        warnings.simplefilter("ignore")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    o = train_cfg.orpo
+    model = _load_base(model_cfg, prec["weights"])  # no reference model: ORPO's penalty needs only the policy
+    if o.lora:
+        model = get_peft_model(model, lora_config(train_cfg))
+    common = common_args(train_cfg, prec, lr, output_dir, data.val is not None, world)
+    # ORPO's batches hold chosen_/rejected_input_ids, no input_ids: the Trainer's token count would warn every step
+    common["include_num_input_tokens_seen"] = "no"
+    args = ORPOConfig(
+        **common,
+        beta=o.beta,
+        max_length=train_cfg.max_length,
+        remove_unused_columns=False,  # its collator needs the tokenized pair columns (TRL sets it anyway, warning)
+    )
+    trainer = ORPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=_dataset(data_mod.preference_rows(data.train.records)),
+        eval_dataset=_dataset(data_mod.preference_rows(data.val.records)) if data.val is not None else None,
+        processing_class=tokenizer,
+    )
+    return Built(trainer, is_adapter=o.lora)
+
+
+def _kto(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
+    from peft import get_peft_model
+    from trl import KTOConfig, KTOTrainer
+
+    k = train_cfg.kto
+    model = _load_base(model_cfg, prec["weights"])
+    if k.lora:
+        # the reference is the same model with the adapter switched off: no second copy in memory
+        model = get_peft_model(model, lora_config(train_cfg))
+    args = KTOConfig(
+        **common_args(train_cfg, prec, lr, output_dir, data.val is not None, world),
+        beta=k.beta,
+        desirable_weight=k.desirable_weight,
+        undesirable_weight=k.undesirable_weight,
+        max_length=train_cfg.max_length,
+    )
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=None,  # without LoRA, TRL keeps a frozen copy of the starting model as the reference
+        args=args,
+        train_dataset=_dataset(data_mod.kto_rows(data.train.records)),
+        eval_dataset=_dataset(data_mod.kto_rows(data.val.records)) if data.val is not None else None,
+        processing_class=tokenizer,
+    )
+    return Built(trainer, is_adapter=k.lora)

@@ -198,7 +198,7 @@ def test_every_validation_problem_with_its_line(tmp_path):
         "bad.jsonl:10: conversations[0].from: unknown role 'alien'",
         "bad.jsonl:11: record: expected a JSON object, got list",
         "bad.jsonl:12: record: unknown format (keys: foo); expected messages, conversations, instruction/output, "
-        "prompt/response, prompt/completion, prompt/chosen/rejected or text",
+        "prompt/response, prompt/completion, prompt/chosen/rejected, prompt/completion/label or text",
         "bad.jsonl:13: messages[1].role: two assistant turns in a row",
         "bad.jsonl:14: messages[2].role: system message after the first turn",
         "bad.jsonl:15: messages[0].content: empty content (null)",
