@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -9,6 +10,15 @@ from pydantic import Field, field_validator, model_validator
 from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 from llmforge.extensions import is_entry
 from llmforge.secrets import Secret
+
+# The ISO 639-1 codes the language detector (py3langid's bundled model) can answer with; kept here so the config
+# stays light. tests/unit/test_data_languages.py checks the list against the model.
+LANGUAGE_CODES = frozenset(
+    "af am an ar as az ba be bg bn br bs ca cs cy da de dz el en eo es et eu fa fi fo fr fy ga gd gl gu ha he hi hr "
+    "ht hu hy id ig is it ja jv ka kk km kn ko ku ky la lb lg ln lo lt lv mg mk ml mn mr ms mt my ne nl nn no oc om "
+    "or pa pl ps pt qu ro ru rw sa se si sk sl sn so sq sr st sv sw ta te tg th tk tl tr tt ug uk ur uz vi vo wa xh "
+    "yo zh zu".split()
+)
 
 DataFormat = Literal["auto", "alpaca", "prompt_response", "sharegpt", "messages", "preference", "kto", "text"]
 
@@ -127,6 +137,11 @@ class DataConfig(Section):
         description="Your own functions, as 'mypkg.module:function', applied in order to each normalized record in "
         "`data prepare`: each takes the record dict and returns a record dict (validated again) or None to drop it.",
     )
+    languages: list[str] = Field(
+        default_factory=list,
+        description="Keep only records in these languages (ISO 639-1 codes, e.g. [en, de]), detected on the user "
+        "and assistant text; empty: no language detection or filtering.",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="Personal data scrubbing.")
@@ -147,3 +162,17 @@ class DataConfig(Section):
         if bad:
             raise ValueError(f"{', '.join(map(repr, bad))}: expected an import path like 'mypkg.module:function'")
         return value
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, codes: list[str]) -> list[str]:
+        for code in codes:
+            if code not in LANGUAGE_CODES:
+                # 'EN', 'eng', 'english' all start with the code they mean; then the codes that look alike
+                lower = code.lower()
+                close = [lower[:2]] if lower[:2] in LANGUAGE_CODES else []
+                close += difflib.get_close_matches(lower, sorted(LANGUAGE_CODES), n=5, cutoff=0.5)
+                close = list(dict.fromkeys(close))[:5]
+                hint = f"; close valid codes: {', '.join(close)}" if close else ""
+                raise ValueError(f"unknown language code {code!r} (ISO 639-1, lower case, e.g. en, de){hint}")
+        return list(dict.fromkeys(codes))

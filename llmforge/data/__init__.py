@@ -54,6 +54,8 @@ def prepare(
     require_extra("llmforge data prepare", "data", "orjson", "numpy", "matplotlib")
     if data.dedupe.near:
         require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
+    if data.languages:
+        require_extra("language filtering (data.languages)", "data", "py3langid")
     from llmforge.data.pipeline import prepare as run
 
     return run(data, model, workspace, force=force, progress=progress)

@@ -1,6 +1,6 @@
 """The per-record work of `data prepare`, a chunk of records at a time: parse, validate, normalize, apply the
-user's data.transforms, scrub PII, filter, hash and serialize. Chunks are independent, so a process pool can share them out; the caller takes the
-results in order and does what needs all records in sequence (exact dedupe, counts, the spill file).
+user's data.transforms, scrub PII, filter (lengths, blocklist, language), hash and serialize. Chunks are
+independent, so a process pool can share them out; the caller takes the results in order and does what needs all records in sequence (exact dedupe, counts, the spill file).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Settings:
     near: tuple[int, int] | None  # (num_perm, shingle) when near-duplicate signatures are wanted
     counter: Any = None  # a TokenCounter: chunks then run in-process only
     transforms: tuple[str, ...] = ()  # data.transforms entries, imported by each Worker
+    languages: frozenset[str] = frozenset()  # data.languages; empty: no detection
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Result:
     spill: bytes = b""
     signatures: bytes = b""  # num_perm uint32 values per passed record
     pii: Counter = field(default_factory=Counter)
+    languages: Counter = field(default_factory=Counter)  # detected language of each record past the other filters
     seconds: Counter = field(default_factory=Counter)
 
 
@@ -79,6 +81,12 @@ class Worker:
             from llmforge.data.dedupe import MinHasher
 
             self.hasher = MinHasher(*settings.near)
+        self.detect = None
+        if settings.languages:
+            from llmforge.data import languages
+
+            languages.load()
+            self.detect = languages.detect
 
     def run(self, chunk: sources.Lines | list[sources.Item], dataset_kind: str | None) -> Result:
         """`dataset_kind`: the kind of the dataset's first valid record, if one came before this chunk."""
@@ -94,7 +102,7 @@ class Worker:
         else:
             items = chunk
         out = Result(file=chunk.file if isinstance(chunk, sources.Lines) else chunk[0].file, items=len(items))
-        scrub, counter, blocklist = self.scrub, s.counter, s.blocklist
+        scrub, counter, blocklist, detect, wanted = self.scrub, s.counter, s.blocklist, self.detect, s.languages
         min_len, max_len, min_answer, unit = s.min_len, s.max_len, s.min_answer, s.unit
         spill: list[bytes] = []
         signatures: list[bytes] = []
@@ -154,6 +162,14 @@ class Worker:
             t4 = clock()
             seconds["clean"] += t3 - t2
             seconds["filter"] += t4 - t3
+            if detect is not None and reason is None:  # the costliest filter, so the last
+                language = detect(record)
+                out.languages[language] += 1
+                if language not in wanted:
+                    reason = f"language: {language} (not in data.languages)"
+                t5 = clock()
+                seconds["language"] += t5 - t4
+                t4 = t5
             if reason:
                 out.filtered.append((item.line, reason))
                 continue

@@ -381,6 +381,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     keys, lengths = array("Q"), array("I")
     filtered: Counter[str] = Counter()
     filtered_examples: list[str] = []
+    languages: Counter[str] = Counter()
     exact_seen: dict[int, int] = {}
     exact_targets: Counter[int] = Counter()
     exact_dupes = 0
@@ -400,6 +401,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
         min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
         blocklist=blocklist, unit=unit, skip=skip, counter=counter, transforms=tuple(data.transforms),
+        languages=frozenset(data.languages),
         near=(data.dedupe.num_perm, data.dedupe.shingle) if near is not None else None,
     )  # fmt: skip
     workers = _workers(data, files, counter)
@@ -434,6 +436,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         scrub.counts.update(result.pii)
         if scan.problem_count and not skip:
             return  # failing anyway: only collect the remaining problems
+        languages.update(result.languages)
         for line, reason in result.filtered:
             filtered[reason.split(":")[0].split(" (")[0]] += 1
             if len(filtered_examples) < 20:
@@ -571,6 +574,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         "pii": {kind: scrub.counts.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
         "filtered": dict(filtered),
         "filtered_examples": filtered_examples,
+        **({"languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0])))} if data.languages else {}),
         "rejected_examples": [_scrubbed(str(p), scrub_rejected) for p in scan.problems[:20]],
         "warnings": scan.warnings[:100],
         "length": {"unit": unit, **_percentiles(lengths)},

@@ -66,6 +66,9 @@ def markdown(report: dict[str, Any]) -> str:
     if len(length) > 1:
         parts += ["", f"## Length ({length['unit']})", "", _table([tuple(v for k, v in length.items() if k != "unit")],
                   tuple(k for k in length if k != "unit"))]  # fmt: skip
+    if "languages" in report:
+        detected = ", ".join(f"{code} {n}" for code, n in report["languages"].items()) or "none"
+        parts += ["", f"Languages detected (records past the other filters): {detected}."]
     if report["filtered"]:
         parts += ["", "## Filtered", "", _table(sorted(report["filtered"].items()), ("reason", "records"))]
     if report["rejected_examples"]:
