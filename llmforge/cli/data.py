@@ -1,4 +1,4 @@
-"""`llmforge data prepare|validate|stats|preview|convert|generate`."""
+"""`llmforge data prepare|validate|stats|preview|convert|generate|augment`."""
 
 from __future__ import annotations
 
@@ -311,3 +311,73 @@ def _print_generated(result) -> None:
         console.print("dropped: " + ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
     for line in result.errors[:10]:
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+
+
+@app.command("augment")
+def augment(
+    dataset: Annotated[
+        Optional[str],
+        typer.Argument(help="Prepared dataset folder (default: the workspace's data/).", show_default=False),
+    ] = None,
+    paraphrases: Annotated[
+        Optional[int], typer.Option("--paraphrases", min=0, help="Paraphrases per train question (data.augment.paraphrases).",
+                                    show_default=False)
+    ] = None,
+    refusals: Annotated[
+        Optional[int], typer.Option("--refusals", min=0, help="Out-of-scope refusal examples to add (data.augment.refusals).",
+                                    show_default=False)
+    ] = None,
+    scope: Annotated[
+        Optional[str], typer.Option("--scope", help="What the assistant is for (data.augment.scope).", show_default=False)
+    ] = None,
+    endpoint: Annotated[
+        Optional[str], typer.Option("--endpoint", help="OpenAI-compatible base URL (data.generate.endpoint).")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")] = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="Output dataset folder (default: data/augmented).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Add paraphrased questions and out-of-scope refusals to the train split, as a new dataset folder.
+
+    Val and test are copied unchanged; generated questions that repeat any split's are dropped.
+    Example:  llmforge data augment --paraphrases 2 --refusals 50 --scope "questions about the Acme router"
+              --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b && llmforge train -s train.data=<folder>
+    """
+    from llmforge.data import augment as run
+
+    loaded = load(
+        config,
+        set_,
+        data__augment__paraphrases=paraphrases,
+        data__augment__refusals=refusals,
+        data__augment__scope=scope,
+        data__augment__output=output,
+        data__generate__endpoint=endpoint,
+        data__generate__model=model,
+    )
+    every = loaded.config.data.augment.progress_every
+
+    def progress(done: int, total: int) -> None:
+        if not json_ and (done % every == 0 or done == total):
+            console.print(f"data augment: {done}/{total} requests")
+
+    result = run(loaded.config.data, workspace_of(loaded), dataset=dataset, force=force, progress=progress)
+    if json_:
+        print_json(result.to_dict())
+        return
+    kept, got, asked = result.kept, result.received, result.requested
+    console.print(
+        f"wrote {escape(result.output)}: {result.train} train records, "
+        f"{kept['paraphrases']}/{got['paraphrases']}/{asked['paraphrases']} paraphrases and "
+        f"{kept['refusals']}/{got['refusals']}/{asked['refusals']} refusals kept/received/requested; "
+        f"duplicates dropped: exact {result.duplicates['exact']}, near {result.duplicates['near']}; "
+        f"{result.failed} requests failed, {result.bad_json} replies without usable JSON"
+    )
+    for line in result.errors[:10]:
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    console.print(f"train on it with: -s train.data={escape(result.output)}")

@@ -103,6 +103,27 @@ class GenerateConfig(Section):
     )
 
 
+class AugmentConfig(Section):
+    """`data augment`: talks to the endpoint, model and key of data.generate (with its timeout and retries)."""
+
+    paraphrases: int = Field(0, ge=0, le=20, description="Paraphrases asked for per train record's user question.")
+    refusals: int = Field(0, ge=0, le=100_000, description="Out-of-scope questions with a refusal answer to add.")
+    scope: str | None = Field(
+        None, description="What the assistant is for, e.g. 'questions about the Acme router'; needed for refusals."
+    )
+    refusal_style: str = Field(
+        "a short, polite refusal that says what you can help with instead",
+        description="How the refusal answers should sound (put in the prompt).",
+    )
+    output: str | None = Field(
+        None, description="Dataset folder to write (default: <workspace>/data/augmented); train.data can point at it."
+    )
+    batch: int = Field(10, ge=1, le=50, description="Refusal examples asked for per request.")
+    progress_every: int = Field(10, ge=1, description="A progress line every this many requests (plain output).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature: some variety helps here.")
+    max_tokens: int = Field(1024, ge=16, le=TOKENS_MAX, description="Most tokens the endpoint may answer with.")
+
+
 class HubConfig(Section):
     split: FolderName = Field("train", description="Split of a Hugging Face dataset input, e.g. train_sft.")
     subset: FolderName | None = Field(None, description="Configuration (subset) of a Hugging Face dataset input.")
@@ -148,6 +169,10 @@ class DataConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Length and content filters.")
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig, description="Question/answer generation from documents (`data generate`)."
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="Paraphrases and out-of-scope refusals added to the train split (`data augment`).",
     )
     hub: HubConfig = Field(
         default_factory=HubConfig,

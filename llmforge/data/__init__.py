@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmforge.config.data import DataConfig, GenerateConfig
     from llmforge.config.model import ModelConfig
+    from llmforge.data.augmentation import AugmentResult
     from llmforge.data.conversion import ConvertResult
     from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
     from llmforge.data.pipeline import ValidateResult
     from llmforge.workspace import Workspace
 
-__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate"]
+__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate", "augment"]
 
 
 def prepare(
@@ -116,3 +117,23 @@ def generate(
     from llmforge.data.generation import generate as run
 
     return run(docs, generate, workspace, force=force, progress=progress)
+
+
+def augment(
+    data: DataConfig,
+    workspace: Workspace,
+    *,
+    dataset: str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> AugmentResult:
+    """A new dataset folder: the prepared splits plus paraphrases and out-of-scope refusals in train only, made
+    through the OpenAI-compatible endpoint of data.generate (data.augment says what; data.dedupe how to dedupe)."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data augment", "data", "numpy")
+    if data.dedupe.near:
+        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
+    from llmforge.data.augmentation import augment as run
+
+    return run(data.augment, data.generate, data.dedupe, workspace, data=dataset, force=force, progress=progress)

@@ -4,6 +4,10 @@ POST /v1/chat/completions answers from the document in the prompt (between <docu
 each pair asks about one sentence of the chunk and answers with that sentence. It can be told to fail the next N
 requests (HTTP 500), to answer with broken JSON (trailing commas, truncation, code fences), or with ungrounded
 answers, or to answer slowly (for timeouts). Every request body is kept in `requests` for assertions.
+
+It also answers `data augment`'s prompts: a question between <question> tags gets N rephrasings ("echo" mode:
+the question itself, then a copy differing only in case and a leading word), and a scope prompt gets N numbered
+out-of-scope questions with a refusal answer.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ class FakeOpenAI:
 
     def answer(self, body: dict) -> str:
         prompt = body["messages"][-1]["content"]
+        if self.mode == "garbage":
+            return "I cannot help with that."
+        if "<question>" in prompt:
+            return self._paraphrases(prompt)
+        if "The assistant only helps with" in prompt:
+            return self._refusals(prompt)
         wanted = int(re.search(r"Write (\d+) question", prompt).group(1))
         document = re.search(r"<document>\n(.*)\n</document>", prompt, re.DOTALL).group(1)
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", document) if len(s.strip()) > 20]
@@ -60,6 +70,25 @@ class FakeOpenAI:
         elif self.mode == "garbage":
             text = "I cannot help with that."
         return text
+
+    def _paraphrases(self, prompt: str) -> str:
+        wanted = int(re.search(r"Write (\d+) different rephrasings", prompt).group(1))
+        question = re.search(r"<question>\n(.*)\n</question>", prompt, re.DOTALL).group(1)
+        if self.mode == "echo":
+            near = "Please, " + question.upper()
+            return json.dumps({"paraphrases": [question, near][:wanted]})
+        forms = [f"Could you tell me this: {question}", f"I would like to know the following. {question}",
+                 f"Quick question for you, {question}"]
+        return json.dumps({"paraphrases": forms[:wanted]})
+
+    def _refusals(self, prompt: str) -> str:
+        wanted = int(re.search(r"Write (\d+) varied questions", prompt).group(1))
+        topics = ["baking sourdough bread", "the offside rule in football", "tax law in Peru", "knitting socks",
+                  "orbital mechanics of comets", "writing a wedding speech", "tuning a violin", "growing tomatoes"]
+        start = len(self.requests) * 3  # different topics on each request
+        pairs = [{"question": f"Can you explain {topics[(start + i) % len(topics)]} to me (case {start + i})?",
+                  "answer": "Sorry, I can only help with questions about the product."} for i in range(wanted)]
+        return json.dumps({"pairs": pairs})
 
     def _handler(self):
         fake = self

@@ -1,0 +1,308 @@
+"""`data augment`: paraphrased questions and out-of-scope refusals from an OpenAI-compatible endpoint.
+
+Reads a prepared dataset folder (train/val/test.jsonl) and writes a new one beside it: val and test are copied
+byte for byte, train gets the original records followed by the generated ones. Generated records carry a `meta`
+field (what made them, and for a paraphrase the train line it rephrases); training ignores extra fields. Only
+train grows: a paraphrase in val or test would grade the model on a question it was trained on. Generated
+questions that repeat (exactly or nearly) a question of any split, or each other, are dropped and listed in
+duplicates.jsonl. The endpoint, model, key, timeout and retries are those of `data generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmforge import atomic, manifest
+from llmforge.config.data import AugmentConfig, DedupeConfig, GenerateConfig
+from llmforge.data import dedupe
+from llmforge.data.clean import normalize_text
+from llmforge.data.generation import Endpoint, parse_pairs
+from llmforge.errors import LlmforgeError, UsageError
+from llmforge.workspace import Workspace
+
+SPLITS = ("train", "val", "test")
+
+PARAPHRASE_SYSTEM = (
+    "You rephrase questions. Each rephrasing must ask exactly the same thing, so that the same answer fits it, "
+    "but use different words or sentence structure. Keep names, numbers and technical terms unchanged."
+)
+PARAPHRASE_PROMPT = (
+    "Write {n} different rephrasings of the question below.\n"
+    'Reply with JSON only, in this shape: {{"paraphrases": ["...", "..."]}}\n\n'
+    "<question>\n{question}\n</question>"
+)
+REFUSAL_SYSTEM = (
+    "You write test questions that an assistant should decline, with the assistant's answer, for training it "
+    "to stay within its scope."
+)
+REFUSAL_PROMPT = (
+    "The assistant only helps with: {scope}\n"
+    "Write {n} varied questions that users might ask which are outside that scope, each with an answer that is "
+    "{style}.\n"
+    'Reply with JSON only, in this shape: {{"pairs": [{{"question": "...", "answer": "..."}}]}}'
+)
+
+
+@dataclass
+class AugmentResult:
+    output: str
+    source: str
+    requested: dict[str, int]  # paraphrases / refusals asked for
+    received: dict[str, int] = field(default_factory=dict)  # usable items in the replies
+    kept: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # exact / near
+    requests: int = 0  # requests made, retries included
+    retries: int = 0
+    failed: int = 0  # requests that failed after every retry
+    bad_json: int = 0  # replies with nothing usable in them
+    skipped_records: int = 0  # train records not paraphrased: more than one user turn
+    train: int = 0  # records in the new train.jsonl
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_strings(reply: str, key: str) -> list[str]:
+    """The strings of a JSON reply: a list, or an object's `key` list; fences and trailing commas tolerated."""
+    text = reply.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)(?:```|\Z)", text, re.DOTALL)
+    if fenced:
+        text = fenced.group(1).strip()
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return []
+    text = text[min(starts) :]
+    data = None
+    for candidate in (text, re.sub(r",\s*([}\]])", r"\1", text)):
+        try:
+            data = json.loads(candidate)
+            break
+        except json.JSONDecodeError:
+            continue
+    if isinstance(data, dict):
+        data = data.get(key)
+    if not isinstance(data, list):
+        return []
+    return [normalize_text(s) for s in data if isinstance(s, str) and s.strip()]
+
+
+def _read_split(path: Path) -> list[tuple[int, str, dict[str, Any]]]:
+    """(line number, raw line, record) of each record of a prepared split."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append((number, line.rstrip("\n"), json.loads(line)))
+                except ValueError as exc:
+                    raise UsageError(
+                        f"{path}:{number}: not valid JSON ({exc})", hint="augment a folder `data prepare` wrote"
+                    ) from None
+    return rows
+
+
+def _user_text(record: dict[str, Any]) -> str:
+    return "\n".join(m["content"] for m in record.get("messages", []) if m.get("role") == "user")
+
+
+def augment(
+    cfg: AugmentConfig,
+    endpoint_cfg: GenerateConfig,
+    dedupe_cfg: DedupeConfig,
+    workspace: Workspace,
+    *,
+    data: str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> AugmentResult:
+    if not cfg.paraphrases and not cfg.refusals:
+        raise UsageError("nothing to generate", hint="pass --paraphrases N and/or --refusals N")
+    if cfg.refusals and not (cfg.scope or "").strip():
+        raise UsageError(
+            "refusals need a scope to stay out of",
+            hint="set data.augment.scope, e.g. -s data.augment.scope='questions about the Acme router'",
+        )
+    if not endpoint_cfg.endpoint:
+        raise UsageError("no endpoint to generate with", hint="pass --endpoint URL (e.g. http://127.0.0.1:11434/v1)")
+    if not endpoint_cfg.model:
+        raise UsageError("no model named for the endpoint", hint="pass --model NAME")
+    source = Path(data).expanduser() if data else workspace.data_dir
+    if not (source / "train.jsonl").is_file():
+        raise UsageError(f"no prepared train split: {source / 'train.jsonl'}", hint="run `llmforge data prepare` first")
+    output = Path(cfg.output).expanduser() if cfg.output else workspace.data_dir / "augmented"
+    if output.resolve() == source.resolve():
+        raise UsageError("data.augment.output is the folder being augmented", hint="choose another output folder")
+    atomic.refuse_overwrite(output, force, "augmented dataset")  # before any request is paid for
+
+    splits = {name: _read_split(source / f"{name}.jsonl") for name in SPLITS if (source / f"{name}.jsonl").is_file()}
+    train = splits["train"]
+    if any("messages" not in record for _, _, record in train):
+        raise UsageError(
+            f"{source / 'train.jsonl'}: augment works on chat records only", hint='only {"messages": [...]} data'
+        )
+    jobs = [(n, r) for n, _, r in train if sum(m.get("role") == "user" for m in r["messages"]) == 1]
+    refusal_requests = math.ceil(cfg.refusals / cfg.batch) if cfg.refusals else 0
+    total = (len(jobs) if cfg.paraphrases else 0) + refusal_requests
+    result = AugmentResult(
+        str(output),
+        str(source),
+        requested={"paraphrases": cfg.paraphrases * len(jobs), "refusals": cfg.refusals},
+        skipped_records=len(train) - len(jobs) if cfg.paraphrases else 0,
+    )
+    api_key = endpoint_cfg.api_key.get_secret_value() if endpoint_cfg.api_key is not None else None
+    endpoint = Endpoint(
+        endpoint_cfg.endpoint, endpoint_cfg.model, api_key, endpoint_cfg.timeout, endpoint_cfg.retries,
+        endpoint_cfg.backoff,
+    )  # fmt: skip
+    model = endpoint_cfg.model
+    done = 0
+
+    def ask(system: str, prompt: str, what: str) -> str | None:
+        nonlocal done
+        try:
+            return endpoint.chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                cfg.temperature,
+                cfg.max_tokens,
+            )
+        except ConnectionError as exc:
+            result.failed += 1
+            result.errors.append(f"{what}: {exc}")
+            return None
+        finally:
+            done += 1
+            if progress:
+                progress(done, total)
+
+    candidates: list[tuple[str, dict[str, Any]]] = []  # (question, record) in the order they are written
+    received = {"paraphrases": 0, "refusals": 0}
+    if cfg.paraphrases:
+        for line, record in jobs:
+            turns = record["messages"]
+            question = next(m["content"] for m in turns if m["role"] == "user")
+            reply = ask(PARAPHRASE_SYSTEM, PARAPHRASE_PROMPT.format(n=cfg.paraphrases, question=question),
+                        f"train.jsonl:{line}")  # fmt: skip
+            if reply is None:
+                continue
+            found = parse_strings(reply, "paraphrases")[: cfg.paraphrases]
+            result.bad_json += not found
+            received["paraphrases"] += len(found)
+            for text in found:
+                messages = [dict(m, content=text) if m["role"] == "user" else dict(m) for m in turns]
+                meta = {"generated": "paraphrase", "source_line": line, "model": model}
+                candidates.append((text, {"messages": messages, "meta": meta}))
+    if cfg.refusals:
+        # a system prompt every train record shares belongs on the refusals too: they must look like the rest
+        systems = {r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else None for _, _, r in train}
+        system = systems.pop() if len(systems) == 1 else None
+        remaining = cfg.refusals
+        for number in range(refusal_requests):
+            n = min(cfg.batch, remaining)
+            remaining -= n
+            prompt = REFUSAL_PROMPT.format(scope=cfg.scope.strip(), n=n, style=cfg.refusal_style)
+            reply = ask(REFUSAL_SYSTEM, prompt, f"refusals request {number + 1}")
+            if reply is None:
+                continue
+            pairs = parse_pairs(reply)[0][:n]
+            result.bad_json += not pairs
+            received["refusals"] += len(pairs)
+            for question, answer in pairs:
+                messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+                if system is not None:
+                    messages.insert(0, {"role": "system", "content": system})
+                candidates.append((question, {"messages": messages, "meta": {"generated": "refusal", "model": model}}))
+    result.received = received
+    result.requests, result.retries = endpoint.requests, endpoint.retried
+
+    if total and result.failed == total:
+        raise LlmforgeError(
+            f"every request failed: {result.errors[-1]}",
+            hint="is the endpoint running? check data.generate.endpoint (an OpenAI-compatible /v1 base URL)",
+        )
+    if not candidates and result.bad_json:
+        raise LlmforgeError(
+            f"the model answered no usable JSON in {result.bad_json} replies",
+            hint="use an instruction-following model (data.generate.model) or lower data.augment.temperature",
+        )
+
+    kept, duplicates = _dedupe(splits, candidates, dedupe_cfg)
+    result.duplicates = {"exact": 0, "near": 0}
+    for entry in duplicates:
+        result.duplicates[entry["kind"]] += 1
+    result.kept = {"paraphrases": 0, "refusals": 0}
+    for record in kept:
+        result.kept[record["meta"]["generated"] + "s"] += 1
+    result.train = len(train) + len(kept)
+
+    timer = manifest.Timer()
+    with atomic.atomic_dir(output, force=force) as tmp:
+        with open(tmp / "train.jsonl", "w", encoding="utf-8") as fh:
+            for _, raw, _ in train:
+                fh.write(raw + "\n")
+            for record in kept:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for name in SPLITS[1:]:
+            if name in splits:
+                shutil.copyfile(source / f"{name}.jsonl", tmp / f"{name}.jsonl")
+        with open(tmp / "duplicates.jsonl", "w", encoding="utf-8") as fh:
+            for entry in duplicates:
+                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        summary = {k: v for k, v in result.to_dict().items() if k not in ("output", "source")}
+        inputs = {f"{name}.jsonl": source / f"{name}.jsonl" for name in splits}
+        atomic.write_json(
+            tmp / "manifest.json",
+            manifest.build("data augment", inputs, timer, endpoint=endpoint.url, model=model, summary=summary),
+        )
+    return result
+
+
+def _dedupe(
+    splits: dict[str, list[tuple[int, str, dict[str, Any]]]],
+    candidates: list[tuple[str, dict[str, Any]]],
+    cfg: DedupeConfig,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Generated records whose question is new, and an entry for each one dropped. Questions are compared with
+    the user text of every record of every split (and with the generated ones before them), exactly (always)
+    and nearly (data.dedupe.near, at data.dedupe.threshold)."""
+    originals = [(f"{name}.jsonl", line, _user_text(r)) for name, rows in splits.items() for line, _, r in rows]
+    seen: dict[int, dict[str, Any]] = {}
+    for file, line, text in originals:
+        seen.setdefault(dedupe.exact_key(text), {"file": file, "line": line})
+    survivors = []
+    duplicates = []
+    for index, (question, record) in enumerate(candidates):
+        key = dedupe.exact_key(question)
+        if key in seen:
+            duplicates.append({"question": question, "kind": "exact", "duplicate_of": seen[key], **record["meta"]})
+            continue
+        seen[key] = {"generated": index}
+        survivors.append((question, record))
+    if not cfg.near or not survivors:
+        return [r for _, r in survivors], duplicates
+
+    where = [{"file": f, "line": n} for f, n, _ in originals]
+    with tempfile.TemporaryDirectory(prefix="llmforge-augment-") as spill:
+        near = dedupe.NearDuplicates(Path(spill) / "signatures.bin", cfg.threshold, cfg.num_perm, cfg.shingle)
+        for _, _, text in originals:
+            near.add(text)
+        for question, _ in survivors:
+            near.add(question)
+        parent = near.clusters()
+    kept = []
+    for offset, (question, record) in enumerate(survivors):
+        first = int(parent[len(originals) + offset])
+        if first == len(originals) + offset:
+            kept.append(record)
+            continue
+        of = where[first] if first < len(originals) else {"generated_question": survivors[first - len(originals)][0]}
+        duplicates.append({"question": question, "kind": "near", "duplicate_of": of, **record["meta"]})
+    return kept, duplicates
