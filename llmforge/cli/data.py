@@ -342,11 +342,10 @@ def augment(
     force: ForceOption = False,
     json_: JsonOption = False,
 ) -> None:
-    """Add paraphrased questions and out-of-scope refusals to the train split, as a new dataset folder.
+    """Add paraphrased questions and out-of-scope refusals to train only, as a new dataset folder (val/test copied).
 
-    Val and test are copied unchanged; generated questions that repeat any split's are dropped.
-    Example:  llmforge data augment --paraphrases 2 --refusals 50 --scope "questions about the Acme router"
-              --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b && llmforge train -s train.data=<folder>
+    Example:  llmforge data augment --paraphrases 2 --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b
+              llmforge data augment --refusals 50 --scope "questions about the Acme router" --force
     """
     from llmforge.data import augment as run
 
