@@ -84,6 +84,12 @@ def test_paraphrases_go_to_train_only_with_the_original_answer(server):
     written = json.loads((out / "manifest.json").read_text())
     assert written["stage"] == "data augment" and written["summary"]["kept"]["paraphrases"] == 8
     assert written["inputs"]["train.jsonl"]["sha256"]
+    # train.data can point at the folder: the loader takes the marked records and the untouched val split
+    from llmforge.training.data import chat_rows, load
+
+    loaded = load(str(out), Workspace(WORK), "sft")
+    assert len(loaded.train.records) == 12 and len(loaded.val.records) == 1
+    assert "meta" not in chat_rows(loaded.train.records)[-1]
 
 
 def test_paraphrases_that_repeat_an_original_are_dropped(server):
