@@ -107,6 +107,33 @@ def test_sft_run_continues_the_earlier_weights(tiny_llama_dir, tmp_path, monkeyp
     assert registry.find(ws.registry_file, "b")["parent"] == "a"
 
 
+@pytest.mark.parametrize(
+    ("method", "rows", "settings"),
+    [
+        ("scratch", "text", dict(train__learning_rate=3e-3, train__max_length=64, train__scratch__hidden_size=32,
+                                 train__scratch__layers=2, train__scratch__heads=2, train__scratch__vocab_size=400)),
+        ("qlora", "chat", dict(train__learning_rate=1e-2)),
+    ],
+)
+def test_scratch_and_qlora_runs_continue(method, rows, settings, tiny_llama_dir, tmp_path):
+    from train_data import text_rows
+
+    ws = Workspace(workspace_with(tmp_path / "ws", text_rows() if rows == "text" else chat_rows()))
+    common = dict(model__name=str(tiny_llama_dir), train__method=method, train__warmup_ratio=0.0,
+                  train__scheduler="constant", train__logging_steps=1, **settings)
+    cfg = config(**common, train__max_steps=12, train__run_name="one")
+    train(cfg.model, cfg.train, ws)
+    # a different scratch shape does not apply: the weights are the earlier run's
+    if method == "scratch":
+        common["train__scratch__hidden_size"] = 64
+    cfg = config(**common, train__max_steps=1, train__run_name="two", train__init_from="one")
+    result = train(cfg.model, cfg.train, ws)
+    assert result["init_from"] == "one"
+    assert first_loss(ws, "two") < first_loss(ws, "one")
+    one, two = (json.loads(ws.run_manifest(r).read_text()) for r in ("one", "two"))
+    assert two["init_from"] == "one" and two["parameters"] == one["parameters"]
+
+
 def fake_run(ws: Workspace, name: str, **manifest) -> None:
     ws.run_dir(name).mkdir(parents=True)
     ws.run_manifest(name).write_text(json.dumps(manifest))
