@@ -304,7 +304,11 @@ def generate(
 
 @app.command("select")
 def select(
-    dataset: DatasetArgument = None,
+    dataset: Annotated[
+        Optional[str],
+        typer.Argument(help="Prepared data folder holding train.jsonl (default: the workspace's data/).",
+                       show_default=False),
+    ] = None,
     size: Annotated[
         Optional[int], typer.Option("--size", "-n", help="How many train records to keep.", show_default=False)
     ] = None,
@@ -326,7 +330,8 @@ def select(
 ) -> None:
     """Keep a content-diverse subset of a prepared train split (greedy farthest-point over TF-IDF n-grams).
 
-    DATASET is a prepared data folder (default: the workspace's data/). Val and test are copied unchanged.
+    Only train is thinned; val and test are copied unchanged, so nothing leaks between splits. Coverage is reported
+    against a random subset of the same size. The folder is registered as a dataset made from its source.
 
     Example:  llmforge data select --size 500 && llmforge train -s train.data=llmforge-work/demo/data-select-500
     """
