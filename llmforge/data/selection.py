@@ -82,10 +82,12 @@ def farthest_points(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     chosen = [int(rng.integers(len(vectors)))]
     nearest = np.clip(1.0 - vectors @ vectors[chosen[0]], 0.0, 2.0)
+    nearest[chosen[0]] = -1.0  # taken: exact duplicates sit at distance 0 too, and must not be taken twice
     for _ in range(k - 1):
         pick = int(np.argmax(nearest))
         chosen.append(pick)
         nearest = np.minimum(nearest, np.clip(1.0 - vectors @ vectors[pick], 0.0, 2.0))
+        nearest[chosen] = -1.0
     return np.array(chosen, dtype=np.int64)
 
 

@@ -118,3 +118,9 @@ def test_default_source_is_the_workspace_and_the_registry_links_to_it(tmp_path):
     assert manifest["parent"] == report["parent"] and manifest["selection"]["selected"] == 6
     again = runner.invoke(app, ["data", "select", "--size", "6"])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_identical_records_are_never_picked_twice():
+    vectors = selection.features(["same words here"] * 4 + ["other text entirely"])
+    picked = selection.farthest_points(vectors, 4, seed=0)
+    assert len(set(picked.tolist())) == 4 and 4 in picked.tolist()
