@@ -116,6 +116,12 @@ def test_default_source_is_the_workspace_and_the_registry_links_to_it(tmp_path):
     assert entry is not None and entry["kind"] == "dataset" and entry["parent"] == report["parent"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parent"] == report["parent"] and manifest["selection"]["selected"] == 6
+    # what `llmforge train -s train.data=<folder>` reads, and the parent id its run would record
+    from llmforge.training.data import load
+    from llmforge.workspace import Workspace
+
+    data = load(str(out), Workspace(root), "sft")
+    assert data.dataset_id == report["dataset_id"] and data.val is not None
     again = runner.invoke(app, ["data", "select", "--size", "6"])
     assert again.exit_code == 2 and "--force" in again.output
 
