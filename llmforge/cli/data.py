@@ -1,4 +1,4 @@
-"""`llmforge data prepare|validate|stats|preview|convert|generate|augment`."""
+"""`llmforge data prepare|validate|stats|preview|convert|generate|select|augment`."""
 
 from __future__ import annotations
 
@@ -300,6 +300,61 @@ def generate(
 
         result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=progress)
     _print_generated(result)
+
+
+@app.command("select")
+def select(
+    dataset: Annotated[
+        Optional[str],
+        typer.Argument(help="Prepared data folder holding train.jsonl (default: the workspace's data/).",
+                       show_default=False),
+    ] = None,
+    size: Annotated[
+        Optional[int], typer.Option("--size", "-n", help="How many train records to keep.", show_default=False)
+    ] = None,
+    fraction: Annotated[
+        Optional[float],
+        typer.Option("--fraction", help="Share of the train records to keep (0-1].", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first pick and the coverage yardstick.")] = 0,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Output folder (default: data-select-<N>/ in the workspace).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Keep a content-diverse subset of a prepared train split (greedy farthest-point over TF-IDF n-grams).
+
+    Only train is thinned; val and test are copied unchanged, so nothing leaks between splits. Coverage is reported
+    against a random subset of the same size. The folder is registered as a dataset made from its source.
+
+    Example:  llmforge data select --size 500 && llmforge train -s train.data=llmforge-work/demo/data-select-500
+    """
+    from llmforge.data import select as run
+
+    loaded = load(config, set_)
+    result = run(dataset, workspace_of(loaded), size=size, fraction=fraction, seed=seed, output=output, force=force)
+    if json_:
+        print_json(result.to_dict())
+        return
+    cov = result.coverage
+    chosen, random = cov["selected"], cov["random"]
+    console.print(f"kept {result.selected:,} of {result.available:,} train records -> {escape(result.output)}")
+    console.print(
+        f"coverage of {cov['clusters']} content clusters: {chosen['clusters_covered']} "
+        f"(a random subset: {random['clusters_covered']}); mean distance to nearest kept "
+        f"{chosen['mean_distance_to_nearest']:.3f} (random {random['mean_distance_to_nearest']:.3f})"
+    )
+    if result.copied:
+        console.print(f"copied unchanged: {', '.join(result.copied)}")
+    console.print(
+        f"dataset {result.dataset_id} (from {result.parent}); train on it with -s train.data={escape(result.output)}"
+    )
 
 
 def _print_generated(result) -> None:

@@ -92,6 +92,14 @@ class TrainConfig(Section):
     )
     run_name: FolderName | None = Field(None, description="Run folder name, a plain folder name (default <method>-<YYYYmmdd-HHMMSS>).")
     data: str | None = Field(None, description="Dataset file or folder (default: the workspace's prepared data).")
+    init_from: str | None = Field(
+        None,
+        description="Start from a finished run of this workspace (its run name) as a new run, on new data if you like: "
+        "lora/qlora continue its adapter (same model.name; the adapter's own LoRA settings are kept), sft and "
+        "scratch continue its saved weights (model/). Unlike --resume, which carries on the same unfinished run from "
+        "its checkpoint (same step, optimizer and data), this starts a new run at step 0 with a fresh optimizer and "
+        "schedule; the manifest and `llmforge runs` record the earlier run as its parent.",
+    )
     epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, le=COUNT_MAX, description="Stop after this many optimizer steps.")
     learning_rate: float | None = Field(

@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
     from llmforge.data.pipeline import ValidateResult
+    from llmforge.data.selection import SelectResult
     from llmforge.workspace import Workspace
 
-__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate", "augment"]
+__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
 
 
 def prepare(
@@ -137,3 +138,22 @@ def augment(
     from llmforge.data.augmentation import augment as run
 
     return run(data.augment, data.generate, data.dedupe, workspace, data=dataset, force=force, progress=progress)
+
+
+def select(
+    dataset: str | None,
+    workspace: Workspace,
+    *,
+    size: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    output: Path | None = None,
+    force: bool = False,
+) -> SelectResult:
+    """A content-diverse subset of a prepared train split (val/test copied unchanged), as a new dataset folder."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data select", "data", "numpy")
+    from llmforge.data.selection import select as run
+
+    return run(dataset, workspace, size=size, fraction=fraction, seed=seed, output=output, force=force)

@@ -29,13 +29,13 @@ from typing import Any
 
 import yaml
 
-from llmforge import atomic, manifest, registry
+from llmforge import atomic, checkpoints, manifest, registry
 from llmforge.errors import ConfigError, TrainingStopped, UsageError
 from llmforge.training import backend as backends
 from llmforge.training import data as data_mod
 from llmforge.training import launch
 from llmforge.training import resume as resume_mod
-from llmforge.workspace import Workspace, timestamp
+from llmforge.workspace import Workspace, check_name, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,55 @@ def _new_run_name(train_cfg, method: str, world: int) -> str:
     return name
 
 
+def _init_source(model_cfg, train_cfg, workspace: Workspace, method: str) -> dict[str, Any] | None:
+    """The finished run train.init_from names, checked against this run: {'run', 'method', 'adapter' | 'model'}
+    (absolute paths), or None. Refused when this run could not start from it."""
+    name = train_cfg.init_from
+    if name is None:
+        return None
+    check_name(name, "train.init_from")
+    if method in ("dpo", "orpo", "kto"):
+        raise UsageError(
+            f"train.init_from: --method {method} cannot continue a run",
+            hint=f"set model.name to the earlier run's model folder ({workspace.model_dir(name)}) instead",
+        )
+    source = workspace.run_manifest(name)
+    if not source.is_file():
+        raise UsageError(
+            f"train.init_from: no finished run named {name!r} in {workspace.runs_dir}",
+            hint="`llmforge runs list` shows the runs; an unfinished run continues with --resume",
+        )
+    old = json.loads(source.read_text(encoding="utf-8"))
+    old_method = old.get("method")
+    if method in ("lora", "qlora") and not old.get("adapter"):
+        raise UsageError(
+            f"train.init_from: run {name} trained every weight ({old_method}), so --method {method} has no adapter "
+            "to continue",
+            hint=f"continue it with --method {old_method}, or train a new adapter on it with "
+            f"model.name={workspace.model_dir(name)} and no train.init_from",
+        )
+    # scratch continues a scratch run (its own tokenizer), sft a run of model.name's weights
+    if method in ("sft", "scratch") and (not old.get("model") or (old_method == "scratch") != (method == "scratch")):
+        what = "its adapter" if old.get("adapter") else "it"
+        raise UsageError(
+            f"train.init_from: run {name} ({old_method}) cannot be continued with --method {method}",
+            hint=f"continue {what} with --method {old_method}",
+        )
+    if method != "scratch":
+        base = checkpoints.model_ref(model_cfg.name)
+        if old.get("base_model") != base or (old.get("revision") or None) != (model_cfg.revision or None):
+            raise UsageError(
+                f"train.init_from: run {name} was trained from {old.get('base_model')}"
+                + (f"@{old['revision']}" if old.get("revision") else "")
+                + f", but model.name is {model_cfg.name}" + (f"@{model_cfg.revision}" if model_cfg.revision else ""),
+                hint=f"set model.name to {old.get('base_model')} to continue it, or drop train.init_from",
+            )
+    out: dict[str, Any] = {"run": name, "method": old_method}
+    key = "adapter" if method in ("lora", "qlora") else "model"
+    out[key] = workspace.run_dir(name) / old[key]
+    return out
+
+
 def _trains_adapter(train_cfg, method: str) -> bool:
     """LoRA adapters on a frozen base (lora, qlora; dpo, orpo, kto with LoRA), rather than every weight."""
     if method in ("dpo", "orpo", "kto"):
@@ -164,14 +213,12 @@ def _token_lengths(tokenizer, split: data_mod.Split, method: str, max_length: in
     return lengths
 
 
-def _count_params(model_cfg, train_cfg, method: str, tokenizer) -> tuple[int, int, Any]:
+def _count_params(model_cfg, train_cfg, method: str, tokenizer, init=None) -> tuple[int, int, Any]:
     """(total, trainable, config) without loading weights: the model is built on the meta device."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmforge import checkpoints
-
-    if method == "scratch":
+    if method == "scratch" and init is None:
         from llmforge.training import scratch
 
         s = train_cfg.scratch
@@ -181,15 +228,19 @@ def _count_params(model_cfg, train_cfg, method: str, tokenizer) -> tuple[int, in
         )
     else:
         config = checkpoints.load_config(
-            model_cfg.name, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+            init["model"] if init and "model" in init else model_cfg.name,
+            revision=None if init and "model" in init else model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
         )
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     total = sum(p.numel() for p in model.parameters())
     if not _trains_adapter(train_cfg, method):
         return total, total, model.config
-    targets = train_cfg.lora.target_modules
-    rank = train_cfg.lora.rank
+    targets, rank, dora = train_cfg.lora.target_modules, train_cfg.lora.rank, train_cfg.lora.dora
+    if init and "adapter" in init:  # a continued adapter keeps its own shape
+        saved = json.loads((init["adapter"] / "adapter_config.json").read_text(encoding="utf-8"))
+        targets, rank, dora = saved["target_modules"], saved["r"], saved.get("use_dora", False)
     trainable = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
@@ -197,7 +248,7 @@ def _count_params(model_cfg, train_cfg, method: str, tokenizer) -> tuple[int, in
         short = name.split(".")[-1]
         if targets == "all-linear" or short in targets:
             trainable += rank * (module.in_features + module.out_features)
-            if train_cfg.lora.dora:
+            if dora:
                 trainable += module.out_features
     return total, trainable, model.config
 
@@ -269,6 +320,13 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
             hint=f"pip install {train_cfg.report_to}, or set train.report_to: none (metrics.jsonl is always written)",
         )
     backend, why = backends.choose(method, train_cfg.backend, train_cfg.qlora)
+    init = _init_source(model_cfg, train_cfg, workspace, method)
+    if init is not None and backend == "unsloth":
+        if train_cfg.backend == "unsloth":
+            raise UsageError(
+                "train.init_from: the unsloth backend cannot continue a run", hint="use train.backend: trl (or auto)"
+            )
+        backend, why = "trl", "train.init_from continues a run with TRL + PEFT"
     four_bit = backends.check_4bit() if method == "qlora" else None
     data = data_mod.load(train_cfg.data, workspace, method)
     if train_cfg.early_stopping.patience and data.val is None:
@@ -325,11 +383,18 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
                     hint="pass --force to replace it, --resume to continue it, or choose another train.run_name",
                 )
 
+    if init is not None and run_name == init["run"]:
+        raise UsageError(
+            f"train.init_from: run {run_name} cannot start from itself",
+            hint="choose another train.run_name for the new run",
+        )
+
     # 3. Tokenizer and the chat template trained with.
-    from llmforge import checkpoints
     from llmforge.training import template as template_mod
 
-    if method == "scratch" and not train_cfg.scratch.tokenizer:
+    if method == "scratch" and init is not None:
+        tokenizer = checkpoints.load_tokenizer(init["model"])  # the vocabulary its weights were trained with
+    elif method == "scratch" and not train_cfg.scratch.tokenizer:
         from llmforge.training import scratch
 
         tokenizer = scratch.train_tokenizer(data_mod.texts_of(data.train.records), train_cfg.scratch.vocab_size)
@@ -380,7 +445,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
             data.val_rows = val.rows
 
     # 4. The plan (all a dry run does).
-    total, trainable, model_config = _count_params(model_cfg, train_cfg, method, tokenizer)
+    total, trainable, model_config = _count_params(model_cfg, train_cfg, method, tokenizer, init)
     if data.train_rows is not None:
         lengths = [min(len(r["input_ids"]), train_cfg.max_length) for r in data.train_rows]
     else:
@@ -423,6 +488,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "overlong": overlong,
         "resume_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
+        "init_from": init["run"] if init else None,
         "notes": data.notes,
     }
     if dry_run:
@@ -467,7 +533,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
     set_seed(train_cfg.seed)  # LoRA's random init and scratch weights happen before the Trainer seeds anything
     built = trainers.build(
         model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr,
-        output_dir=workspace.checkpoints_dir(run_name), world=world,
+        output_dir=workspace.checkpoints_dir(run_name), world=world, init=init,
     )
     trainer = built.trainer
     from transformers import PrinterCallback, ProgressCallback
@@ -544,6 +610,7 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         "train_seconds": round(train_seconds, 3),
         "resumed_from": str(resume_from) if resume_from else None,
         "resume_skipped": resume_skipped,
+        "init_from": init["run"] if init else None,
         "removed_temporaries": len(removed),
         "overlong": overlong,
         "is_main": is_main,
@@ -613,11 +680,13 @@ def run(model_cfg, train_cfg, workspace: Workspace, *, resume: bool = False, for
         processes=world,
         resumed_from=str(resume_from) if resume_from else None,
         resume_skipped=resume_skipped,
+        init_from=init["run"] if init else None,
     )
     atomic.write_json(workspace.run_manifest(run_name), m)
+    # a continued run's parent is the run it started from (run -> run in `llmforge runs`); its data stays named
     registry.record(
-        workspace.registry_file, "run", run_name, parent=data.dataset_id, path=str(run_dir), status="complete",
-        method=method, base_model=base,
+        workspace.registry_file, "run", run_name, parent=init["run"] if init else data.dataset_id,
+        path=str(run_dir), status="complete", method=method, base_model=base, dataset=data.dataset_id,
         metrics={k: v for k, v in (("loss", result["final_loss"]), ("eval_loss", final_eval),
                                    ("steps", state.global_step)) if v is not None},
     )

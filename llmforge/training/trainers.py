@@ -148,28 +148,34 @@ def _load_base(model_cfg, dtype: str, quantization_config=None):
 
 
 def build(model_cfg, train_cfg, method, backend, data: data_mod.TrainingData, tokenizer, prec, lr, *,
-          output_dir: Path, world: int) -> Built:
+          output_dir: Path, world: int, init: dict[str, Any] | None = None) -> Built:
+    """`init`: the earlier run train.init_from names (runner._init_source), whose adapter or weights this run
+    starts from."""
     if method == "scratch":
-        return _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world)
+        return _scratch(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world, init)
     if method == "dpo":
         return _dpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
     if method == "orpo":
         return _orpo(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
     if method == "kto":
         return _kto(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world)
-    return _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, output_dir, world)
+    return _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, output_dir, world, init)
 
 
-def _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
+def _scratch(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world, init=None) -> Built:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from llmforge.training import scratch
 
     s = train_cfg.scratch
-    model = scratch.build_model(
-        tokenizer, s.architecture, s.hidden_size, s.layers, s.heads, s.kv_heads, s.intermediate_size,
-        max_position_embeddings=max(2048, train_cfg.max_length), seed=train_cfg.seed,
-    )
+    if init is not None:  # its architecture is the earlier run's: train.scratch's shape settings do not apply
+        model = checkpoints.load_model(init["model"], trust_remote_code=model_cfg.trust_remote_code,
+                                       dtype=prec["weights"])
+    else:
+        model = scratch.build_model(
+            tokenizer, s.architecture, s.hidden_size, s.layers, s.heads, s.kv_heads, s.intermediate_size,
+            max_position_embeddings=max(2048, train_cfg.max_length), seed=train_cfg.seed,
+        )
     block = train_cfg.max_length
     train_ds = _dataset([{"input_ids": b} for b in scratch.pack_blocks(
         tokenizer, data_mod.texts_of(data.train.records), block)])
@@ -189,7 +195,7 @@ def _scratch(train_cfg, data, tokenizer, prec, lr, output_dir, world) -> Built:
     return Built(trainer, is_adapter=False)
 
 
-def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, output_dir, world) -> Built:
+def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, output_dir, world, init=None) -> Built:
     is_adapter = method in ("lora", "qlora")
     if backend == "unsloth":
         from llmforge.training import unsloth_backend
@@ -203,9 +209,15 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=train_cfg.gradient_checkpointing
             )
+        elif init is not None and "model" in init:
+            model = checkpoints.load_model(init["model"], trust_remote_code=model_cfg.trust_remote_code,
+                                           dtype=prec["weights"])
         else:
             model = _load_base(model_cfg, prec["weights"])
-        if is_adapter:
+        if is_adapter and init is not None:
+            # the earlier run's adapter, trainable, with its own rank and targets (train.lora does not apply)
+            model = checkpoints.load_adapter(model, init["adapter"], trainable=True)
+        elif is_adapter:
             model = get_peft_model(model, lora_config(train_cfg))
         if method == "qlora":
             disabled = disable_bnb_cpu_repacking(model)
