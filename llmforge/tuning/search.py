@@ -12,11 +12,8 @@ from llmforge.errors import ConfigError
 from llmforge.tuning import space as space_mod
 
 
-class _Pruned(Exception):
-    """Raised from the training progress callback to stop a trial the pruner gave up on."""
-
-
 def run(model, train, tune, workspace, *, progress=None) -> dict[str, Any]:
+    from llmforge.training import StopTraining
     from llmforge.training import train as train_verb
 
     space_mod.check(tune.space, train)
@@ -51,11 +48,11 @@ def run(model, train, tune, workspace, *, progress=None) -> dict[str, Any]:
             if event.get("event") == "eval" and event.get("eval_loss") is not None:
                 trial.report(float(event["eval_loss"]), int(event["step"]))
                 if trial.should_prune():
-                    raise _Pruned()
+                    raise StopTraining(f"pruned at step {event['step']}")
 
         try:
             result = train_verb(model, trial_train, workspace, progress=report)
-        except _Pruned:
+        except StopTraining:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             emit({"event": "trial_done", "number": trial.number, "state": "PRUNED", "value": None})
             continue

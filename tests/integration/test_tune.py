@@ -85,3 +85,26 @@ def test_apply_refused_without_a_config_file(tiny_llama_dir, tmp_path, monkeypat
                                       "-s", "tune.space={train.lora.rank: [4, 8]}"])
     assert result.exit_code == 2, result.output
     assert "--apply needs a config file" in result.output
+
+
+def test_a_trial_trailing_the_median_eval_loss_is_pruned(tiny_llama_dir, tmp_path):
+    import optuna
+
+    space = {"train.lora.rank": [2, 4]}
+    path = config_file(tmp_path, tiny_llama_dir, space)
+    ws = tmp_path / "ws"
+    # two finished trials in the study file whose eval loss was 0 at every step: any real loss trails their median
+    (ws / "tune").mkdir(parents=True)
+    study = optuna.create_study(study_name="s1", storage=f"sqlite:///{ws / 'tune' / 's1.db'}")
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.lora.rank": 2}, distributions={"train.lora.rank": optuna.distributions.
+                                                          CategoricalDistribution([2, 4])},
+            value=0.0, intermediate_values={1: 0.0, 2: 0.0},
+        ))
+    result = CliRunner().invoke(app, ["tune", str(path), "--trials", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    trials = json.loads(result.output)["trials"]
+    assert trials[2]["state"] == "PRUNED", trials[2]
+    assert list(trials[2]["intermediate"]) == ["1"]  # stopped at its first evaluation, not trained to the end
+    assert trials[2]["intermediate"]["1"] > 0
