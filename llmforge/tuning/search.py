@@ -27,11 +27,12 @@ def run(model, train, tune, workspace, *, progress=None) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=tune.study, storage=f"sqlite:///{database}", load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=tune.seed),
         # median of the earlier trials at the same step; two finished trials before any pruning, so a short study
         # still compares against something
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if tune.prune else optuna.pruners.NopPruner(),
     )
+    # The seed moves on with the study: a sampler reseeded as it was would replay the first run's random draws.
+    study.sampler = optuna.samplers.TPESampler(seed=(tune.seed + len(study.get_trials(deepcopy=False))) % 2**32)
     # A trial still RUNNING in the file was cut off by an earlier process that died (one process runs a study).
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)

@@ -61,6 +61,8 @@ def test_trials_run_resume_and_apply(tiny_llama_dir, tmp_path):
     saved = json.loads((ws / "tune" / "s1" / "results.json").read_text())
     assert [t["trial"] for t in saved["trials"]] == [0, 1, 2]
     assert saved["trials"][0]["params"] == result["trials"][0]["params"]
+    # the resumed sampler does not replay the first run's random draws
+    assert saved["trials"][2]["params"] != saved["trials"][0]["params"]
 
     best = saved["best"]["params"]
     written = yaml.safe_load(path.read_text())
