@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llmforge.config.loader import field_info
+from llmforge.config.loader import field_info, leaf_paths
 from llmforge.config.train import TrainConfig
 from llmforge.errors import ConfigError
 
@@ -27,11 +27,12 @@ def check(space: dict[str, Any], train: TrainConfig) -> None:
         if not str(key).startswith("train."):
             raise ConfigError(f"{where}: only train.* keys can be searched", hint="e.g. train.learning_rate")
         try:
-            info = field_info(str(key))
+            field_info(str(key))
         except ConfigError as exc:
-            # the loader's own did-you-mean message, about the key inside tune.space
-            raise ConfigError(f"{where}: {exc.message}") from None
-        del info
+            # the loader's own did-you-mean message, less its leading "<path>: " (the key is named in full here)
+            raise ConfigError(f"{where}: {exc.message.split(': ', 1)[-1].replace(' (this key)', '')}") from None
+        if key not in leaf_paths():
+            raise ConfigError(f"{where}: {key} is a section, not a value", hint="name one of its keys")
         if key in NOT_SEARCHABLE:
             raise ConfigError(f"{where}: {key} cannot be searched (each trial sets or shares it)")
         for value in _probe_values(where, spec):
