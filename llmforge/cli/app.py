@@ -22,6 +22,7 @@ from llmforge.cli import export as export_cmd
 from llmforge.cli import runs as runs_cmd
 from llmforge.cli import serve as serve_cmd
 from llmforge.cli import train as train_cmd
+from llmforge.cli import tune as tune_cmd
 from llmforge.cli.output import error
 from llmforge.errors import EXIT_FAILED, LlmforgeError
 
@@ -113,6 +114,7 @@ def root(
 
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("tune")(tune_cmd.tune)
 app.command("eval")(evaluate_cmd.evaluate)
 app.add_typer(export_cmd.app, name="export")
 app.add_typer(deploy_cmd.app, name="deploy")

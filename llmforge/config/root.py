@@ -13,6 +13,7 @@ from llmforge.config.model import ModelConfig
 from llmforge.config.project import ProjectConfig
 from llmforge.config.serve import ServeConfig
 from llmforge.config.train import TrainConfig
+from llmforge.config.tune import TuneConfig
 
 
 class LlmforgeConfig(Section):
@@ -20,6 +21,7 @@ class LlmforgeConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data preparation (`llmforge data`).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training (`llmforge train`).")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter search (`llmforge tune`).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation (`llmforge eval`).")
     export: ExportConfig = Field(default_factory=ExportConfig, description="GGUF export (`llmforge export`).")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Ollama deployment (`llmforge deploy`).")

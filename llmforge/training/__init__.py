@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+class StopTraining(Exception):
+    """Raised by a progress callback to end the run at once, unfinished (no final outputs): `llmforge tune` prunes
+    a trial this way. Any other exception from the callback is logged and training goes on."""
+
+
 def train(
     model: ModelConfig,
     train: TrainConfig,
@@ -36,6 +41,7 @@ def train(
     "reason"}]} (newer checkpoints passed over because they are incomplete); then {"event": "start"|"step"|"log"|
     "eval", "step", "total_steps", "loss", "learning_rate", "tokens_per_second", "eval_loss"}: "step" after every
     step, "log" every train.logging_steps, "eval" after each evaluation.
+    A callback that raises StopTraining ends the run there; the exception reaches the caller.
     """
     from llmforge.errors import require_extra
 
@@ -52,4 +58,4 @@ def relaunch(argv: list[str], nproc: int, run_name: str | None, accelerate_confi
     return launch.relaunch(argv, nproc, run_name, accelerate_config)
 
 
-__all__ = ["train", "relaunch"]
+__all__ = ["train", "relaunch", "StopTraining"]

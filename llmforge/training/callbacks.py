@@ -13,6 +13,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from llmforge.training import StopTraining
+
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -38,6 +40,8 @@ class RunLog(TrainerCallback):
         if self.progress is not None:
             try:
                 self.progress(event)
+            except StopTraining:  # the caller's own decision to end the run (tune's pruner), not a display problem
+                raise
             except Exception:  # a display problem must never stop training
                 log.exception("progress callback failed")
 

@@ -11,7 +11,7 @@ from core_guard import run_cli
 
 def test_help_config_and_runs_work_with_core_dependencies_only(tmp_path):
     assert run_cli("--help").returncode == 0
-    for command in ("data", "train", "eval", "export", "deploy", "serve", "chat", "runs", "config", "doctor"):
+    for command in ("data", "train", "tune", "eval", "export", "deploy", "serve", "chat", "runs", "config", "doctor"):
         result = run_cli(command, "--help")
         assert result.returncode == 0, (command, result.stderr[-1500:])
     shown = run_cli("config", "show", "-s", "train.lora.rank=8", "--sources", "--json")
@@ -25,6 +25,7 @@ def test_commands_that_need_an_extra_say_which():
     assert result.returncode == 2
     assert "extra" in result.stderr and "pipx inject llmforge" in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr
-    for args in (("serve", "--model", "x.gguf"), ("chat", "http://127.0.0.1:9"), ("data", "stats", "x.jsonl")):
+    tune = ("tune", "-s", "model.name=some/model", "-s", "tune.space={train.lora.rank: [4, 8]}")
+    for args in (tune, ("serve", "--model", "x.gguf"), ("chat", "http://127.0.0.1:9"), ("data", "stats", "x.jsonl")):
         result = run_cli(*args)
         assert result.returncode == 2 and "pipx inject llmforge" in result.stderr, (args, result.stderr[-1500:])
