@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llmforge.config.base import CHARS_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
+from llmforge.config.base import CHARS_MAX, COUNT_MAX, SEED_MAX, TOKENS_MAX, FolderName, Section
 from llmforge.extensions import is_entry
 from llmforge.secrets import Secret
 
@@ -119,7 +119,7 @@ class AugmentConfig(Section):
         None, description="Dataset folder to write (default: <workspace>/data/augmented); train.data can point at it."
     )
     batch: int = Field(10, ge=1, le=50, description="Refusal examples asked for per request.")
-    progress_every: int = Field(10, ge=1, description="A progress line every this many requests (plain output).")
+    progress_every: int = Field(10, ge=1, le=COUNT_MAX, description="A progress line every this many requests (plain output).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature: some variety helps here.")
     max_tokens: int = Field(1024, ge=16, le=TOKENS_MAX, description="Most tokens the endpoint may answer with.")
 
