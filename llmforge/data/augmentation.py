@@ -24,7 +24,7 @@ from llmforge import atomic, manifest
 from llmforge.config.data import AugmentConfig, DedupeConfig, GenerateConfig
 from llmforge.data import dedupe
 from llmforge.data.clean import normalize_text
-from llmforge.data.generation import Endpoint, parse_pairs
+from llmforge.data.generation import Endpoint, json_payload, parse_pairs
 from llmforge.errors import LlmforgeError, UsageError
 from llmforge.workspace import Workspace
 
@@ -73,14 +73,9 @@ class AugmentResult:
 
 def parse_strings(reply: str, key: str) -> list[str]:
     """The strings of a JSON reply: a list, or an object's `key` list; fences and trailing commas tolerated."""
-    text = reply.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)(?:```|\Z)", text, re.DOTALL)
-    if fenced:
-        text = fenced.group(1).strip()
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if not starts:
+    text = json_payload(reply)
+    if text is None:
         return []
-    text = text[min(starts) :]
     data = None
     for candidate in (text, re.sub(r",\s*([}\]])", r"\1", text)):
         try:

@@ -134,16 +134,21 @@ def _try_json(text: str) -> Any:
         return None
 
 
-def parse_pairs(reply: str) -> tuple[list[tuple[str, str]], bool]:
-    """(pairs, repaired) from a model's reply; ([], False) when nothing can be recovered."""
+def json_payload(reply: str) -> str | None:
+    """The JSON part of a model's reply: inside a ``` fence if there is one, from the first { or [ on (None: none)."""
     text = reply.strip()
     fenced = re.search(r"```(?:json)?\s*(.*?)(?:```|\Z)", text, re.DOTALL)
     if fenced:
         text = fenced.group(1).strip()
     starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if not starts:
+    return text[min(starts) :] if starts else None
+
+
+def parse_pairs(reply: str) -> tuple[list[tuple[str, str]], bool]:
+    """(pairs, repaired) from a model's reply; ([], False) when nothing can be recovered."""
+    text = json_payload(reply)
+    if text is None:
         return [], False
-    text = text[min(starts) :]
     repaired = False
     data = _try_json(text)
     if data is None:
