@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -81,3 +82,29 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def read_banner(proc, seconds: float = 60) -> tuple[dict, str]:
+    """The JSON that `llmforge serve --json` prints just before it listens (and its text), once /health answers.
+    Kills the process and fails with its output when no banner comes."""
+    import httpx
+
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (lines and lines[-1].startswith("}")):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    text = "".join(lines)
+    if not lines or not lines[-1].startswith("}"):
+        proc.kill()
+        raise AssertionError(f"serve did not start: {text} {proc.stderr.read()}")
+    info = json.loads(text)
+    for _ in range(100):
+        try:
+            if httpx.get(info["url"] + "/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return info, text

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fakes.openai_server import FakeOpenAI  # noqa: E402
+from serve_helpers import read_banner  # noqa: E402
 from train_data import chat_rows, write_jsonl  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -79,25 +79,15 @@ def test_a_planted_key_reaches_no_file_and_no_output(tiny_llama_dir, tmp_path, m
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
         )  # fmt: skip
         try:
-            lines = []
-            while not (lines and lines[-1].startswith("}")):
-                line = proc.stdout.readline()
-                assert line, proc.stderr.read()
-                lines.append(line)
-            url = json.loads("".join(lines))["url"]
+            info, banner = read_banner(proc)
+            url = info["url"]
             # one logged chat exchange, authorised with the key: the conversation log must not keep it
-            for _ in range(100):
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             reply = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
                                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})  # fmt: skip
             assert reply.status_code == 200, reply.text
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=60)
-            stdout = "".join(lines) + stdout
+            stdout = banner + stdout
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import serving
+from serve_helpers import read_banner, serving
 from test_serve import llamacpp_engine, tiny_gguf  # noqa: F401  (fixtures)
 
 pytest.importorskip("llama_cpp")
@@ -38,26 +37,11 @@ def test_serve_command_serves_until_interrupted(tiny_gguf, tmp_path):  # noqa: F
         cwd=tmp_path,
     )  # fmt: skip
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("}"):
-                break
-        info = json.loads("".join(lines))
+        info, banner = read_banner(proc)
         assert info["engine"] == "llamacpp" and info["api_key_required"] is True
         assert info["url"].startswith("http://127.0.0.1:")  # loopback by default
-        assert "sk-env" not in "".join(lines)
+        assert "sk-env" not in banner
         url = info["url"]
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         assert httpx.get(url + "/v1/models").status_code == 401
         r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3},
                        headers={"Authorization": "Bearer sk-env"})  # fmt: skip

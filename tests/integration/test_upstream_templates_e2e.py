@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ pytest.importorskip("ollama")
 
 import upstream_templates  # noqa: E402
 from fakes.ollama_server import StandIn  # noqa: E402
+from serve_helpers import read_banner  # noqa: E402
 from test_deploy_ollama import gorender, modelfile_template  # noqa: E402, F401  (gorender: a fixture)
 from tiny_gguf import REPLY, build_gguf  # noqa: E402
 from tiny_models import tiny_chat_model  # noqa: E402
@@ -93,28 +93,8 @@ def serve_process(gguf: Path, cwd: Path) -> tuple[subprocess.Popen, str]:
          "--json", "-s", "project.workdir=work"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
     )  # fmt: skip
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("}"):
-            break
-    if not lines or not lines[-1].startswith("}"):
-        proc.kill()
-        raise AssertionError(f"serve did not start: {''.join(lines)} {proc.stderr.read()}")
-    url = json.loads("".join(lines))["url"]
-    import httpx
-
-    for _ in range(200):  # the JSON is printed just before uvicorn listens
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    return proc, url
+    info, _ = read_banner(proc)
+    return proc, info["url"]
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
