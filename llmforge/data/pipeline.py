@@ -75,12 +75,11 @@ class ValidateResult:
         return out
 
 
-class _Scan:
-    """Reads every input and yields (item, kind, canonical record) for valid records; collects problems."""
+class _Tally:
+    """What a pass over every input counts, in input order: `validate` reads records itself (_Scan), `prepare` gets
+    the same counts back from its chunks."""
 
-    def __init__(self, data: DataConfig, files: list[Path]):
-        self.data = data
-        self.files = files
+    def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.problem_count = 0
         self.records = 0
@@ -90,15 +89,28 @@ class _Scan:
         self.warnings: list[str] = []
         self.unreadable: dict[str, str] = {}
         self.dataset_kind: str | None = None
+
+    def add_problem(self, file: str, line: int, field_: str, reason: str) -> Problem:
+        """Count a problem; keep the first MAX_PROBLEMS_KEPT of them."""
+        self.problem_count += 1
+        found = Problem(file, line, field_, reason)
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(found)
+        return found
+
+
+class _Scan(_Tally):
+    """Reads every input and yields (item, kind, canonical record) for valid records; collects problems."""
+
+    def __init__(self, data: DataConfig, files: list[Path]):
+        super().__init__()
+        self.data = data
+        self.files = files
         self.read_seconds = 0.0
         self.validate_seconds = 0.0
 
     def problem(self, item: sources.Item, field_: str, reason: str) -> Problem:
-        self.problem_count += 1
-        found = Problem(item.file, item.line, field_, reason)
-        if len(self.problems) < MAX_PROBLEMS_KEPT:
-            self.problems.append(found)
-        return found
+        return self.add_problem(item.file, item.line, field_, reason)
 
     def __iter__(self) -> Iterator[tuple[sources.Item, str, dict[str, Any], Problem | None]]:
         fmt = self.data.format
@@ -302,21 +314,6 @@ def prepare(
         shutil.rmtree(work, ignore_errors=True)
 
 
-class _Tally:
-    """What the first pass of `prepare` counts over every input, in input order (a _Scan's counts, from chunks)."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-        self.problem_count = 0
-        self.records = 0
-        self.kinds: Counter[str] = Counter()
-        self.formats: Counter[str] = Counter()
-        self.per_file: Counter[str] = Counter()
-        self.warnings: list[str] = []
-        self.unreadable: dict[str, str] = {}
-        self.dataset_kind: str | None = None
-
-
 # Records per chunk handed to a worker: big enough that pickling and scheduling cost little per record, small enough
 # that a few chunks in flight per worker hold a few MB.
 CHUNK_RECORDS = 2000
@@ -420,9 +417,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         scan.records += result.items
         scan.per_file[name] += result.items
         for line, field_, reason in result.problems:
-            scan.problem_count += 1
-            if len(scan.problems) < MAX_PROBLEMS_KEPT:
-                scan.problems.append(Problem(name, line, field_, reason))
+            scan.add_problem(name, line, field_, reason)
             if field_ == "file" and line == 0:
                 scan.unreadable[name] = reason
                 scan.per_file[name] -= 1  # the file's own problem is no record of it
