@@ -1,6 +1,12 @@
 """The per-record work of `data prepare`, a chunk of records at a time: parse, validate, normalize, apply the
 user's data.transforms, scrub PII, filter (lengths, blocklist, language), hash and serialize. Chunks are
-independent, so a process pool can share them out; the caller takes the results in order and does what needs all records in sequence (exact dedupe, counts, the spill file).
+independent, so a process pool can share them out; the caller takes the results in order and does what needs all
+records in sequence (exact dedupe, counts, the spill file).
+
+Each step runs over the whole chunk before the next one (per-step timings cost a clock reading per chunk, not per
+record), and the common record shapes (chat messages and alpaca rows of plain strings) skip most of the per-record
+Python: their texts are normalized all together (clean.normalize_texts) and they travel as (roles, contents) until
+they are serialized. Everything else goes through records.canonical one record at a time, as before.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +22,12 @@ import orjson
 
 from llmforge.data import records as rec
 from llmforge.data import sources
-from llmforge.data.clean import PiiScrubber
-from llmforge.data.dedupe import exact_key, words
+from llmforge.data.clean import PiiScrubber, normalize_texts
+from llmforge.data.dedupe import encoded_words, key_of_words
 from llmforge.extensions import load, one_line
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     """What a worker needs to know about the run (sent to each worker once)."""
 
@@ -66,6 +73,11 @@ class Result:
     seconds: Counter = field(default_factory=Counter)
 
 
+# A record in the common shape: its roles and the contents of its turns, as canonical's {"messages": [...]} holds them.
+Turns = tuple[tuple[str, ...], list[str]]
+PREFIX = {role: f"{role}: " for role in rec.ROLES}  # records.plain's "role: content"
+
+
 class Worker:
     """Turns chunks into Results. One per process: its scrubbers and MinHash object are reused across chunks."""
 
@@ -87,48 +99,62 @@ class Worker:
 
             languages.load()
             self.detect = languages.detect
+        # the roles of a conversation -> whether records.canonical accepts them (checked once per sequence)
+        self.turns_ok: dict[tuple[str, ...], bool] = {}
 
     def run(self, chunk: sources.Lines | list[sources.Item], dataset_kind: str | None) -> Result:
         """`dataset_kind`: the kind of the dataset's first valid record, if one came before this chunk."""
-        s = self.settings
         clock = time.perf_counter
-        seconds: Counter[str] = Counter()
+        t0 = clock()
         if isinstance(chunk, sources.Lines):
-            t0 = clock()
-            name, limit, item_of = chunk.file, s.max_record_chars, sources.jsonl_item
-            items = [item_of(name, number, raw, limit) for number, raw in enumerate(chunk.lines, chunk.first)]
-            items = [item for item in items if item is not None]
-            seconds["read"] += clock() - t0
+            entries = sources.jsonl_items(chunk, self.settings.max_record_chars)
+            out = Result(file=chunk.file, items=len(entries))
         else:
-            items = chunk
-        out = Result(file=chunk.file if isinstance(chunk, sources.Lines) else chunk[0].file, items=len(items))
-        scrub, counter, blocklist, detect, wanted = self.scrub, s.counter, s.blocklist, self.detect, s.languages
-        min_len, max_len, min_answer, unit = s.min_len, s.max_len, s.min_answer, s.unit
-        spill: list[bytes] = []
-        signatures: list[bytes] = []
-        offset = 0
-        dumps = orjson.dumps
-        for item in items:
-            if item.reason is not None:
-                self._problem(out, item, item.field or "record", item.reason)
+            entries = [item if item.reason is not None else (item.line, item.obj) for item in chunk]
+            out = Result(file=chunk[0].file, items=len(entries))
+        t1 = clock()
+        passed = self._validate(out, entries, dataset_kind)
+        t2 = clock()
+        out.seconds.update(read=t1 - t0, validate_normalize=t2 - t1)
+        if passed:
+            self._process(out, passed)
+        return out
+
+    # --- validate and normalize --------------------------------------------------------------------------------
+
+    def _validate(self, out: Result, entries: list, dataset_kind: str | None) -> list[tuple[int, Any]]:
+        """Each entry to its kind and canonical form, in order: (line, Turns or record dict) of the records that pass,
+        problems into `out`."""
+        s = self.settings
+        fmt, skip, transforms = s.fmt, s.skip, self.transforms
+        shapes = self._shapes(entries) if not transforms and fmt in ("auto", "messages", "alpaca") else None
+        passed: list[tuple[int, Any]] = []
+        problems = out.problems
+        for index, entry in enumerate(entries):
+            if type(entry) is sources.Item:
+                self._problem(out, entry, entry.field or "record", entry.reason)
                 continue
-            t1 = clock()
+            line, obj = entry
+            turns = shapes[index] if shapes is not None else None
             try:
-                detected = rec.detect(item.obj, dataset_kind) if s.fmt == "auto" else s.fmt
-                kind, record = rec.canonical(item.obj, detected)
-                if self.transforms:
-                    record = self._transform(out, item, record)
-                    if out.failure is not None:
-                        break
-                    if record is None:
-                        seconds["transform"] += clock() - t1
-                        out.transformed_out += 1
-                        continue
-                    # a returned record is checked and normalized again, like any input record
-                    try:
-                        kind, record = rec.canonical(record, rec.detect(record))
-                    except rec.RecordError as exc:
-                        raise rec.RecordError(exc.field, f"after data.transforms: {exc.reason}") from None
+                if turns is not None:
+                    kind, detected = "messages", turns[2]
+                    record: Any = turns[:2]
+                else:
+                    detected = rec.detect(obj, dataset_kind) if fmt == "auto" else fmt
+                    kind, record = rec.canonical(obj, detected)
+                    if transforms:
+                        record = self._transform(out, line, record)
+                        if out.failure is not None:
+                            break
+                        if record is None:
+                            out.transformed_out += 1
+                            continue
+                        # a returned record is checked and normalized again, like any input record
+                        try:
+                            kind, record = rec.canonical(record, rec.detect(record))
+                        except rec.RecordError as exc:
+                            raise rec.RecordError(exc.field, f"after data.transforms: {exc.reason}") from None
                 if dataset_kind is None:
                     dataset_kind = kind
                 elif kind != dataset_kind:
@@ -136,74 +162,175 @@ class Worker:
                         "record", f"a {kind} record in a {dataset_kind} dataset (one kind per dataset)"
                     )
             except rec.RecordError as exc:
-                seconds["validate_normalize"] += clock() - t1
-                self._problem(out, item, exc.field, exc.reason)
+                self._problem(out, sources.Item(out.file, line, obj), exc.field, exc.reason)
                 continue
-            t2 = clock()
-            seconds["validate_normalize"] += t2 - t1
             out.kinds[kind] += 1
             out.formats[detected] += 1
-            if out.problems and not s.skip:
+            if problems and not skip:
                 continue  # failing anyway: only collect the remaining problems
-            if scrub.active:
-                record = rec.map_texts(record, scrub)
-            t3 = clock()
-            text = rec.plain(record)
+            passed.append((line, record))
+        out.dataset_kind = dataset_kind
+        return passed
+
+    def _shapes(self, entries: list) -> list[tuple[tuple[str, ...], list[str], str] | None]:
+        """For each entry in the common shape that canonical would accept: (roles, normalized contents, format),
+        what canonical makes of it; None for every other entry (canonical then decides, and says what is wrong).
+
+        The common shapes: {"messages": [{"role": system/user/assistant, "content": a string}, ...]} and
+        {"instruction": a string, "input": a string or null, "output": a string}, without a "system" field."""
+        fmt = self.settings.fmt
+        roles_ok, texts = rec.ROLES, []
+        found: list[tuple[str, Any] | None] = []
+        for entry in entries:
+            obj = entry[1] if type(entry) is tuple else None
+            shape = None
+            if type(obj) is dict and obj.get("system") in (None, ""):
+                detected = fmt if fmt != "auto" else _format(obj)
+                if detected == "messages":
+                    messages = obj.get("messages")
+                    if type(messages) is list and messages:
+                        roles = []
+                        start = len(texts)
+                        for message in messages:
+                            if type(message) is not dict:
+                                break
+                            role, content = message.get("role"), message.get("content")
+                            if type(role) is not str or role not in roles_ok or type(content) is not str:
+                                break
+                            roles.append(role)
+                            texts.append(content)
+                        else:
+                            shape = ("messages", tuple(roles))
+                        if shape is None:
+                            del texts[start:]
+                elif detected == "alpaca":
+                    instruction, extra, output = obj.get("instruction"), obj.get("input"), obj.get("output")
+                    if type(instruction) is str and type(output) is str and (extra is None or type(extra) is str):
+                        texts += (instruction, extra or "", output)
+                        shape = ("alpaca", None)
+            found.append(shape)
+        normalized = normalize_texts(texts)
+        shapes: list[tuple[tuple[str, ...], list[str], str] | None] = []
+        at, turns_ok = 0, self.turns_ok
+        for shape in found:
+            if shape is None:
+                shapes.append(None)
+                continue
+            detected, roles = shape
+            if detected == "messages":
+                contents = normalized[at : at + len(roles)]
+                at += len(roles)
+                ok = turns_ok.get(roles)
+                if ok is None:
+                    ok = turns_ok[roles] = _turns_ok(roles)
+                shapes.append((roles, contents, detected) if ok and all(contents) else None)
+            else:
+                instruction, extra, output = normalized[at : at + 3]
+                at += 3
+                if instruction and output:
+                    user = f"{instruction}\n\n{extra}" if extra else instruction
+                    shapes.append((("user", "assistant"), [user, output], detected))
+                else:
+                    shapes.append(None)
+        return shapes
+
+    # --- clean, filter, hash, serialize ---------------------------------------------------------------------------
+
+    def _process(self, out: Result, passed: list[tuple[int, Any]]) -> None:
+        s = self.settings
+        clock = time.perf_counter
+        seconds = out.seconds
+        t0 = clock()
+        scrub = self.scrub
+        if scrub.active and scrub.may_change("\x00".join(_texts(record for _, record in passed))):
+            passed = [
+                (line, (record[0], [scrub(c) for c in record[1]]) if type(record) is tuple
+                 else rec.map_texts(record, scrub))
+                for line, record in passed
+            ]  # fmt: skip
+        out.pii = scrub.counts.copy()
+        scrub.counts.clear()
+        t1 = clock()
+        seconds["clean"] += t1 - t0
+
+        counter, blocklist, detect, wanted = s.counter, s.blocklist, self.detect, s.languages
+        min_len, max_len, min_answer, unit = s.min_len, s.max_len, s.min_answer, s.unit
+        kept: list[tuple[int, Any, str, int]] = []  # line, record, plain text, size
+        language_seconds = 0.0
+        for line, record in passed:
+            if type(record) is tuple:
+                roles, contents = record
+                text = "\n\n".join([PREFIX[r] + c for r, c in zip(roles, contents)])
+                if counter is not None or detect is not None:
+                    record = _as_dict(record)
+                answer = min([len(c) for r, c in zip(roles, contents) if r == "assistant"])
+            else:
+                text = rec.plain(record)
+                answer = rec.answer_chars(record) if "text" not in record else min_answer
+            size = counter.count(_as_dict(record)) if counter else len(text)
             reason = None
-            size = counter.count(record) if counter else len(text)
             if size < min_len:
                 reason = f"too short: {size} {unit} (min {min_len})"
             elif max_len is not None and size > max_len:
                 reason = f"too long: {size} {unit} (max {max_len})"
-            elif kind != "text" and rec.answer_chars(record) < min_answer:
+            elif answer < min_answer:
                 reason = f"answer shorter than {min_answer} characters"
             elif blocklist is not None and (hit := blocklist.search(text)):
                 reason = f"matches the blocklist ({hit.group(0)[:40]!r})"
-            t4 = clock()
-            seconds["clean"] += t3 - t2
-            seconds["filter"] += t4 - t3
             if detect is not None and reason is None:  # the costliest filter, so the last
-                language = detect(record)
+                t = clock()
+                language = detect(_as_dict(record))
+                language_seconds += clock() - t
                 out.languages[language] += 1
                 if language not in wanted:
                     reason = f"language: {language} (not in data.languages)"
-                t5 = clock()
-                seconds["language"] += t5 - t4
-                t4 = t5
             if reason:
-                out.filtered.append((item.line, reason))
+                out.filtered.append((line, reason))
                 continue
-            split = words(text)  # for the exact key and, when wanted, the near-duplicate shingles
-            out.keys.append(exact_key(text, split))
-            t5 = clock()
-            line = dumps(record) + b"\n"
-            spill.append(line)
-            offset += len(line)
-            out.ends.append(offset)
-            out.lines.append(item.line)
-            out.sizes.append(size)
-            t6 = clock()
-            seconds["exact_dedupe"] += t5 - t4
-            seconds["spill"] += t6 - t5
-            if self.hasher is not None:
-                signatures.append(self.hasher.signature(text, split))
-                seconds["near_signatures"] += clock() - t6
-        out.dataset_kind = dataset_kind
-        out.spill = b"".join(spill)
-        out.signatures = b"".join(signatures)
-        out.pii = scrub.counts.copy()
-        scrub.counts.clear()
-        out.seconds = seconds
-        return out
+            kept.append((line, record, text, size))
+        t2 = clock()
+        seconds["filter"] += t2 - t1 - language_seconds
+        if detect is not None:
+            seconds["language"] += language_seconds
+        if not kept:
+            return
 
-    def _transform(self, out: Result, item: sources.Item, record: dict[str, Any]) -> dict[str, Any] | None:
+        split = [encoded_words(text) for _, _, text, _ in kept]  # for the exact key and the near-duplicate shingles
+        out.keys.extend(map(key_of_words, split))
+        t3 = clock()
+        seconds["exact_dedupe"] += t3 - t2
+
+        dumps = orjson.dumps
+        spill = [
+            dumps(
+                {"messages": [{"role": r, "content": c} for r, c in zip(*record)]} if type(record) is tuple else record
+            )
+            for _, record, _, _ in kept
+        ]
+        out.spill = b"\n".join(spill) + b"\n"
+        offset = 0
+        ends = out.ends
+        for line in spill:
+            offset += len(line) + 1
+            ends.append(offset)
+        out.lines.extend([line for line, _, _, _ in kept])
+        out.sizes.extend([size for _, _, _, size in kept])
+        t4 = clock()
+        seconds["spill"] += t4 - t3
+        if self.hasher is not None:
+            out.signatures = self.hasher.signatures(split)
+            seconds["near_signatures"] += clock() - t4
+
+    def _transform(self, out: Result, line: int, record: dict[str, Any]) -> dict[str, Any] | None:
         """The record through each data.transforms function in turn; None once one drops it."""
         for entry, function in self.transforms:
             try:
                 record = function(record)
             except Exception as exc:  # the user's code: any failure is theirs to fix, reported where it happened
-                out.failure = (f"data.transforms: {entry} failed on {item.file}:{item.line}: {one_line(exc)}",
-                               "fix the function, or have it return None to drop such records")
+                out.failure = (
+                    f"data.transforms: {entry} failed on {out.file}:{line}: {one_line(exc)}",
+                    "fix the function, or have it return None to drop such records",
+                )
                 return None
             if record is None:
                 return None
@@ -213,6 +340,36 @@ class Worker:
         out.problems.append((item.line, field_, reason))
         if self.settings.skip:
             out.rejected.append(rejected_line(item, field_, reason, self.scrub_rejected))
+
+
+def _format(obj: dict) -> str | None:
+    """records.detect for the two common formats (its order of keys); None for any other."""
+    if "messages" in obj:
+        return "messages"
+    if "conversations" in obj or "chosen" in obj or "rejected" in obj:
+        return None
+    if "instruction" in obj:
+        return "alpaca"
+    return None
+
+
+def _turns_ok(roles: tuple[str, ...]) -> bool:
+    try:
+        rec._check_turns([{"role": role} for role in roles], "messages")
+    except rec.RecordError:
+        return False
+    return True
+
+
+def _as_dict(record: Any) -> dict[str, Any]:
+    if type(record) is tuple:
+        return {"messages": [{"role": r, "content": c} for r, c in zip(*record)]}
+    return record
+
+
+def _texts(records: Iterator[Any]) -> Iterator[str]:
+    for record in records:
+        yield from record[1] if type(record) is tuple else rec.texts(record)
 
 
 def rejected_line(item: sources.Item, field_: str, reason: str, scrub: PiiScrubber) -> bytes:

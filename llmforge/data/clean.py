@@ -65,6 +65,53 @@ def normalize_text(text: str) -> str:
     return text
 
 
+# Anything normalize_text would remove or rewrite besides trailing blanks and blank-line runs (NUL aside: it is the
+# separator below, counted separately). \x85 is inside \x7f-\x9f.
+_RARE = re.compile(
+    r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff\r\u00a0\u2000-\u200a\u202f\u205f\u3000"
+    r"\u2028\u2029]"
+)
+_SEP = "\x00"
+
+
+def normalize_texts(texts: list[str]) -> list[str]:
+    """[normalize_text(t) for t in texts], with the whitespace work done once over all of them joined by NUL.
+
+    Every step but NFC is local to a line and never crosses a character that is not blank, so doing it over the
+    joined texts gives the same pieces; texts with anything rarer (control characters, odd spaces, carriage returns,
+    code fences, NUL itself) go through normalize_text one by one. Per text, Python-level steps cost more than the
+    scanning, which is why this is about twice as fast on typical chat data."""
+    if not texts:
+        return []
+    nfc = unicodedata.normalize
+    texts = [t if t.isascii() else nfc("NFC", t) for t in texts]
+    joined = _SEP.join(texts)
+    special: set[int] = set()
+    if joined.count(_SEP) != len(texts) - 1 or _RARE.search(joined) or "```" in joined or "~~~" in joined:
+        special = {i for i, t in enumerate(texts) if _SEP in t or _RARE.search(t) or "```" in t or "~~~" in t}
+        joined = _SEP.join(t for i, t in enumerate(texts) if i not in special)
+    while " \n" in joined or "\t\n" in joined:
+        joined = joined.replace(" \n", "\n").replace("\t\n", "\n")
+    if "\n\n\n" in joined:
+        joined = _BLANK_RUN.sub("\n\n", joined)
+    pieces = joined.split(_SEP)
+    # normalize_text's ending, for a text already tidied (its own final rstrip(" \t") is covered by rstrip())
+    out = [p.strip() if "\n" not in p else _ends(p) for p in pieces]
+    if special:
+        kept = iter(out)
+        out = [normalize_text(t) if i in special else next(kept) for i, t in enumerate(texts)]
+    return out
+
+
+def _ends(text: str) -> str:
+    text = text.strip("\n").rstrip()
+    if "\n" not in text:
+        return text.strip()
+    if text[:1] in (" ", "\t") and not text.startswith(("    ", "\t")):
+        text = text.lstrip(" \t")
+    return text
+
+
 # --- PII -------------------------------------------------------------------------------------------------------
 
 PLACEHOLDERS = {"email": "<EMAIL>", "url": "<URL>", "phone": "<PHONE>", "ip": "<IP>", "card": "<CARD>"}
@@ -128,6 +175,12 @@ class PiiScrubber:
     @property
     def active(self) -> bool:
         return any(self.enabled.values())
+
+    @staticmethod
+    def may_change(text: str) -> bool:
+        """Whether `text` gets past the first checks of __call__ (no digit, @, :// or www.: nothing to replace).
+        Asked of many texts joined together, it tells whether any of them needs scrubbing."""
+        return "@" in text or "://" in text or "www." in text or "WWW." in text or _DIGIT.search(text) is not None
 
     def __call__(self, text: str) -> str:
         on = self.enabled

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,23 @@ def exact_key(text: str, split: list[str] | None = None) -> int:
     """64-bit hash of the text with case and whitespace differences removed (`split`: its `words`, if at hand)."""
     joined = " ".join(words(text) if split is None else split)
     return int.from_bytes(hashlib.blake2b(joined.encode(), digest_size=8).digest(), "little")
+
+
+def encoded_words(text: str) -> list[bytes]:
+    """[w.encode() for w in words(text)], from one encode and a split of the bytes.
+
+    bytes.split() breaks at ASCII blanks only, str.split() at every Unicode blank as well. Normalized text (clean.
+    normalize_text, which every record's content has been through) keeps no blank but space, tab, newline and U+1680
+    (the others are removed or become a space or a newline), so only U+1680 needs the slower way."""
+    low = text.lower()
+    if "\u1680" in low:
+        return [word.encode() for word in low.split()]
+    return low.encode().split()
+
+
+def key_of_words(encoded: list[bytes]) -> int:
+    """exact_key of the text whose encoded_words these are."""
+    return int.from_bytes(hashlib.blake2b(b" ".join(encoded), digest_size=8).digest(), "little")
 
 
 def shingles(text: str, size: int, split: list[str] | None = None) -> list[bytes]:
@@ -70,6 +88,10 @@ class MinHasher:
         # datasketch (>= 2.0) runs every input hash through a murmur3 finalizer before its affine permutations, so
         # the checksum's linearity does not reach the signatures.
         self._minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+        if self._minhash.scheme != "affine32":  # what `signatures` computes itself
+            raise RuntimeError(f"datasketch's MinHash uses the {self._minhash.scheme} scheme; expected affine32")
+        a, b = self._minhash.permutations
+        self._permutations = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
 
     def signature(self, text: str, split: list[str] | None = None) -> bytes:
         """num_perm uint32 values, native byte order (`split`: the text's `words`, if at hand)."""
@@ -82,18 +104,64 @@ class MinHasher:
             m.update_batch(found[lo : lo + SHINGLES_PER_BATCH])
         return np.asarray(m.hashvalues, dtype=np.uint32).tobytes()
 
+    def signatures(self, encoded: list[list[bytes]]) -> bytes:
+        """signature() of many texts at once, given their encoded_words: the same bytes, one after another.
+
+        datasketch's affine32 scheme, in numpy over every shingle of the batch: each shingle's CRC32 through the
+        murmur3 finalizer, then a * h + b (mod 2**32) for each permutation (a, b) and the minimum per text.
+        test_data_prepare checks the result against datasketch's own MinHash."""
+        size = self.shingle
+        crc, join = zlib.crc32, b" ".join
+        counts = np.fromiter((len(w) - size + 1 if len(w) > size else 1 for w in encoded), np.int64, len(encoded))
+        runs = (
+            (join(w),) if len(w) <= size else w if size == 1 else map(join, zip(*(w[k:] for k in range(size))))
+            for w in encoded
+        )
+        hashes = np.fromiter(map(crc, chain.from_iterable(runs)), np.uint32, int(counts.sum()))
+        hashes ^= hashes >> np.uint32(16)  # murmur3's 32-bit finalizer (datasketch's _fmix)
+        hashes *= np.uint32(0x85EBCA6B)
+        hashes ^= hashes >> np.uint32(13)
+        hashes *= np.uint32(0xC2B2AE35)
+        hashes ^= hashes >> np.uint32(16)
+        a, b = self._permutations
+        out = np.full((len(a), len(encoded)), np.uint32(0xFFFFFFFF), dtype=np.uint32)
+        starts = np.cumsum(counts) - counts
+        # A slice of shingles at a time, permutations by shingles (the minimum runs along rows: numpy reduces a row
+        # many times faster than a column); a text may straddle slices.
+        step = SHINGLES_PER_BATCH // 2
+        b = b[:, None]
+        for lo in range(0, len(hashes), step):
+            hi = min(lo + step, len(hashes))
+            first, last = np.searchsorted(starts, [lo, hi - 1], side="right") - 1  # the texts the slice touches
+            texts = np.arange(first, last + 1)
+            cuts = np.maximum(starts[first : last + 1], lo) - lo
+            block = np.multiply.outer(a, hashes[lo:hi])
+            block += b
+            out[:, texts] = np.minimum(out[:, texts], np.minimum.reduceat(block, cuts, axis=1))
+        return out.T.tobytes()
+
 
 class NearDuplicates:
-    """Collects MinHash signatures record by record (spilled to `spill`), then clusters them in one go."""
+    """Collects MinHash signatures record by record (spilled to `spill`), then clusters them in one go.
+    `spilled`: the caller writes the signatures to `spill` itself (num_perm uint32 values a record, in order)."""
 
-    def __init__(self, spill: Path, threshold: float = 0.8, num_perm: int = 128, shingle: int = 3, seed: int = 1):
+    def __init__(
+        self,
+        spill: Path,
+        threshold: float = 0.8,
+        num_perm: int = 128,
+        shingle: int = 3,
+        seed: int = 1,
+        *,
+        spilled: bool = False,
+    ):
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
         self.seed = seed
         self._hasher: MinHasher | None = None  # made on first use: signatures may come ready-made from workers
         self.spill = Path(spill)
-        self._fh = open(self.spill, "wb")
+        self._fh = None if spilled else open(self.spill, "wb")
         self.count = 0
 
     def add(self, text: str) -> None:
@@ -107,32 +175,41 @@ class NearDuplicates:
         self.count += len(signatures) // (4 * self.num_perm)
 
     def close(self) -> None:
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
 
-    def clusters(self) -> np.ndarray:
-        """parent[i] = the first record of i's cluster (i itself for a record with no near duplicate before it)."""
+    def clusters(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """parent[i] = the first record of i's cluster (i itself for a record with no near duplicate before it).
+        `rows`: cluster only these records of the spill file (ascending), i then counting among them."""
         self.close()
-        n = self.count
+        total = self.count if self._fh is not None else self.spill.stat().st_size // (4 * self.num_perm)
+        n = total if rows is None else len(rows)
         parent = np.arange(n, dtype=np.int64)
         if n < 2:
             return parent
-        bands, rows = optimal_bands(self.threshold, self.num_perm)
+        bands, rows_per_band = optimal_bands(self.threshold, self.num_perm)
         rng = np.random.default_rng(12345)
-        coef = rng.integers(1, 2**63 - 1, size=(bands, rows), dtype=np.uint64) | np.uint64(1)
+        coef = rng.integers(1, 2**63 - 1, size=(bands, rows_per_band), dtype=np.uint64) | np.uint64(1)
         # Every band's hashes in one pass over the signatures, read a block at a time: a memory map of them would
         # keep every page it touched resident (num_perm * 4 bytes a record, 512 MB for a million).
         band_hashes = np.empty((bands, n), dtype=np.uint64)
         step = 65_536
         with open(self.spill, "rb") as fh:
-            for lo in range(0, n, step):
-                block = np.fromfile(fh, dtype=np.uint32, count=min(step, n - lo) * self.num_perm)
+            for lo in range(0, total, step):
+                block = np.fromfile(fh, dtype=np.uint32, count=min(step, total - lo) * self.num_perm)
                 block = block.reshape(-1, self.num_perm)
+                at, end = lo, lo + len(block)  # where the block's records go among the n clustered
+                if rows is not None:
+                    at, end = np.searchsorted(rows, [lo, lo + len(block)])
+                    block = block[rows[at:end] - lo]
                 for band in range(bands):
-                    cols = np.asarray(block[:, band * rows : (band + 1) * rows], dtype=np.uint64)
+                    cols = np.asarray(block[:, band * rows_per_band : (band + 1) * rows_per_band], dtype=np.uint64)
                     with np.errstate(over="ignore"):
-                        band_hashes[band, lo : lo + len(block)] = (cols * coef[band]).sum(axis=1, dtype=np.uint64)
-        sig = np.memmap(self.spill, dtype=np.uint32, mode="r", shape=(n, self.num_perm))  # only candidates are read
+                        band_hashes[band, at:end] = (cols * coef[band]).sum(axis=1, dtype=np.uint64)
+        sig = np.memmap(self.spill, dtype=np.uint32, mode="r", shape=(total, self.num_perm))  # only candidates are read
+
+        def signature(i: int) -> np.ndarray:
+            return sig[i if rows is None else rows[i]]
 
         def find(i: int) -> int:
             root = i
@@ -143,7 +220,7 @@ class NearDuplicates:
             return root
 
         def similar(a: int, b: int) -> bool:
-            return float(np.mean(sig[a] == sig[b])) >= self.threshold
+            return float(np.mean(signature(a) == signature(b))) >= self.threshold
 
         for band in range(bands):
             hashes = band_hashes[band]

@@ -15,6 +15,7 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -223,10 +224,10 @@ def _blocklist(patterns: list[str]) -> re.Pattern | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
-def _percentiles(values: array) -> dict[str, float]:
+def _percentiles(values: np.ndarray) -> dict[str, float]:
     if not len(values):
         return {}
-    arr = np.frombuffer(values, dtype=np.uint32) if values.typecode == "I" else np.asarray(values)
+    arr = np.asarray(values)
     p = np.percentile(arr, [50, 90, 99])
     return {
         "min": int(arr.min()),
@@ -282,6 +283,37 @@ def assign_splits(keys, roots, keep, split, seed: int):
     return by_root[roots]
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one `prepare` run works on: its config, its workspace, the input files, and the temp folder inside data/
+    where every output is written before all of them are published at once."""
+
+    data: DataConfig
+    model: ModelConfig
+    workspace: Workspace
+    files: list[Path]
+    work: Path
+
+
+class _Phases:
+    """Seconds per phase of a `prepare` run, for the report's timings: `with phases("write"): ...`, plus the
+    seconds the chunks measured in the workers."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def add(self, seconds: Counter[str]) -> None:
+        self.seconds.update(seconds)
+
+
 def prepare(
     data: DataConfig,
     model: ModelConfig,
@@ -303,20 +335,27 @@ def prepare(
     if tokenizer is not None:
         use_training_template(tokenizer, model.chat_template)
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
-    unit = "tokens" if counter else "characters"
-    scrub = PiiScrubber(**data.pii.model_dump())
+    settings = chunks.Settings(
+        fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
+        min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
+        blocklist=blocklist, unit="tokens" if counter else "characters", skip=data.on_error == "skip",
+        counter=counter, transforms=tuple(data.transforms), languages=frozenset(data.languages),
+        near=(data.dedupe.num_perm, data.dedupe.shingle) if data.dedupe.near else None,
+    )  # fmt: skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
-        return _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress)
+        return _prepare(_Job(data, model, workspace, files, work), settings, timer, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# Records per chunk handed to a worker: big enough that pickling and scheduling cost little per record, small enough
-# that a few chunks in flight per worker hold a few MB.
+# Records per chunk handed to a worker, for inputs read as records (CSV, parquet, JSON arrays, documents); JSONL is
+# cut into chunks of CHUNK_BYTES, a few thousand typical records. Big enough that pickling and scheduling cost little
+# per record, small enough that a few chunks in flight per worker hold a few MB.
 CHUNK_RECORDS = 2000
+CHUNK_BYTES = 1 << 20
 # Below this much input a process pool costs more than it saves.
 POOL_MIN_BYTES = 8 << 20
 
@@ -369,51 +408,33 @@ class _Chunks:
             self.pool.join()
 
 
-def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scrub, timer, progress):
-    clock = time.perf_counter
-    seconds: Counter[str] = Counter()
-    scan = _Tally()
-    file_index = {str(f): i for i, f in enumerate(files)}
-    origin_file, origin_line = array("I"), array("I")
-    keys, lengths = array("Q"), array("I")
-    filtered: Counter[str] = Counter()
-    filtered_examples: list[str] = []
-    languages: Counter[str] = Counter()
-    exact_seen: dict[int, int] = {}
-    exact_targets: Counter[int] = Counter()
-    exact_dupes = 0
-    transformed_out = 0
-    near = None
-    if data.dedupe.near:
-        from llmforge.data.dedupe import NearDuplicates
+class _Collected:
+    """What this process keeps of the chunks' results, in input order: counts and problems (a _Tally), then for each
+    record that passed validation and the filters its origin, content key, size and where its line ends in the spill
+    file (compact arrays: exact duplicates are found once everything is read), its serialized line (the spill file)
+    and MinHash signature (the signatures file); rejected.jsonl as it comes."""
 
-        near = NearDuplicates(work / "signatures.bin", data.dedupe.threshold, data.dedupe.num_perm, data.dedupe.shingle)
-    dumps = orjson.dumps
-    skip = data.on_error == "skip"
-    exact = data.dedupe.exact
-    # the report's examples of rejected records quote the inputs: scrubbed like the records, counted apart from them
-    scrub_rejected = PiiScrubber(**data.pii.model_dump())
-    sig_size = 4 * data.dedupe.num_perm
-    settings = chunks.Settings(
-        fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
-        min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
-        blocklist=blocklist, unit=unit, skip=skip, counter=counter, transforms=tuple(data.transforms),
-        languages=frozenset(data.languages),
-        near=(data.dedupe.num_perm, data.dedupe.shingle) if near is not None else None,
-    )  # fmt: skip
-    workers = _workers(data, files, counter)
-    log.info("preparing with %d worker process(es)", workers if workers > 1 else 0)
-    spill = open(work / "records.jsonl", "wb")
-    rejected = open(work / "rejected.jsonl", "wb")
-    duplicates = open(work / "duplicates.jsonl", "wb")
+    def __init__(self, job: _Job, skip: bool, near: bool):
+        self.scan = _Tally()
+        self.skip = skip
+        self.file_index = {str(f): i for i, f in enumerate(job.files)}
+        self.origin_file, self.origin_line = array("I"), array("I")
+        self.keys, self.sizes, self.ends = array("Q"), array("I"), array("Q")
+        self.filtered: Counter[str] = Counter()
+        self.filtered_examples: list[str] = []
+        self.languages: Counter[str] = Counter()
+        self.pii: Counter[str] = Counter()
+        self.transformed_out = 0
+        self.spill = open(job.work / "records.jsonl", "wb")
+        self.rejected = open(job.work / "rejected.jsonl", "wb")
+        self.signatures = open(job.work / "signatures.bin", "wb") if near else None
+        self.spilled = 0  # bytes written to the spill file
 
-    def take(result: chunks.Result) -> None:
-        nonlocal exact_dupes, transformed_out
+    def take(self, result: chunks.Result) -> None:
         if result.failure is not None:
             raise UsageError(*result.failure)
-        t0 = clock()
-        name = result.file
-        transformed_out += result.transformed_out
+        scan, name = self.scan, result.file
+        self.transformed_out += result.transformed_out
         scan.records += result.items
         scan.per_file[name] += result.items
         for line, field_, reason in result.problems:
@@ -421,51 +442,63 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
             if field_ == "file" and line == 0:
                 scan.unreadable[name] = reason
                 scan.per_file[name] -= 1  # the file's own problem is no record of it
-        for line in result.rejected:
-            rejected.write(line)
+        self.rejected.writelines(result.rejected)
         scan.kinds.update(result.kinds)
         scan.formats.update(result.formats)
         if scan.dataset_kind is None:
             scan.dataset_kind = result.dataset_kind
-        seconds.update(result.seconds)
-        scrub.counts.update(result.pii)
-        if scan.problem_count and not skip:
+        self.pii.update(result.pii)
+        if scan.problem_count and not self.skip:
             return  # failing anyway: only collect the remaining problems
-        languages.update(result.languages)
+        self.languages.update(result.languages)
         for line, reason in result.filtered:
-            filtered[reason.split(":")[0].split(" (")[0]] += 1
-            if len(filtered_examples) < 20:
-                filtered_examples.append(f"{name}:{line}: {reason}")
-        t1 = clock()
-        index = file_index[name]
-        view, sigs = memoryview(result.spill), memoryview(result.signatures)
-        ends, lines, sizes = result.ends, result.lines, result.sizes
-        kept_from = 0  # the spill bytes from here to the current record are all kept: written in one go
-        for i, key in enumerate(result.keys):
-            if exact:
-                first = exact_seen.get(key)
-                if first is not None:
-                    exact_dupes += 1
-                    exact_targets[first] += 1
-                    duplicates.write(
-                        dumps({"file": name, "line": lines[i], "kind": "exact",
-                               "duplicate_of": {"file": str(files[origin_file[first]]), "line": origin_line[first]}})
-                        + b"\n"
-                    )  # fmt: skip
-                    spill.write(view[kept_from : ends[i - 1] if i else 0])
-                    kept_from = ends[i]
-                    continue
-                exact_seen[key] = len(keys)
-            origin_file.append(index)
-            origin_line.append(lines[i])
-            keys.append(key)
-            lengths.append(sizes[i])
-            if near is not None:
-                near.add_signatures(sigs[i * sig_size : (i + 1) * sig_size])
-        spill.write(view[kept_from:])
-        t2 = clock()
-        seconds["exact_dedupe"] += t2 - t1
-        seconds["collect"] += t1 - t0
+            self.filtered[reason.split(":")[0].split(" (")[0]] += 1
+            if len(self.filtered_examples) < 20:
+                self.filtered_examples.append(f"{name}:{line}: {reason}")
+        self.origin_file.extend(array("I", [self.file_index[name]]) * len(result.lines))
+        self.origin_line.extend(result.lines)
+        self.keys.extend(result.keys)
+        self.sizes.extend(result.sizes)
+        self.ends.frombytes((np.frombuffer(result.ends, dtype=np.uint64) + np.uint64(self.spilled)).tobytes())
+        self.spill.write(result.spill)
+        self.spilled += len(result.spill)
+        if self.signatures is not None:
+            self.signatures.write(result.signatures)
+
+    def close(self) -> None:
+        for fh in (self.spill, self.rejected, self.signatures):
+            if fh is not None:
+                fh.close()
+
+
+def _first_of(keys: np.ndarray) -> np.ndarray:
+    """first[i] = the index of the first record whose key equals keys[i] (i itself for a first occurrence)."""
+    order = np.argsort(keys, kind="stable")  # equal keys stay in record order: the first of a run is the first seen
+    ordered = keys[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]][: len(keys)]
+    first = np.empty(len(keys), dtype=np.int64)
+    first[order] = order[starts][np.cumsum(starts) - 1]
+    return first
+
+
+def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progress: Progress | None) -> dict[str, Any]:
+    data, files = job.data, job.files
+    phases = _Phases()
+    near = None
+    if data.dedupe.near:
+        from llmforge.data.dedupe import NearDuplicates
+
+        near = NearDuplicates(job.work / "signatures.bin", data.dedupe.threshold, data.dedupe.num_perm,
+                              data.dedupe.shingle, spilled=True)  # fmt: skip
+    workers = _workers(data, files, settings.counter)
+    log.info("preparing with %d worker process(es)", workers if workers > 1 else 0)
+    got = _Collected(job, settings.skip, near is not None)
+    scan = got.scan
+
+    def take(result: chunks.Result) -> None:
+        phases.add(result.seconds)
+        with phases("collect"):
+            got.take(result)
         if progress:
             progress("read", scan.records)
 
@@ -473,7 +506,7 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
     ok = False
     try:
         for path in files:
-            for chunk in sources.read_batches(path, data.max_record_chars, scan.warnings, CHUNK_RECORDS):
+            for chunk in sources.read_batches(path, data.max_record_chars, scan.warnings, _chunk_size(path)):
                 if scan.dataset_kind is None:  # the chunk needs to know: wait for the ones before it
                     for result in pool.ready(drain=True):
                         take(result)
@@ -486,118 +519,167 @@ def _prepare(data, model, workspace, files, work, blocklist, counter, unit, scru
         ok = True
     finally:
         pool.close(ok)
-        spill.close()
-        rejected.close()
-        duplicates.close()
-        if near is not None:
-            near.close()
-    exact_seen.clear()
+        got.close()
 
-    if scan.problem_count and not skip:
+    if scan.problem_count and not settings.skip:
         raise problems_error(scan.problems, scan.problem_count, len(scan.unreadable))
 
-    n = len(keys)
+    with phases("exact_dedupe"):
+        keys = np.frombuffer(got.keys, dtype=np.uint64)
+        first = _first_of(keys) if data.dedupe.exact else np.arange(len(keys))
+        is_copy = first != np.arange(len(keys))
+        kept = np.flatnonzero(~is_copy)  # the records left after exact dedupe, in order; below, i means kept[i]
+        exact_dupes = len(keys) - len(kept)
+    n = len(kept)
     if n == 0:
         raise InputError(
             f"no records left to write: {scan.records} read, {scan.problem_count} invalid, "
-            + (f"{transformed_out} dropped by data.transforms, " if transformed_out else "")
-            + f"{sum(filtered.values())} filtered out, {exact_dupes} duplicates",
+            + (f"{got.transformed_out} dropped by data.transforms, " if got.transformed_out else "")
+            + f"{sum(got.filtered.values())} filtered out, {exact_dupes} duplicates",
             hint="check data.filter settings and the inputs; `llmforge data validate` lists invalid records",
         )
-    t0 = clock()
-    if near is not None and n:
-        if progress:
-            progress("near-dedupe", n)
-        roots = near.clusters()
-    else:
-        roots = np.arange(n, dtype=np.int64)
-    seconds["near_cluster"] = clock() - t0
+    with phases("near_cluster"):
+        if near is not None:
+            if progress:
+                progress("near-dedupe", n)
+            roots = near.clusters(rows=kept if exact_dupes else None)
+        else:
+            roots = np.arange(n, dtype=np.int64)
     is_root = roots == np.arange(n)
-    keep = is_root if data.dedupe.near_action == "drop" else np.ones(n, dtype=bool)
-    t0 = clock()
-    key_arr = np.frombuffer(keys, dtype=np.uint64) if n else np.zeros(0, dtype=np.uint64)
-    labels = assign_splits(key_arr, roots, keep, data.split, data.split.seed)
-    seconds["split"] = clock() - t0
+    drop_near = data.dedupe.near_action == "drop"
+    keep = is_root if drop_near else np.ones(n, dtype=bool)
+    with phases("split"):
+        labels = assign_splits(keys[kept], roots, keep, data.split, data.split.seed)
 
-    # second pass: write the splits (and near duplicates) from the spill file
-    t0 = clock()
-    counts = dict.fromkeys(SPLITS, 0)
-    near_dupes = 0
-    outs = {name: open(work / f"{name}.jsonl", "wb") for name in SPLITS}
+    origin_file, origin_line = np.frombuffer(got.origin_file, np.uint32), np.frombuffer(got.origin_line, np.uint32)
+    names = [str(f) for f in files]
+    with phases("write"), open(job.work / "duplicates.jsonl", "wb") as duplicates:
+        dumps = orjson.dumps
+
+        def where(p: int) -> dict[str, Any]:
+            return {"file": names[origin_file[p]], "line": int(origin_line[p])}
+
+        for p in np.flatnonzero(is_copy).tolist():
+            duplicates.write(dumps({**where(p), "kind": "exact", "duplicate_of": where(int(first[p]))}) + b"\n")
+        near_dupes = 0
+        if drop_near:
+            for i in np.flatnonzero(~is_root).tolist():
+                near_dupes += 1
+                duplicates.write(dumps({**where(int(kept[i])), "kind": "near",
+                                        "duplicate_of": where(int(kept[roots[i]]))}) + b"\n")  # fmt: skip
+        # where each spilled line goes: 0-2 a split, 3 nowhere (an exact or, when dropped, a near duplicate)
+        target = np.full(len(keys), 3, dtype=np.uint8)
+        target[kept] = np.where(keep, labels, 3)
+        counts = {name: int(np.count_nonzero(target == k)) for k, name in enumerate(SPLITS)}
+        _write_splits(job.work, target, np.frombuffer(got.ends, np.uint64), progress)
+
+    with phases("report"):
+        scrub_examples = PiiScrubber(**data.pii.model_dump())
+        # exact-duplicate clusters by size, ties in the order their first duplicate came (as Counter.most_common)
+        targets = first[is_copy]
+        firsts, seen_at, sizes = np.unique(targets, return_index=True, return_counts=True)
+        largest = [(int(np.searchsorted(kept, firsts[k])), int(sizes[k])) for k in np.lexsort((seen_at, -sizes))[:10]]
+        clusters = _clusters(names, origin_file[kept], origin_line[kept], roots, len(firsts), largest)
+        lengths = np.frombuffer(got.sizes, np.uint32)[kept]
+        report = {
+            "dataset_kind": scan.dataset_kind,
+            "inputs": [_input_entry(f, scan) for f in files],
+            "counts": {
+                "read": scan.records,
+                "valid": scan.records - scan.problem_count,
+                "rejected": scan.problem_count,
+                "filtered": sum(got.filtered.values()),
+                "transformed_out": got.transformed_out,
+                "exact_duplicates": exact_dupes,
+                "near_duplicates": near_dupes,
+                "near_duplicate_clusters": clusters["near"]["count"],
+                "written": sum(counts.values()),
+                **counts,
+            },
+            "formats": dict(scan.formats),
+            "kinds": dict(scan.kinds),
+            "pii": {kind: got.pii.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
+            "filtered": dict(got.filtered),
+            "filtered_examples": got.filtered_examples,
+            **(
+                {"languages": dict(sorted(got.languages.items(), key=lambda kv: (-kv[1], kv[0])))}
+                if data.languages
+                else {}
+            ),  # fmt: skip
+            # they quote the inputs: scrubbed like the records, counted apart from them
+            "rejected_examples": [_scrubbed(str(p), scrub_examples) for p in scan.problems[:20]],
+            "warnings": scan.warnings[:100],
+            "length": {"unit": settings.unit, **_percentiles(lengths)},
+            "clusters": clusters,
+            "split": {**data.split.model_dump(), "near_action": data.dedupe.near_action, "groups": int(keep.sum())},
+        }
+    report["timings"] = {k: round(v, 3) for k, v in sorted(phases.seconds.items())}
+    report["records_per_second"] = round(scan.records / max(timer.seconds, 1e-9))
+    return _publish(job, report, lengths, timer)
+
+
+def _chunk_size(path: Path) -> int:
+    return CHUNK_BYTES if sources.kind_of(path) in (".jsonl", ".ndjson") else CHUNK_RECORDS
+
+
+# Bytes of the spill file read at a time in the second pass.
+WRITE_BLOCK = 4 << 20
+
+
+def _write_splits(work: Path, target: np.ndarray, ends: np.ndarray, progress: Progress | None) -> None:
+    """The spill file's lines into train/val/test.jsonl by `target` (0-2; 3: nowhere), a run of lines bound for the
+    same place at a time."""
+    if not len(target):
+        for name in SPLITS:
+            (work / f"{name}.jsonl").write_bytes(b"")
+        return
+    change = np.flatnonzero(target[1:] != target[:-1]) + 1  # first line of each run but the first
+    run_target = target[np.r_[0, change]].tolist()
+    run_end = ends[np.r_[change - 1, len(target) - 1]].tolist()  # byte offset where each run ends
+    run_last = np.r_[change, len(target)].tolist()
+    outs = [open(work / f"{name}.jsonl", "wb") for name in SPLITS]
+    reported = 0
     try:
-        with open(work / "records.jsonl", "rb") as spill_in, open(work / "duplicates.jsonl", "ab") as duplicates:
-            drop_near = data.dedupe.near_action == "drop"
-            for i, line in enumerate(spill_in):
-                if drop_near and not is_root[i]:
-                    near_dupes += 1
-                    root = int(roots[i])
-                    duplicates.write(
-                        dumps({"file": str(files[origin_file[i]]), "line": origin_line[i], "kind": "near",
-                               "duplicate_of": {"file": str(files[origin_file[root]]), "line": origin_line[root]}})
-                        + b"\n"
-                    )  # fmt: skip
-                    continue
-                name = SPLITS[labels[i]]
-                outs[name].write(line)
-                counts[name] += 1
-                if progress and i % 50_000 == 0 and i:
-                    progress("write", i)
+        with open(work / "records.jsonl", "rb", buffering=0) as spill:
+            block, start, at = memoryview(spill.read(WRITE_BLOCK)), 0, 0  # start: the block's offset in the file
+            for where, end, last in zip(run_target, run_end, run_last):
+                while end > start + len(block):  # the run goes on past this block
+                    if where < 3:
+                        outs[where].write(block[at - start :])
+                    start += len(block)
+                    at = start
+                    block = memoryview(spill.read(WRITE_BLOCK))
+                if where < 3:
+                    outs[where].write(block[at - start : end - start])
+                at = end
+                if progress and last - reported >= 50_000:
+                    reported = last
+                    progress("write", last)
     finally:
-        for fh in outs.values():
+        for fh in outs:
             fh.close()
-    seconds["write"] = clock() - t0
-
-    clusters = _clusters(files, origin_file, origin_line, roots, exact_targets)
-    unique_keys = keep.sum()
-    report = {
-        "dataset_kind": scan.dataset_kind,
-        "inputs": [_input_entry(f, scan) for f in files],
-        "counts": {
-            "read": scan.records,
-            "valid": scan.records - scan.problem_count,
-            "rejected": scan.problem_count,
-            "filtered": sum(filtered.values()),
-            "transformed_out": transformed_out,
-            "exact_duplicates": exact_dupes,
-            "near_duplicates": near_dupes,
-            "near_duplicate_clusters": clusters["near"]["count"],
-            "written": sum(counts.values()),
-            **counts,
-        },
-        "formats": dict(scan.formats),
-        "kinds": dict(scan.kinds),
-        "pii": {kind: scrub.counts.get(kind, 0) for kind in ("email", "url", "phone", "ip", "card")},
-        "filtered": dict(filtered),
-        "filtered_examples": filtered_examples,
-        **({"languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0])))} if data.languages else {}),
-        "rejected_examples": [_scrubbed(str(p), scrub_rejected) for p in scan.problems[:20]],
-        "warnings": scan.warnings[:100],
-        "length": {"unit": unit, **_percentiles(lengths)},
-        "clusters": clusters,
-        "split": {**data.split.model_dump(), "near_action": data.dedupe.near_action, "groups": int(unique_keys)},
-        "timings": {k: round(v, 3) for k, v in sorted(seconds.items())},
-        "records_per_second": round(scan.records / max(timer.seconds, 1e-9)),
-    }
-    return _publish(data, model, workspace, files, work, report, lengths, counts, timer, scan.problem_count)
 
 
 def _scrubbed(text: str, scrub: PiiScrubber) -> str:
     return scrub(text) if scrub.active else text
 
 
-def _input_entry(path: Path, scan: _Scan) -> dict[str, Any]:
+def _input_entry(path: Path, scan: _Tally) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": str(path), "records": scan.per_file.get(str(path), 0)}
     if str(path) in scan.unreadable:
         entry["error"] = scan.unreadable[str(path)]
     return entry
 
 
-def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str, Any]:
-    def where(i: int) -> str:
-        return f"{files[origin_file[i]]}:{origin_line[i]}"
+def _clusters(names, origin_file, origin_line, roots, exact_count, exact_largest) -> dict[str, Any]:
+    """The report's clusters: exact (`exact_count` of them; `exact_largest`: (record, duplicates) of the largest) and
+    near (from `roots`). Records are indexes into origin_file/origin_line."""
 
-    out: dict[str, Any] = {"exact": {"count": len(exact_targets), "largest": []}, "near": {"count": 0, "largest": []}}
-    for first, dupes in exact_targets.most_common(10):
+    def where(i: int) -> str:
+        return f"{names[origin_file[i]]}:{origin_line[i]}"
+
+    out: dict[str, Any] = {"exact": {"count": exact_count, "largest": []}, "near": {"count": 0, "largest": []}}
+    for first, dupes in exact_largest:
         out["exact"]["largest"].append({"first": where(first), "duplicates": dupes})
     members = roots[roots != np.arange(len(roots))]
     if len(members):
@@ -612,11 +694,13 @@ def _clusters(files, origin_file, origin_line, roots, exact_targets) -> dict[str
     return out
 
 
-def _publish(data, model, workspace, files, work, report, lengths, counts, timer, rejected_count):
+def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: manifest.Timer) -> dict[str, Any]:
     """Report, plot, manifest and config in the work folder, then everything renamed into data/ at once.
     Empty splits are not written (train reads an existing val.jsonl as a validation set; an empty one is an error)."""
     from llmforge.data.report import histogram, markdown
 
+    data, model, workspace, files, work = job.data, job.model, job.workspace, job.files, job.work
+    counts, rejected_count = report["counts"], report["counts"]["rejected"]
     out_dir = workspace.data_dir
     written = [name for name in SPLITS if counts[name]]
     shas = {name: manifest.sha256_file(work / f"{name}.jsonl") for name in written}
@@ -659,7 +743,6 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
         atomic.publish(work / name, out_dir / name)
     for path in stale:
         path.unlink(missing_ok=True)
-    counts = report["counts"]
     registry.record(
         workspace.registry_file, "dataset", report["dataset_id"], path=str(out_dir), status="complete",
         counts=counts, metrics={split: counts[split] for split in ("train", "val", "test")},

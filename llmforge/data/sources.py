@@ -190,17 +190,58 @@ def _jsonl(path: Path, name: str, limit: int, warnings: list[str]) -> Iterator[I
 
 @dataclass
 class Lines:
-    """Raw lines of a JSONL file, `first` the number of the first, for `jsonl_item` to turn into records elsewhere
-    (in a worker process: parsing is most of the cost of reading)."""
+    """A run of whole lines of a JSONL file, `first` the number of the first, for `jsonl_items` to turn into records
+    elsewhere (in a worker process: parsing is most of the cost of reading)."""
 
     file: str
     first: int
-    lines: list[bytes]
+    data: bytes
+
+
+def jsonl_items(chunk: Lines, limit: int) -> list[Item | tuple[int, Any]]:
+    """What `jsonl_item` makes of each line of `chunk`, in order, blank lines left out; a parsed record comes as
+    (line number, value) rather than an Item (a million records make a million fewer objects)."""
+    lines = chunk.data.split(b"\n")
+    ended = not lines[-1]  # the chunk's last line has its newline (every line but a file's last one has)
+    if ended:
+        lines.pop()
+    out: list[Item | tuple[int, Any]] = []
+    if not lines:
+        return out
+    name, first, loads = chunk.file, chunk.first, orjson.loads
+    # The checks jsonl_item makes before parsing, each skipped when the chunk as a whole passes it.
+    checked = BOM in chunk.data or max(map(len, lines)) >= limit
+    for number, raw in enumerate(lines, first):
+        if checked:
+            item = jsonl_item(name, number, raw + b"\n" if ended or number < first + len(lines) - 1 else raw, limit)
+            if item is not None:
+                out.append(item if item.reason is not None else (number, item.obj))
+            continue
+        try:
+            out.append((number, loads(raw)))
+        except orjson.JSONDecodeError:
+            item = jsonl_item(name, number, raw, limit)
+            if item is not None:
+                out.append(item)
+    return out
+
+
+def _last_record_line(data: bytes, first: int, limit: int) -> int:
+    """The number of the last line of `data` (lines from line `first`) that `jsonl_item` does not skip as blank, or
+    0 if there is none."""
+    body = data.rstrip()
+    if len(data) - len(body) < limit:  # no blank line long enough to count as a record in the trailing blanks
+        return first + body.count(b"\n") if body else 0
+    last = 0
+    for number, raw in enumerate(io.BytesIO(data), first):
+        if len(raw) > limit or not raw.isspace():
+            last = number
+    return last
 
 
 def read_batches(path: Path, max_record_chars: int, warnings: list[str], size: int) -> Iterator[Lines | list[Item]]:
-    """`read` in batches of about `size` records: a JSONL file as unparsed Lines, other files as Items. Problems and
-    a file that breaks off come back exactly as `read` gives them (the break as a last one-Item batch)."""
+    """`read` in batches: a JSONL file as Lines of about `size` bytes, other files as lists of `size` Items.
+    Problems and a file that breaks off come back exactly as `read` gives them (the break as a last one-Item batch)."""
     if kind_of(path) not in (".jsonl", ".ndjson"):
         batch: list[Item] = []
         for item in read(path, max_record_chars, warnings):
@@ -212,24 +253,56 @@ def read_batches(path: Path, max_record_chars: int, warnings: list[str], size: i
             yield batch
         return
     name = str(path)
-    lines: list[bytes] = []
-    first, last, number = 1, 0, 0
+    first, last = 1, 0
+    pending: list[bytes] = []  # lines of a gzip file not given out yet
     try:
-        for number, raw in enumerate(_jsonl_lines(path, name, warnings), 1):
-            lines.append(raw)
-            if len(raw) > max_record_chars or (raw and not raw.isspace()):  # what jsonl_item will not skip as blank
-                last = number
-            if len(lines) == size:
-                yield Lines(name, first, lines)
-                lines, first = [], number + 1
+        if path.name.lower().endswith(".gz"):
+            # a line at a time, as `read` reads: where the stream breaks off, the same lines came out before it
+            held = 0
+            for raw in _jsonl_lines(path, name, warnings):
+                pending.append(raw)
+                held += len(raw)
+                if held >= size:
+                    data, pending, held = b"".join(pending), [], 0
+                    last = _last_record_line(data, first, max_record_chars) or last
+                    yield Lines(name, first, data)
+                    first += data.count(b"\n")
+        else:
+            for data in _blocks(path, name, warnings, size):
+                last = _last_record_line(data, first, max_record_chars) or last
+                yield Lines(name, first, data)
+                first += data.count(b"\n")
     except (OSError, EOFError, zlib.error) as exc:
-        if lines:
-            yield Lines(name, first, lines)
+        if pending:
+            data = b"".join(pending)
+            last = _last_record_line(data, first, max_record_chars) or last
+            yield Lines(name, first, data)
         where = f" past the record at line {last}" if last else ""
         yield [Item(name, 0, field="file", reason=f"cannot read{where}: {str(exc).strip()}")]
         return
-    if lines:
-        yield Lines(name, first, lines)
+    if pending:
+        yield Lines(name, first, b"".join(pending))
+
+
+def _blocks(path: Path, name: str, warnings: list[str], size: int) -> Iterator[bytes]:
+    """An uncompressed JSONL file as runs of whole lines of about `size` bytes (a longer line: one run), a byte-order
+    mark at the very start removed."""
+    with open(path, "rb") as fh:
+        held: list[bytes] = []  # the start of a line that no block read so far has ended
+        block = fh.read(size)
+        if block.startswith(BOM):
+            block = block[3:]
+            warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
+        while block:
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                held.append(block)
+            else:
+                yield b"".join([*held, block[:cut]]) if held else block[:cut]
+                held = [block[cut:]] if cut < len(block) else []
+            block = fh.read(size)
+        if held:
+            yield b"".join(held)
 
 
 def _decode_document(path: Path, name: str, warnings: list[str]) -> tuple[str | None, Item | None]:

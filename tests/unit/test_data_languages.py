@@ -80,7 +80,7 @@ def test_pooled_workers_detect_like_one_process(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     one, ws_one = run("one", languages=["fr", "ja"], workers=1)
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 3)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 300)
     two, ws_two = run("two", languages=["fr", "ja"], workers=2)
     assert one["languages"] == two["languages"] == {"en": 4, "de": 3, "fr": 2, "ja": 1}
     assert one["filtered"] == two["filtered"] == {"language": 7}

@@ -460,6 +460,21 @@ def _outputs(ws: Workspace) -> dict[str, object]:
     return out
 
 
+def one_chunk_a_file(monkeypatch) -> None:
+    from llmforge.data import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 10**6)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1 << 30)
+
+
+def small_chunks(monkeypatch) -> None:
+    """A few records a chunk (JSONL chunks are cut by bytes: ~100 a record here)."""
+    from llmforge.data import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 700)
+
+
 def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkeypatch):
     """Chunks go through a process pool and come back in order: the same splits, duplicates, rejected records and
     report as in-process, with problems, a record of the wrong kind, PII, filters, exact and near duplicates spread
@@ -501,9 +516,9 @@ def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkey
     Path("in/c.jsonl.gz").write_bytes(whole[: len(whole) // 2])
     settings = {"on_error": "skip", "filter": {"min_answer_chars": 5, "blocklist": ["forbidden"]}}
 
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 10**6)  # in-process, one chunk a file: no seams
+    one_chunk_a_file(monkeypatch)  # in-process, no seams
     one, ws_one = run(["in"], ws=Workspace(Path("one")), workers=1, **settings)
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)
+    small_chunks(monkeypatch)
     two, ws_two = run(["in"], ws=Workspace(Path("two")), workers=2, **settings)
     assert one["counts"]["exact_duplicates"] and one["counts"]["near_duplicates"] and one["counts"]["rejected"]
     assert one["counts"]["filtered"] and sum(one["pii"].values()) and any("error" in f for f in one["inputs"])
@@ -513,10 +528,10 @@ def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkey
     assert [f.get("error") for f in two["inputs"] if f["file"] == "in/c.jsonl.gz"] == [broken.reason]
 
     # on_error: fail lists the same problems, in the same order
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 10**6)
+    one_chunk_a_file(monkeypatch)
     with pytest.raises(InputError) as in_process:
         run(["in"], ws=Workspace(Path("three")), workers=1)
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)
+    small_chunks(monkeypatch)
     with pytest.raises(InputError) as pooled:
         run(["in"], ws=Workspace(Path("four")), workers=2)
     assert pooled.value.message == in_process.value.message

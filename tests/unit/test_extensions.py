@@ -117,7 +117,7 @@ def test_data_prepare_applies_transforms_in_process_and_in_workers_alike(example
                 "dedupe": {"near": False}}  # fmt: skip
     one_ws, two_ws = Workspace(Path("one")), Workspace(Path("two"))
     one = prepare(DataConfig(workers=1, **settings), ModelConfig(), one_ws)
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 7)  # many chunks over two forked workers
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 700)  # many chunks over two forked workers
     two = prepare(DataConfig(workers=2, **settings), ModelConfig(), two_ws)
 
     drafts = sum(1 for r in rows if "messages" in r and "[draft]" in r["messages"][0]["content"])
@@ -159,7 +159,7 @@ def test_a_transform_that_raises_names_entry_record_and_message(monkeypatch, tmp
                 raise KeyError("no 'category' in this record")
             return record
     """)
-    monkeypatch.setattr(pipeline, "CHUNK_RECORDS", 3)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 300)
     rows = [chat(f"good question {i}?", f"good answer {i}") for i in range(7)] + [chat("bad question?", "bad answer")]
     Path("in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ws = Workspace(Path("w"))
