@@ -481,7 +481,7 @@ def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkey
     over many small chunks, a CSV beside the JSONL, and a gzip file that breaks off."""
     import gzip
 
-    from llmforge.data import pipeline, sources
+    from llmforge.data import sources
 
     rng = random.Random(5)
     rows: list = ["not json", "", '{"messages": [{"role": "user", "content": "only a question"}]}'] * 4
