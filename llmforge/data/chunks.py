@@ -16,6 +16,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -76,6 +77,7 @@ class Result:
 # A record in the common shape: its roles and the contents of its turns, as canonical's {"messages": [...]} holds them.
 Turns = tuple[tuple[str, ...], list[str]]
 PREFIX = {role: f"{role}: " for role in rec.ROLES}  # records.plain's "role: content"
+ROLES = frozenset(rec.ROLES)
 
 
 class Worker:
@@ -179,7 +181,7 @@ class Worker:
         The common shapes: {"messages": [{"role": system/user/assistant, "content": a string}, ...]} and
         {"instruction": a string, "input": a string or null, "output": a string}, without a "system" field."""
         fmt = self.settings.fmt
-        roles_ok, texts = rec.ROLES, []
+        texts: list[str] = []
         found: list[tuple[str, Any] | None] = []
         for entry in entries:
             obj = entry[1] if type(entry) is tuple else None
@@ -189,20 +191,14 @@ class Worker:
                 if detected == "messages":
                     messages = obj.get("messages")
                     if type(messages) is list and messages:
-                        roles = []
-                        start = len(texts)
-                        for message in messages:
-                            if type(message) is not dict:
-                                break
-                            role, content = message.get("role"), message.get("content")
-                            if type(role) is not str or role not in roles_ok or type(content) is not str:
-                                break
-                            roles.append(role)
-                            texts.append(content)
-                        else:
-                            shape = ("messages", tuple(roles))
-                        if shape is None:
-                            del texts[start:]
+                        try:  # anything but dicts with a known role and a string content raises or fails the test
+                            roles = tuple([m["role"] for m in messages])
+                            contents = [m["content"] for m in messages]
+                            if ROLES.issuperset(roles) and "".join(contents) is not None:
+                                shape = ("messages", roles)
+                                texts += contents
+                        except (KeyError, TypeError):
+                            pass
                 elif detected == "alpaca":
                     instruction, extra, output = obj.get("instruction"), obj.get("input"), obj.get("output")
                     if type(instruction) is str and type(output) is str and (extra is None or type(extra) is str):
@@ -308,11 +304,8 @@ class Worker:
             for _, record, _, _ in kept
         ]
         out.spill = b"\n".join(spill) + b"\n"
-        offset = 0
-        ends = out.ends
-        for line in spill:
-            offset += len(line) + 1
-            ends.append(offset)
+        out.ends.extend(accumulate(map(len, spill), lambda end, size: end + size + 1, initial=0))
+        out.ends.pop(0)
         out.lines.extend([line for line, _, _, _ in kept])
         out.sizes.extend([size for _, _, _, size in kept])
         t4 = clock()
