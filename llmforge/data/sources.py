@@ -305,9 +305,9 @@ def _blocks(path: Path, name: str, warnings: list[str], size: int) -> Iterator[b
     mark at the very start removed."""
     with open(path, "rb") as fh:
         held: list[bytes] = []  # the start of a line that no block read so far has ended
-        block = fh.read(size)
+        block = fh.read(max(size, len(BOM)))
         if block.startswith(BOM):
-            block = block[3:]
+            block = block[3:] or fh.read(size)
             warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
         while block:
             cut = block.rfind(b"\n") + 1

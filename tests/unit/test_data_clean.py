@@ -106,3 +106,45 @@ def test_normalize_is_idempotent_and_clean(text):
 def test_scrubbing_is_idempotent(text):
     once = PiiScrubber()(text)
     assert PiiScrubber()(once) == once
+
+
+# --- many texts at once (data prepare's chunks) ------------------------------------------------------------------
+
+# Pieces that exercise every branch of normalize_text: blanks before newlines, blank-line runs, fences, indentation,
+# carriage returns, odd spaces, controls, NUL (normalize_texts' own separator), decomposed accents, other scripts.
+PIECES = [
+    "a", "b", "Σ", "ς", "é", "東", "😀", " ", "  ", "\t", "\n", " \n", "\t\n", "\n\n\n", "    ", "\n    ", "\n\t",
+    "```", "~~~", "``", "\r", "\r\n", "\x00", "\x01", "\x1f", "\x85", "\xa0", "\u2003", "\u2028", "\u200b", "\ufeff",
+    "\u1680", "e\u0301", "\u0301", "\u212b", "\x0b",
+]  # fmt: skip
+
+
+def test_normalize_texts_is_normalize_text_of_each():
+    import random
+
+    from llmforge.data.clean import normalize_texts
+
+    rng = random.Random(3)
+    rare = set("\x00\x01\x1f\x85\xa0\u2003\u2028\u200b\ufeff\r\x0b`~")
+    for _ in range(2000):
+        texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 25))) for _ in range(rng.randint(0, 10))]
+        if rng.random() < 0.5:  # mostly texts without rare characters: the joined path
+            texts = [t for t in texts if not rare & set(t)]
+        assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+
+
+def test_normalized_text_keeps_no_blank_but_space_tab_newline_and_ogham():
+    """dedupe.encoded_words splits bytes (ASCII blanks only) where exact keys split str: equal only while no other
+    Unicode blank survives normalization."""
+    blanks = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert sorted({ch for b in blanks for ch in normalize_text(f"x{b}y{b}\nz {b}")} & set(blanks)) == [
+        "\t", "\n", " ", "\u1680"
+    ]  # fmt: skip
+
+
+def test_may_change_says_when_the_scrubber_has_nothing_to_do():
+    scrub = PiiScrubber()
+    for text in ["no pii here", "call 555-123-4567", "a@b.example", "see www.x.org", "https://x.org", "v٣"]:
+        if not scrub.may_change(text):
+            assert scrub(text) == text and not scrub.counts
+    assert not scrub.may_change("plain words\x00and more") and scrub.may_change("plain\x00mail me: a@b.example")

@@ -330,3 +330,27 @@ def test_a_long_document_becomes_records_cut_at_paragraph_breaks(tmp_path):
         assert text.splitlines()[item.line - 1].startswith(item.obj["text"].split("\n")[0])
     # under the limit it is one record, as it always was
     assert [i.obj for i in sources.read(Path("doc.md"), len(text), [])] == [{"text": text}]
+
+
+@pytest.mark.parametrize("size", [1, 40, 200, 10**6])
+def test_jsonl_read_in_chunks_of_bytes_reads_what_read_reads(tmp_path, size):
+    """data prepare cuts a JSONL file into runs of whole lines (sources.read_batches) that workers parse
+    (sources.jsonl_items): the same records and problems on the same lines as sources.read, however it is cut."""
+    from llmforge.data import sources
+
+    lines = [b"\xef\xbb\xbf" + json.dumps({"messages": CHAT}).encode(), b"", b"   ", b"{bad", b'{"text": "caf\xc3\xa9"}',
+             b'{"text": "\xff"}', b"\xef\xbb\xbf{}", b'{"text": "' + b"x" * 150 + b'"}', b"[1, 2]\r", b" \t ",
+             b'{"instruction": "last", "output": "no newline"}']  # fmt: skip
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    gz = tmp_path / "in.jsonl.gz"
+    whole = gzip.compress(b"\n".join(lines * 20))
+    gz.write_bytes(whole[: len(whole) * 2 // 3])  # breaks off
+    for source in (path, gz):
+        want_warnings: list[str] = []
+        want = [(i.line, i.obj) if i.reason is None else i for i in sources.read(source, 100, want_warnings)]
+        got_warnings: list[str] = []
+        got = []
+        for batch in sources.read_batches(source, 100, got_warnings, size):
+            got += sources.jsonl_items(batch, 100) if isinstance(batch, sources.Lines) else batch
+        assert got == want and got_warnings == want_warnings

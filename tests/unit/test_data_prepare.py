@@ -281,6 +281,50 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
             assert shingles(text, size) == [" ".join(run).encode() for run in runs]
 
 
+def test_signatures_of_a_batch_are_the_per_text_signatures():
+    """MinHasher.signatures (numpy over a chunk's shingles) gives signature()'s bytes for every text, whatever the
+    shingle size, the number of permutations, texts shorter than a shingle, and texts longer than a slice."""
+    from llmforge.data.dedupe import MinHasher, encoded_words, exact_key, key_of_words, words
+
+    rng = random.Random(11)
+    texts = [sentence(rng, rng.randint(0, 60)) for _ in range(300)] + ["", "one", "one two", "x " * 9000]
+    texts += ["Ünïcode CAFÉ 東京 数据 😀\tand  tabs\n", "ΣΑΣ ΟΔΟΣ\u1680ogham", "user: Hi\n\nassistant: Hello"]
+    for shingle, num_perm in ((1, 16), (3, 128), (5, 64)):
+        hasher = MinHasher(num_perm, shingle)
+        batch = hasher.signatures([encoded_words(t) for t in texts])
+        assert batch == b"".join(hasher.signature(t) for t in texts)
+    for text in texts:
+        assert encoded_words(text) == [w.encode() for w in words(text)]
+        assert key_of_words(encoded_words(text)) == exact_key(text)
+
+
+def test_first_occurrences_and_clusters_of_some_rows():
+    import numpy as np
+
+    from llmforge.data.dedupe import NearDuplicates
+    from llmforge.data.pipeline import _first_of
+
+    keys = np.array([5, 3, 5, 9, 3, 5, 1], dtype=np.uint64)
+    assert _first_of(keys).tolist() == [0, 1, 0, 3, 1, 0, 6]
+    assert _first_of(np.zeros(0, dtype=np.uint64)).tolist() == []
+    # clustering some rows of a signature file is clustering a file of only those rows
+    rng = random.Random(2)
+    base = [sentence(rng, 40) for _ in range(30)]
+    texts = [t if rng.random() < 0.5 else t.replace(t.split()[5], "changed", 1) for t in base for _ in (0, 1)]
+    whole = NearDuplicates(Path("all.bin"), threshold=0.5, num_perm=64)
+    for text in texts:
+        whole.add(text)
+    whole.close()
+    rows = np.array([i for i in range(len(texts)) if i % 3], dtype=np.int64)
+    some = NearDuplicates(Path("some.bin"), threshold=0.5, num_perm=64)
+    for i in rows:
+        some.add(texts[i])
+    expected = some.clusters()
+    assert len(set(expected.tolist())) < len(rows)  # there are clusters to find
+    spilled = NearDuplicates(Path("all.bin"), threshold=0.5, num_perm=64, spilled=True)
+    assert spilled.clusters(rows=rows).tolist() == expected.tolist()
+
+
 def test_prepare_dot_ignores_the_workspace_itself(tmp_path):
     write("in.jsonl", [chat("Hi?", "Hello"), chat("Bye?", "Goodbye")])
     report, ws = run(["."], ws=Workspace(Path("llmforge-work/p")))
