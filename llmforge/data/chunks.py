@@ -11,6 +11,7 @@ they are serialized. Everything else goes through records.canonical one record a
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
 from collections import Counter
@@ -106,6 +107,17 @@ class Worker:
 
     def run(self, chunk: sources.Lines | list[sources.Item], dataset_kind: str | None) -> Result:
         """`dataset_kind`: the kind of the dataset's first valid record, if one came before this chunk."""
+        # A chunk makes tens of thousands of short-lived containers, freed by reference counting: the cycle collector
+        # would only walk them over and over (5% of the time). Cycles a chunk makes are collected after it.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(chunk, dataset_kind)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, chunk: sources.Lines | list[sources.Item], dataset_kind: str | None) -> Result:
         clock = time.perf_counter
         t0 = clock()
         if isinstance(chunk, sources.Lines):

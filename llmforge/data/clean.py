@@ -72,6 +72,7 @@ _RARE = re.compile(
     r"\u2028\u2029]"
 )
 _SEP = "\x00"
+_BATCH = 256
 
 
 def normalize_texts(texts: list[str]) -> list[str]:
@@ -81,6 +82,8 @@ def normalize_texts(texts: list[str]) -> list[str]:
     joined texts gives the same pieces; texts with anything rarer (control characters, odd spaces, carriage returns,
     code fences, NUL itself) go through normalize_text one by one. Per text, Python-level steps cost more than the
     scanning, which is why this is about twice as fast on typical chat data."""
+    if len(texts) > _BATCH:  # in batches that stay in the processor's cache (the joined text is copied a few times)
+        return [out for lo in range(0, len(texts), _BATCH) for out in normalize_texts(texts[lo : lo + _BATCH])]
     if not texts:
         return []
     nfc = unicodedata.normalize

@@ -381,8 +381,12 @@ class _Chunks:
         self.local = chunks.Worker(settings)
         self.pool = None
         if workers > 1:
+            import gc
             import multiprocessing
 
+            # Objects from before the fork stay out of the workers' collections: a collection would write to every
+            # one of them and copy every page they sit on into the worker (Python's advice for fork without exec).
+            gc.freeze()
             self.pool = multiprocessing.get_context("fork").Pool(workers, chunks.start, (settings,))
         self.in_flight = 2 * workers + 1
         self.pending: deque = deque()
@@ -406,6 +410,9 @@ class _Chunks:
             else:
                 self.pool.terminate()
             self.pool.join()
+            import gc
+
+            gc.unfreeze()
 
 
 class _Collected:
