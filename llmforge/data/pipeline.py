@@ -387,7 +387,11 @@ class _Chunks:
             # Objects from before the fork stay out of the workers' collections: a collection would write to every
             # one of them and copy every page they sit on into the worker (Python's advice for fork without exec).
             gc.freeze()
-            self.pool = multiprocessing.get_context("fork").Pool(workers, chunks.start, (settings,))
+            try:
+                self.pool = multiprocessing.get_context("fork").Pool(workers, chunks.start, (settings,))
+            except BaseException:
+                gc.unfreeze()
+                raise
         self.in_flight = 2 * workers + 1
         self.pending: deque = deque()
 
