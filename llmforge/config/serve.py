@@ -47,8 +47,8 @@ class ServeConfig(Section):
     )
     variants: list[ServeVariant] = Field(
         [],
-        description="A/B test: requests for serve.variant_group (the default model) go to one of these by weight, "
-        "sticky per `user` or X-Conversation-Id.",
+        description="A/B test, a list of {name, model, weight}: requests for serve.variant_group (the default "
+        "model) go to one by weight, the same one per `user` field or X-Conversation-Id header.",
     )
     variant_group: str = Field(
         "ab", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="The model id clients ask for to get a variant."
