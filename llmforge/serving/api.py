@@ -218,7 +218,7 @@ _ERRORS = {
     404: "The model named is not served here (code model_not_found)",
     413: "Request body larger than serve.max_body_bytes",
     429: "Rate limit reached (Retry-After)",
-    500: "Generation failed in the engine",
+    500: "Generation failed in the engine, or the model failed to load",
     503: "The queue is full (Retry-After)",
 }
 # stream: true answers with server-sent events; the schema describes one event (each data is a JSON chunk, and

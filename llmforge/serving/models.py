@@ -159,7 +159,7 @@ class Models:
 
     def _unload(self, slot: Slot) -> None:
         worker, engine = slot.worker, slot.engine
-        if worker is not None and self._started:
+        if worker is not None and (self._started or not slot.pinned):  # a lazily loaded one started as it loaded
             worker.stop()
         if engine is not None and not slot.pinned:
             engine.close()
