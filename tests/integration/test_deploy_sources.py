@@ -43,7 +43,10 @@ def pull(server: StandIn, gguf: Path, name: str = "tiny-base") -> None:
     client = ollama.Client(host=server.host)
     digest = client.create_blob(gguf)
     client.create(
-        model=name, files={"model.gguf": digest}, template=ct.CHATML.ollama_template, parameters={"stop": ["<|im_end|>"]}
+        model=name,
+        files={"model.gguf": digest},
+        template=ct.CHATML.ollama_template,
+        parameters={"stop": ["<|im_end|>"]},
     )
 
 
@@ -106,13 +109,17 @@ def test_from_builds_on_a_model_in_ollama_and_checks_it_answers(tiny_gguf):
     Path("llmforge.yaml").write_text("deploy:\n  parameters: {temperature: 0.2}\n", encoding="utf-8")
     with StandIn() as server:
         pull(server, tiny_gguf)
-        result = deploy("--from", "tiny-base", "--name", "helper", "--host", server.host, "--system", "Be brief.", "--json")
+        result = deploy(
+            "--from", "tiny-base", "--name", "helper", "--host", server.host, "--system", "Be brief.", "--json"
+        )
         assert result.exit_code == 0, result.output
         out = json.loads(result.output)
         assert out["kind"] == "from" and out["base"] == "tiny-base" and out["gguf"] is None
         assert out["template_source"] == "inherited" and out["check"]["ok"] and out["check"]["content"] == REPLY
 
-        create = next(body for method, path, body in server.requests if path == "/api/create" and body["model"] == "helper")
+        create = next(
+            body for method, path, body in server.requests if path == "/api/create" and body["model"] == "helper"
+        )
         assert create["from"] == "tiny-base" and "files" not in create and "template" not in create
         assert create["system"] == "Be brief." and create["parameters"] == {"temperature": 0.2}
         assert not any(path.startswith("/api/blobs/") for _, path, _ in server.requests[3:])  # nothing uploaded
@@ -164,7 +171,9 @@ def test_adapter_goes_on_the_base_it_was_trained_on(tiny_gguf, tiny_tokenizer_di
         compared = out["base_check"]["compared"]
         assert {"general.architecture", "llama.block_count", "llama.embedding_length"} <= set(compared)
 
-        create = next(body for method, path, body in server.requests if path == "/api/create" and body["model"] == "tuned")
+        create = next(
+            body for method, path, body in server.requests if path == "/api/create" and body["model"] == "tuned"
+        )
         assert create["from"] == "tiny-base" and "files" not in create
         assert list(create["adapters"]) == [lora.name] and create["template"] == ct.CHATML.ollama_template
         assert server.models["tuned:latest"]["adapters"] == list(create["adapters"].values())
@@ -210,7 +219,10 @@ def test_any_gguf_file_deploys_under_its_embedded_template(tiny_gguf):
         create = next(body for method, path, body in server.requests if path == "/api/create")
         assert create["template"] == ct.CHATML.ollama_template
     listed = json.loads(CliRunner().invoke(app, ["deploy", "list", "--json"]).output)
-    assert listed[0]["kind"] == "gguf" and listed[0]["lineage"] == [f"gguf:{tiny_gguf.resolve()}", "deployment:file-bot"]
+    assert listed[0]["kind"] == "gguf" and listed[0]["lineage"] == [
+        f"gguf:{tiny_gguf.resolve()}",
+        "deployment:file-bot",
+    ]
     assert ws.modelfile("file-bot").is_file()
 
 
