@@ -92,7 +92,8 @@ def ollama_cmd(
     if result.variant:
         family += f" ({result.variant})"
     status = f" [{result.template_status}]" if result.template_status else ""
-    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(', '.join(result.stop))}")
+    stops = ", ".join(result.stop) or (f"kept from {result.base}" if result.base else "none")
+    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(stops)}")
     if result.dry_run:
         console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
         console.print(f"register it with:  {escape(result.create_command)}", soft_wrap=True)
