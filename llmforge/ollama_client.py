@@ -15,6 +15,11 @@ from typing import Any
 from llmforge.errors import LlmforgeError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
+# Seconds. Registering uploads the whole GGUF and Ollama copies it, and a first chat loads the model: minutes.
+# Looking a model up or deleting it takes seconds. Reaching a live server at all takes well under CONNECT_TIMEOUT.
+REGISTER_TIMEOUT = 600.0
+LOOKUP_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
 START_HINT = (
     "start it with `ollama serve` (or the Ollama app), or point at a running one with --host URL, "
     "deploy.host or OLLAMA_HOST"

@@ -410,7 +410,9 @@ def deploy_ollama(
         return result
 
     result.host = ollama_client.resolve_host(host or deploy.host)
-    client = ollama_client.connect(result.host, timeout=600.0, connect_timeout=10.0)
+    client = ollama_client.connect(
+        result.host, timeout=ollama_client.REGISTER_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
+    )
     existing = _registered_names(client, result.host)
     if full_name(name) in existing and not force:
         raise UsageError(
@@ -697,7 +699,9 @@ def show_deployment(workspace: Workspace, name: str, *, host: str | None = None)
 
 
 def _ollama_view(host: str, name: str) -> dict[str, Any]:
-    client = ollama_client.connect(host, timeout=30.0, connect_timeout=5.0)
+    client = ollama_client.connect(
+        host, timeout=ollama_client.LOOKUP_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
+    )
     try:
         with ollama_client.talking_to(host, f"cannot show '{name}'"):
             shown = client.show(name)
@@ -720,7 +724,9 @@ def remove_deployment(workspace: Workspace, name: str, *, host: str | None = Non
     if entry is None and recorded is None and not folder.exists():
         raise UsageError(f"no deployment named '{name}' in this workspace", hint="list them with: llmforge deploy list")
     target = ollama_client.resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
-    client = ollama_client.connect(target, timeout=60.0, connect_timeout=10.0)
+    client = ollama_client.connect(
+        target, timeout=ollama_client.LOOKUP_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
+    )
     try:
         with ollama_client.talking_to(target, f"refused to delete '{name}'"):
             client.delete(name)
