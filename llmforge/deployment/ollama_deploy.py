@@ -373,6 +373,11 @@ def deploy_ollama(
         )
     if base:
         base = check_name(base)
+        if full_name(base) == full_name(name):
+            raise UsageError(
+                f"--from {base} and --name {name} are the same model: registering would replace the base itself",
+                hint="choose another --name for the new model",
+            )
     if adapter:
         spec, facts = plan_adapter(deploy, workspace, run=adapter, base=base or "", system=system)
     elif base:

@@ -271,8 +271,8 @@ def expected_base(adapter: ChosenAdapter) -> dict[str, Any]:
     verified on a base GGUF, that GGUF's vocabulary hash."""
     arch = read_gguf(adapter.path).architecture
     expected: dict[str, Any] = {"general.architecture": arch}
-    config_path = adapter.base_model / "config.json" if adapter.base_model else None
-    if arch and config_path is not None and config_path.is_file():
+    config_path = _base_config(adapter.base_model) if adapter.base_model else None
+    if arch and config_path is not None:
         config = _read_json(config_path)
         config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
         heads = config.get("num_attention_heads")
@@ -291,6 +291,22 @@ def expected_base(adapter: ChosenAdapter) -> dict[str, Any]:
         if tokens:
             expected["tokenizer.ggml.tokens"] = tokens_hash(tokens)
     return expected
+
+
+def _base_config(base: Path) -> Path | None:
+    """The base's config.json: in its folder, or, for a hub id, in the local hub cache training filled (never
+    downloaded here)."""
+    if (base / "config.json").is_file():
+        return base / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(str(base), "config.json")
+    except ValueError:  # not a valid repo id either
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def base_mismatches(expected: dict[str, Any], model_info: dict[str, Any]) -> list[str]:

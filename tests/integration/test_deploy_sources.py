@@ -205,6 +205,8 @@ def test_adapter_needs_its_base_and_its_exported_adapter(tiny_gguf, tiny_tokeniz
     assert no_export.exit_code == 2 and "llmforge export lora-gguf lora-1" in " ".join(no_export.output.split())
     both = deploy("sft-1", "--from", "tiny-base", "--name", "tuned", "--dry-run")
     assert both.exit_code == 2 and "two different models" in both.output
+    itself = deploy("--from", "tiny-base", "--name", "tiny-base:latest", "--dry-run")
+    assert itself.exit_code == 2 and "replace the base itself" in itself.output
 
 
 def test_any_gguf_file_deploys_under_its_embedded_template(tiny_gguf):
