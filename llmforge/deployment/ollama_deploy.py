@@ -6,6 +6,10 @@ drops-system, no-tools, date-format, reasoning-history, system-flags; each print
 and `deploy show`) or 'refused' (deploy stops with the reason). The matching family's Go template and every
 end-of-turn and end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
 own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).
+
+Sources (DeployResult.kind): an export, any .gguf file (its embedded template judged the same way), a model already
+in Ollama (`from`: FROM NAME keeps its template and stops), or a GGUF LoRA on its base (`adapter`: FROM BASE + ADAPTER,
+refused unless /api/show of BASE reports the architecture and sizes the adapter was trained on).
 """
 
 from __future__ import annotations
