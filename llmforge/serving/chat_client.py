@@ -6,11 +6,11 @@ The CLI owns the prompt and the printing; this module keeps the history and stre
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llmforge import ollama_client
 from llmforge.errors import LlmforgeError, UsageError
 
 DEFAULT_TIMEOUT = 600.0
@@ -157,9 +157,7 @@ class ChatSession:
         from llmforge.errors import require_extra
 
         require_extra("llmforge chat ollama:NAME", "deploy", "ollama")
-        import ollama
-
-        return ollama.Client(host=ollama_host())
+        return ollama_client.connect(ollama_host())
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -170,7 +168,7 @@ class ChatSession:
 
 
 def ollama_host() -> str:
-    return os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+    return ollama_client.resolve_host()
 
 
 def _base_url(endpoint: str) -> str:
