@@ -80,7 +80,8 @@ class _HtmlText(HTMLParser):
         self._hidden += tag in ("script", "style")
 
     def handle_endtag(self, tag):
-        self._hidden -= tag in ("script", "style") and self._hidden > 0
+        if tag in ("script", "style") and self._hidden:
+            self._hidden -= 1
 
     def handle_data(self, data):
         if self._hidden:

@@ -176,6 +176,8 @@ def serve(
     else:
         engine = load_engine(model, serve, workspace, progress)
         targets = None
+    if serve.retrieval.enabled and progress is not None:
+        progress(f"indexing the documents in {serve.retrieval.docs} (only files changed since the last start)")
     app = build_app(model, serve, workspace, engine=engine)
     import socket
 
