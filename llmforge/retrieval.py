@@ -26,7 +26,7 @@ from llmforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".md", ".markdown", ".txt", ".rst", ".html", ".htm")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # raise it when the tables change: an index of another version is rebuilt
 CANDIDATES_PER_PASSAGE = 4  # BM25 candidates per wanted passage that an embedding model reranks
 _WORD = re.compile(r"\w+")
 
@@ -92,9 +92,8 @@ class _HtmlText(HTMLParser):
                 self.lines[line + offset] += piece
 
 
-def read_lines(path: Path) -> list[str] | None:
-    """The text lines of a document, or None for a file that is not UTF-8 text (binaries are skipped)."""
-    data = path.read_bytes()
+def read_lines(data: bytes, suffix: str) -> list[str] | None:
+    """The text lines of a document's bytes, or None when they are not UTF-8 text (binaries are skipped)."""
     if b"\0" in data[:8192]:
         return None
     try:
@@ -102,7 +101,7 @@ def read_lines(path: Path) -> list[str] | None:
     except UnicodeDecodeError:
         return None
     lines = text.splitlines()
-    if path.suffix.lower() in (".html", ".htm"):
+    if suffix.lower() in (".html", ".htm"):
         parser = _HtmlText(len(lines))
         parser.feed(text)
         parser.close()
@@ -188,9 +187,9 @@ def _settings(cfg: RetrievalConfig, fts: bool) -> str:
 def _create(db: sqlite3.Connection, fts: bool) -> None:
     db.executescript("""
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
+        CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, skipped INTEGER);
         CREATE TABLE chunks (id INTEGER PRIMARY KEY, path TEXT NOT NULL, start_line INTEGER, end_line INTEGER,
-                             text TEXT NOT NULL, length INTEGER NOT NULL);
+                             text TEXT NOT NULL);
         CREATE INDEX chunks_path ON chunks(path);
     """)
     if fts:  # external content: the text is stored once, in chunks
@@ -220,7 +219,10 @@ def update_index(docs: Path, index: Path, cfg: RetrievalConfig) -> IndexReport:
     paths = _documents(docs)
     stats = {}
     for path in paths:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError:  # a broken link: no document
+            continue
         stats[path.relative_to(docs).as_posix()] = (path, st.st_size, st.st_mtime_ns)
 
     known: dict[str, tuple[int, int, str]] = {}
@@ -229,21 +231,28 @@ def update_index(docs: Path, index: Path, cfg: RetrievalConfig) -> IndexReport:
         try:
             with _read_only(index) as db:
                 if _meta(db, "settings") == settings:
-                    known = {row[0]: (row[1], row[2], row[3]) for row in db.execute("SELECT * FROM files")}
+                    rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM files")
+                    known = {row[0]: (row[1], row[2], row[3]) for row in rows}
                     rebuild = False
         except sqlite3.DatabaseError as exc:
             log.warning("rebuilding the unreadable index %s: %s", index, exc)
 
-    changes: list[tuple[str, Path, int, int, str | None]] = []  # (name, path, size, mtime, sha or None: unchanged)
+    # (name, suffix, size, mtime, sha, bytes); bytes None: the same content as indexed, or unreadable
+    changes: list[tuple[str, str, int, int, str, bytes | None]] = []
     for name, (path, size, mtime) in stats.items():
         old = known.get(name)
         if old is not None and old[0] == size and old[1] == mtime:
             continue
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        changes.append((name, path, size, mtime, None if old is not None and old[2] == sha else sha))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # unreadable now (permissions, a broken link): skipped, tried again next time
+            log.warning("skipping %s: %s", path, exc)
+            data, mtime = b"\0", -1
+        sha = hashlib.sha256(data).hexdigest()
+        same = old is not None and old[2] == sha
+        changes.append((name, path.suffix, size, mtime, sha, None if same else data))
     removed = [name for name in known if name not in stats]
 
-    skipped: list[str] = []
     if changes or removed or rebuild:
         tmp = reserve(index)
         try:
@@ -256,20 +265,18 @@ def update_index(docs: Path, index: Path, cfg: RetrievalConfig) -> IndexReport:
                     db.execute("INSERT INTO meta VALUES ('settings', ?)", (settings,))
                 for name in removed:
                     _drop(db, name, fts)
-                for name, path, size, mtime, sha in changes:
-                    if sha is None:  # touched, same bytes: keep the chunks
+                for name, suffix, size, mtime, sha, data in changes:
+                    if data is None:  # touched, same bytes: keep the chunks
                         db.execute("UPDATE files SET size=?, mtime_ns=? WHERE path=?", (size, mtime, name))
                         continue
                     _drop(db, name, fts)
-                    lines = read_lines(path)
-                    if lines is None:
-                        skipped.append(name)
+                    lines = read_lines(data, suffix)
                     for start, end, text in chunk_lines(lines or [], cfg.chunk_chars, cfg.overlap_chars):
-                        cur = db.execute("INSERT INTO chunks (path, start_line, end_line, text, length) "
-                                         "VALUES (?, ?, ?, ?, ?)", (name, start, end, text, len(words(text))))  # fmt: skip
+                        cur = db.execute("INSERT INTO chunks (path, start_line, end_line, text) VALUES (?, ?, ?, ?)",
+                                         (name, start, end, text))  # fmt: skip
                         if fts:
                             db.execute("INSERT INTO chunks_fts (rowid, text) VALUES (?, ?)", (cur.lastrowid, text))
-                    db.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (name, size, mtime, sha))
+                    db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", (name, size, mtime, sha, lines is None))
                 db.commit()
             finally:
                 db.close()
@@ -279,7 +286,8 @@ def update_index(docs: Path, index: Path, cfg: RetrievalConfig) -> IndexReport:
             raise
     with _read_only(index) as db:
         chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-    indexed = sum(1 for c in changes if c[4] is not None) - len(skipped)
+        skipped = [row[0] for row in db.execute("SELECT path FROM files WHERE skipped ORDER BY path")]
+    indexed = sum(1 for c in changes if c[5] is not None and c[0] not in skipped)
     return IndexReport(index, len(stats), indexed, len(removed), skipped, chunks)
 
 

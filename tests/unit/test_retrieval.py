@@ -100,9 +100,12 @@ def test_binary_files_are_skipped(docs, tmp_path):
     (docs / "blob.txt").write_bytes(b"\x00\x01\x02 ollama")
     (docs / "latin1.txt").write_bytes("caf\xe9 ollama".encode("latin-1"))
     (docs / "image.png").write_bytes(b"\x89PNG ollama")
+    (docs / "gone.md").symlink_to(docs / "nowhere.md")
     report = retrieval.update_index(docs, tmp_path / "index.sqlite", config())
-    assert sorted(report.skipped) == ["blob.txt", "latin1.txt"]
-    assert report.files == 7 and report.indexed == 5  # the .png is not a document at all
+    assert report.skipped == ["blob.txt", "latin1.txt"]
+    assert report.files == 7 and report.indexed == 5  # the .png is not a document at all, nor the broken link
+    again = retrieval.update_index(docs, tmp_path / "index.sqlite", config())
+    assert (again.skipped, again.indexed) == (["blob.txt", "latin1.txt"], 0)  # still reported, not read again
 
 
 def test_only_changed_files_are_indexed_again_and_the_index_is_replaced_whole(docs, tmp_path):
