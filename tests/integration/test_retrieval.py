@@ -129,3 +129,22 @@ def test_an_embedding_model_reranks_and_a_missing_one_fails_clearly(docs, tmp_pa
     with pytest.raises(UsageError, match="serve.retrieval.embedding_model: cannot load") as err:
         retrieval.Retriever(index, missing)
     assert "local model folder" in err.value.hint
+
+
+def test_chat_docs_with_an_ollama_model(tiny_gguf, docs, tmp_path):  # noqa: F811
+    """The passages travel in the messages of Ollama's /api/chat too (the retrieval happens in the terminal)."""
+    ollama = pytest.importorskip("ollama")
+    from fakes.ollama_server import StandIn
+
+    with StandIn() as server:
+        c = ollama.Client(host=server.host)
+        c.create("tiny", files={"model.gguf": c.create_blob(tiny_gguf)}, stream=False)
+        r = subprocess.run([sys.executable, "-m", "llmforge", "chat", "ollama:tiny", "--max-tokens", "4", "--docs",
+                            str(docs), "-s", "serve.retrieval.top_k=1", "-s", "project.workdir=work"],
+                           input=QUESTION + "\n", capture_output=True, text=True, env=cli_env(OLLAMA_HOST=server.host),
+                           timeout=120, cwd=tmp_path)  # fmt: skip
+        chats = [body for method, path, body in server.requests if path == "/api/chat"]
+    assert r.returncode == 0, r.stderr
+    assert "[1] ollama.md:1-4" in r.stdout
+    sent = chats[0]["messages"][-1]
+    assert sent["role"] == "user" and OLLAMA in sent["content"] and sent["content"].endswith(QUESTION)
