@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmforge.config.base import COUNT_MAX, TOKENS_MAX, Section
+from llmforge.config.retrieval import RetrievalConfig
 from llmforge.secrets import Secret
 
 
@@ -86,6 +87,9 @@ class ServeConfig(Section):
         "its own KV cache of context_length). More wait in arrival order.",
     )
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for the engine (default: the engine's choice).")
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig, description="Answer from local documents (retrieval-augmented chat)."
+    )
 
     @model_validator(mode="after")
     def _variants_make_sense(self):

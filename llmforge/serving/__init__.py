@@ -130,6 +130,11 @@ def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, e
     from llmforge.serving.models import Models
     from llmforge.serving.target import Target
 
+    retriever = None
+    if serve.retrieval.enabled:  # before any engine: a missing documents folder fails without loading a model
+        from llmforge.retrieval import open_docs
+
+        retriever = open_docs(serve.retrieval, workspace)
     if several(serve):
         targets, variants = resolve_lineup(model, serve, workspace)
     else:
@@ -144,7 +149,7 @@ def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, e
     memory_limit = serve.memory_limit_mb * 1_000_000 if serve.memory_limit_mb is not None else None
     models = Models(targets, load, max_queue=serve.max_queue, max_loaded=serve.max_loaded, memory_limit=memory_limit,
                     loaded=engine)  # fmt: skip
-    return create_app(models, variants, serve, workspace.conversations_dir)
+    return create_app(models, variants, serve, workspace.conversations_dir, retriever)
 
 
 def serve(
@@ -171,6 +176,8 @@ def serve(
     else:
         engine = load_engine(model, serve, workspace, progress)
         targets = None
+    if serve.retrieval.enabled and progress is not None:
+        progress(f"indexing the documents in {serve.retrieval.docs} (only files changed since the last start)")
     app = build_app(model, serve, workspace, engine=engine)
     import socket
 

@@ -384,8 +384,9 @@ class Picked:
 class Server:
     """What the handlers share: the models and their workers, limits, metrics and the conversation log."""
 
-    def __init__(self, models: Models, variants: list[Variant], serve, conversations_dir):
+    def __init__(self, models: Models, variants: list[Variant], serve, conversations_dir, retriever=None):
         self.models = models
+        self.retriever = retriever  # serve.retrieval's index (llmforge.retrieval.Retriever), or None
         self.variants = variants
         self.group = serve.variant_group if variants else None
         self.serve = serve
@@ -485,6 +486,15 @@ class Server:
             raise APIError(400, exc.message, param="messages", code="invalid_value") from None
         return engine.tokenize(text, chat=True)
 
+    def retrieve(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The messages with serve.retrieval's passages put into the last user turn, and their sources."""
+        if self.retriever is None:
+            return messages, []
+        from llmforge.retrieval import augment
+
+        messages, passages = augment(messages, self.retriever)
+        return messages, [p.to_dict(n) for n, p in enumerate(passages, 1)]
+
     def text_prompt(self, model: Picked, prompt: str | list[str]) -> list[int]:
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -580,8 +590,8 @@ def sse(obj: Any) -> bytes:
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def create_app(models: Models, variants: list[Variant], serve, conversations_dir) -> FastAPI:
-    server = Server(models, variants, serve, conversations_dir)
+def create_app(models: Models, variants: list[Variant], serve, conversations_dir, retriever=None) -> FastAPI:
+    server = Server(models, variants, serve, conversations_dir, retriever)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -667,6 +677,10 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
         started = time.perf_counter()
         model = await server.pick(request, body)
         messages = plain_messages(body.messages)
+        # off the event loop: a search may run an embedding model. `sources` is an extension field of the answer
+        # (on the first chunk when streaming); OpenAI clients ignore it, the chat page and `llmforge chat` show it.
+        messages, sources = await asyncio.to_thread(server.retrieve, messages) if server.retriever else (messages, [])
+        extra = {"sources": sources} if sources else {}
         prompt = server.chat_prompt(model, messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         sampling = server.sampling(model, body, len(prompt), max_tokens)
@@ -681,7 +695,7 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
                 first, parts = None, []
                 chunk = {**head, "object": "chat.completion.chunk"}
                 yield sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}]})  # fmt: skip
+                                                 "logprobs": None, "finish_reason": None}], **extra})  # fmt: skip
                 async for kind, value in events:
                     if kind == "text":
                         first = first or time.perf_counter()
@@ -712,6 +726,7 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],  # fmt: skip
             "usage": usage(result),
+            **extra,
         }
 
     @app.post("/v1/chat/completions", responses=generation)

@@ -37,6 +37,7 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.system: str | None = system
         self.messages: list[dict[str, str]] = []
+        self.sources: list[dict[str, Any]] = []
 
     @property
     def target(self) -> str:
@@ -94,9 +95,12 @@ class ChatSession:
         self.model = self.model or data[0].get("id")
         return self.model or "unknown"
 
-    def ask(self, text: str) -> Iterator[str]:
-        """Send a user message; yield the answer in pieces. The exchange enters the history once complete."""
-        self.messages.append({"role": "user", "content": text})
+    def ask(self, text: str, *, sent: str | None = None) -> Iterator[str]:
+        """Send a user message; yield the answer in pieces. The exchange enters the history once complete.
+        `sent`, when given, is what the model gets instead of `text` (retrieved passages with it); the history keeps
+        `text`. The sources a server attached to its answer are in `self.sources` afterwards."""
+        self.messages.append({"role": "user", "content": sent or text})
+        self.sources = []
         parts: list[str] = []
         try:
             stream = self._ollama_stream() if self.ollama_model else self._openai_stream()
@@ -106,6 +110,7 @@ class ChatSession:
         except BaseException:
             self.messages.pop()
             raise
+        self.messages[-1] = {"role": "user", "content": text}
         self.messages.append({"role": "assistant", "content": "".join(parts)})
 
     def _openai_stream(self) -> Iterator[str]:
@@ -130,6 +135,8 @@ class ChatSession:
                     chunk = json.loads(data)
                     if "error" in chunk:
                         raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
+                    if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk
+                        self.sources = chunk["sources"]
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
