@@ -296,8 +296,8 @@ def test_later_exports_of_the_same_model_add_to_the_manifest(tiny_llama_dir, tmp
     ws = Workspace(tmp_path / "ws")
     export_gguf(ModelConfig(), ExportConfig(quant=["f16"], verify=False), ws, str(tiny_llama_dir))
     body = export_gguf(ModelConfig(), ExportConfig(quant=["q8_0"], verify=False), ws, str(tiny_llama_dir))
-    assert [f["quant"] for f in body["files"]] == ["f16", "q8_0"]
-    assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body["files"]
+    assert [f["quant"] for f in body.files] == ["f16", "q8_0"]
+    assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body.files
     assert ws.exports() == [tiny_llama_dir.name]
 
 

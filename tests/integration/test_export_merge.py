@@ -102,7 +102,7 @@ def test_export_gguf_of_an_adapter_run_merges_then_converts_and_verifies(tiny_qw
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-q", tiny_qwen2_dir, seed=3)
     result = export_gguf(ModelConfig(), ExportConfig(quant=["f16", "q8_0"]), ws, "lora-q")
-    assert result["verified"] and result["merged"]
+    assert result.verified and result.merged
     assert (ws.merged_dir("lora-q") / "model.safetensors").is_file()
     manifest = json.loads(ws.export_manifest("lora-q").read_text())
     assert [f["path"] for f in manifest["files"]] == ["lora-q-f16.gguf", "lora-q-q8_0.gguf"]
