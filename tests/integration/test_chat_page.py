@@ -155,8 +155,10 @@ def test_thumbs_under_an_answer_send_feedback_on_it(browser, llamacpp_engine, tm
         feedback = [json.loads(line) for line in (tmp_path / "serve" / "feedback" / "feedback.jsonl").open()]
         assert [(f["id"], f["feedback"]) for f in feedback] == [(logged["metadata"]["id"], "down"),
                                                                 (logged["metadata"]["id"], "up")]  # fmt: skip
-        assert 'llmforge_feedback_total{feedback="up"} 1' in httpx.get(
-            url + "/metrics", headers={"Authorization": "Bearer sk-k"}).text
+        assert (
+            'llmforge_feedback_total{feedback="up"} 1'
+            in httpx.get(url + "/metrics", headers={"Authorization": "Bearer sk-k"}).text
+        )
         browser.refresh()  # the thumb stays with its answer
         assert wait_for(lambda: pressed() == ["up:true", "down:false"])
 

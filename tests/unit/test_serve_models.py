@@ -232,7 +232,8 @@ def test_report_joins_the_feedback_log_to_the_answers_by_id(tmp_path):
     feedback.mkdir()
     thumbs = [("chatcmpl-b1", "down"), ("chatcmpl-a1", "up"), ("chatcmpl-c1", "up"), ("chatcmpl-zz", "down")]
     (feedback / "feedback-20260101-000000-000000.jsonl").write_text(
-        "".join(json.dumps({"id": i, "feedback": t}) + "\n" for i, t in thumbs))
+        "".join(json.dumps({"id": i, "feedback": t}) + "\n" for i, t in thumbs)
+    )
     later = [json.dumps({"id": "chatcmpl-b1", "feedback": "up"}), json.dumps({"id": "chatcmpl-b2", "feedback": "down"}),
              "not json", json.dumps(["chatcmpl-a1"])]  # fmt: skip
     (feedback / "feedback.jsonl").write_text("\n".join(later) + "\n")
