@@ -39,7 +39,9 @@ def chat(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE.
+    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE, /good, /bad.
+
+    /good and /bad [COMMENT] rate the last answer of llmforge serve (kept with serve.log_conversations).
 
     Example:  llmforge chat http://127.0.0.1:8000   or   llmforge chat ollama:my-model --docs ./handbook
     """
