@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page.
+"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page,
+and /v1/feedback (a user's thumb on a logged answer).
 
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
 limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
@@ -186,6 +187,12 @@ class FeedbackRequest(_Request):
     id: str = Field(description="The id of a chat completion this server answered (chatcmpl-...).", max_length=200)
     score: Literal[1, -1, "up", "down"] = Field(description='1 or "up": a good answer; -1 or "down": a bad one.')
     comment: str | None = Field(None, description="What the user said about the answer.", max_length=4000)
+
+
+class FeedbackAnswer(BaseModel):
+    object: Literal["feedback"]
+    id: str
+    feedback: Literal["up", "down"]
 
 
 # ---------------------------------------------------------------- errors
@@ -813,7 +820,7 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
         text, result = await collect(events, server, started)
         return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
 
-    app.add_api_route("/v1/feedback", feedback, methods=["POST"], responses=FEEDBACK_RESPONSES)
+    app.add_api_route("/v1/feedback", feedback, methods=["POST"], response_model=FeedbackAnswer, responses=FEEDBACK)
     key = serve.api_key.get_secret_value() if serve.api_key is not None else None
     app.add_middleware(
         Gate, metrics=server.metrics, api_key=key, max_body=serve.max_body_bytes, rate_limit=serve.rate_limit
@@ -821,10 +828,11 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
     return app
 
 
-FEEDBACK_RESPONSES = _documented(400, 401, 404, 413, 429, 500)
-FEEDBACK_RESPONSES[404] = {**FEEDBACK_RESPONSES[404], "description": "No logged answer has this id, or this server "
+# /v1/feedback's error answers, for the schema
+FEEDBACK = _documented(400, 401, 404, 413, 429, 500)
+FEEDBACK[404] = {**FEEDBACK[404], "description": "No logged answer has this id, or this server "
                            "does not log conversations (serve.log_conversations)"}  # fmt: skip
-FEEDBACK_RESPONSES[500] = {**FEEDBACK_RESPONSES[500], "description": "The feedback log could not be written"}
+FEEDBACK[500] = {**FEEDBACK[500], "description": "The feedback log could not be written"}
 
 
 async def feedback(request: Request, body: FeedbackRequest):
