@@ -830,8 +830,8 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
 
 # /v1/feedback's error answers, for the schema
 FEEDBACK = _documented(400, 401, 404, 413, 429, 500)
-FEEDBACK[404] = {**FEEDBACK[404], "description": "No logged answer has this id, or this server "
-                           "does not log conversations (serve.log_conversations)"}  # fmt: skip
+FEEDBACK[404] = {**FEEDBACK[404], "description": "No logged answer has this id, or this server does not log "
+                                                 "conversations (serve.log_conversations)"}  # fmt: skip
 FEEDBACK[500] = {**FEEDBACK[500], "description": "The feedback log could not be written"}
 
 

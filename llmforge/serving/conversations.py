@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ class ConversationLog:
         # the files on the first lookup (feedback on an answer logged before a restart is found too), in a thread of
         # its own under its own lock: record() runs on the event loop and must never wait for that read. Answers
         # logged once a lookup has begun queue in `_recent` (deque appends are atomic) until the next lookup.
-        self._answers: dict[str, tuple[str, str, str] | None] = {}
+        self._answers: OrderedDict[str, tuple[str, str, str] | None] = OrderedDict()
         self._index_lock = threading.Lock()
         self._indexing = False
         self._recent: deque[tuple[str, tuple[str, str, str] | None]] = deque(maxlen=MAX_REMEMBERED)
@@ -62,23 +62,27 @@ class ConversationLog:
             if not self._indexing:
                 self._indexing = True  # from now on record() queues what it logs; the read below may miss it
                 for path in self.files():
-                    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                        try:
-                            meta = json.loads(line).get("metadata")
-                        except (ValueError, AttributeError):
-                            continue
-                        if isinstance(meta, dict) and isinstance(meta.get("id"), str):
-                            self._remember(*_answer(meta))
+                    with path.open(encoding="utf-8", errors="replace") as lines:  # line by line: logs grow large
+                        self._read(lines)
             while self._recent:
                 self._remember(*self._recent.popleft())
             if ident not in self._answers:
                 return False, None
             return True, self._answers[ident]
 
+    def _read(self, lines) -> None:
+        for line in lines:
+            try:
+                meta = json.loads(line).get("metadata")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(meta, dict) and isinstance(meta.get("id"), str):
+                self._remember(*_answer(meta))
+
     def _remember(self, ident: str, variant: tuple[str, str, str] | None) -> None:
         self._answers[ident] = variant
-        if len(self._answers) > MAX_REMEMBERED:  # dicts keep insertion order: the oldest goes
-            del self._answers[next(iter(self._answers))]
+        if len(self._answers) > MAX_REMEMBERED:  # the oldest goes (a plain dict's first key slows with deletions)
+            self._answers.popitem(last=False)
 
     def append(self, record: dict[str, Any]) -> bool:
         """Append one record as one line; False (and a warning) when the disk refuses it."""

@@ -261,3 +261,13 @@ def test_the_conversation_log_finds_answers_by_id_after_a_restart(tmp_path):
     assert log.answer("chatcmpl-2") == (True, ("ab", "b", "m2"))  # logged after the first lookup read the files
     again = ConversationLog(tmp_path, 10_000)  # a restarted server reads the ids back from the files
     assert again.answer("chatcmpl-2") == (True, ("ab", "b", "m2")) and again.answer("chatcmpl-1") == (True, None)
+
+
+def test_the_conversation_log_remembers_the_newest_answers_only(tmp_path, monkeypatch):
+    from llmforge.serving import conversations
+
+    monkeypatch.setattr(conversations, "MAX_REMEMBERED", 2)
+    log = conversations.ConversationLog(tmp_path, 10_000)
+    for i in range(3):
+        log.record([], "a", {"id": f"chatcmpl-{i}"})
+    assert [log.answer(f"chatcmpl-{i}")[0] for i in range(3)] == [False, True, True]
