@@ -13,7 +13,8 @@ from llmforge.cli.output import console, escape, warn
 
 HELP = (
     "/reset clears the history, /system TEXT sets the system prompt (empty clears it), "
-    "/save FILE writes the conversation as JSON, /exit leaves (Ctrl-D too)."
+    "/save FILE writes the conversation as JSON, /good and /bad [COMMENT] rate the last answer (llmforge serve), "
+    "/exit leaves (Ctrl-D too)."
 )
 
 
@@ -38,7 +39,9 @@ def chat(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE.
+    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE, /good, /bad.
+
+    /good and /bad [COMMENT] rate the last answer of llmforge serve (kept with serve.log_conversations).
 
     Example:  llmforge chat http://127.0.0.1:8000   or   llmforge chat ollama:my-model --docs ./handbook
     """
@@ -96,6 +99,16 @@ def chat(
                 warn(exc.message)
                 continue
             console.print(f"[dim]saved {len(session.conversation())} messages to {escape(str(path))}[/]")
+        elif text.split()[0] in ("/good", "/bad"):
+            from llmforge.errors import LlmforgeError
+
+            word = text.split()[0]
+            try:
+                session.feedback(word == "/good", text[len(word) :].strip() or None)
+            except LlmforgeError as exc:
+                warn(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+                continue
+            console.print(f"[dim]feedback recorded: {'good' if word == '/good' else 'bad'} answer[/]")
         elif text.startswith("/"):
             warn(f"unknown command {text.split()[0]}; {HELP}")
         else:

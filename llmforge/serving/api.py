@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page.
+"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page,
+and /v1/feedback (a user's thumb on a logged answer).
 
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
 limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
@@ -30,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmforge import __version__
 from llmforge.errors import UsageError
-from llmforge.serving.conversations import ConversationLog, plain_messages
+from llmforge.serving.conversations import ConversationLog, feedback_dir, plain_messages
 from llmforge.serving.generation import Job, QueueFull, Result, Sampling
 from llmforge.serving.metrics import Metrics
 from llmforge.serving.models import ModelLoadFailed, Models, Slot
@@ -41,7 +42,8 @@ from llmforge.serving.variants import CONVERSATION_HEADER, VARIANT_HEADER, pick
 log = logging.getLogger(__name__)
 
 OPEN_ROUTES = {"/health", "/"}  # the chat page loads without a key and asks for one (conventions.md)
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/generate", "/chat"}
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/generate", "/chat",
+          "/v1/feedback"}
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
 POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its client is still there
@@ -179,6 +181,18 @@ class GenerateRequest(_Request):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
+
+
+class FeedbackRequest(_Request):
+    id: str = Field(description="The id of a chat completion this server answered (chatcmpl-...).", max_length=200)
+    score: Literal[1, -1, "up", "down"] = Field(description='1 or "up": a good answer; -1 or "down": a bad one.')
+    comment: str | None = Field(None, description="What the user said about the answer.", max_length=4000)
+
+
+class FeedbackAnswer(BaseModel):
+    object: Literal["feedback"]
+    id: str
+    feedback: Literal["up", "down"]
 
 
 # ---------------------------------------------------------------- errors
@@ -392,6 +406,8 @@ class Server:
         self.serve = serve
         self.metrics = Metrics()
         self.log = ConversationLog(conversations_dir, serve.log_max_bytes) if serve.log_conversations else None
+        self.feedback_log = (ConversationLog(feedback_dir(conversations_dir), serve.log_max_bytes, "feedback")
+                             if serve.log_conversations else None)  # fmt: skip
         self.created = int(time.time())
 
     @property
@@ -534,10 +550,12 @@ class Server:
         if first is not None:
             self.metrics.first_token(first - started)
 
-    def record(self, messages, answer: str, result: Result, started: float, route: str, model: Picked) -> None:
+    def record(self, messages, answer: str, result: Result, started: float, route: str, model: Picked,
+               ident: str) -> None:  # fmt: skip
         if self.log is None or result.finish_reason not in ("stop", "length"):
             return
         metadata = {
+            "id": ident,  # what POST /v1/feedback names
             "model": model.engine.name,
             "engine": model.engine.engine,
             "route": route,
@@ -713,13 +731,14 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
                                                      "finish_reason": value.finish_reason}]})  # fmt: skip
                     if include_usage:
                         yield sse({**chunk, "choices": [], "usage": usage(value)})
+                    # logged before [DONE]: a client may send feedback on the answer as soon as it has it all
+                    server.record(messages, "".join(parts), value, started, route, model, ident)
                     yield b"data: [DONE]\n\n"
-                    server.record(messages, "".join(parts), value, started, route, model)
 
             return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
         text, result = await collect(events, server, started)
-        server.record(messages, text, result, started, route, model)
+        server.record(messages, text, result, started, route, model, ident)
         return {
             **head,
             "object": "chat.completion",
@@ -801,11 +820,43 @@ def create_app(models: Models, variants: list[Variant], serve, conversations_dir
         text, result = await collect(events, server, started)
         return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
 
+    app.add_api_route("/v1/feedback", feedback, methods=["POST"], response_model=FeedbackAnswer, responses=FEEDBACK)
     key = serve.api_key.get_secret_value() if serve.api_key is not None else None
     app.add_middleware(
         Gate, metrics=server.metrics, api_key=key, max_body=serve.max_body_bytes, rate_limit=serve.rate_limit
     )
     return app
+
+
+# /v1/feedback's error answers, for the schema
+FEEDBACK = _documented(400, 401, 404, 413, 429, 500)
+FEEDBACK[404] = {**FEEDBACK[404], "description": "No logged answer has this id, or this server does not log "
+                                                 "conversations (serve.log_conversations)"}  # fmt: skip
+FEEDBACK[500] = {**FEEDBACK[500], "description": "The feedback log could not be written"}
+
+
+async def feedback(request: Request, body: FeedbackRequest):
+    """A user's thumbs up or down (and comment) on an answer, by the id of its chat completion: appended to the
+    feedback log beside the conversation log, read by `llmforge serve report`, counted in /metrics."""
+    server: Server = request.app.state.server
+    if server.feedback_log is None:
+        raise APIError(404, "This server does not log conversations, so there is no answer to attach feedback to; "
+                            "serve with serve.log_conversations: true.", param="id",
+                       code="conversation_log_off")  # fmt: skip
+    known, variant = await asyncio.to_thread(server.log.answer, body.id)  # the first lookup reads the logs
+    if not known:
+        raise APIError(404, f"No logged answer has the id {body.id[:200]!r}; send the id of a chat completion this "
+                            "server answered (with serve.log_conversations on).", param="id",
+                       code="conversation_not_found")  # fmt: skip
+    thumb = "up" if body.score in (1, "up") else "down"
+    record = {"id": body.id, "feedback": thumb, "created": int(time.time())}
+    if body.comment:
+        record["comment"] = body.comment
+    if not server.feedback_log.append(record):
+        raise APIError(500, "The feedback could not be written; see the server's log.", type="server_error",
+                       code="feedback_not_written")  # fmt: skip
+    server.metrics.feedback(thumb, variant)
+    return {"object": "feedback", "id": body.id, "feedback": thumb}
 
 
 async def collect(events, server: Server, started: float) -> tuple[str, Result]:

@@ -38,6 +38,8 @@ class ChatSession:
         self.system: str | None = system
         self.messages: list[dict[str, str]] = []
         self.sources: list[dict[str, Any]] = []
+        self.llmforge = False  # whether the server is `llmforge serve` (it takes feedback), known after connect()
+        self.answer_id: str | None = None  # the id of the last complete answer, for feedback
 
     @property
     def target(self) -> str:
@@ -92,6 +94,7 @@ class ChatSession:
         if r.status_code != 200:
             raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}")
         data = r.json().get("data") or [{}]
+        self.llmforge = data[0].get("owned_by") == "llmforge"
         self.model = self.model or data[0].get("id")
         return self.model or "unknown"
 
@@ -101,6 +104,7 @@ class ChatSession:
         `text`. The sources a server attached to its answer are in `self.sources` afterwards."""
         self.messages.append({"role": "user", "content": sent or text})
         self.sources = []
+        self.answer_id = self._streaming_id = None
         parts: list[str] = []
         try:
             stream = self._ollama_stream() if self.ollama_model else self._openai_stream()
@@ -112,6 +116,28 @@ class ChatSession:
             raise
         self.messages[-1] = {"role": "user", "content": text}
         self.messages.append({"role": "assistant", "content": "".join(parts)})
+        self.answer_id = self._streaming_id
+
+    def feedback(self, good: bool, comment: str | None = None) -> str:
+        """Thumbs up or down on the last answer (POST /v1/feedback, `llmforge serve` only); returns the answer's id.
+        Raises UsageError when there is nothing to rate here, LlmforgeError when the server refuses."""
+        if not self.llmforge:
+            raise UsageError(f"{self.target} is not llmforge serve; only llmforge serve takes feedback on answers")
+        if self.answer_id is None:
+            raise UsageError("no answer to rate yet", hint="ask something first; /good and /bad rate the last answer")
+        import httpx
+
+        body: dict[str, Any] = {"id": self.answer_id, "score": "up" if good else "down"}
+        if comment:
+            body["comment"] = comment
+        url = self.base_url + "/v1/feedback"
+        try:
+            r = httpx.post(url, json=body, headers=self._headers(), timeout=30)
+        except httpx.HTTPError as exc:
+            raise self._down(exc) from None
+        if r.status_code != 200:
+            raise LlmforgeError(f"{url} answered HTTP {r.status_code}: {_error_message(r)}")
+        return self.answer_id
 
     def _openai_stream(self) -> Iterator[str]:
         import httpx
@@ -133,6 +159,7 @@ class ChatSession:
                     if data == "[DONE]":
                         return
                     chunk = json.loads(data)
+                    self._streaming_id = self._streaming_id or chunk.get("id")
                     if "error" in chunk:
                         raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
                     if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk

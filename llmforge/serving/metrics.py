@@ -47,6 +47,9 @@ class Metrics:
         self.variant_answers: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.variant_latency: dict[tuple[str, str, str], Histogram] = {}
         self.variant_tokens: dict[tuple[str, str, str], int] = defaultdict(int)
+        # user feedback (POST /v1/feedback), "up" or "down": all of it, and per (group, variant, model, thumb)
+        self.feedbacks: dict[str, int] = defaultdict(int)
+        self.variant_feedback: dict[tuple[str, str, str, str], int] = defaultdict(int)
 
     def started(self) -> None:
         with self._lock:
@@ -77,6 +80,13 @@ class Metrics:
             self.variant_answers[(*key, finish_reason)] += 1
             self.variant_tokens[key] += completion
             self.variant_latency.setdefault(key, Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def feedback(self, thumb: str, variant: tuple[str, str, str] | None) -> None:
+        """One thumb on an answer; `variant` is the answer's (group, variant, model) in an A/B test, else None."""
+        with self._lock:
+            self.feedbacks[thumb] += 1
+            if variant is not None:
+                self.variant_feedback[(*variant, thumb)] += 1
 
     def render(self, queued: int, loaded: list[str] | None = None, loads: dict[str, int] | None = None,
                unloads: dict[str, int] | None = None) -> str:
@@ -125,7 +135,12 @@ class Metrics:
                 "# TYPE llmforge_queue_length gauge",
                 f"llmforge_queue_length {queued}",
             ]
-            if self.variant_latency:
+            lines += [
+                "# HELP llmforge_feedback_total User feedback on answers (POST /v1/feedback), up or down.",
+                "# TYPE llmforge_feedback_total counter",
+            ]
+            lines += [f'llmforge_feedback_total{{feedback="{t}"}} {n}' for t, n in sorted(self.feedbacks.items())]
+            if self.variant_latency or self.variant_feedback:  # feedback may come for answers of before a restart
                 lines += self._variant_lines()
         if loaded is not None:
             lines += _model_lines(loaded, loads or {}, unloads or {})
@@ -153,6 +168,12 @@ class Metrics:
         ]
         for key, h in sorted(self.variant_latency.items()):
             lines += h.lines("llmforge_variant_duration_seconds", labels(*key))
+        lines += [
+            "# HELP llmforge_variant_feedback_total User feedback on answers (up or down), by A/B variant.",
+            "# TYPE llmforge_variant_feedback_total counter",
+        ]
+        lines += [f'llmforge_variant_feedback_total{{{labels(g, v, m)},feedback="{t}"}} {n}'
+                  for (g, v, m, t), n in sorted(self.variant_feedback.items())]  # fmt: skip
         return lines
 
 

@@ -12,19 +12,21 @@ from typing import Any
 
 from llmforge import atomic
 from llmforge.errors import UsageError
-from llmforge.serving.conversations import ConversationLog
+from llmforge.serving.conversations import ConversationLog, feedback_dir
 from llmforge.workspace import Workspace, timestamp
 
 
 def build(folder: Path) -> dict[str, Any]:
-    """Per A/B group and variant: requests, share, tokens, latency, finish reasons and user feedback (where a
-    record carries metadata.feedback), with each variant's differences from the group's first (by name)."""
+    """Per A/B group and variant: requests, share, tokens, latency, finish reasons and user feedback, with each
+    variant's differences from the group's first (by name). Feedback is a record's metadata.feedback, or a record of
+    the feedback log beside `folder` (POST /v1/feedback) naming the answer's id: the latest for an answer wins."""
     files = ConversationLog(folder, 1).files()
     if not files:
         raise UsageError(f"no conversation logs in {folder}",
                          hint="serve with serve.log_conversations: true and serve.variants set, then send traffic")  # fmt: skip
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     unreadable = without_variant = 0
+    answers: dict[str, dict] = {}  # id -> metadata of the variants' answers, for the feedback log to find
     for path in files:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
@@ -36,11 +38,30 @@ def build(folder: Path) -> dict[str, Any]:
                 without_variant += 1
                 continue
             groups[str(meta.get("variant_group", ""))][str(meta["variant"])].append(meta)
+            if isinstance(meta.get("id"), str):
+                answers[meta["id"]] = meta
     if not groups:
         raise UsageError(f"{folder}: no logged conversation names a variant",
                          hint="set serve.variants and send requests for serve.variant_group")  # fmt: skip
-    report: dict[str, Any] = {"logs": [str(f) for f in files], "unreadable_lines": unreadable,
-                              "without_variant": without_variant, "groups": {}}  # fmt: skip
+    feedback_files = ConversationLog(feedback_dir(folder), 1, "feedback").files()
+    unmatched = 0
+    for path in feedback_files:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                meta = answers.get(record["id"])
+                value = record["feedback"]
+            except (ValueError, TypeError, KeyError):
+                unreadable += 1
+                continue
+            if meta is None:  # an answer outside the A/B test, or in a log file since deleted
+                unmatched += 1
+            else:
+                meta["feedback"] = value  # in file order: a user's second thought replaces the first
+    report: dict[str, Any] = {"logs": [str(f) for f in files], "feedback_logs": [str(f) for f in feedback_files],
+                              "unreadable_lines": unreadable,
+                              "without_variant": without_variant, "feedback_without_variant": unmatched,
+                              "groups": {}}  # fmt: skip
     for group, variants in sorted(groups.items()):
         total = sum(len(records) for records in variants.values())
         summaries = {name: _summary(records, total) for name, records in sorted(variants.items())}
@@ -131,8 +152,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# A/B report {report.get('stamp', '')}".rstrip(), ""]
-    lines.append(f"From {len(report['logs'])} log file(s); {report['without_variant']} conversation(s) without a "
-                 f"variant left out, {report['unreadable_lines']} unreadable line(s).")  # fmt: skip
+    lines.append(f"From {len(report['logs'])} log file(s) and {len(report['feedback_logs'])} feedback log file(s); "
+                 f"{report['without_variant']} conversation(s) and {report['feedback_without_variant']} feedback(s) "
+                 f"without a variant left out, {report['unreadable_lines']} unreadable line(s). Feedback: a thumb up "
+                 "scores 1, down 0.")  # fmt: skip
     for group, body in report["groups"].items():
         lines += ["", f"## {group} ({body['requests']} requests; deltas against {body['reference']})", ""]
         lines.append("| variant | models | requests | share | mean latency s | p95 latency s | mean completion tokens "

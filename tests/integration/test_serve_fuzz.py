@@ -40,11 +40,21 @@ sampling = {
 }
 chat_body = st.fixed_dictionaries({"messages": st.lists(message, max_size=4) | json_values}, optional=sampling)
 prompt_body = st.fixed_dictionaries({"prompt": texts(80) | st.lists(texts(10), max_size=2) | json_values}, optional=sampling)  # fmt: skip
-ROUTES = {"/v1/chat/completions": chat_body, "/chat": chat_body, "/v1/completions": prompt_body, "/generate": prompt_body}
+feedback_body = st.fixed_dictionaries(
+    {
+        "id": st.just("chatcmpl-0") | texts(40) | json_values,
+        "score": st.sampled_from([1, -1, "up", "down", 0]) | json_values,
+    },
+    optional={"comment": texts(50) | json_values},
+)
+ROUTES = {"/v1/chat/completions": chat_body, "/chat": chat_body, "/v1/completions": prompt_body, "/generate": prompt_body,
+          "/v1/feedback": feedback_body}  # fmt: skip
 
 
 def test_no_body_gets_a_server_error(llamacpp_engine, tmp_path):  # noqa: F811
-    with serving(llamacpp_engine, tmp_path, "serve.max_tokens_limit=16") as url, httpx.Client(timeout=60) as http:
+    # the conversation log on: feedback bodies reach the lookup of the answer they name
+    sets = ("serve.max_tokens_limit=16", "serve.log_conversations=true")
+    with serving(llamacpp_engine, tmp_path, *sets) as url, httpx.Client(timeout=60) as http:
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         @given(route=st.sampled_from(sorted(ROUTES)), data=st.data())
@@ -101,7 +111,8 @@ def test_the_openapi_schema_holds_under_schemathesis(llamacpp_engine, tmp_path):
 
         check()
     # the run reached every route, and generation as well as refusals
-    assert {path for path, _ in seen} >= {"/v1/chat/completions", "/chat", "/v1/completions", "/generate", "/health"}
+    assert {path for path, _ in seen} >= {"/v1/chat/completions", "/chat", "/v1/completions", "/generate", "/health",
+                                          "/v1/feedback"}  # fmt: skip
     assert {status for _, status in seen} >= {200, 400}, seen
 
     # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too. About half

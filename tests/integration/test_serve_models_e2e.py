@@ -97,3 +97,63 @@ def test_ab_variants_are_sticky_logged_counted_and_reported(tiny_gguf, tiny_llam
     report = json.loads(result.stdout)["groups"]["bot"]
     assert report["requests"] == 12 and sum(v["requests"] for v in report["variants"].values()) == 12
     assert report["variants"]["hf"]["models"] == [tiny_llama_dir.name]
+
+
+def test_feedback_on_the_answers_of_both_variants_is_counted_and_reported(tiny_gguf, tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmforge.cli.app import app as cli
+
+    variants = f'[{{name: gguf, model: "{tiny_gguf}", weight: 1}}, {{name: hf, model: "{tiny_llama_dir}", weight: 1}}]'
+    cfg = serve_config(f"serve.variants={variants}", "serve.log_conversations=true", "serve.api_key=sk-fb",
+                       "serve.threads=1")  # fmt: skip
+    key = {"Authorization": "Bearer sk-fb"}
+    app = build_app(cfg.model, cfg.serve, Workspace(tmp_path))
+    thumbs = {"gguf": "up", "hf": -1}  # the route takes "up"/"down" and 1/-1
+    given: dict[str, list[str]] = {"gguf": [], "hf": []}
+    with running(app) as url:
+        for i in range(6):
+            body = {"messages": HELLO, "max_tokens": 3, "ignore_eos": True, "user": f"u{i}", "stream": i == 1}
+            r = httpx.post(url + "/v1/chat/completions", headers=key, json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            answer_id = json.loads(r.text.split("\n")[0][6:])["id"] if i == 1 else r.json()["id"]
+            variant = r.headers["x-llmforge-variant"]
+            fb = httpx.post(url + "/v1/feedback", headers=key, json={"id": answer_id, "score": thumbs[variant]})
+            assert fb.status_code == 200, fb.text
+            assert fb.json() == {
+                "object": "feedback",
+                "id": answer_id,
+                "feedback": "up" if variant == "gguf" else "down",
+            }
+            given[variant].append(answer_id)
+        assert given["gguf"] and given["hf"]  # six users at 1:1: both variants answered
+        unknown = httpx.post(url + "/v1/feedback", headers=key, json={"id": "chatcmpl-nope", "score": "up"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "conversation_not_found"
+        assert "chatcmpl-nope" in unknown.json()["error"]["message"]
+        keyless = httpx.post(url + "/v1/feedback", json={"id": given["hf"][0], "score": "up"})
+        assert keyless.status_code == 401
+        bad = httpx.post(url + "/v1/feedback", headers=key, json={"id": given["hf"][0], "score": 5})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
+        text = httpx.get(url + "/metrics", headers=key).text
+    labels = 'group="ab",variant="{}",model="{}",feedback="{}"'
+    assert (
+        f"llmforge_variant_feedback_total{{{labels.format('gguf', tiny_gguf.stem, 'up')}}} {len(given['gguf'])}" in text
+    )
+    assert (
+        f"llmforge_variant_feedback_total{{{labels.format('hf', tiny_llama_dir.name, 'down')}}} {len(given['hf'])}"
+        in text
+    )
+    assert metric(text, "llmforge_feedback_total") == 6
+    result = CliRunner().invoke(cli, ["serve", "report", "--json", "-s", f"project.workdir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["groups"]["ab"]["variants"]
+    assert report["gguf"]["feedback"] == {"count": len(given["gguf"]), "mean": 1.0}
+    assert report["hf"]["feedback"] == {"count": len(given["hf"]), "mean": 0.0}
+
+
+def test_feedback_without_the_conversation_log_is_404_naming_the_setting(tiny_gguf, tmp_path):
+    cfg = serve_config(f"serve.model={tiny_gguf}")
+    with running(build_app(cfg.model, cfg.serve, Workspace(tmp_path))) as url:
+        r = httpx.post(url + "/v1/feedback", json={"id": "chatcmpl-1", "score": "up"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "conversation_log_off"
+    assert "serve.log_conversations" in r.json()["error"]["message"]

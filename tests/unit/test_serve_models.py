@@ -219,3 +219,55 @@ def test_report_compares_the_variants_of_the_logs(tmp_path):
 def test_report_without_variant_logs_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(app, ["serve", "report", "-s", f"project.workdir={tmp_path}"])
     assert result.exit_code == 2 and "no conversation logs" in result.stderr and "hint:" in result.stderr
+
+
+def test_report_joins_the_feedback_log_to_the_answers_by_id(tmp_path):
+    folder = tmp_path / "serve" / "conversations"
+    folder.mkdir(parents=True)
+    lines = [log_line("a", 1.0, 10, id="chatcmpl-a1"), log_line("b", 1.0, 10, id="chatcmpl-b1"),
+             log_line("b", 1.0, 10, id="chatcmpl-b2"),
+             json.dumps({"messages": [], "metadata": {"model": "plain", "id": "chatcmpl-c1"}})]  # fmt: skip
+    (folder / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    feedback = tmp_path / "serve" / "feedback"
+    feedback.mkdir()
+    thumbs = [("chatcmpl-b1", "down"), ("chatcmpl-a1", "up"), ("chatcmpl-c1", "up"), ("chatcmpl-zz", "down")]
+    (feedback / "feedback-20260101-000000-000000.jsonl").write_text(
+        "".join(json.dumps({"id": i, "feedback": t}) + "\n" for i, t in thumbs)
+    )
+    later = [json.dumps({"id": "chatcmpl-b1", "feedback": "up"}), json.dumps({"id": "chatcmpl-b2", "feedback": "down"}),
+             "not json", json.dumps(["chatcmpl-a1"])]  # fmt: skip
+    (feedback / "feedback.jsonl").write_text("\n".join(later) + "\n")
+    report = build(folder)
+    variants = report["groups"]["ab"]["variants"]
+    assert variants["a"]["feedback"] == {"count": 1, "mean": 1.0}
+    assert variants["b"]["feedback"] == {"count": 2, "mean": 0.5}  # b1's later thumb up replaced its thumb down
+    assert report["groups"]["ab"]["deltas"]["b"]["feedback_mean"] == -0.5
+    assert report["feedback_without_variant"] == 2 and report["unreadable_lines"] == 2
+    assert len(report["feedback_logs"]) == 2
+
+    result = CliRunner().invoke(app, ["serve", "report", "--json", "-s", f"project.workdir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    markdown = (Path(json.loads(result.stdout)["output_dir"]) / "report.md").read_text()
+    assert "| 2, 0.5 |" in markdown and "2 feedback(s) without a variant" in markdown
+
+
+def test_the_conversation_log_finds_answers_by_id_after_a_restart(tmp_path):
+    from llmforge.serving.conversations import ConversationLog
+
+    log = ConversationLog(tmp_path, 10_000)
+    log.record([], "one", {"id": "chatcmpl-1", "model": "m"})
+    assert log.answer("chatcmpl-1") == (True, None) and log.answer("chatcmpl-2") == (False, None)
+    log.record([], "two", {"id": "chatcmpl-2", "model": "m2", "variant_group": "ab", "variant": "b"})
+    assert log.answer("chatcmpl-2") == (True, ("ab", "b", "m2"))  # logged after the first lookup read the files
+    again = ConversationLog(tmp_path, 10_000)  # a restarted server reads the ids back from the files
+    assert again.answer("chatcmpl-2") == (True, ("ab", "b", "m2")) and again.answer("chatcmpl-1") == (True, None)
+
+
+def test_the_conversation_log_remembers_the_newest_answers_only(tmp_path, monkeypatch):
+    from llmforge.serving import conversations
+
+    monkeypatch.setattr(conversations, "MAX_REMEMBERED", 2)
+    log = conversations.ConversationLog(tmp_path, 10_000)
+    for i in range(3):
+        log.record([], "a", {"id": f"chatcmpl-{i}"})
+    assert [log.answer(f"chatcmpl-{i}")[0] for i in range(3)] == [False, True, True]
