@@ -36,7 +36,9 @@ def engine(tmp_path_factory):
 
     # head size 64: vLLM's attention kernels take only common head sizes (the integration tests' tiny model has 16)
     root = tmp_path_factory.mktemp("vllm")
-    model_dir = build_model(root / "model", build_tokenizer(root / "tok"), "llama", hidden_size=128, heads=2, kv_heads=1)
+    model_dir = build_model(
+        root / "model", build_tokenizer(root / "tok"), "llama", hidden_size=128, heads=2, kv_heads=1
+    )
     engine = VllmEngine(Target("vllm", model_dir, "tiny-vllm"), context_length=512, dtype="float32", parallel=2,
                         gpu_memory_utilization=0.2)  # fmt: skip
     yield engine
