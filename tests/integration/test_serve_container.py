@@ -1,8 +1,9 @@
 """Build examples/serve-deploy's image and serve a tiny GGUF from it: health, auth, a chat answer, a non-root user,
 and a refusal to start without a key. Needs a reachable Docker daemon (skips otherwise) and takes minutes (slow).
 
-LLMFORGE_TEST_PYTHON_IMAGE replaces the python:3.11-slim base (a machine without Docker Hub can import a local one),
-LLMFORGE_TEST_DOCKER_NETWORK=host builds and runs with the host's network (a daemon without a bridge).
+LLMFORGE_TEST_DOCKER_BUILD_ARGS passes build arguments ("PYTHON_IMAGE=my-python:3.11 PIP_NO_INDEX=1": a base image
+imported locally where Docker Hub is out of reach, an offline build from wheels/); LLMFORGE_TEST_DOCKER_NETWORK=host
+builds and runs with the host's network (a daemon without a bridge).
 """
 
 from __future__ import annotations
@@ -57,14 +58,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def image():
+    args = ["build", "-f", "examples/serve-deploy/Dockerfile", "-t", IMAGE]
     network = os.environ.get("LLMFORGE_TEST_DOCKER_NETWORK")
-    base = os.environ.get("LLMFORGE_TEST_PYTHON_IMAGE")
-    args = ["build", "-f", "examples/serve-deploy/Dockerfile", "-t", IMAGE, str(ROOT)]
     if network:
-        args[1:1] = ["--network", network]
-    if base:
-        args[1:1] = ["--build-arg", f"PYTHON_IMAGE={base}"]
-    docker(*args, timeout=1800)  # compiles llama-cpp-python unless wheels/ holds a wheel
+        args += ["--network", network]
+    for build_arg in os.environ.get("LLMFORGE_TEST_DOCKER_BUILD_ARGS", "").split():
+        args += ["--build-arg", build_arg]
+    docker(*args, str(ROOT), timeout=1800)  # compiles llama-cpp-python unless wheels/ holds a wheel
     return IMAGE
 
 
