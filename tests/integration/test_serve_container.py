@@ -24,6 +24,9 @@ from tiny_gguf import REPLY, build_gguf
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "llmforge-serve:test"
 KEY = "container-test-key"
+# read at import: every test runs with the LLMFORGE_* variables removed (tests/conftest.py)
+NETWORK = os.environ.get("LLMFORGE_TEST_DOCKER_NETWORK")
+BUILD_ARGS = os.environ.get("LLMFORGE_TEST_DOCKER_BUILD_ARGS", "").split()
 
 
 def _daemon_problem() -> str | None:
@@ -59,10 +62,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def image():
     args = ["build", "-f", "examples/serve-deploy/Dockerfile", "-t", IMAGE]
-    network = os.environ.get("LLMFORGE_TEST_DOCKER_NETWORK")
-    if network:
-        args += ["--network", network]
-    for build_arg in os.environ.get("LLMFORGE_TEST_DOCKER_BUILD_ARGS", "").split():
+    if NETWORK:
+        args += ["--network", NETWORK]
+    for build_arg in BUILD_ARGS:
         args += ["--build-arg", build_arg]
     docker(*args, str(ROOT), timeout=1800)  # compiles llama-cpp-python unless wheels/ holds a wheel
     return IMAGE
@@ -82,7 +84,7 @@ def run_container(image: str, models: Path, env: dict[str, str]) -> tuple[str, s
     name = f"llmforge-test-{uuid.uuid4().hex[:8]}"
     args = ["run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges:true", "-v", f"{models}:/models:ro"]  # fmt: skip
-    if os.environ.get("LLMFORGE_TEST_DOCKER_NETWORK") == "host":
+    if NETWORK == "host":
         port = free_port()
         args += ["--network", "host", "-e", f"LLMFORGE_SERVE__PORT={port}"]
         url = f"http://127.0.0.1:{port}"
@@ -93,7 +95,11 @@ def run_container(image: str, models: Path, env: dict[str, str]) -> tuple[str, s
         args += ["-e", f"{key}={value}"]
     docker(*args, image)
     if url is None:
-        mapped = docker("port", name, "8000/tcp").stdout.strip().splitlines()[0]
+        try:
+            mapped = docker("port", name, "8000/tcp").stdout.strip().splitlines()[0]
+        except AssertionError:  # no port published (a daemon without a bridge): leave no container behind
+            docker("rm", "-f", name, check=False)
+            raise
         url = f"http://127.0.0.1:{mapped.rsplit(':', 1)[1]}"
     return name, url
 
