@@ -61,8 +61,8 @@ def test_asking_for_vllm_where_it_cannot_serve_is_a_usage_error_with_the_reason(
         choose(GGUF, "vllm", None)
 
 
-def hf_folder(tmp_path):
-    folder = tmp_path / "hf"
+def hf_folder(tmp_path, name: str = "hf"):
+    folder = tmp_path / name
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return folder
@@ -78,6 +78,18 @@ def test_serve_resolves_the_engine_here_without_importing_vllm(tmp_path):
     with pytest.raises(UsageError, match=r"serve.engine vllm: vLLM is not installed|sees no CUDA GPU"):
         resolve_target(asked.model, asked.serve, workspace)
     assert "vllm" not in sys.modules
+
+
+def test_engine_vllm_serves_one_model_per_server(tmp_path):
+    from llmforge.serving import resolve_lineup
+
+    a, b = hf_folder(tmp_path, "a"), hf_folder(tmp_path, "b")
+    cfg = load_config(None, [f"serve.models=[{a},{b}]", "serve.engine=vllm"], {}).config
+    with pytest.raises(UsageError, match="serve.engine vllm: serves one model per server, and this one has 2"):
+        resolve_lineup(cfg.model, cfg.serve, Workspace(tmp_path / "ws"))
+    auto = load_config(None, [f"serve.models=[{a},{b}]"], {}).config  # auto keeps transformers for several
+    targets, _ = resolve_lineup(auto.model, auto.serve, Workspace(tmp_path / "ws"))
+    assert [t.engine for t in targets] == ["transformers", "transformers"]
 
 
 @vllm_missing
