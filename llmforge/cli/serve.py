@@ -22,7 +22,7 @@ def serve(
                      "Repeat it to serve several, chosen by each request's model.", show_default=False),
     ] = None,
     engine: Annotated[
-        Optional[str], typer.Option("--engine", help="auto, llamacpp or transformers.", show_default=False)
+        Optional[str], typer.Option("--engine", help="auto, llamacpp, transformers or vllm.", show_default=False)
     ] = None,
     host: Annotated[
         Optional[str],

@@ -23,9 +23,18 @@ class ServeVariant(Section):
     weight: float = Field(1.0, ge=0, le=1_000_000, description="Share of the traffic, relative to the others.")
 
 
+class VllmConfig(Section):
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of the GPU's memory vLLM may take for weights and KV cache."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs to split the model across.")
+
+
 class ServeConfig(Section):
-    engine: Literal["auto", "llamacpp", "transformers"] = Field(
-        "auto", description="'auto' serves the newest GGUF export with llama.cpp, else the HF model with transformers."
+    engine: Literal["auto", "llamacpp", "transformers", "vllm"] = Field(
+        "auto",
+        description="'auto' serves the newest GGUF export with llama.cpp, else the HF model with vLLM where vLLM and a "
+        "CUDA GPU are present (`llmforge doctor` says why not), else with transformers.",
     )
     model: str | None = Field(
         None,
@@ -89,6 +98,9 @@ class ServeConfig(Section):
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for the engine (default: the engine's choice).")
     retrieval: RetrievalConfig = Field(
         default_factory=RetrievalConfig, description="Answer from local documents (retrieval-augmented chat)."
+    )
+    vllm: VllmConfig = Field(
+        default_factory=VllmConfig, description="Settings of the vLLM engine (serve.engine: vllm)."
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""`llmforge serve`: an OpenAI-compatible HTTP server (llama.cpp or transformers engine) with a chat page.
+"""`llmforge serve`: an OpenAI-compatible HTTP server (llama.cpp, transformers or vLLM engine) with a chat page.
 
 The public verbs live here; the implementation modules (FastAPI, uvicorn, the engines) are imported inside them.
 """
@@ -68,8 +68,14 @@ def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     from llmforge.serving.target import resolve
 
     target = resolve(model.name, serve.model, serve.engine, workspace)
+    if serve.engine in ("auto", "vllm") and target.engine == "transformers":
+        from llmforge.serving import vllm_engine
+
+        target = vllm_engine.choose(target, serve.engine, vllm_engine.unavailable())
     require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
-    if target.engine == "llamacpp":
+    if target.engine == "vllm":
+        require_extra("serving with vLLM", "vllm", "vllm", "transformers")
+    elif target.engine == "llamacpp":
         require_extra("serving a GGUF file", "llamacpp", "llama_cpp")
     else:
         require_extra("serving a transformers model", "train", "torch", "transformers", "safetensors")
@@ -89,8 +95,21 @@ def resolve_lineup(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     from llmforge.serving.target import weights_bytes
 
     targets, variants = resolve(model.name, serve, workspace)
+    if serve.engine == "vllm":
+        # vLLM takes serve.vllm.gpu_memory_utilization of the GPU for each engine: one model per server. With
+        # several models `auto` keeps transformers for HF folders.
+        if len(targets) > 1:
+            raise UsageError(
+                f"serve.engine vllm: serves one model per server, and this one has {len(targets)}",
+                hint="run one `llmforge serve` per model, or use --engine auto",
+            )
+        from llmforge.serving import vllm_engine
+
+        targets = [vllm_engine.choose(targets[0], "vllm", vllm_engine.unavailable())]
     require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
     engines = {t.engine for t in targets}
+    if "vllm" in engines:
+        require_extra("serving with vLLM", "vllm", "vllm", "transformers")
     if "llamacpp" in engines:
         require_extra("serving a GGUF file", "llamacpp", "llama_cpp")
     if "transformers" in engines:
@@ -115,8 +134,9 @@ def load_engine(model: ModelConfig, serve: ServeConfig, workspace: Workspace,
     if progress is not None:  # loading is the slow part of a start-up: say what before it begins
         progress(f"loading {target.path} with the {target.engine} engine")
     return engines.load(
-        target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype, parallel=serve.parallel
-    )
+        target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype, parallel=serve.parallel,
+        vllm=serve.vllm.model_dump(),
+    )  # fmt: skip
 
 
 def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine=None):
@@ -144,7 +164,7 @@ def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, e
 
     def load(target: Target):
         return engines.load(target, context_length=serve.context_length, threads=serve.threads, dtype=model.dtype,
-                            parallel=serve.parallel)  # fmt: skip
+                            parallel=serve.parallel, vllm=serve.vllm.model_dump())  # fmt: skip
 
     memory_limit = serve.memory_limit_mb * 1_000_000 if serve.memory_limit_mb is not None else None
     models = Models(targets, load, max_queue=serve.max_queue, max_loaded=serve.max_loaded, memory_limit=memory_limit,

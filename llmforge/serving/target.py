@@ -15,7 +15,7 @@ QUANT_PREFERENCE = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16", "q4_0")
 
 @dataclass(frozen=True)
 class Target:
-    engine: str  # "llamacpp" | "transformers"
+    engine: str  # "llamacpp" | "transformers" | "vllm"
     path: Path  # the GGUF file, or the HF model / adapter folder
     name: str  # the model id shown in /v1/models
     base_model: str | None = None  # for an adapter: the model it was trained on
@@ -24,8 +24,10 @@ class Target:
 
 def resolve(model_name: str | None, model_spec: str | None, engine: str, workspace: Workspace) -> Target:
     """`model_spec` is serve.model (a path, run or export name, or None); `model_name` is model.name."""
-    if engine not in ("auto", "llamacpp", "transformers"):
-        raise UsageError(f"serve.engine: unknown engine {engine!r}", hint="use auto, llamacpp or transformers")
+    if engine not in ("auto", "llamacpp", "transformers", "vllm"):
+        raise UsageError(f"serve.engine: unknown engine {engine!r}", hint="use auto, llamacpp, transformers or vllm")
+    if engine == "vllm":  # vLLM serves what transformers would; vllm_engine.choose makes the switch
+        engine = "transformers"
     if model_spec:
         return _resolve_spec(model_spec, engine, workspace)
     if engine in ("auto", "llamacpp") and workspace.exports():
