@@ -20,6 +20,8 @@ class FakeOpenAIServer:
         self.answers = dict(answers or {})
         self.model = model
         self.broken = broken  # answer every completion with HTTP 500
+        self.busy_next = 0  # the next N completions get 429 with `retry_after` as their Retry-After header
+        self.retry_after = "1"
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -28,10 +30,12 @@ class FakeOpenAIServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _send(self, code: int, body: dict) -> None:
+            def _send(self, code: int, body: dict, headers: dict | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -67,6 +71,10 @@ class FakeOpenAIServer:
                     return
                 if server.broken:
                     self._send(500, {"error": {"message": "the model crashed"}})
+                    return
+                if server.busy_next > 0:
+                    server.busy_next -= 1
+                    self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": server.retry_after})
                     return
                 self._send(200, server.reply(body))
 
