@@ -636,7 +636,6 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
     import yaml
 
     resolved = {"model": model.model_dump(mode="json"), "data": data.model_dump(mode="json")}
-    resolved["data"]["generate"]["api_key"] = None  # secrets never reach a file
     atomic.write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     info = manifest.build(
         "data",
