@@ -142,7 +142,7 @@ def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, source
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
                 name: str | None = None, dtype: str = "auto", force: bool = False, dry_run: bool = False,
-                _options: dict | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None) -> dict[str, Any]:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
     folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises
@@ -173,7 +173,6 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
             merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force, progress=progress)
         path = merged
     name = name or run
-    opts = dict(_options or {})
     manifest_path = workspace.export_manifest(run)
     previous, listed = read_manifest(manifest_path)
     written: dict = {}
@@ -197,7 +196,7 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
                      converter=export.converter,
                      llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
-                     listed=listed, record=record, progress=progress, **opts)
+                     listed=listed, record=record, progress=progress)
     body = written["body"]
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
@@ -247,8 +246,7 @@ def _metrics(entry: dict) -> dict:
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False, _options: dict | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
     on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
     from llmforge.export.lora_gguf import export_adapter
@@ -256,5 +254,4 @@ def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Worksp
     kind, run, path = resolve_source(workspace, source)
     if kind != "adapter":
         raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options,
-                          progress=progress)
+    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, progress=progress)
