@@ -1,5 +1,5 @@
-"""The model's tokenizer for the data stage: loaded from a local folder (model.name) to count tokens of the
-rendered chat template and to preview which tokens are trained. Without one, lengths are in characters.
+"""Token counts for the data stage: records rendered with the chat template training uses and tokenized with the
+model's tokenizer (both from llmforge.checkpoints, as every stage gets them). Without one, lengths are in characters.
 """
 
 from __future__ import annotations
