@@ -1,5 +1,5 @@
 """llmforge.openai_client, the one client of OpenAI-compatible endpoints, through each of its callers: a busy server's
-Retry-After is honoured (data generate, eval's served targets), the key goes out as a bearer token, and server-sent
+Retry-After is honoured (data generate, eval's served targets, llmforge chat), the key goes out as a bearer token, and server-sent
 events are parsed in one place."""
 
 from __future__ import annotations
@@ -76,3 +76,16 @@ def test_the_key_is_kept_secret():
     client = Client("http://127.0.0.1:9/v1", api_key="sk-hidden")
     assert "sk-hidden" not in repr(vars(client))
     assert client._headers()["Authorization"] == "Bearer sk-hidden"
+
+
+def test_llmforge_chat_waits_for_a_busy_server_then_streams_the_answer():
+    from llmforge.serving.chat_client import ChatSession
+
+    with FakeOpenAIServer({"Hi?": "Hello there, friend."}) as server:
+        session = ChatSession(server.url.removesuffix("/v1"), api_key="sk-chat")
+        assert session.connect() == "fake-model"
+        server.busy_next, server.retry_after = 1, "0"
+        pieces = list(session.ask("Hi?"))
+    assert pieces == ["Hello", " there,", " friend."]
+    assert session.messages[-1] == {"role": "assistant", "content": "Hello there, friend."}
+    assert [r["auth"] for r in server.requests] == ["Bearer sk-chat"] * 2  # the busy answer, then the stream
