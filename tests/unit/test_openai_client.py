@@ -1,6 +1,6 @@
 """llmforge.openai_client, the one client of OpenAI-compatible endpoints, through each of its callers: a busy server's
-Retry-After is honoured (data generate, eval's served targets, llmforge chat), the key goes out as a bearer token, and server-sent
-events are parsed in one place."""
+Retry-After is honoured (data generate, eval's served targets, llmforge chat), the key goes out as a bearer token,
+and server-sent events are parsed in one place."""
 
 from __future__ import annotations
 
