@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+from llmforge import ollama_client
+
 LIBRARIES = [
     "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "unsloth",
     "gguf", "llama-cpp-python", "ollama", "fastapi", "uvicorn",
@@ -108,9 +109,7 @@ def probe_ollama(host: str, timeout: float = 2.0) -> ProbeResult:
     if importlib.util.find_spec("ollama") is None:
         return ProbeResult(False, error="the ollama client is not installed (extra 'deploy')")
     try:
-        import ollama
-
-        client = ollama.Client(host=host, timeout=timeout)
+        client = ollama_client.connect(host, timeout=timeout)
         models = client.list().models
         return ProbeResult(True, data={"host": host, "models": len(models)})
     except Exception as exc:  # any connection problem means "not reachable"; say which
@@ -149,7 +148,7 @@ def diagnose(
     """Probe everything in parallel and judge each method and export target."""
     runner = runner or run_subprocess_probe
     ollama_probe = ollama_probe or probe_ollama
-    host = ollama_host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+    host = ollama_client.resolve_host(ollama_host)
     if not host.startswith(("http://", "https://")):
         host = f"http://{host}"
     libraries = {name: _installed(name) for name in LIBRARIES}

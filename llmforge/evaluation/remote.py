@@ -77,10 +77,10 @@ class HTTPEngine:
 class OllamaEngine:
     def __init__(self, host: str, model: str, *, timeout: float):
         require_extra("evaluating an Ollama model", "deploy", "ollama")
-        import ollama
+        from llmforge import ollama_client
 
         self.host, self.model = host, model
-        self.client = ollama.Client(host=host, timeout=timeout)
+        self.client = ollama_client.connect(host, timeout=timeout)
         self.digest = None
         try:
             listed = self.client.list()

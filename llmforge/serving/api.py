@@ -3,8 +3,9 @@
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
 limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
 request into a Job for the engine worker and relay its events as JSON or server-sent events. Before that, a request
-is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` other than the one served, or
-an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers.
+is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` this server does not serve, or
+an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers. A request's
+`model` picks one of the served models (serving/models.py), or for the A/B group a variant (serving/variants.py).
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmforge import __version__
 from llmforge.errors import UsageError
 from llmforge.serving.conversations import ConversationLog, plain_messages
-from llmforge.serving.generation import EngineWorker, Job, QueueFull, Result, Sampling
+from llmforge.serving.generation import Job, QueueFull, Result, Sampling
 from llmforge.serving.metrics import Metrics
+from llmforge.serving.models import ModelLoadFailed, Models, Slot
 from llmforge.serving.prompt import render
+from llmforge.serving.target import Variant
+from llmforge.serving.variants import CONVERSATION_HEADER, VARIANT_HEADER, pick
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,10 @@ ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
 POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its client is still there
+# what a handler leaves in the ASGI scope for the Gate: callables to run once the response is over (releasing the
+# model it held) and headers to add to the response (the A/B variant)
+SCOPE_FINISH = "llmforge.finish"
+SCOPE_HEADERS = "llmforge.headers"
 
 
 # ---------------------------------------------------------------- request bodies
@@ -100,7 +108,8 @@ class StreamOptions(_Body):
 
 
 class _SamplingBody(_Request):
-    model: str | None = Field(None, description="The served model's id, as /v1/models lists it (any other: 404).")
+    model: str | None = Field(None, description="A served model's id, as /v1/models lists it (any other: 404).")
+    user: str | None = Field(None, description="Your end user's id: keeps them on one A/B variant.")
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -206,10 +215,10 @@ class ErrorResponse(BaseModel):
 _ERRORS = {
     400: "Invalid request, or a parameter this server does not support (param names it)",
     401: "Missing or wrong API key",
-    404: "The model named is not the one served (code model_not_found)",
+    404: "The model named is not served here (code model_not_found)",
     413: "Request body larger than serve.max_body_bytes",
     429: "Rate limit reached (Retry-After)",
-    500: "Generation failed in the engine",
+    500: "Generation failed in the engine, or the model failed to load",
     503: "The queue is full (Retry-After)",
 }
 # stream: true answers with server-sent events; the schema describes one event (each data is a JSON chunk, and
@@ -288,6 +297,10 @@ class Gate:
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                extra = scope.get(SCOPE_HEADERS)
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      *((k.lower().encode(), v.encode()) for k, v in extra.items())]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()  # before the last byte leaves: a client that reads /metrics next sees this request
             await send(message)
@@ -296,6 +309,8 @@ class Gate:
         try:
             await self._handle(scope, receive, send_status, path)
         finally:
+            for finish in scope.pop(SCOPE_FINISH, ()):
+                finish()
             record()
 
     async def _handle(self, scope, receive, send, path: str):
@@ -353,25 +368,75 @@ class Gate:
 # ---------------------------------------------------------------- the application
 
 
-class Server:
-    """What the handlers share: the engine, its worker, limits, metrics and the conversation log."""
+class Picked:
+    """The model one request is answered by, held from the moment it is picked until the response is over."""
 
-    def __init__(self, engine, serve, conversations_dir):
-        self.engine = engine
+    def __init__(self, slot: Slot, public: str, variant: Variant | None, group: str | None):
+        self.slot = slot
+        self.engine = slot.engine
+        self.worker = slot.worker
+        self.public = public  # the id the response names: what the request asked for
+        self.variant = variant
+        self.group = group
+        self.started = time.perf_counter()
+
+
+class Server:
+    """What the handlers share: the models and their workers, limits, metrics and the conversation log."""
+
+    def __init__(self, models: Models, variants: list[Variant], serve, conversations_dir, retriever=None):
+        self.models = models
+        self.retriever = retriever  # serve.retrieval's index (llmforge.retrieval.Retriever), or None
+        self.variants = variants
+        self.group = serve.variant_group if variants else None
         self.serve = serve
         self.metrics = Metrics()
-        self.worker = EngineWorker(engine, max_queue=serve.max_queue)
         self.log = ConversationLog(conversations_dir, serve.log_max_bytes) if serve.log_conversations else None
         self.created = int(time.time())
 
+    @property
+    def ids(self) -> list[str]:
+        """The model ids /v1/models lists; the first answers requests that name none."""
+        return ([self.group] if self.group else []) + list(self.models.slots)
+
+    @property
+    def waiting(self) -> int:
+        return sum(slot.worker.waiting for slot in list(self.models.slots.values()) if slot.worker is not None)
+
+    async def pick(self, request: Request, body) -> Picked:
+        """404 for a model not served here, 400 for a parameter this server would otherwise ignore; then the model
+        (the variant, for the A/B group), loaded and held until the response is over."""
+        if isinstance(body, _SamplingBody):
+            self.check_request(body)
+        public = getattr(body, "model", None) or self.ids[0]
+        variant = None
+        if public == self.group:
+            sticky = request.headers.get(CONVERSATION_HEADER) or getattr(body, "user", None)
+            variant = pick(self.variants, self.group, sticky)
+            request.scope[SCOPE_HEADERS] = {VARIANT_HEADER: variant.name}
+        name = variant.model if variant else public
+        slot = self.models.held_now(name)
+        if slot is None:  # not loaded, or waiting for room: load in a thread, the event loop keeps serving
+            loading = asyncio.get_running_loop().run_in_executor(None, self.models.acquire, name)
+            try:
+                slot = await asyncio.shield(loading)
+            except asyncio.CancelledError:  # the request is gone; the load goes on, and lets go when done
+                loading.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.models.release(f.result()))
+                raise
+            except ModelLoadFailed:
+                raise APIError(500, f"The model {name!r} failed to load; see the server's log.", type="server_error",
+                               code="model_load_failed") from None  # fmt: skip
+        request.scope.setdefault(SCOPE_FINISH, []).append(lambda: self.models.release(slot))
+        return Picked(slot, public, variant, self.group if variant else None)
+
     # request -> job
-    def sampling(self, body, prompt_len: int, max_tokens: int | None) -> Sampling:
+    def sampling(self, model: Picked, body, prompt_len: int, max_tokens: int | None) -> Sampling:
         limit = self.serve.max_tokens_limit
-        room = self.engine.context_length - prompt_len
+        room = model.engine.context_length - prompt_len
         if room < 1:
             raise APIError(
                 400,
-                f"The prompt is {prompt_len} tokens; the context window is {self.engine.context_length}.",
+                f"The prompt is {prompt_len} tokens; the context window is {model.engine.context_length}.",
                 param="messages" if isinstance(body, ChatRequest) else "prompt",
                 code="context_length_exceeded",
             )
@@ -395,9 +460,10 @@ class Server:
 
     def check_request(self, body: _SamplingBody) -> None:
         """404 for a model this server does not serve; 400 for a parameter it would otherwise silently ignore."""
-        if body.model is not None and body.model != self.engine.name:
+        if body.model is not None and body.model not in self.ids:
+            served = ", ".join(repr(i) for i in self.ids)
             raise APIError(404, f"The model {body.model[:200]!r} is not served here; this server serves "
-                                f"{self.engine.name!r} (see /v1/models).", param="model",
+                                f"{served} (see /v1/models).", param="model",
                            code="model_not_found")  # fmt: skip
         for name, accepted in body.not_supported.items():
             value = getattr(body, name)
@@ -407,29 +473,39 @@ class Server:
             raise APIError(400, f"{name} is not supported by this server; leave it out{allowed}.", param=name,
                            code="unsupported_parameter")  # fmt: skip
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+    def chat_prompt(self, model: Picked, messages: list[dict[str, Any]]) -> list[int]:
+        engine = model.engine
         if not messages:
             raise APIError(400, "messages must not be empty.", param="messages", code="invalid_value")
-        if not self.engine.chat_template:
+        if not engine.chat_template:
             raise APIError(400, "This model has no chat template; use /v1/completions with a raw prompt.",
                            param="messages", code="no_chat_template")  # fmt: skip
         try:
-            text = render(self.engine.chat_template, messages, self.engine.bos_token, self.engine.eos_token)
+            text = render(engine.chat_template, messages, engine.bos_token, engine.eos_token)
         except UsageError as exc:
             raise APIError(400, exc.message, param="messages", code="invalid_value") from None
-        return self.engine.tokenize(text, chat=True)
+        return engine.tokenize(text, chat=True)
 
-    def text_prompt(self, prompt: str | list[str]) -> list[int]:
+    def retrieve(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The messages with serve.retrieval's passages put into the last user turn, and their sources."""
+        if self.retriever is None:
+            return messages, []
+        from llmforge.retrieval import augment
+
+        messages, passages = augment(messages, self.retriever)
+        return messages, [p.to_dict(n) for n, p in enumerate(passages, 1)]
+
+    def text_prompt(self, model: Picked, prompt: str | list[str]) -> list[int]:
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise APIError(400, "prompt: send one string (batches are not supported).", param="prompt")
             prompt = prompt[0]
-        ids = self.engine.tokenize(prompt, chat=False)
+        ids = model.engine.tokenize(prompt, chat=False)
         if not ids:
             raise APIError(400, "prompt must not be empty.", param="prompt", code="invalid_value")
         return ids
 
-    def events(self, request: Request, prompt: list[int], sampling: Sampling):
+    def events(self, request: Request, prompt: list[int], sampling: Sampling, model: Picked):
         """Queue the job now (503 if the queue is full) and return an async iterator of its events:
         ("text", str) then ("done", Result). Leaving the iterator early, or the client going away, stops the job."""
         loop = asyncio.get_running_loop()
@@ -439,6 +515,9 @@ class Server:
             if kind == "done":  # counted here, in the worker thread: a client that left never reads this event
                 self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
                                     value.cached_tokens)  # fmt: skip
+                if model.variant is not None:
+                    self.metrics.variant(model.group, model.variant.name, model.slot.name, value.finish_reason,
+                                         value.completion_tokens, time.perf_counter() - model.started)  # fmt: skip
             try:
                 loop.call_soon_threadsafe(inbox.put_nowait, (kind, value))
             except RuntimeError:  # the loop has closed (server shutting down)
@@ -446,7 +525,7 @@ class Server:
 
         job = Job(prompt, sampling, emit)
         try:
-            self.worker.submit(job)
+            model.worker.submit(job)
         except QueueFull:
             raise APIError(503, "The server is busy; retry shortly.", type="server_error", code="queue_full") from None
         return _relay(request, job, inbox)
@@ -455,22 +534,21 @@ class Server:
         if first is not None:
             self.metrics.first_token(first - started)
 
-    def record(self, messages, answer: str, result: Result, started: float, route: str) -> None:
+    def record(self, messages, answer: str, result: Result, started: float, route: str, model: Picked) -> None:
         if self.log is None or result.finish_reason not in ("stop", "length"):
             return
-        self.log.record(
-            messages,
-            answer,
-            {
-                "model": self.engine.name,
-                "engine": self.engine.engine,
-                "route": route,
-                "created": int(time.time()),
-                "latency_s": round(time.perf_counter() - started, 4),
-                "finish_reason": result.finish_reason,
-                "usage": usage(result),
-            },
-        )
+        metadata = {
+            "model": model.engine.name,
+            "engine": model.engine.engine,
+            "route": route,
+            "created": int(time.time()),
+            "latency_s": round(time.perf_counter() - started, 4),
+            "finish_reason": result.finish_reason,
+            "usage": usage(result),
+        }
+        if model.variant is not None:  # what `llmforge serve report` compares
+            metadata.update(variant_group=model.group, variant=model.variant.name)
+        self.log.record(messages, answer, metadata)
 
 
 async def _relay(request: Request, job: Job, inbox: asyncio.Queue):
@@ -512,16 +590,16 @@ def sse(obj: Any) -> bytes:
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def create_app(engine, serve, conversations_dir) -> FastAPI:
-    server = Server(engine, serve, conversations_dir)
+def create_app(models: Models, variants: list[Variant], serve, conversations_dir, retriever=None) -> FastAPI:
+    server = Server(models, variants, serve, conversations_dir, retriever)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        server.worker.start()
+        models.start()
         try:
             yield
         finally:
-            server.worker.stop()
+            models.stop()
 
     app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server
@@ -577,31 +655,38 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
+        default = models.slots[models.default].target
+        return {"status": "ok", "model": server.ids[0], "engine": default.engine, "queued": server.waiting}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
     async def metrics():
+        loaded = models.loaded() if len(models.slots) > 1 else None  # one model: the single-model text as before
         return PlainTextResponse(
-            server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+            server.metrics.render(server.waiting, loaded=loaded, loads=models.loads, unloads=models.unloads),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     @app.get("/v1/models", responses=_documented(401, 429))
-    async def models():
+    async def list_models():
         return {
             "object": "list",
-            "data": [{"id": engine.name, "object": "model", "created": server.created, "owned_by": "llmforge"}],
+            "data": [{"id": i, "object": "model", "created": server.created, "owned_by": "llmforge"} for i in server.ids],
         }
 
     async def chat(request: Request, body: ChatRequest, route: str):
         started = time.perf_counter()
-        server.check_request(body)
+        model = await server.pick(request, body)
         messages = plain_messages(body.messages)
-        prompt = server.chat_prompt(messages)
+        # off the event loop: a search may run an embedding model. `sources` is an extension field of the answer
+        # (on the first chunk when streaming); OpenAI clients ignore it, the chat page and `llmforge chat` show it.
+        messages, sources = await asyncio.to_thread(server.retrieve, messages) if server.retriever else (messages, [])
+        extra = {"sources": sources} if sources else {}
+        prompt = server.chat_prompt(model, messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        sampling = server.sampling(body, len(prompt), max_tokens)
+        sampling = server.sampling(model, body, len(prompt), max_tokens)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "created": created, "model": engine.name}
-        events = server.events(request, prompt, sampling)
+        head = {"id": ident, "created": created, "model": model.public}
+        events = server.events(request, prompt, sampling, model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         if body.stream:
@@ -610,7 +695,7 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
                 first, parts = None, []
                 chunk = {**head, "object": "chat.completion.chunk"}
                 yield sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}]})  # fmt: skip
+                                                 "logprobs": None, "finish_reason": None}], **extra})  # fmt: skip
                 async for kind, value in events:
                     if kind == "text":
                         first = first or time.perf_counter()
@@ -629,18 +714,19 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
                     if include_usage:
                         yield sse({**chunk, "choices": [], "usage": usage(value)})
                     yield b"data: [DONE]\n\n"
-                    server.record(messages, "".join(parts), value, started, route)
+                    server.record(messages, "".join(parts), value, started, route, model)
 
             return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
         text, result = await collect(events, server, started)
-        server.record(messages, text, result, started, route)
+        server.record(messages, text, result, started, route, model)
         return {
             **head,
             "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],  # fmt: skip
             "usage": usage(result),
+            **extra,
         }
 
     @app.post("/v1/chat/completions", responses=generation)
@@ -655,12 +741,12 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
     @app.post("/v1/completions", responses=generation)
     async def completions(request: Request, body: CompletionRequest):
         started = time.perf_counter()
-        server.check_request(body)
-        prompt = server.text_prompt(body.prompt)
-        sampling = server.sampling(body, len(prompt), body.max_tokens)
+        model = await server.pick(request, body)
+        prompt = server.text_prompt(model, body.prompt)
+        sampling = server.sampling(model, body, len(prompt), body.max_tokens)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": engine.name}  # fmt: skip
-        events = server.events(request, prompt, sampling)
+                "model": model.public}  # fmt: skip
+        events = server.events(request, prompt, sampling, model)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
 
@@ -692,9 +778,10 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
     async def generate(request: Request, body: GenerateRequest):
         """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
         started = time.perf_counter()
-        prompt = server.text_prompt(body.prompt)
-        sampling = server.sampling(body, len(prompt), body.max_tokens)
-        events = server.events(request, prompt, sampling)
+        model = await server.pick(request, body)
+        prompt = server.text_prompt(model, body.prompt)
+        sampling = server.sampling(model, body, len(prompt), body.max_tokens)
+        events = server.events(request, prompt, sampling, model)
         if body.stream:
 
             async def stream():

@@ -5,11 +5,11 @@ The CLI owns the prompt and the printing; this module keeps the history and stre
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llmforge import ollama_client
 from llmforge.errors import LlmforgeError, UsageError
 
 DEFAULT_TIMEOUT = 600.0
@@ -36,6 +36,7 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.system: str | None = system
         self.messages: list[dict[str, str]] = []
+        self.sources: list[dict[str, Any]] = []
 
     @property
     def target(self) -> str:
@@ -90,9 +91,12 @@ class ChatSession:
         self.model = self.model or data[0].get("id")
         return self.model or "unknown"
 
-    def ask(self, text: str) -> Iterator[str]:
-        """Send a user message; yield the answer in pieces. The exchange enters the history once complete."""
-        self.messages.append({"role": "user", "content": text})
+    def ask(self, text: str, *, sent: str | None = None) -> Iterator[str]:
+        """Send a user message; yield the answer in pieces. The exchange enters the history once complete.
+        `sent`, when given, is what the model gets instead of `text` (retrieved passages with it); the history keeps
+        `text`. The sources a server attached to its answer are in `self.sources` afterwards."""
+        self.messages.append({"role": "user", "content": sent or text})
+        self.sources = []
         parts: list[str] = []
         try:
             stream = self._ollama_stream() if self.ollama_model else self._openai_stream()
@@ -102,6 +106,7 @@ class ChatSession:
         except BaseException:
             self.messages.pop()
             raise
+        self.messages[-1] = {"role": "user", "content": text}
         self.messages.append({"role": "assistant", "content": "".join(parts)})
 
     def _openai_stream(self) -> Iterator[str]:
@@ -116,6 +121,8 @@ class ChatSession:
             for chunk in self._client().stream("/v1/chat/completions", body):
                 if "error" in chunk:
                     raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
+                if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk
+                    self.sources = chunk["sources"]
                 for choice in chunk.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
@@ -147,9 +154,7 @@ class ChatSession:
         from llmforge.errors import require_extra
 
         require_extra("llmforge chat ollama:NAME", "deploy", "ollama")
-        import ollama
-
-        return ollama.Client(host=ollama_host())
+        return ollama_client.connect(ollama_host())
 
     def _client(self):
         from llmforge.openai_client import Client
@@ -163,7 +168,7 @@ class ChatSession:
 
 
 def ollama_host() -> str:
-    return os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+    return ollama_client.resolve_host()
 
 
 def _base_url(endpoint: str) -> str:

@@ -101,3 +101,27 @@ def test_page_asks_for_the_key_when_the_server_has_one(browser, llamacpp_engine,
         wait_for(lambda: not keybar.is_displayed())
         send(browser, "hi", "0", "4")
         assert len(wait_for(lambda: answers(browser))) == 1
+
+
+def test_page_shows_the_sources_under_the_answer(browser, llamacpp_engine, tmp_path):  # noqa: F811
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ollama.md").write_text("# Ollama\n\nDeploy to Ollama with llmforge deploy ollama.\n")
+    (docs / "lora.txt").write_text("LoRA rank eight is a fine start.\n")
+    sets = ("serve.retrieval.enabled=true", f"serve.retrieval.docs={docs}", "serve.retrieval.top_k=1")
+    with serving(llamacpp_engine, tmp_path, *sets) as url:
+        browser.get(url + "/")
+        wait_for(lambda: browser.execute_script("return document.getElementById('model').textContent") == "tiny-gguf")
+        send(browser, "how do I deploy to ollama", "0", "4")
+        assert len(wait_for(lambda: answers(browser))) == 1
+        listed = "return [...document.querySelectorAll('.sources li')].map(e => [e.textContent, e.title])"
+        assert browser.execute_script(listed) == [["ollama.md:1-3", "# Ollama\n\nDeploy to Ollama with llmforge "
+                                                                    "deploy ollama."]]  # fmt: skip
+        # the sources stay with their answer across a reload; the next answer lists its own
+        browser.refresh()
+        assert wait_for(lambda: browser.execute_script(listed)) == [[
+            "ollama.md:1-3", "# Ollama\n\nDeploy to Ollama with llmforge deploy ollama."]]  # fmt: skip
+        send(browser, "and lora?", "0", "4")
+        assert len(wait_for(lambda: answers(browser))) == 1  # the new answer (redrawn ones are not marked done)
+        lists = "return [...document.querySelectorAll('.sources')].map(l => [...l.children].map(e => e.textContent))"
+        assert browser.execute_script(lists) == [["ollama.md:1-3"], ["lora.txt:1"]]

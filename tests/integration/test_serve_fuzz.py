@@ -106,10 +106,11 @@ def test_the_openapi_schema_holds_under_schemathesis(llamacpp_engine, tmp_path):
     assert {path for path, _ in seen} >= {"/v1/chat/completions", "/chat", "/v1/completions", "/generate", "/health"}
     assert {status for _, status in seen} >= {200, 400}, seen
 
-    # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too
+    # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too. About half
+    # the cases carry the key, and which do depends on the schema: a limit of 3 is passed whatever fields it has.
     statuses: Counter[int] = Counter()
     with serving(llamacpp_engine, tmp_path, "serve.max_tokens_limit=8", "serve.api_key=sk-fuzz",
-                 "serve.rate_limit=10") as url:  # fmt: skip
+                 "serve.rate_limit=3") as url:  # fmt: skip
         schema = schemathesis.openapi.from_url(url + "/openapi.json", headers={"Authorization": "Bearer sk-fuzz"})
 
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,

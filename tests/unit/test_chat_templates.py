@@ -229,7 +229,7 @@ def test_generation_block_inside_a_set_block_is_detected():
         ct.render_with_spans(template, CONVERSATION[:1])
 
 
-# --- resolve_training_template, stop tokens ------------------------------------------------------------------------
+# --- the training template choice, stop tokens ----------------------------------------------------------------------
 
 
 def test_the_training_template_choice():
