@@ -153,28 +153,26 @@ def plan(model: ModelConfig, export: ExportConfig, workspace: Workspace, source:
     return stage.plan(model, export, workspace, source, name=name, dtype=dtype, force=force)
 
 
-def run(plan: ExportPlan, *, progress: Progress | None = None, _options: dict | None = None) -> ExportResult:
+def run(plan: ExportPlan, *, progress: Progress | None = None) -> ExportResult:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
     folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises
     LlmforgeError (exit 1) after writing the manifest when verification fails."""
     from llmforge.export import stage
 
-    return stage.run(plan, progress=progress, _options=_options)
+    return stage.run(plan, progress=progress)
 
 
 def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
                 name: str | None = None, dtype: str = "auto", force: bool = False,
-                _options: dict | None = None, progress: Progress | None = None) -> ExportResult:
+                progress: Progress | None = None) -> ExportResult:
     """plan() then run(), for callers with nothing to show in between."""
-    return run(plan(model, export, workspace, source, name=name, dtype=dtype, force=force), progress=progress,
-               _options=_options)
+    return run(plan(model, export, workspace, source, name=name, dtype=dtype, force=force), progress=progress)
 
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False, _options: dict | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
     on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
     from llmforge.export.lora_gguf import export_adapter
@@ -182,5 +180,4 @@ def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Worksp
     kind, run, path = resolve_source(workspace, source)
     if kind != "adapter":
         raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options,
-                          progress=progress)
+    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, progress=progress)

@@ -129,7 +129,7 @@ def plan(model_cfg, export_cfg, workspace: Workspace, source: str | Path | None 
     )
 
 
-def run(plan: ExportPlan, *, progress=None, _options: dict | None = None) -> ExportResult:
+def run(plan: ExportPlan, *, progress=None) -> ExportResult:
     """Write each planned file, verify it (unless export.verify is false), and record it in export/<run>/
     manifest.json and the registry. Adapter runs are merged first (or their merged/ folder reused). `progress` gets
     one line per phase (merge, each file written, verification). Raises LlmforgeError (exit 1) after writing the
@@ -155,7 +155,7 @@ def run(plan: ExportPlan, *, progress=None, _options: dict | None = None) -> Exp
     result = produce(path, out_dir, plan.name, p.quants, verify_files=export_cfg.verify, force=p.force,
                      converter=export_cfg.converter,
                      llama_cpp_dir=Path(export_cfg.llama_cpp_dir) if export_cfg.llama_cpp_dir else None,
-                     listed=listed, record=record, progress=progress, **dict(_options or {}))  # fmt: skip
+                     listed=listed, record=record, progress=progress)
     for f in result["files"]:
         registry.record(workspace.registry_file, "export", f"{plan.run}/{f['quant']}", parent=plan.run,
                         path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])

@@ -5,7 +5,6 @@ The CLI owns the prompt and the printing; this module keeps the history and stre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,22 +77,19 @@ class ChatSession:
             except Exception as exc:  # ollama.ResponseError: unknown model
                 raise LlmforgeError(f"ollama: {exc}", hint="list models with: ollama list") from None
             return self.ollama_model
-        from llmforge.errors import require_extra
-
-        require_extra("llmforge chat", "serve", "httpx")
-        import httpx
+        from llmforge.openai_client import EndpointError
 
         try:
-            r = httpx.get(self.base_url + "/v1/models", headers=self._headers(), timeout=10)
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from None
-        if r.status_code == 401:
-            raise LlmforgeError(
-                f"{self.base_url} wants an API key", hint="pass --api-key or set LLMFORGE_SERVE__API_KEY"
-            )
-        if r.status_code != 200:
-            raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}")
-        data = r.json().get("data") or [{}]
+            listed = self._client().get_json("/v1/models", timeout=10)
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            if exc.status == 401:
+                raise LlmforgeError(
+                    f"{self.base_url} wants an API key", hint="pass --api-key or set LLMFORGE_SERVE__API_KEY"
+                ) from None
+            raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {exc.status}: {exc.body[:200]}") from None
+        data = listed.get("data") or [{}]
         self.llmforge = data[0].get("owned_by") == "llmforge"
         self.model = self.model or data[0].get("id")
         return self.model or "unknown"
@@ -125,51 +121,45 @@ class ChatSession:
             raise UsageError(f"{self.target} is not llmforge serve; only llmforge serve takes feedback on answers")
         if self.answer_id is None:
             raise UsageError("no answer to rate yet", hint="ask something first; /good and /bad rate the last answer")
-        import httpx
+        from llmforge.openai_client import EndpointError
 
         body: dict[str, Any] = {"id": self.answer_id, "score": "up" if good else "down"}
         if comment:
             body["comment"] = comment
         url = self.base_url + "/v1/feedback"
         try:
-            r = httpx.post(url, json=body, headers=self._headers(), timeout=30)
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from None
-        if r.status_code != 200:
-            raise LlmforgeError(f"{url} answered HTTP {r.status_code}: {_error_message(r)}")
+            self._client().post_json("/v1/feedback", body, timeout=30)
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            raise LlmforgeError(f"{url} answered HTTP {exc.status}: {exc.detail}") from None
         return self.answer_id
 
     def _openai_stream(self) -> Iterator[str]:
-        import httpx
+        from llmforge.openai_client import EndpointError
 
-        body: dict[str, Any] = {"messages": self.conversation(), "stream": True}
+        body: dict[str, Any] = {"messages": self.conversation()}
         for key in ("model", "temperature", "max_tokens"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         url = self.base_url + "/v1/chat/completions"
         try:
-            with httpx.stream("POST", url, json=body, headers=self._headers(), timeout=DEFAULT_TIMEOUT) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise LlmforgeError(f"{url} answered HTTP {r.status_code}: {_error_message(r)}")
-                for line in r.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    self._streaming_id = self._streaming_id or chunk.get("id")
-                    if "error" in chunk:
-                        raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
-                    if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk
-                        self.sources = chunk["sources"]
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from None
+            for chunk in self._client().stream("/v1/chat/completions", body):
+                self._streaming_id = self._streaming_id or chunk.get("id")
+                if "error" in chunk:
+                    raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
+                if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk
+                    self.sources = chunk["sources"]
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            raise LlmforgeError(f"{url} answered HTTP {exc.status}: {exc.detail}") from None
+        except OSError as exc:  # the connection dropped mid-answer
+            raise self._down(str(exc)) from None
 
     def _ollama_stream(self) -> Iterator[str]:
         options = {}
@@ -193,10 +183,13 @@ class ChatSession:
         require_extra("llmforge chat ollama:NAME", "deploy", "ollama")
         return ollama_client.connect(ollama_host())
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def _client(self):
+        from llmforge.openai_client import Client
 
-    def _down(self, exc: Exception) -> LlmforgeError:
+        # a busy server (429, or llmforge serve's full queue: 503) says when to come back: wait that long, twice
+        return Client(self.base_url, api_key=self.api_key, timeout=DEFAULT_TIMEOUT, retries=2)
+
+    def _down(self, exc: Exception | str) -> LlmforgeError:
         hint = "start Ollama (ollama serve) or set OLLAMA_HOST" if self.ollama_model else "start it: llmforge serve"
         return LlmforgeError(f"cannot reach {self.target}: {exc}", hint=hint)
 
@@ -214,9 +207,3 @@ def _base_url(endpoint: str) -> str:
             url = url[: -len(suffix)]
     return url
 
-
-def _error_message(response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

@@ -13,6 +13,8 @@ from serve_helpers import serving
 from test_serve import llamacpp_engine, tiny_gguf  # noqa: F401  (fixtures)
 
 pytest.importorskip("llama_cpp")
+# Fuzzers: the default tier checks the malformed bodies we know of (test_serve_safety); these search for new ones.
+pytestmark = pytest.mark.slow
 
 
 def texts(max_size: int):
