@@ -171,13 +171,13 @@ def run(plan: ExportPlan, *, progress=None, _options: dict | None = None) -> Exp
         manifest=written["body"],
         output_dir=str(out_dir),
         # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
-        removed_temporaries=removed + ((merged_info or {}).get("removed_temporaries") or 0),
+        removed_temporaries=removed + (merged_info.removed_temporaries if merged_info else 0),
         replaced_leftovers=result["replaced_leftovers"],
     )
 
 
-def _model_to_convert(plan: ExportPlan, progress) -> tuple[Path, dict[str, Any] | None]:
-    """(the HF model folder to convert, the merge's manifest when this run merged): an adapter run's merged/
+def _model_to_convert(plan: ExportPlan, progress) -> tuple[Path, MergeResult | None]:
+    """(the HF model folder to convert, the merge's result when this run merged): an adapter run's merged/
     folder, merged now unless it exists (or --force)."""
     p = plan.prepared
     if p.kind != "adapter":
@@ -186,7 +186,7 @@ def _model_to_convert(plan: ExportPlan, progress) -> tuple[Path, dict[str, Any] 
     merged_info = None
     if not _is_model_dir(merged) or p.force:
         merged_info = merge(p.model_cfg, p.export_cfg, p.workspace, [str(p.path)], dtype=p.dtype, force=p.force,
-                            progress=progress).as_dict()  # fmt: skip
+                            progress=progress)
     return merged, merged_info
 
 
