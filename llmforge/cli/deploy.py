@@ -58,51 +58,55 @@ def ollama_cmd(
 
     Example:  llmforge deploy ollama --adapter lora-1 --from llama3.2 --name support-bot
     """
-    from llmforge.deployment import deploy_ollama
+    from llmforge import deployment
 
     loaded = load(config, set_, deploy__name=name, deploy__quant=quant, deploy__system=system, deploy__host=host)
     cfg = loaded.config
-    result = deploy_ollama(
-        cfg.deploy,
-        workspace_of(loaded),
-        export=export,
-        base=base,
-        adapter=adapter,
-        name=cfg.deploy.name or cfg.project.name,
-        dry_run=dry_run,
-        force=force,
-    )
+    plan = deployment.plan(cfg.deploy, workspace_of(loaded), export=export, base=base, adapter=adapter,
+                           name=cfg.deploy.name or cfg.project.name, force=force)  # fmt: skip
+    if dry_run:
+        deployment.write_modelfile(plan)
+        if json_:
+            print_json(plan.as_dict())
+            return
+        _print_modelfile_facts(plan, plan.warnings + plan.unchecked, export is None)
+        console.print(f"wrote {escape(str(plan.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
+        console.print(f"register it with:  {escape(plan.create_command)}", soft_wrap=True)
+        return
+    result = deployment.run(plan)
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
-    if export is None and result.kind == "export":  # say which export the default picked: the newest finished one
-        console.print(f"gguf: {escape(str(result.gguf))} (the newest finished export; name another as EXPORT)",
-                      soft_wrap=True)
-    for message in result.warnings:
-        warn(message)
-    for item in result.caveats:
-        warn(f"caveat {item['id']}: {item['text']}")
-    if result.base:
-        source = f"FROM {result.base}" + (f" + ADAPTER {result.adapter}" if result.adapter else "")
-        console.print(escape(source), soft_wrap=True)
-    if result.base_check:
-        console.print(f"base check: {escape(', '.join(result.base_check['compared']))} match the adapter's base")
-    inherited = f"inherited from {result.base}" if result.base else "embedded: Ollama uses the GGUF's template"
-    family = result.family or f"none ({inherited})"
-    if result.variant:
-        family += f" ({result.variant})"
-    status = f" [{result.template_status}]" if result.template_status else ""
-    stops = ", ".join(result.stop) or (f"kept from {result.base}" if result.base else "none")
-    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(stops)}")
-    if result.dry_run:
-        console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
-        console.print(f"register it with:  {escape(result.create_command)}", soft_wrap=True)
-        return
+    _print_modelfile_facts(result, result.warnings, export is None, base_check=result.base_check)
     made_from = result.gguf.name if result.gguf else result.base or ""
-    console.print(f"registered [bold]{escape(result.name)}[/] at {escape(result.host or '')} from {escape(made_from)}")
+    console.print(f"registered [bold]{escape(result.name)}[/] at {escape(result.host)} from {escape(made_from)}")
     if result.check is not None:
         console.print(f"check: answered {escape(repr(result.check['content'][:80]))} and stopped cleanly")
     console.print(f"chat with it:  {escape(result.run_command)}")
+
+
+def _print_modelfile_facts(shown, warnings: list[str], newest: bool, base_check: dict | None = None) -> None:
+    """What plan and result share: the source, warnings, caveats, FROM (+ ADAPTER), template and stops."""
+    if newest and shown.kind == "export":  # say which export the default picked: the newest finished one
+        console.print(
+            f"gguf: {escape(str(shown.gguf))} (the newest finished export; name another as EXPORT)", soft_wrap=True
+        )
+    for message in warnings:
+        warn(message)
+    for item in shown.caveats:
+        warn(f"caveat {item['id']}: {item['text']}")
+    if shown.base:
+        source = f"FROM {shown.base}" + (f" + ADAPTER {shown.adapter}" if shown.adapter else "")
+        console.print(escape(source), soft_wrap=True)
+    if base_check:
+        console.print(f"base check: {escape(', '.join(base_check['compared']))} match the adapter's base")
+    inherited = f"inherited from {shown.base}" if shown.base else "embedded: Ollama uses the GGUF's template"
+    family = shown.family or f"none ({inherited})"
+    if shown.variant:
+        family += f" ({shown.variant})"
+    status = f" [{shown.template_status}]" if shown.template_status else ""
+    stops = ", ".join(shown.stop) or (f"kept from {shown.base}" if shown.base else "none")
+    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(stops)}")
 
 
 @app.command("list")

@@ -1,4 +1,4 @@
-"""`llmforge deploy ollama`: a Modelfile that matches training, registered through the official client, then checked.
+"""`llmforge deploy ollama`'s parts (the stage itself is deployment/stage.py): a Modelfile that matches training, registered through the official client, then checked.
 
 The tokenizer's own template gets a verdict from chat_templates.deploy_verdict (by rendering probe conversations,
 never from the model's name): 'exact', 'caveats' (named differences Ollama cannot reproduce, e.g. trims-whitespace,
@@ -7,21 +7,20 @@ and `deploy show`) or 'refused' (deploy stops with the reason). The matching fam
 end-of-turn and end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
 own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).
 
-Sources (DeployResult.kind): an export, any .gguf file (its embedded template judged the same way), a model already
+Sources (stage.DeployPlan.kind): an export, any .gguf file (its embedded template judged the same way), a model already
 in Ollama (`from`: FROM NAME keeps its template and stops), or a GGUF LoRA on its base (`adapter`: FROM BASE + ADAPTER,
 refused unless /api/show of BASE reports the architecture and sizes the adapter was trained on).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmforge import atomic, manifest, ollama_client, registry
 from llmforge import chat_templates as ct
+from llmforge import ollama_client, registry
 from llmforge.config.deploy import DeployConfig
 from llmforge.deployment import modelfile as mf
 from llmforge.deployment.source import (
@@ -38,46 +37,10 @@ from llmforge.deployment.source import (
 from llmforge.errors import InputError, LlmforgeError, UsageError
 from llmforge.workspace import Workspace
 
-log = logging.getLogger(__name__)
-
 CHECK_PROMPT = "Hello! In one sentence, what can you help me with?"
 CHECK_MAX_TOKENS = 256
 # Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_' and '-'.
 NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-@dataclass
-class DeployResult:
-    """What `deploy ollama` did; the CLI prints it."""
-
-    name: str
-    modelfile: Path
-    create_command: str
-    run_command: str
-    gguf: Path | None  # None when FROM is a model already in Ollama
-    export_id: str  # the registry id it was made from (<run>/<quant>, <run>/lora), a .gguf path, or ollama:<base>
-    family: str | None  # None: embedded (no TEMPLATE)
-    template_source: str  # "identified" | "configured" | "embedded"
-    # deploy_verdict's status for the model's own template ("exact" | "caveats"), None when it was not judged
-    # (configured family over no template, or embedded).
-    template_status: str | None = None
-    variant: str = ""
-    caveats: list[dict[str, str]] = field(default_factory=list)  # [{"id", "text"}]
-    stop: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    dry_run: bool = False
-    host: str | None = None
-    digest: str | None = None
-    manifest: Path | None = None
-    check: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-    kind: str = "export"  # "export" | "gguf" (a file) | "from" (a model in Ollama) | "adapter" (LoRA on a base)
-    base: str | None = None  # FROM: the model in Ollama (kinds from and adapter)
-    adapter: Path | None = None
-    base_check: dict[str, Any] | None = None  # what /api/show of the base was compared with (kind adapter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 def folder_name(name: str) -> str:
@@ -274,10 +237,10 @@ def _facts(choice: TemplateChoice, warnings: list[str], markers: list[str], **so
     }
 
 
-def plan(
+def plan_export(
     deploy: DeployConfig, workspace: Workspace, *, export: str | None, quant: str | None, system: str | None
 ) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
-    """Everything short of writing and registering: the Modelfile spec and the facts for manifest and checks."""
+    """An export or a .gguf file: everything short of writing and registering: the Modelfile spec and the facts for manifest and checks."""
     chosen = choose_gguf(workspace, export, quant or deploy.quant)
     gguf = read_gguf(chosen.path)
     tok = read_training_tokenizer(chosen.model_dirs)
@@ -341,175 +304,8 @@ def plan_adapter(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The verb
+# Talking to Ollama: the steps of stage.run
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def deploy_ollama(
-    deploy: DeployConfig,
-    workspace: Workspace,
-    *,
-    export: str | None = None,
-    base: str | None = None,
-    adapter: str | None = None,
-    name: str | None = None,
-    quant: str | None = None,
-    system: str | None = None,
-    host: str | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-) -> DeployResult:
-    timer = manifest.Timer()
-    name = check_name(name or deploy.name or "")
-    folder = workspace.deploy_dir(folder_name(name))
-    manifest_path = folder / "manifest.json"
-    atomic.refuse_overwrite(manifest_path, force, f"a deployment named '{name}'")
-    if export and (base or adapter):
-        raise UsageError(
-            f"EXPORT ({export}) and --{'adapter' if adapter else 'from'} name two different models to deploy",
-            hint="deploy an export or GGUF file with EXPORT, a model already in Ollama with --from NAME, "
-            "or a LoRA run on its base with --adapter RUN --from BASE",
-        )
-    if adapter and not base:
-        raise UsageError(
-            f"an adapter is deployed on top of its base model in Ollama, and --from does not name it (--adapter {adapter})",
-            hint=f"pull or deploy the base first, then: llmforge deploy ollama --adapter {adapter} --from BASE",
-        )
-    if base:
-        base = check_name(base)
-        if full_name(base) == full_name(name):
-            raise UsageError(
-                f"--from {base} and --name {name} are the same model: registering would replace the base itself",
-                hint="choose another --name for the new model",
-            )
-    if adapter:
-        spec, facts = plan_adapter(deploy, workspace, run=adapter, base=base or "", system=system)
-    elif base:
-        spec, facts = plan_from(deploy, base=base, system=system)
-    else:
-        spec, facts = plan(deploy, workspace, export=export, quant=quant, system=system)
-    family = facts["family"]
-    modelfile_path = folder / "Modelfile"
-    text = mf.render(spec, name=name)  # refuses unwritable text before anything is written or sent
-    result = DeployResult(
-        name=name,
-        modelfile=modelfile_path,
-        create_command=mf.create_command(name, modelfile_path),
-        run_command=f"ollama run {name}",
-        gguf=facts.get("gguf"),
-        export_id=facts["parent"],
-        family=family.name if family else None,
-        template_source=facts["template_source"],
-        template_status=facts["template_status"],
-        variant=family.variant if family else "",
-        caveats=facts["caveats"],
-        stop=list(spec.stop),
-        parameters=dict(spec.parameters),
-        dry_run=dry_run,
-        warnings=facts["warnings"],
-        kind=facts["kind"],
-        base=facts.get("base"),
-        adapter=facts.get("adapter"),
-    )
-    if dry_run:
-        if base:
-            result.warnings.append(f"dry run: '{base}' was not looked up in Ollama" + (
-                ", so the adapter's base is unchecked" if adapter else ""))  # fmt: skip
-        atomic.write_text(modelfile_path, text)
-        return result
-
-    result.host = ollama_client.resolve_host(host or deploy.host)
-    client = ollama_client.connect(
-        result.host, timeout=ollama_client.REGISTER_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
-    )
-    existing = _registered_names(client, result.host)
-    if full_name(name) in existing and not force:
-        raise UsageError(
-            f"Ollama at {result.host} already has a model named '{name}'",
-            hint="choose another --name, or pass --force to replace it",
-        )
-    markers = list(facts["leak_markers"])
-    if base:
-        shown = _show_base(client, result.host, base)
-        markers += [m for m in _parameter_stops(shown.parameters or "") if m not in markers]
-        if adapter:
-            result.base_check = _check_base(shown, base, facts["expected_base"], adapter)
-    atomic.write_text(modelfile_path, text)
-    with ollama_client.talking_to(
-        result.host,
-        f"refused to register '{name}'",
-        with_status=True,
-        hint=f"the Modelfile is at {modelfile_path}; try `{result.create_command}` to see Ollama's own message",
-    ):
-        result.digest = client.create_blob(spec.gguf) if spec.gguf is not None else None
-        adapter_digest = client.create_blob(spec.adapter) if spec.adapter is not None else None
-        request = mf.create_request(spec, result.digest, adapter_digest)
-        statuses = [p.status for p in client.create(model=name, stream=True, **request)]
-    if not statuses or statuses[-1] != "success":
-        raise LlmforgeError(
-            f"Ollama at {result.host} did not finish registering '{name}' (last status: {statuses[-1:] or 'none'})",
-            hint=f"try `{result.create_command}` by hand",
-        )
-    log.info("registered %s at %s (%s)", name, result.host, ", ".join(statuses))
-    _check_registered_template(client, name, spec, result.host)
-
-    if deploy.check:
-        result.check = check_deployment(client, name, spec, markers)
-    result.manifest = manifest_path
-    source: dict[str, Any] = {"kind": result.kind}
-    if spec.gguf is not None:
-        source["gguf"] = {"path": str(spec.gguf), "digest": result.digest, "quant": facts.get("quant")}
-    if base:
-        source["base"] = base
-    if spec.adapter is not None:
-        source["adapter"] = {"path": str(spec.adapter), "digest": adapter_digest}
-        source["base_check"] = result.base_check
-    atomic.write_json(
-        manifest_path,
-        manifest.build(
-            "deploy",
-            inputs={"modelfile": modelfile_path},
-            timer=timer,
-            name=name,
-            host=result.host,
-            **source,
-            export=result.export_id,
-            family=result.family,
-            variant=result.variant,
-            template_source=result.template_source,
-            template_status=result.template_status,
-            caveats=result.caveats,
-            stop=result.stop,
-            parameters=result.parameters,
-            check=result.check,
-            warnings=result.warnings,
-            config={"deploy": deploy.model_dump(mode="json")},
-        ),
-    )
-    registry.record(
-        workspace.registry_file,
-        "deployment",
-        name,
-        parent=result.export_id,
-        source=result.kind,
-        base=base,
-        host=result.host,
-        family=result.family,
-        variant=result.variant,
-        caveats=[c["id"] for c in result.caveats],
-        quant=facts.get("quant"),
-        modelfile=str(modelfile_path),
-        path=str(folder),
-        status="unchecked" if result.check is None else "complete" if result.check["ok"] else "check failed",
-        check_ok=None if result.check is None else result.check["ok"],
-    )
-    if result.check is not None and not result.check["ok"]:
-        raise LlmforgeError(
-            f"'{name}' is registered but its check failed: {result.check['problem']}",
-            hint=f"it stays registered for inspection (`ollama run {name}`); remove it with "
-            f"`llmforge deploy remove {name}`. The Modelfile is {modelfile_path}",
-        )
-    return result
 
 
 def _registered_names(client, host: str) -> set[str]:

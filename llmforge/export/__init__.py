@@ -1,8 +1,8 @@
 """`llmforge export`: merge adapters into the base, convert to GGUF (our converter), quantize, verify.
 
 The stage's two verbs: plan() decides a GGUF export and returns an ExportPlan, run(plan) writes it and returns an
-ExportResult (llmforge/export/stage.py). merge and export_lora_gguf are the `export merge` and `export lora-gguf`
-verbs. The work is in modules imported inside them.
+ExportResult (llmforge/export/stage.py). `export merge` and `export lora-gguf` have the same two parts
+(plan_merge/run_merge, plan_lora_gguf/run_lora_gguf) and one-call conveniences (merge, export_lora_gguf). The work is in modules imported inside them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmforge.errors import InputError, UsageError
 from llmforge.workspace import check_name
@@ -19,7 +19,14 @@ from llmforge.workspace import check_name
 if TYPE_CHECKING:
     from llmforge.config.export import ExportConfig
     from llmforge.config.model import ModelConfig
-    from llmforge.export.stage import ExportPlan, ExportResult
+    from llmforge.export.stage import (
+        ExportPlan,
+        ExportResult,
+        LoraGgufPlan,
+        LoraGgufResult,
+        MergePlan,
+        MergeResult,
+    )
     from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -109,38 +116,27 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
                      hint="set model.name to the base model")
 
 
-def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
-          dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
-    write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
-    leftovers of a killed export this run removed). `progress` gets one line per phase."""
-    from llmforge import manifest as manifests
-    from llmforge import registry
-    from llmforge.atomic import atomic_dir
-    from llmforge.export.merging import merge_adapters
+def plan_merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None,
+               *, dtype: str = "auto", force: bool = False) -> MergePlan:
+    """Decide a merge of the adapter of each source (run names or adapter folders, applied in order; default the
+    newest run) into their base. Writes nothing."""
+    from llmforge.export import stage
 
-    timer = manifests.Timer()
-    resolved = [resolve_source(workspace, s) for s in (sources or [None])]
-    for kind, _name, path in resolved:
-        if kind != "adapter":
-            raise UsageError(f"{path} is a full model, not an adapter: nothing to merge",
-                             hint="convert it directly: llmforge export gguf " + str(path))
-    adapters = [path for _, _, path in resolved]
-    base = base_model_of(adapters[0], model)
-    run = resolved[-1][1]
-    out = workspace.merged_dir(run)
-    removed = remove_stale_temporaries(workspace.export_dir(run))
-    if progress:
-        progress(f"merging {len(adapters)} adapter(s) into {base}")
-    with atomic_dir(out, force=force) as tmp:
-        facts = merge_adapters(base, adapters, tmp, dtype=dtype)
-        inputs = {"base_model": base} if Path(base).exists() else {}
-        inputs.update({f"adapter_{i}": a for i, a in enumerate(adapters)})
-        body = manifests.build("export merge", inputs, timer, output=str(out), **facts)
-        (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
-                    metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
-    return {**body, "removed_temporaries": removed}  # about this run, not the merged files: kept out of the manifest
+    return stage.plan_merge(model, export, workspace, sources, dtype=dtype, force=force)
+
+
+def run_merge(plan: MergePlan, *, progress: Progress | None = None) -> MergeResult:
+    """Write export/<last run>/merged/ with its manifest. `progress` gets one line per phase."""
+    from llmforge.export import stage
+
+    return stage.run_merge(plan, progress=progress)
+
+
+def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
+          dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> MergeResult:
+    """plan_merge() then run_merge(): the merged model's manifest, with removed_temporaries (how many leftovers of
+    a killed export this run removed)."""
+    return run_merge(plan_merge(model, export, workspace, sources, dtype=dtype, force=force), progress=progress)
 
 
 def plan(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
@@ -170,14 +166,26 @@ def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, 
     return run(plan(model, export, workspace, source, name=name, dtype=dtype, force=force), progress=progress)
 
 
+def plan_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
+                   source: str | Path | None = None, *, base_gguf: Path | None = None,
+                   force: bool = False) -> LoraGgufPlan:
+    """Decide a GGUF LoRA export of a run's adapter (default the newest run). Writes nothing."""
+    from llmforge.export import stage
+
+    return stage.plan_lora_gguf(model, export, workspace, source, base_gguf=base_gguf, force=force)
+
+
+def run_lora_gguf(plan: LoraGgufPlan, *, progress: Progress | None = None) -> LoraGgufResult:
+    """Write export/<run>/lora/<run>-lora-f32.gguf, verified by loading it on a base GGUF in llama.cpp against HF
+    base+adapter; recorded in export/<run>/manifest.json."""
+    from llmforge.export import stage
+
+    return stage.run_lora_gguf(plan, progress=progress)
+
+
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
-    on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
-    from llmforge.export.lora_gguf import export_adapter
-
-    kind, run, path = resolve_source(workspace, source)
-    if kind != "adapter":
-        raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, progress=progress)
+                     force: bool = False, progress: Progress | None = None) -> LoraGgufResult:
+    """plan_lora_gguf() then run_lora_gguf(), for callers with nothing to show in between."""
+    return run_lora_gguf(plan_lora_gguf(model, export, workspace, source, base_gguf=base_gguf, force=force),
+                         progress=progress)

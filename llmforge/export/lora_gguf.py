@@ -115,28 +115,24 @@ def _float_file(path: Path) -> bool:
     return field is not None and int(field.contents()) in (0, 1)  # ALL_F32, MOSTLY_F16
 
 
-def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, base_gguf: Path | None = None,
-                   force: bool = False, progress=None) -> dict[str, Any]:
-    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest.
+def export_adapter(model, export, workspace, run: str, adapter_dir: Path, base: Path, rel: str, *,
+                   base_gguf: Path | None = None, force: bool = False, timer=None,
+                   progress=None) -> tuple[dict[str, Any], int, bool]:
+    """Write export/<run>/<rel> (lora/<run>-lora-f32.gguf), verify it on top of a base GGUF, record it in the
+    manifest and the registry: (the manifest, temporaries removed, whether an unlisted leftover was replaced).
     `progress(line)` is called once per phase."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
     from llmforge.errors import LlmforgeError
-    from llmforge.export import base_model_of, gguf_export, read_manifest, remove_stale_temporaries
+    from llmforge.export import gguf_export, read_manifest, remove_stale_temporaries
 
-    timer = manifests.Timer()
-    base = Path(base_model_of(adapter_dir, model))
-    if not (base / "config.json").is_file():
-        raise InputError(f"base model {base}: not a local model folder with config.json",
-                         hint="lora-gguf needs the base model's files; set model.name to its folder")
+    timer = timer or manifests.Timer()
     out_dir = workspace.export_dir(run)
     removed = remove_stale_temporaries(out_dir)
     manifest_path = workspace.export_manifest(run)
     previous, listed = read_manifest(manifest_path)
-    # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
-    out = out_dir / "lora" / f"{run}-lora-f32.gguf"
-    rel = f"lora/{out.name}"
+    out = out_dir / rel
     leftover = gguf_export.refuse_listed(out, listed, force, key=rel)
     staged = reserve(out)  # written and verified under this name; published after the manifest lists it
     try:
@@ -156,10 +152,7 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     if failures:
         raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
                             hint=f"the file is kept and marked verified: false in {manifest_path}")
-    body["output_dir"] = str(out_dir)
-    body["removed_temporaries"] = removed
-    body["replaced_leftovers"] = [rel] if leftover else []
-    return body
+    return body, removed, bool(leftover)
 
 
 def _write_and_verify(model, export, adapter_dir: Path, base: Path, staged: Path, rel: str, base_gguf: Path | None,

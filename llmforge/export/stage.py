@@ -1,6 +1,10 @@
 """The export stage in two parts: plan() decides a GGUF export without writing anything (the model it converts,
 merged first or not, the converter and from where, the files; what --dry-run shows), run(plan) writes, verifies
 and records the files (export/<run>/<name>-<quant>.gguf beside manifest.json).
+
+`export merge` and `export lora-gguf` take the same shape: plan_merge() -> MergePlan and run_merge(plan) ->
+MergeResult (export/<run>/merged/), plan_lora_gguf() -> LoraGgufPlan and run_lora_gguf(plan) -> LoraGgufResult
+(export/<run>/lora/<run>-lora-f32.gguf).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 from llmforge import manifest as manifests
 from llmforge import registry
 from llmforge.atomic import write_json
-from llmforge.errors import LlmforgeError
+from llmforge.errors import InputError, LlmforgeError, UsageError
 from llmforge.export import _is_model_dir, base_model_of, merge, read_manifest, remove_stale_temporaries, resolve_source
 from llmforge.export.quant_types import QuantType, gguf_file_name, parse_quants
 from llmforge.workspace import Workspace, check_name
@@ -167,13 +171,13 @@ def run(plan: ExportPlan, *, progress=None) -> ExportResult:
         manifest=written["body"],
         output_dir=str(out_dir),
         # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
-        removed_temporaries=removed + ((merged_info or {}).get("removed_temporaries") or 0),
+        removed_temporaries=removed + (merged_info.removed_temporaries if merged_info else 0),
         replaced_leftovers=result["replaced_leftovers"],
     )
 
 
-def _model_to_convert(plan: ExportPlan, progress) -> tuple[Path, dict[str, Any] | None]:
-    """(the HF model folder to convert, the merge's manifest when this run merged): an adapter run's merged/
+def _model_to_convert(plan: ExportPlan, progress) -> tuple[Path, MergeResult | None]:
+    """(the HF model folder to convert, the merge's result when this run merged): an adapter run's merged/
     folder, merged now unless it exists (or --force)."""
     p = plan.prepared
     if p.kind != "adapter":
@@ -211,3 +215,205 @@ def _status(entry: dict) -> str:
 def _metrics(entry: dict) -> dict:
     logits = entry.get("logits") or {}
     return {k: logits[k] for k in ("top1_agreement", "top1_agreement_decisive", "max_abs_diff") if k in logits}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export merge
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MergePrepared:
+    workspace: Workspace
+    adapter_dirs: list[Path]
+    force: bool
+    timer: manifests.Timer
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A merge decided but not done: the adapters (applied in order), their base and the folder it writes."""
+
+    run: str  # the last source's run: the merge lands in export/<run>/merged/
+    base_model: str
+    adapters: list[str]
+    output: str
+    dtype: str  # as asked (auto: the base's)
+    prepared: _MergePrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "run": self.run, "base_model": self.base_model, "adapters": self.adapters,
+                "output": self.output, "dtype": self.dtype}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """A finished merge: export/<run>/merged/manifest.json as written, and what this run tidied. as_dict() is
+    `llmforge export merge --json`, key for key."""
+
+    manifest: dict[str, Any]
+    removed_temporaries: int  # leftovers of a killed export this run removed (not part of the manifest)
+
+    @property
+    def output(self) -> str:
+        return self.manifest["output"]
+
+    @property
+    def base_model(self) -> str:
+        return self.manifest["base_model"]
+
+    @property
+    def adapters(self) -> list[str]:
+        return self.manifest["adapters"]
+
+    @property
+    def adapter_types(self) -> list[str]:
+        return self.manifest["adapter_types"]
+
+    @property
+    def dtype(self) -> str:
+        """The merged weights' dtype (auto resolved)."""
+        return self.manifest["dtype"]
+
+    @property
+    def merge_max_abs_diff(self) -> float:
+        return self.manifest["merge_max_abs_diff"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.manifest, "removed_temporaries": self.removed_temporaries}
+
+
+def plan_merge(model_cfg, export_cfg, workspace: Workspace, sources: list[str] | None = None, *,
+               dtype: str = "auto", force: bool = False) -> MergePlan:
+    """Decide a merge: each source (run names or adapter folders, default the newest run) must be an adapter; the
+    base is the first one's. Writes nothing."""
+    timer = manifests.Timer()
+    resolved = [resolve_source(workspace, s) for s in (sources or [None])]
+    for kind, _name, path in resolved:
+        if kind != "adapter":
+            raise UsageError(f"{path} is a full model, not an adapter: nothing to merge",
+                             hint="convert it directly: llmforge export gguf " + str(path))
+    adapters = [path for _, _, path in resolved]
+    run = resolved[-1][1]
+    return MergePlan(run=run, base_model=base_model_of(adapters[0], model_cfg), adapters=[str(a) for a in adapters],
+                     output=str(workspace.merged_dir(run)), dtype=dtype,
+                     prepared=_MergePrepared(workspace, adapters, force, timer))  # fmt: skip
+
+
+def run_merge(plan: MergePlan, *, progress=None) -> MergeResult:
+    """Write export/<run>/merged/ (atomically) with its manifest and record it in the registry. `progress` gets
+    one line per phase."""
+    import json
+
+    from llmforge.atomic import atomic_dir
+    from llmforge.export.merging import merge_adapters
+
+    p = plan.prepared
+    base, out = plan.base_model, Path(plan.output)
+    removed = remove_stale_temporaries(p.workspace.export_dir(plan.run))
+    if progress:
+        progress(f"merging {len(p.adapter_dirs)} adapter(s) into {base}")
+    with atomic_dir(out, force=p.force) as tmp:
+        facts = merge_adapters(base, p.adapter_dirs, tmp, dtype=plan.dtype)
+        inputs = {"base_model": base} if Path(base).exists() else {}
+        inputs.update({f"adapter_{i}": a for i, a in enumerate(p.adapter_dirs)})
+        body = manifests.build("export merge", inputs, p.timer, output=str(out), **facts)
+        (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    registry.record(p.workspace.registry_file, "export", f"{plan.run}/merged", parent=plan.run, path=str(out),
+                    status="complete", metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})  # fmt: skip
+    return MergeResult(manifest=body, removed_temporaries=removed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export lora-gguf
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LoraPrepared:
+    model_cfg: Any
+    export_cfg: Any
+    workspace: Workspace
+    adapter_dir: Path
+    base_dir: Path
+    base_gguf: Path | None
+    force: bool
+    timer: manifests.Timer
+
+
+@dataclass(frozen=True)
+class LoraGgufPlan:
+    """A GGUF LoRA adapter decided but not written: the run's adapter, its base, and where the file goes."""
+
+    run: str
+    adapter: str
+    base_model: str
+    output_dir: str
+    file: str  # relative to output_dir: lora/<run>-lora-f32.gguf (apart from the full models deploy picks from)
+    verify: bool
+    verify_on: str  # the base GGUF given, or "f32 conversion of the base"
+    prepared: _LoraPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "run": self.run, "adapter": self.adapter, "base_model": self.base_model,
+                "output_dir": self.output_dir, "file": self.file, "verify": self.verify,
+                "verify_on": self.verify_on}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoraGgufResult:
+    """A written GGUF LoRA adapter: export/<run>/manifest.json as written (its lora_adapters list holds the new
+    entry), and what this run tidied. as_dict() is `llmforge export lora-gguf --json`, key for key."""
+
+    manifest: dict[str, Any]
+    output_dir: str
+    removed_temporaries: int
+    replaced_leftovers: list[str]
+
+    @property
+    def run(self) -> str | None:
+        return self.manifest.get("run")
+
+    @property
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The manifest's adapter entries: kind, quant, path, bytes, sha256, verified, logits, rank, alpha, ..."""
+        return self.manifest["lora_adapters"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.manifest, "output_dir": self.output_dir, "removed_temporaries": self.removed_temporaries,
+                "replaced_leftovers": self.replaced_leftovers}  # fmt: skip
+
+
+def plan_lora_gguf(model_cfg, export_cfg, workspace: Workspace, source: str | Path | None = None, *,
+                   base_gguf: Path | None = None, force: bool = False) -> LoraGgufPlan:
+    """Decide a GGUF LoRA export of `source` (a LoRA run or adapter folder; default the newest run). Its base must
+    be a local model folder (the converter reads its config). Writes nothing."""
+    timer = manifests.Timer()
+    kind, run, path = resolve_source(workspace, source)
+    if kind != "adapter":
+        raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
+    base = Path(base_model_of(path, model_cfg))
+    if not (base / "config.json").is_file():
+        raise InputError(f"base model {base}: not a local model folder with config.json",
+                         hint="lora-gguf needs the base model's files; set model.name to its folder")
+    return LoraGgufPlan(
+        run=run, adapter=str(path), base_model=str(base), output_dir=str(workspace.export_dir(run)),
+        file=f"lora/{run}-lora-f32.gguf", verify=export_cfg.verify,
+        verify_on=str(base_gguf) if base_gguf else "f32 conversion of the base",
+        prepared=_LoraPrepared(model_cfg, export_cfg, workspace, path, base, base_gguf, force, timer),
+    )  # fmt: skip
+
+
+def run_lora_gguf(plan: LoraGgufPlan, *, progress=None) -> LoraGgufResult:
+    """Write the adapter GGUF, verify it on a base GGUF in llama.cpp against HF base+adapter (unless export.verify
+    is false), and record it in export/<run>/manifest.json and the registry. Raises LlmforgeError (exit 1) after
+    writing the manifest when verification fails."""
+    from llmforge.export.lora_gguf import export_adapter
+
+    p = plan.prepared
+    body, removed, leftover = export_adapter(
+        p.model_cfg, p.export_cfg, p.workspace, plan.run, p.adapter_dir, p.base_dir, plan.file, base_gguf=p.base_gguf,
+        force=p.force, timer=p.timer, progress=progress,
+    )  # fmt: skip
+    return LoraGgufResult(manifest=body, output_dir=plan.output_dir, removed_temporaries=removed,
+                          replaced_leftovers=[plan.file] if leftover else [])  # fmt: skip

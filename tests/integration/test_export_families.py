@@ -264,7 +264,7 @@ def test_family_lora_adapter_as_gguf_matches_hf(family, family_dir, tmp_path):
                 p.normal_(0, 0.3)
     peft_model.save_pretrained(str(ws.adapter_dir("lora-1")))
     (ws.run_dir("lora-1") / "manifest.json").write_text(json.dumps({"base_model": str(base)}))
-    entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")["lora_adapters"][-1]
+    entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1").lora_adapters[-1]
     assert entry["verified"], entry.get("logits")
     assert entry["logits"]["top1_agreement"] >= 0.99 and entry["logits"]["max_abs_diff"] < 5e-2
 
