@@ -16,11 +16,12 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -429,27 +430,17 @@ class Server:
             raise APIError(400, "prompt must not be empty.", param="prompt", code="invalid_value")
         return ids
 
-    def events(self, request: Request, prompt: list[int], sampling: Sampling):
-        """Queue the job now (503 if the queue is full) and return an async iterator of its events:
-        ("text", str) then ("done", Result). Leaving the iterator early, or the client going away, stops the job."""
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue = asyncio.Queue()
-
-        def emit(kind: str, value: object) -> None:
-            if kind == "done":  # counted here, in the worker thread: a client that left never reads this event
-                self.metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
-                                    value.cached_tokens)  # fmt: skip
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, (kind, value))
-            except RuntimeError:  # the loop has closed (server shutting down)
-                pass
-
-        job = Job(prompt, sampling, emit)
+    def events(self, request: Request, prompt: list[int], sampling: Sampling, *, watch: bool = True) -> Events:
+        """Queue the job now (503 if the queue is full) and return its events. `watch`: check every POLL_SECONDS
+        that the client is still there (a streamed response needs no watching: Starlette cancels it when the
+        client goes away)."""
+        events = Events(request, asyncio.get_running_loop(), self.metrics, watch)
+        events.job = Job(prompt, sampling, events.emit)
         try:
-            self.worker.submit(job)
+            self.worker.submit(events.job)
         except QueueFull:
             raise APIError(503, "The server is busy; retry shortly.", type="server_error", code="queue_full") from None
-        return _relay(request, job, inbox)
+        return events
 
     def account(self, started: float, first: float | None, result: Result) -> None:
         if first is not None:
@@ -473,27 +464,75 @@ class Server:
         )
 
 
-async def _relay(request: Request, job: Job, inbox: asyncio.Queue):
-    # Check the client every POLL_SECONDS whether or not events arrive: a busy generation fills the inbox
-    # without pause, and a non-streaming request has nothing else that would notice the client leaving.
-    checked = time.monotonic()
-    try:
-        while True:
+class Events:
+    """One job's events, from the engine thread to its handler: ("text", str) ... then ("done", Result).
+
+    The engine thread appends to a deque and wakes the event loop only when no wake-up is already on its way, so
+    the tokens produced while the loop was busy arrive together, for one write, and each token costs no queue, task
+    or timer of its own. Iterating yields the events gathered since the last batch, as a list."""
+
+    def __init__(self, request: Request, loop: asyncio.AbstractEventLoop, metrics: Metrics, watch: bool):
+        self.request = request
+        self.job: Job | None = None
+        self._loop = loop
+        self._metrics = metrics
+        self._watch = watch
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._wake_sent = False  # a wake-up is scheduled on the loop and has not run yet
+        self._waiter: asyncio.Future | None = None
+
+    def emit(self, kind: str, value: Any) -> None:
+        """Called in the engine thread."""
+        if kind == "done":  # counted here: a client that left never reads this event
+            self._metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
+                                 value.cached_tokens)  # fmt: skip
+        self._queue.append((kind, value))
+        if not self._wake_sent:
+            self._wake_sent = True
             try:
-                kind, value = await asyncio.wait_for(inbox.get(), timeout=POLL_SECONDS)
-            except asyncio.TimeoutError:
-                kind = None
-            if time.monotonic() - checked >= POLL_SECONDS:
-                checked = time.monotonic()
-                if await request.is_disconnected():
-                    return
-            if kind is None:
-                continue
-            yield kind, value
-            if kind == "done":
-                return
-    finally:
-        job.cancel()  # a no-op once done; otherwise the worker skips or stops this job
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed (server shutting down)
+                pass
+
+    def _wake(self) -> None:
+        # clear the flag before the handler drains the deque: an event appended after this line sends a new wake-up
+        self._wake_sent = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __aiter__(self):
+        loop = self._loop
+        checked = loop.time()
+        try:
+            while True:
+                if not self._queue:
+                    self._waiter = loop.create_future()
+                    timer = loop.call_later(POLL_SECONDS, _release, self._waiter) if self._watch else None
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                        if timer is not None:
+                            timer.cancel()
+                # a busy generation fills the queue without pause: check the client by the clock, not by timeouts
+                if self._watch and loop.time() - checked >= POLL_SECONDS:
+                    checked = loop.time()
+                    if await self.request.is_disconnected():
+                        return
+                batch = []
+                while self._queue:
+                    batch.append(self._queue.popleft())
+                if batch:
+                    yield batch
+                    if batch[-1][0] == "done":
+                        return
+        finally:
+            self.job.cancel()  # a no-op once done; otherwise the worker skips or stops this job
+
+
+def _release(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def usage(result: Result) -> dict[str, Any]:
@@ -510,6 +549,265 @@ def sse(obj: Any) -> bytes:
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DONE = b"data: [DONE]\n\n"
+_TEXT = "\x00text\x00"  # stands for a text delta in a chunk template; no JSON string we send holds it
+_encode_text = json.encoder.encode_basestring  # json.dumps of one str with ensure_ascii=False, minus the call overhead
+
+
+class TextChunks:
+    """The SSE event of a text delta, built as the JSON dump of `template` (which holds _TEXT where the delta goes)
+    would be, from a prefix and suffix encoded once per request: per token only the delta is encoded."""
+
+    def __init__(self, template: dict[str, Any]):
+        before, mark, after = sse(template).partition(json.dumps(_TEXT, ensure_ascii=False).encode())
+        assert mark, "the template holds no _TEXT"
+        self._before, self._after = before, after
+
+    def __call__(self, text: str) -> bytes:
+        return self._before + _encode_text(text).encode() + self._after
+
+
+def stream(
+    server: Server,
+    events: Events,
+    started: float,
+    text_chunk: TextChunks,
+    closing: Callable[[Result], list[dict[str, Any]]],
+    *,
+    opening: list[dict[str, Any]] = (),
+    finished: Callable[[str, Result], None] | None = None,
+) -> StreamingResponse:
+    """The one server-sent-events loop of every streaming route: `opening` events, a `text_chunk` per text delta,
+    then on success `closing(result)`'s events and [DONE] (then `finished(text, result)`); on an engine error an
+    error event instead; nothing more for a cancelled job. The client going away cancels the job (Events)."""
+
+    async def body():
+        if opening:
+            yield b"".join(sse(event) for event in opening)
+        first = None
+        parts: list[str] = []
+        async for batch in events:
+            out = []
+            for kind, value in batch:
+                if kind == "text":
+                    out.append(text_chunk(value))
+                    parts.append(value)
+                    continue
+                first = first or (time.perf_counter() if out else None)
+                server.account(started, first, value)
+                if value.finish_reason == "error":
+                    out.append(sse(error_body("Generation failed.", "server_error", code="engine_error")))
+                elif value.finish_reason != "cancelled":
+                    out.extend(sse(event) for event in closing(value))
+                    out.append(SSE_DONE)
+                if out:
+                    yield b"".join(out)
+                if finished is not None and value.finish_reason in ("stop", "length"):
+                    finished("".join(parts), value)
+                return
+            if out:
+                first = first or time.perf_counter()
+                yield b"".join(out)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def collect(events: Events, server: Server, started: float) -> tuple[str, Result]:
+    parts: list[str] = []
+    first = None
+    result = Result("cancelled", 0, 0)
+    async for batch in events:
+        for kind, value in batch:
+            if kind == "text":
+                first = first or time.perf_counter()
+                parts.append(value)
+            else:
+                result = value
+    server.account(started, first, result)
+    if result.finish_reason == "error":
+        raise APIError(500, "Generation failed.", type="server_error", code="engine_error")
+    return "".join(parts), result
+
+
+# ---------------------------------------------------------------- routes (the Server is request.app.state.server)
+
+router = APIRouter()
+GENERATION_RESPONSES = {**_STREAMED, **_documented(400, 401, 404, 413, 429, 500, 503)}
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def chat_page():
+    page = resources.files("llmforge.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
+    return HTMLResponse(page)
+
+
+@router.get("/health")
+async def health(request: Request):
+    server = _server(request)
+    engine = server.engine
+    return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
+async def metrics(request: Request):
+    server = _server(request)
+    return PlainTextResponse(
+        server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+@router.get("/v1/models", responses=_documented(401, 429))
+async def models(request: Request):
+    server = _server(request)
+    return {
+        "object": "list",
+        "data": [{"id": server.engine.name, "object": "model", "created": server.created, "owned_by": "llmforge"}],
+    }
+
+
+async def chat(request: Request, body: ChatRequest, route: str):
+    server = _server(request)
+    started = time.perf_counter()
+    server.check_request(body)
+    messages = plain_messages(body.messages)
+    prompt = server.chat_prompt(messages)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    sampling = server.sampling(body, len(prompt), max_tokens)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.engine.name}
+    events = server.events(request, prompt, sampling, watch=not body.stream)
+
+    if body.stream:
+        chunk = {**head, "object": "chat.completion.chunk"}
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def closing(result: Result) -> list[dict[str, Any]]:
+            end = [{**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                          "finish_reason": result.finish_reason}]}]  # fmt: skip
+            return end + [{**chunk, "choices": [], "usage": usage(result)}] if include_usage else end
+
+        return stream(
+            server, events, started,
+            TextChunks({**chunk, "choices": [{"index": 0, "delta": {"content": _TEXT}, "logprobs": None,
+                                              "finish_reason": None}]}),
+            closing,
+            opening=[{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]}],
+            finished=lambda text, result: server.record(messages, text, result, started, route),
+        )  # fmt: skip
+
+    text, result = await collect(events, server, started)
+    server.record(messages, text, result, started, route)
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                     "finish_reason": result.finish_reason}],  # fmt: skip
+        "usage": usage(result),
+    }
+
+
+@router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
+async def chat_completions(request: Request, body: ChatRequest):
+    return await chat(request, body, "/v1/chat/completions")
+
+
+@router.post("/chat", responses=GENERATION_RESPONSES)
+async def simple_chat(request: Request, body: ChatRequest):
+    """The same as /v1/chat/completions, for scripts that want a short path."""
+    return await chat(request, body, "/chat")
+
+
+@router.post("/v1/completions", responses=GENERATION_RESPONSES)
+async def completions(request: Request, body: CompletionRequest):
+    server = _server(request)
+    started = time.perf_counter()
+    server.check_request(body)
+    prompt = server.text_prompt(body.prompt)
+    sampling = server.sampling(body, len(prompt), body.max_tokens)
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": server.engine.name}  # fmt: skip
+    events = server.events(request, prompt, sampling, watch=not body.stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def closing(result: Result) -> list[dict[str, Any]]:
+            end = [{**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                         "finish_reason": result.finish_reason}]}]  # fmt: skip
+            return end + [{**head, "choices": [], "usage": usage(result)}] if include_usage else end
+
+        text_chunk = TextChunks({**head, "choices": [{"index": 0, "text": _TEXT, "logprobs": None,
+                                                      "finish_reason": None}]})  # fmt: skip
+        return stream(server, events, started, text_chunk, closing)
+    text, result = await collect(events, server, started)
+    return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                 "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
+
+
+@router.post("/generate", responses={**_STREAMED, **_documented(400, 401, 413, 429, 500, 503)})
+async def generate(request: Request, body: GenerateRequest):
+    """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
+    server = _server(request)
+    started = time.perf_counter()
+    prompt = server.text_prompt(body.prompt)
+    sampling = server.sampling(body, len(prompt), body.max_tokens)
+    events = server.events(request, prompt, sampling, watch=not body.stream)
+    if body.stream:
+
+        def closing(result: Result) -> list[dict[str, Any]]:
+            return [{"text": "", "finish_reason": result.finish_reason, "usage": usage(result)}]
+
+        return stream(server, events, started, TextChunks({"text": _TEXT}), closing)
+    text, result = await collect(events, server, started)
+    return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
+
+
+# ---------------------------------------------------------------- errors as OpenAI answers them
+
+
+async def _api_error(request: Request, exc: APIError):
+    return exc.response({"Retry-After": "1"} if exc.status == 503 else None)
+
+
+async def _invalid(request: Request, exc: RequestValidationError):
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return JSONResponse(error_body("The request body is not valid JSON.", code="invalid_json"), 400)
+    if first.get("type") == "invalid_unicode":  # the message names the field already
+        return JSONResponse(error_body(first["msg"], param=first["ctx"]["where"], code="invalid_value"), 400)
+    where = ".".join(loc) or "body"
+    message = f"{where}: {first.get('msg', 'invalid value')}"
+    return JSONResponse(error_body(message, param=".".join(loc) or None, code="invalid_value"), 400)
+
+
+async def _http(request: Request, exc: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(error_body(str(exc.detail), code=code), exc.status_code, headers=exc.headers)
+
+
+async def _bug(request: Request, exc: Exception):
+    log.exception("unhandled error on %s", request.url.path)
+    return JSONResponse(error_body("Internal server error.", "server_error", code="internal_error"), 500)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    # FastAPI documents a 422 for every route with a body; bad bodies get a 400 here, as OpenAI answers them
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(engine, serve, conversations_dir) -> FastAPI:
@@ -525,213 +823,14 @@ def create_app(engine, serve, conversations_dir) -> FastAPI:
 
     app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server
-
-    def openapi() -> dict[str, Any]:
-        # FastAPI documents a 422 for every route with a body; bad bodies get a 400 here, as OpenAI answers them
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    operation["responses"].pop("422", None)
-            for unused in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(unused, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
-    generation = {**_STREAMED, **_documented(400, 401, 404, 413, 429, 500, 503)}
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return exc.response({"Retry-After": "1"} if exc.status == 503 else None)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        if first.get("type") == "json_invalid":
-            return JSONResponse(error_body("The request body is not valid JSON.", code="invalid_json"), 400)
-        if first.get("type") == "invalid_unicode":  # the message names the field already
-            return JSONResponse(error_body(first["msg"], param=first["ctx"]["where"], code="invalid_value"), 400)
-        where = ".".join(loc) or "body"
-        message = f"{where}: {first.get('msg', 'invalid value')}"
-        return JSONResponse(error_body(message, param=".".join(loc) or None, code="invalid_value"), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), code=code), exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body("Internal server error.", "server_error", code="internal_error"), 500)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def chat_page():
-        page = resources.files("llmforge.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
-
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
-    async def metrics():
-        return PlainTextResponse(
-            server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
-
-    @app.get("/v1/models", responses=_documented(401, 429))
-    async def models():
-        return {
-            "object": "list",
-            "data": [{"id": engine.name, "object": "model", "created": server.created, "owned_by": "llmforge"}],
-        }
-
-    async def chat(request: Request, body: ChatRequest, route: str):
-        started = time.perf_counter()
-        server.check_request(body)
-        messages = plain_messages(body.messages)
-        prompt = server.chat_prompt(messages)
-        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        sampling = server.sampling(body, len(prompt), max_tokens)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "created": created, "model": engine.name}
-        events = server.events(request, prompt, sampling)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        if body.stream:
-
-            async def stream():
-                first, parts = None, []
-                chunk = {**head, "object": "chat.completion.chunk"}
-                yield sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}]})  # fmt: skip
-                async for kind, value in events:
-                    if kind == "text":
-                        first = first or time.perf_counter()
-                        parts.append(value)
-                        yield sse({**chunk, "choices": [{"index": 0, "delta": {"content": value}, "logprobs": None,
-                                                         "finish_reason": None}]})  # fmt: skip
-                        continue
-                    server.account(started, first, value)
-                    if value.finish_reason == "cancelled":
-                        return
-                    if value.finish_reason == "error":
-                        yield sse(error_body("Generation failed.", "server_error", code="engine_error"))
-                        return
-                    yield sse({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                     "finish_reason": value.finish_reason}]})  # fmt: skip
-                    if include_usage:
-                        yield sse({**chunk, "choices": [], "usage": usage(value)})
-                    yield b"data: [DONE]\n\n"
-                    server.record(messages, "".join(parts), value, started, route)
-
-            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-        text, result = await collect(events, server, started)
-        server.record(messages, text, result, started, route)
-        return {
-            **head,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": result.finish_reason}],  # fmt: skip
-            "usage": usage(result),
-        }
-
-    @app.post("/v1/chat/completions", responses=generation)
-    async def chat_completions(request: Request, body: ChatRequest):
-        return await chat(request, body, "/v1/chat/completions")
-
-    @app.post("/chat", responses=generation)
-    async def simple_chat(request: Request, body: ChatRequest):
-        """The same as /v1/chat/completions, for scripts that want a short path."""
-        return await chat(request, body, "/chat")
-
-    @app.post("/v1/completions", responses=generation)
-    async def completions(request: Request, body: CompletionRequest):
-        started = time.perf_counter()
-        server.check_request(body)
-        prompt = server.text_prompt(body.prompt)
-        sampling = server.sampling(body, len(prompt), body.max_tokens)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": engine.name}  # fmt: skip
-        events = server.events(request, prompt, sampling)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        if body.stream:
-
-            async def stream():
-                first = None
-                async for kind, value in events:
-                    if kind == "text":
-                        first = first or time.perf_counter()
-                        yield sse({**head, "choices": [{"index": 0, "text": value, "logprobs": None,
-                                                        "finish_reason": None}]})  # fmt: skip
-                        continue
-                    server.account(started, first, value)
-                    if value.finish_reason in ("cancelled", "error"):
-                        if value.finish_reason == "error":
-                            yield sse(error_body("Generation failed.", "server_error", code="engine_error"))
-                        return
-                    yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                    "finish_reason": value.finish_reason}]})  # fmt: skip
-                    if include_usage:
-                        yield sse({**head, "choices": [], "usage": usage(value)})
-                    yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
-        text, result = await collect(events, server, started)
-        return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                     "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
-
-    @app.post("/generate", responses={**_STREAMED, **_documented(400, 401, 413, 429, 500, 503)})
-    async def generate(request: Request, body: GenerateRequest):
-        """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
-        started = time.perf_counter()
-        prompt = server.text_prompt(body.prompt)
-        sampling = server.sampling(body, len(prompt), body.max_tokens)
-        events = server.events(request, prompt, sampling)
-        if body.stream:
-
-            async def stream():
-                first = None
-                async for kind, value in events:
-                    if kind == "text":
-                        first = first or time.perf_counter()
-                        yield sse({"text": value})
-                        continue
-                    server.account(started, first, value)
-                    if value.finish_reason in ("cancelled", "error"):
-                        return
-                    yield sse({"text": "", "finish_reason": value.finish_reason, "usage": usage(value)})
-                    yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
-        text, result = await collect(events, server, started)
-        return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
-
+    app.openapi = lambda: _openapi(app)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _bug)
+    app.include_router(router)
     key = serve.api_key.get_secret_value() if serve.api_key is not None else None
     app.add_middleware(
         Gate, metrics=server.metrics, api_key=key, max_body=serve.max_body_bytes, rate_limit=serve.rate_limit
     )
     return app
-
-
-async def collect(events, server: Server, started: float) -> tuple[str, Result]:
-    parts: list[str] = []
-    first = None
-    result = Result("cancelled", 0, 0)
-    async for kind, value in events:
-        if kind == "text":
-            first = first or time.perf_counter()
-            parts.append(value)
-        else:
-            result = value
-    server.account(started, first, result)
-    if result.finish_reason == "error":
-        raise APIError(500, "Generation failed.", type="server_error", code="engine_error")
-    return "".join(parts), result
