@@ -295,3 +295,47 @@ def test_serve_command_refuses_an_open_host_and_dry_run_says_so_too(tmp_path):
     assert json.loads(result.stdout)["warning"] is None and json.loads(result.stdout)["api_key_required"] is True
     result = runner.invoke(app, ["serve", "--model", str(gguf), "--dry-run"])  # the default host is loopback
     assert result.exit_code == 0 and result.stderr == ""
+
+
+class FailingEngine(CountingEngine):
+    """Two tokens, then the engine raises (as a llama.cpp decode or a CUDA error would), behind the real app."""
+
+    name, engine, path, context_length, parallel = "failing", "fake", "/nowhere", 512, 1
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    bos_token = eos_token = None
+
+    def tokenize(self, text, *, chat):
+        return [1] * len(text)
+
+    def tokens(self, prompt, *, temperature, top_p, seed):
+        yield 0
+        yield 1
+        raise RuntimeError("decode failed")
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/generate", {"prompt": "hi"}),
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_every_streaming_route_ends_with_an_error_event_when_the_engine_fails(route, body, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from llmforge.config.serve import ServeConfig
+    from llmforge.serving.api import create_app
+
+    app = create_app(FailingEngine(), ServeConfig(), tmp_path)
+    with TestClient(app) as client, client.stream("POST", route, json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    # the text before the failure arrives, then the error event ends the stream (no [DONE]: it did not finish)
+    assert json.dumps(events[:-1]).count("ab") == 2
+    assert events[-1] == {"error": {"message": "Generation failed.", "type": "server_error", "param": None,
+                                    "code": "engine_error"}}  # fmt: skip
