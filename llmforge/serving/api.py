@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmforge import __version__
 from llmforge.errors import UsageError
 from llmforge.serving.conversations import ConversationLog, plain_messages
-from llmforge.serving.generation import EngineWorker, Job, QueueFull, Result, Sampling
+from llmforge.serving.generation import PENALTY_WINDOW, EngineWorker, Job, QueueFull, Result, Sampling
 from llmforge.serving.metrics import Metrics
 from llmforge.serving.prompt import render
 
@@ -96,6 +96,19 @@ class Message(_Body):
     content: str | list[TextPart] | None = None
 
 
+# sampling settings beyond OpenAI's (top_k, repetition_penalty: vLLM and llama.cpp's servers take them too), the same
+# on every generating route; penalties count the last PENALTY_WINDOW generated tokens, as llama.cpp's sampler does
+TopK = Annotated[int | None, Field(ge=0, lt=2**31, description="Sample among the k likeliest tokens only (0: all).")]
+RepetitionPenalty = Annotated[float | None, Field(
+    ge=0.01, le=10, description=f"Divides the logit of each token among the last {PENALTY_WINDOW} generated (1: off; "
+    "a negative logit is multiplied).")]  # fmt: skip
+PresencePenalty = Annotated[float | None, Field(
+    ge=-2, le=2, description=f"Subtracted from the logit of each token among the last {PENALTY_WINDOW} generated.")]  # fmt: skip
+FrequencyPenalty = Annotated[float | None, Field(
+    ge=-2, le=2, description=f"Subtracted from a token's logit per time it is among the last {PENALTY_WINDOW} "
+    "generated.")]  # fmt: skip
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -105,8 +118,12 @@ class _SamplingBody(_Request):
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
+    presence_penalty: PresencePenalty = None
+    frequency_penalty: FrequencyPenalty = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="The same seed gives the same text.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-turn tokens (for benchmarks).")
@@ -115,14 +132,7 @@ class _SamplingBody(_Request):
     # that ask for nothing missing (null always does).
     n: int | None = Field(None, description="Only 1.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported (only {}).")
-    presence_penalty: float | None = Field(None, description="Not supported (only 0).")
-    frequency_penalty: float | None = Field(None, description="Not supported (only 0).")
-    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "n": (1,),
-        "logit_bias": ({},),
-        "presence_penalty": (0,),
-        "frequency_penalty": (0,),
-    }
+    not_supported: ClassVar[dict[str, tuple[Any, ...]]] = {"n": (1,), "logit_bias": ({},)}
 
 
 class ChatRequest(_SamplingBody):
@@ -168,8 +178,12 @@ class GenerateRequest(_Request):
     max_tokens: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
+    presence_penalty: PresencePenalty = None
+    frequency_penalty: FrequencyPenalty = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="The same seed gives the same text.")
     stream: bool = False
 
 
@@ -389,6 +403,10 @@ class Server:
             max_tokens=min(max_tokens or limit, room),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
             seed=body.seed,
             stop=tuple(stop),
             ignore_eos=getattr(body, "ignore_eos", False),

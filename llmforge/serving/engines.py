@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmforge.errors import LlmforgeError, UsageError, require_extra
 from llmforge.llamacpp import open_llama
+from llmforge.serving.generation import PENALTY_WINDOW, Sampling
 from llmforge.serving.prompt import stop_token_texts
 from llmforge.serving.target import Target
 
@@ -105,11 +106,14 @@ class LlamaCppEngine:
             piece = self._pieces[token] = self.llm.detokenize([token])
         return piece
 
-    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
-        self.llm.set_seed(seed % 2**32 if seed is not None else random.randrange(2**32))
+    def tokens(self, prompt: list[int], s: Sampling) -> Iterator[int]:
+        self.llm.set_seed(s.seed % 2**32 if s.seed is not None else random.randrange(2**32))
+        # its penalties look at the last last_n_tokens_size (PENALTY_WINDOW) generated tokens, as ours do
         return self.llm.generate(
-            prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0
-        )
+            prompt, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=0.0, typical_p=1.0,
+            repeat_penalty=s.repetition_penalty, presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+        )  # fmt: skip
 
     # ---- several requests at once: one KV sequence each, advanced together by one decode per step
 
@@ -148,15 +152,20 @@ class LlamaCppEngine:
         self._ctx.decode(self._batch)
         return last
 
-    def new_sampler(self, temperature: float, top_p: float, seed: int | None):
+    def new_sampler(self, s: Sampling):
         sampler = self._internals.LlamaSampler()
-        if temperature <= 0:
+        if s.penalized:  # before greedy too: penalties change greedy answers; sampling a token accepts it here
+            sampler.add_penalties(self.llm.n_vocab(), PENALTY_WINDOW, s.repetition_penalty, s.frequency_penalty,
+                                  s.presence_penalty)  # fmt: skip
+        if s.temperature <= 0:
             sampler.add_greedy()
-        else:  # temperature before top-p, as transformers does it
-            sampler.add_temp(temperature)
-            if top_p < 1.0:
-                sampler.add_top_p(top_p, 1)
-            sampler.add_dist(seed % 2**32 if seed is not None else random.randrange(2**32))
+        else:  # top-k, then temperature before top-p, as transformers does it
+            if s.top_k > 0:
+                sampler.add_top_k(s.top_k)
+            sampler.add_temp(s.temperature)
+            if s.top_p < 1.0:
+                sampler.add_top_p(s.top_p, 1)
+            sampler.add_dist(s.seed % 2**32 if s.seed is not None else random.randrange(2**32))
         return sampler
 
     def sample(self, sampler, index: int) -> int:
@@ -289,18 +298,23 @@ class TransformersEngine:
     def detokenizer(self) -> _TextDetokenizer:
         return _TextDetokenizer(self.tokenizer, self._tokenizer_lock)
 
-    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
+    def tokens(self, prompt: list[int], s: Sampling) -> Iterator[int]:
         torch = self._torch
         generator = torch.Generator()  # sampling happens on CPU probabilities: one seed, same result on any device
-        generator.manual_seed(seed if seed is not None else random.randrange(2**63))
+        generator.manual_seed(s.seed if s.seed is not None else random.randrange(2**63))
         past = None
         inputs = torch.tensor([prompt], device=self.device)
+        generated: list[int] = []
         while True:
             # inference mode around each step only: requests take turns, so this generator pauses between tokens
             with torch.inference_mode():
                 out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                token = _sample(torch, out.logits[0, -1].float(), temperature, top_p, generator)
+                logits = out.logits[0, -1].float()
+                if s.penalized and generated:
+                    logits = _penalize(torch, logits, generated[-PENALTY_WINDOW:], s)
+                token = _sample(torch, logits, s, generator)
+            generated.append(token)
             yield token
             inputs = torch.tensor([[token]], device=self.device)
 
@@ -318,10 +332,25 @@ def _single_token_ids(texts: tuple[str, ...], encode) -> set[int]:
     return ids
 
 
-def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:
-    if temperature <= 0:
+def _penalize(torch, logits, recent: list[int], s: Sampling):
+    """llama.cpp's penalties sampler, as a logits processor: each token seen among `recent` has its logit divided
+    by repetition_penalty (multiplied when negative), then lowers by presence_penalty once and frequency_penalty
+    per occurrence."""
+    ids, counts = torch.unique(torch.tensor(recent, device=logits.device), return_counts=True)
+    seen = logits[ids]
+    seen = torch.where(seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty)
+    seen = seen - s.presence_penalty - s.frequency_penalty * counts.to(seen.dtype)
+    return logits.index_put((ids,), seen)
+
+
+def _sample(torch, logits, s: Sampling, generator) -> int:
+    if s.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    top_p = s.top_p
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p

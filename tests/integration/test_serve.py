@@ -346,6 +346,8 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
     import torch
     from transformers import AutoModelForCausalLM
 
+    from llmforge.serving.generation import Sampling
+
     gguf = tiny_gguf_f32
     steps = 24
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
@@ -362,11 +364,11 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
                     out.append(int(hf(seq).logits[0, -1].argmax()))
                     seq = torch.cat([seq, torch.tensor([[out[-1]]])], 1)
             expected.append(out)
-            tokens = single.tokens(ids, temperature=0, top_p=1, seed=0)
+            tokens = single.tokens(ids, Sampling(max_tokens=steps, temperature=0, seed=0))
             alone.append([next(tokens) for _ in range(steps)])
             tokens.close()
         # all three prompts in every decode step, started at different steps
-        samplers = [batched.new_sampler(0, 1.0, None) for _ in prompts]
+        samplers = [batched.new_sampler(Sampling(max_tokens=steps, temperature=0)) for _ in prompts]
         got = [[] for _ in prompts]
         pos = [0] * len(prompts)
         for step in range(steps + 2):
@@ -502,3 +504,43 @@ def test_data_stage_reads_the_conversation_log(llamacpp_engine, tmp_path):
     kind, record = records.canonical(json.loads(line))
     assert kind == "messages"
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+
+
+def test_top_k_and_penalties_are_honoured(engine, tmp_path):
+    def distinct(text: str) -> int:
+        return len(set(engine.tokenize(text, chat=False)))
+
+    with serving(engine, tmp_path) as url:
+        c = client(url)
+
+        def complete(temperature: float, seed: int | None = None, **settings) -> str:
+            extra = {"ignore_eos": True, **{k: settings.pop(k) for k in ("top_k", "repetition_penalty") if k in settings}}
+            r = c.completions.create(model=engine.name, prompt="the cat sat", max_tokens=24, temperature=temperature,
+                                     seed=seed, extra_body=extra, **settings)  # fmt: skip
+            return r.choices[0].text
+
+        greedy = complete(0)
+        # at a high temperature the seeds give other texts, unless top_k=1 leaves only the likeliest token
+        assert any(complete(1.5, seed) != greedy for seed in (1, 2, 3))
+        assert all(complete(1.5, seed, top_k=1) == greedy for seed in (1, 2, 3))
+        # a random tiny model repeats itself when greedy; each penalty makes it pick tokens it has not used yet
+        for penalty in ({"repetition_penalty": 5.0}, {"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+            penalized = complete(0, **penalty)
+            assert distinct(penalized) > distinct(greedy), (penalty, penalized, greedy)
+            assert complete(0, **penalty) == penalized  # still deterministic
+
+
+def test_same_seed_same_text_other_seed_other_text_with_every_setting(engine, tmp_path):
+    with serving(engine, tmp_path) as url:
+        c = client(url)
+        settings = {"top_k": 20, "repetition_penalty": 1.3}
+
+        def sample(seed: int) -> str:
+            r = c.chat.completions.create(model=engine.name, messages=HELLO, max_tokens=20, temperature=1.2, seed=seed,
+                                          presence_penalty=0.5, frequency_penalty=0.5,
+                                          extra_body={"ignore_eos": True, **settings})  # fmt: skip
+            return r.choices[0].message.content
+
+        first = sample(7)
+        assert sample(7) == first
+        assert any(sample(seed) != first for seed in (8, 9))

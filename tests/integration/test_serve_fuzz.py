@@ -104,10 +104,11 @@ def test_the_openapi_schema_holds_under_schemathesis(llamacpp_engine, tmp_path):
     assert {path for path, _ in seen} >= {"/v1/chat/completions", "/chat", "/v1/completions", "/generate", "/health"}
     assert {status for _, status in seen} >= {200, 400}, seen
 
-    # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too
+    # behind a key and a rate limit: the 401 and 429 answers (and their headers) are as declared too (a limit of 5:
+    # the keyed share of the 30 draws depends on what hypothesis generates from the schema, and fell to 8 once)
     statuses: Counter[int] = Counter()
     with serving(llamacpp_engine, tmp_path, "serve.max_tokens_limit=8", "serve.api_key=sk-fuzz",
-                 "serve.rate_limit=10") as url:  # fmt: skip
+                 "serve.rate_limit=5") as url:  # fmt: skip
         schema = schemathesis.openapi.from_url(url + "/openapi.json", headers={"Authorization": "Bearer sk-fuzz"})
 
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,

@@ -56,7 +56,7 @@ class CountingEngine:
         self.end_at = end_at
         self.closed = 0
 
-    def tokens(self, prompt, *, temperature, top_p, seed):
+    def tokens(self, prompt, sampling):
         i = 0
         try:
             while True:
@@ -307,7 +307,7 @@ class FailingEngine(CountingEngine):
     def tokenize(self, text, *, chat):
         return [1] * len(text)
 
-    def tokens(self, prompt, *, temperature, top_p, seed):
+    def tokens(self, prompt, sampling):
         yield 0
         yield 1
         raise RuntimeError("decode failed")
@@ -339,3 +339,23 @@ def test_every_streaming_route_ends_with_an_error_event_when_the_engine_fails(ro
     assert json.dumps(events[:-1]).count("ab") == 2
     assert events[-1] == {"error": {"message": "Generation failed.", "type": "server_error", "param": None,
                                     "code": "engine_error"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("top_k", -1), ("top_k", 2**31), ("repetition_penalty", 0), ("repetition_penalty", 10.5),
+     ("presence_penalty", 2.5), ("frequency_penalty", -2.01)],
+)  # fmt: skip
+@pytest.mark.parametrize("route", ["/generate", "/v1/completions"])
+def test_sampling_settings_out_of_range_are_refused_naming_the_field(route, field, value, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from llmforge.config.serve import ServeConfig
+    from llmforge.serving.api import create_app
+
+    with TestClient(create_app(FailingEngine(), ServeConfig(), tmp_path)) as client:
+        r = client.post(route, json={"prompt": "hi", field: value})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == (field, "invalid_value")
+    assert error["message"].startswith(f"{field}: ")
