@@ -359,3 +359,34 @@ def test_sampling_settings_out_of_range_are_refused_naming_the_field(route, fiel
     error = r.json()["error"]
     assert (error["param"], error["code"]) == (field, "invalid_value")
     assert error["message"].startswith(f"{field}: ")
+
+
+def test_events_produced_while_the_loop_is_busy_arrive_as_one_batch():
+    import asyncio
+
+    from llmforge.serving.api import Events
+    from llmforge.serving.generation import Result
+
+    done = Result("length", 1, 2)
+
+    async def main():
+        events = Events(None, asyncio.get_running_loop(), Metrics(), watch=False)
+        events.job = Job([1], Sampling(max_tokens=2), events.emit)
+        # the engine thread emits three events while the loop is held by this coroutine (join blocks it)
+        thread = threading.Thread(target=lambda: [events.emit(*e) for e in [("text", "a"), ("text", "b"), ("done", done)]])
+        thread.start()
+        thread.join()
+        return [batch async for batch in events], events.job.cancelled.is_set()
+
+    batches, cancelled = asyncio.run(main())
+    assert batches == [[("text", "a"), ("text", "b"), ("done", done)]]
+    assert cancelled  # leaving the events cancels the job (a no-op once it is done)
+
+
+@given(st.text())
+def test_text_chunks_are_the_json_dump_of_the_whole_chunk(text):
+    from llmforge.serving.api import _TEXT, TextChunks, sse
+
+    template = {"id": "cmpl-1", "model": "m\u00e9\"", "choices": [{"index": 0, "text": _TEXT, "logprobs": None}]}
+    expected = sse({**template, "choices": [{**template["choices"][0], "text": text}]})
+    assert TextChunks(template)(text) == expected
