@@ -498,6 +498,7 @@ class Events:
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake_sent = False  # a wake-up is scheduled on the loop and has not run yet
         self._waiter: asyncio.Future | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     def emit(self, kind: str, value: Any) -> None:
         """Called in the engine thread."""
@@ -515,24 +516,27 @@ class Events:
     def _wake(self) -> None:
         # clear the flag before the handler drains the deque: an event appended after this line sends a new wake-up
         self._wake_sent = False
+        self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def __aiter__(self):
         loop = self._loop
         checked = loop.time()
+        # one timer a request, not one a wait: it wakes the handler every POLL_SECONDS to look at the client
+        if self._watch:
+            self._ticker = loop.call_later(POLL_SECONDS, self._tick)
         try:
             while True:
                 if not self._queue:
                     self._waiter = loop.create_future()
-                    timer = loop.call_later(POLL_SECONDS, _release, self._waiter) if self._watch else None
                     try:
                         await self._waiter
                     finally:
                         self._waiter = None
-                        if timer is not None:
-                            timer.cancel()
-                # a busy generation fills the queue without pause: check the client by the clock, not by timeouts
+                # a busy generation fills the queue without pause: check the client by the clock
                 if self._watch and loop.time() - checked >= POLL_SECONDS:
                     checked = loop.time()
                     if await self.request.is_disconnected():
@@ -545,12 +549,13 @@ class Events:
                     if batch[-1][0] == "done":
                         return
         finally:
+            if self._ticker is not None:
+                self._ticker.cancel()
             self.job.cancel()  # a no-op once done; otherwise the worker skips or stops this job
 
-
-def _release(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def _tick(self) -> None:
+        self._ticker = self._loop.call_later(POLL_SECONDS, self._tick)
+        self._wake_waiter()
 
 
 def usage(result: Result) -> dict[str, Any]:
