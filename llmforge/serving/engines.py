@@ -137,15 +137,17 @@ class LlamaCppEngine:
         """Decode (sequence, tokens, first position, want logits of the last token) entries in one llama_decode;
         returns, per entry, the batch index of its last token (where its logits are)."""
         b = self._batch.batch
+        # each ctypes field lookup builds a new pointer object: take them once per step, not once per token
+        token_at, pos_at, n_seq_at, seq_at, logits_at = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         n = 0
         last = []
         for seq, tokens, pos, wants in entries:
             for k, token in enumerate(tokens):
-                b.token[n] = token
-                b.pos[n] = pos + k
-                b.n_seq_id[n] = 1
-                b.seq_id[n][0] = seq
-                b.logits[n] = wants and k == len(tokens) - 1
+                token_at[n] = token
+                pos_at[n] = pos + k
+                n_seq_at[n] = 1
+                seq_at[n][0] = seq
+                logits_at[n] = wants and k == len(tokens) - 1
                 n += 1
             last.append(n - 1)
         b.n_tokens = n

@@ -169,6 +169,10 @@ class EngineWorker:
     def _next_job(self, block: bool) -> Job | None | bool:
         """A job to start; None at shutdown; False when none is waiting (non-blocking)."""
         while True:
+            if not block and not self._queue.queue:
+                # the batched loop asks before every decode step while a slot is free: look without the queue's
+                # lock (a job that arrives just after is taken at the next step)
+                return False
             try:
                 job = self._queue.get(block=block)
             except queue.Empty:
