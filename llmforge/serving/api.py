@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, ClassVar, Literal
@@ -590,14 +590,14 @@ class TextChunks:
         return self._before + _encode_text(text).encode() + self._after
 
 
-def stream(
+def sse_response(
     server: Server,
     events: Events,
     started: float,
     text_chunk: TextChunks,
     closing: Callable[[Result], list[dict[str, Any]]],
     *,
-    opening: list[dict[str, Any]] = (),
+    opening: Sequence[dict[str, Any]] = (),
     finished: Callable[[str, Result], None] | None = None,
 ) -> StreamingResponse:
     """The one server-sent-events loop of every streaming route: `opening` events, a `text_chunk` per text delta,
@@ -712,7 +712,7 @@ async def chat(request: Request, body: ChatRequest, route: str):
                                           "finish_reason": result.finish_reason}]}]  # fmt: skip
             return end + [{**chunk, "choices": [], "usage": usage(result)}] if include_usage else end
 
-        return stream(
+        return sse_response(
             server, events, started,
             TextChunks({**chunk, "choices": [{"index": 0, "delta": {"content": _TEXT}, "logprobs": None,
                                               "finish_reason": None}]}),
@@ -764,7 +764,7 @@ async def completions(request: Request, body: CompletionRequest):
 
         text_chunk = TextChunks({**head, "choices": [{"index": 0, "text": _TEXT, "logprobs": None,
                                                       "finish_reason": None}]})  # fmt: skip
-        return stream(server, events, started, text_chunk, closing)
+        return sse_response(server, events, started, text_chunk, closing)
     text, result = await collect(events, server, started)
     return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
                                  "finish_reason": result.finish_reason}], "usage": usage(result)}  # fmt: skip
@@ -783,7 +783,7 @@ async def generate(request: Request, body: GenerateRequest):
         def closing(result: Result) -> list[dict[str, Any]]:
             return [{"text": "", "finish_reason": result.finish_reason, "usage": usage(result)}]
 
-        return stream(server, events, started, TextChunks({"text": _TEXT}), closing)
+        return sse_response(server, events, started, TextChunks({"text": _TEXT}), closing)
     text, result = await collect(events, server, started)
     return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
 
