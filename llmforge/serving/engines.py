@@ -1,8 +1,8 @@
 """The two engines behind the server: llama.cpp on a GGUF, transformers on an HF folder or a run's adapter.
 
-Both offer the same small surface the generation loop needs: tokenize, a token stream for given sampling
-settings, an incremental detokenizer and the end-of-generation test. Neither is thread-safe; only the engine
-worker (generation.py) calls them.
+Both offer what the generation loop needs: tokenize, an incremental detokenizer and the end-of-generation test, then
+llama.cpp a batched decode and samplers over KV sequences of its own, transformers a token stream per request.
+Neither is thread-safe; only the engine worker (generation.py) calls them.
 """
 
 from __future__ import annotations
@@ -57,22 +57,16 @@ class LlamaCppEngine:
                 # read it from a vocab-only load (cheap, no context) and cap it.
                 context_length = min(_trained_context(llama_cpp, path) or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
             self.parallel = max(1, parallel)
-            # With several sequences the Llama object only tokenizes; generation runs in a context of our own
-            # with one KV sequence per request, each `context_length` long.
-            self.llm = open_llama(
-                path,
-                n_ctx=context_length if self.parallel == 1 else 64,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-            if self.parallel > 1:
-                self._open_batched(context_length, threads)
+            # The Llama object only tokenizes; generation runs in a context of our own with one KV sequence per
+            # request, each `context_length` long, even for one request at a time: Llama.generate costs more Python
+            # per token, and this way both settings sample alike.
+            self.llm = open_llama(path, n_ctx=64, n_threads=threads, n_threads_batch=threads, verbose=False)
+            self._open_batched(context_length, threads)
         except (ValueError, RuntimeError) as exc:
             raise LlmforgeError(f"{path}: llama.cpp cannot load this GGUF: {exc}") from None
         self.name = target.name
         self.path = path
-        self.context_length = self.llm.n_ctx() if self.parallel == 1 else context_length
+        self.context_length = context_length
         meta = self.llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template")
         model = self.llm._model
@@ -106,16 +100,7 @@ class LlamaCppEngine:
             piece = self._pieces[token] = self.llm.detokenize([token])
         return piece
 
-    def tokens(self, prompt: list[int], s: Sampling) -> Iterator[int]:
-        self.llm.set_seed(s.seed % 2**32 if s.seed is not None else random.randrange(2**32))
-        # its penalties look at the last last_n_tokens_size (PENALTY_WINDOW) generated tokens, as ours do
-        return self.llm.generate(
-            prompt, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=0.0, typical_p=1.0,
-            repeat_penalty=s.repetition_penalty, presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-        )  # fmt: skip
-
-    # ---- several requests at once: one KV sequence each, advanced together by one decode per step
+    # ---- up to `parallel` requests at once: one KV sequence each, advanced together by one decode per step
 
     def _open_batched(self, context_length: int, threads: int | None) -> None:
         from llama_cpp import _internals
@@ -181,9 +166,8 @@ class LlamaCppEngine:
         return False
 
     def close(self) -> None:
-        if self.parallel > 1:
-            self._batch.close()
-            self._ctx.close()
+        self._batch.close()
+        self._ctx.close()
         self.llm.close()
 
 

@@ -41,7 +41,7 @@ class Sampling:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
-PENALTY_WINDOW = 64  # llama-cpp-python's default last_n_tokens_size, which its generate() uses
+PENALTY_WINDOW = 64  # llama-cpp-python's default (last_n_tokens_size): what its users know from Llama.generate
 
 
 @dataclass
@@ -182,7 +182,7 @@ class EngineWorker:
             job.emit("done", Result("cancelled", len(job.prompt), 0))
 
     def _run(self) -> None:
-        if hasattr(self.engine, "batch_decode") and self.slots > 1:
+        if hasattr(self.engine, "batch_decode"):
             self._run_batched()
         else:
             self._run_interleaved()

@@ -270,7 +270,7 @@ def test_sixteen_concurrent_streams_all_complete(llamacpp_engine, tmp_path):
 
 @pytest.fixture(scope="module")
 def long_context_engine(tiny_gguf):
-    """One request at a time through Llama.generate (serve.parallel=1)."""
+    """One request at a time (serve.parallel=1), with a long context."""
     engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1, context_length=4096, parallel=1)
     yield engine
     engine.close()
@@ -340,10 +340,22 @@ def test_concurrent_requests_take_turns(engine_name, request):
     assert sorted(order) == list(range(n))
 
 
+def greedy(llm, ids: list[int], steps: int) -> list[int]:
+    """`steps` greedy tokens from a fresh Llama.generate (nothing cached from the last call)."""
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        out.append(token)
+        if len(out) == steps:
+            break
+    llm.reset()
+    return out
+
+
 def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tiny_gguf_f32):
     """The batched path (own context, one KV sequence per request, several at once) picks the same greedy tokens
     as Llama.generate and as transformers. f32 weights: with f16, near-tied logits of a random model may flip."""
     import torch
+    from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
     from llmforge.serving.generation import Sampling
@@ -351,9 +363,9 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
     gguf = tiny_gguf_f32
     steps = 24
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    single = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=1)
+    single = Llama(str(gguf), n_ctx=256, n_threads=1, verbose=False)  # llama-cpp-python's own loop, the reference
     batched = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=3)
-    prompts = [single.tokenize(p, chat=False) for p in ("once upon", "the cat sat on the", "hello")]
+    prompts = [batched.tokenize(p, chat=False) for p in ("once upon", "the cat sat on the", "hello")]
     try:
         expected, alone = [], []
         for ids in prompts:
@@ -364,9 +376,7 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
                     out.append(int(hf(seq).logits[0, -1].argmax()))
                     seq = torch.cat([seq, torch.tensor([[out[-1]]])], 1)
             expected.append(out)
-            tokens = single.tokens(ids, Sampling(max_tokens=steps, temperature=0, seed=0))
-            alone.append([next(tokens) for _ in range(steps)])
-            tokens.close()
+            alone.append(greedy(single, ids, steps))
         # all three prompts in every decode step, started at different steps
         samplers = [batched.new_sampler(Sampling(max_tokens=steps, temperature=0)) for _ in prompts]
         got = [[] for _ in prompts]
@@ -407,10 +417,18 @@ def test_prompt_cache_reuse_gives_the_same_answers(tiny_gguf_f32, tmp_path):
                                            extra_body={"ignore_eos": True}) for p in prompts]  # fmt: skip
                 answers.append([r.choices[0].text for r in rs])
                 cached.append([r.usage.prompt_tokens_details.cached_tokens for r in rs])
-                lengths = [len(engine.tokenize(p, chat=False)) for p in prompts]
+                ids = [engine.tokenize(p, chat=False) for p in prompts]
+                lengths = [len(i) for i in ids]
         finally:
             engine.close()
-    assert answers[0] == answers[1]
+    from llama_cpp import Llama
+
+    reference = Llama(str(gguf), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        fresh = [reference.detokenize(greedy(reference, i, 16)).decode("utf-8", "replace") for i in ids]
+    finally:
+        reference.close()
+    assert answers[0] == answers[1] == fresh
     # batched: the repeat and the extension start from the cache; "the cat" takes the empty sequence, so the
     # last prompt still finds its prefix
     assert cached[1][0] == 0 and cached[1][3] == 0
