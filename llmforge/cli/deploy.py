@@ -10,7 +10,8 @@ from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOp
 from llmforge.cli.output import console, escape, print_json, print_table, warn
 
 app = typer.Typer(
-    help="Register an exported GGUF with Ollama under a Modelfile that matches training, and manage deployments.\n\n"
+    help="Register an exported GGUF, a GGUF file, a LoRA adapter on its base, or a model already in Ollama under a "
+    "Modelfile that matches training, and manage deployments.\n\n"
     "Example:  llmforge deploy ollama --name support-bot --quant q4_k_m",
     no_args_is_help=True,
 )
@@ -30,6 +31,14 @@ def ollama_cmd(
     name: Annotated[Optional[str], typer.Option("--name", help="Ollama model name (default: project name).")] = None,
     quant: Annotated[Optional[str], typer.Option("--quant", help="Which GGUF of the export, e.g. q4_k_m.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt for the Modelfile.")] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option("--from", help="A model already in Ollama to build on (FROM), e.g. llama3.2; no training needed."),
+    ] = None,
+    adapter: Annotated[
+        Optional[str],
+        typer.Option("--adapter", help="A LoRA run whose `export lora-gguf` adapter goes on top of --from (ADAPTER)."),
+    ] = None,
     host: HostOption = None,
     dry_run: DryRunOption = False,
     force: ForceOption = False,
@@ -37,9 +46,17 @@ def ollama_cmd(
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
-    """Write deploy/<name>/Modelfile, register the GGUF with Ollama, and check that it answers and stops cleanly.
+    """Write deploy/<name>/Modelfile, register the model with Ollama, and check that it answers and stops cleanly.
+
+    The model is an export (default: the newest), a .gguf file (its embedded chat template is checked like an
+    export's), a model already in Ollama (--from), or a LoRA run's adapter on its base in Ollama (--adapter RUN
+    --from BASE; the base must be the model the adapter was trained on).
 
     Example:  llmforge deploy ollama --name support-bot --quant q4_k_m --system "You answer briefly."
+
+    Example:  llmforge deploy ollama --from llama3.2 --name helper --system "You answer briefly."
+
+    Example:  llmforge deploy ollama --adapter lora-1 --from llama3.2 --name support-bot
     """
     from llmforge.deployment import deploy_ollama
 
@@ -49,6 +66,8 @@ def ollama_cmd(
         cfg.deploy,
         workspace_of(loaded),
         export=export,
+        base=base,
+        adapter=adapter,
         name=cfg.deploy.name or cfg.project.name,
         dry_run=dry_run,
         force=force,
@@ -56,23 +75,31 @@ def ollama_cmd(
     if json_:
         print_json(result.to_dict())
         return
-    if export is None:  # say which export the default picked: the newest finished one
+    if export is None and result.kind == "export":  # say which export the default picked: the newest finished one
         console.print(f"gguf: {escape(str(result.gguf))} (the newest finished export; name another as EXPORT)",
                       soft_wrap=True)
     for message in result.warnings:
         warn(message)
     for item in result.caveats:
         warn(f"caveat {item['id']}: {item['text']}")
-    family = result.family or "none (embedded: Ollama uses the GGUF's template)"
+    if result.base:
+        source = f"FROM {result.base}" + (f" + ADAPTER {result.adapter}" if result.adapter else "")
+        console.print(escape(source), soft_wrap=True)
+    if result.base_check:
+        console.print(f"base check: {escape(', '.join(result.base_check['compared']))} match the adapter's base")
+    inherited = f"inherited from {result.base}" if result.base else "embedded: Ollama uses the GGUF's template"
+    family = result.family or f"none ({inherited})"
     if result.variant:
         family += f" ({result.variant})"
     status = f" [{result.template_status}]" if result.template_status else ""
-    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(', '.join(result.stop))}")
+    stops = ", ".join(result.stop) or (f"kept from {result.base}" if result.base else "none")
+    console.print(f"template: {escape(family)}{escape(status)}; stops: {escape(stops)}")
     if result.dry_run:
         console.print(f"wrote {escape(str(result.modelfile))} (dry run: nothing was contacted)", soft_wrap=True)
         console.print(f"register it with:  {escape(result.create_command)}", soft_wrap=True)
         return
-    console.print(f"registered [bold]{escape(result.name)}[/] at {escape(result.host or '')} from {result.gguf.name}")
+    made_from = result.gguf.name if result.gguf else result.base or ""
+    console.print(f"registered [bold]{escape(result.name)}[/] at {escape(result.host or '')} from {escape(made_from)}")
     if result.check is not None:
         console.print(f"check: answered {escape(repr(result.check['content'][:80]))} and stopped cleanly")
     console.print(f"chat with it:  {escape(result.run_command)}")
@@ -96,13 +123,14 @@ def list_cmd(config: ConfigOption = None, set_: SetOption = None, json_: JsonOpt
     from rich.table import Table
 
     table = Table(title="deployments")
-    for column in ("name", "export", "family", "caveats", "host", "check", "recorded"):
+    for column in ("name", "kind", "from", "family", "caveats", "host", "check", "recorded"):
         # names are what a user copies into the next command: a narrow terminal folds them, never cuts them
-        table.add_column(column, overflow="fold" if column in ("name", "export") else "ellipsis")
+        table.add_column(column, overflow="fold" if column in ("name", "from") else "ellipsis")
     for r in rows:
         check = {True: "ok", False: "FAILED", None: "-"}[r["check_ok"]]
         table.add_row(
-            r["name"], r["export"] or "", r["family"] or "embedded", ", ".join(r["caveats"]) or "-", r["host"] or "",
+            r["name"], r["kind"], " -> ".join(r["lineage"][:-1]) or r["export"] or "",
+            r["family"] or ("inherited" if r["base"] else "embedded"), ", ".join(r["caveats"]) or "-", r["host"] or "",
             check, r["recorded_at"],
         )  # fmt: skip
     print_table(table)

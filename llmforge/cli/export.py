@@ -84,7 +84,7 @@ def gguf(
 
     Example:  llmforge export gguf my-run --quant f16,q8_0,q4_k_m
     """
-    from llmforge.export import export_gguf
+    from llmforge import export
 
     flags = {}
     if quant is not None:
@@ -93,18 +93,22 @@ def gguf(
         flags["export__verify"] = False
     loaded = load(config, set_, **flags)
     cfg = loaded.config
-    result = export_gguf(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force,
-                         dry_run=dry_run, progress=None if dry_run else _phase_line("export gguf", json_))
-    if json_:
-        print_json(result)
-        return
-    console.print(escape(result["converter_note"]))
+    plan = export.plan(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force)
     if dry_run:
-        merge = "merge the adapter, then " if result["merge_first"] else ""
-        console.print(f"would {merge}write {', '.join(result['files'])} in {escape(result['output_dir'])}"
-                      f"{' and verify each' if result['verify'] else ''}")
+        if json_:
+            print_json(plan.as_dict())
+            return
+        console.print(escape(plan.converter_note))
+        merge = "merge the adapter, then " if plan.merge_first else ""
+        console.print(f"would {merge}write {', '.join(plan.files)} in {escape(plan.output_dir)}"
+                      f"{' and verify each' if plan.verify else ''}")
         return
-    _print_files(result)
+    result = export.run(plan, progress=_phase_line("export gguf", json_))
+    if json_:
+        print_json(result.as_dict())
+        return
+    console.print(escape(result.converter_note))
+    _print_files(result.as_dict())
 
 
 def _phase_line(command: str, json_: bool):

@@ -297,11 +297,13 @@ def prepare(
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)
 
-    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
+    from llmforge import checkpoints
+    from llmforge.data.tokens import TokenCounter
 
-    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
+                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is not None:
-        use_training_template(tokenizer, model.chat_template)
+        checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
     unit = "tokens" if counter else "characters"
     scrub = PiiScrubber(**data.pii.model_dump())
@@ -634,7 +636,6 @@ def _publish(data, model, workspace, files, work, report, lengths, counts, timer
     import yaml
 
     resolved = {"model": model.model_dump(mode="json"), "data": data.model_dump(mode="json")}
-    resolved["data"]["generate"]["api_key"] = None  # secrets never reach a file
     atomic.write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     info = manifest.build(
         "data",

@@ -1,4 +1,4 @@
-"""Deployment: register an exported GGUF with Ollama under a Modelfile that matches training, and check it.
+"""Deployment: register a model with Ollama under a Modelfile that matches training, and check it.
 
 The verbs import their implementation (and the `ollama`/`gguf` libraries) only when called.
 """
@@ -18,6 +18,8 @@ def deploy_ollama(
     workspace: Workspace,
     *,
     export: str | None = None,
+    base: str | None = None,
+    adapter: str | None = None,
     name: str | None = None,
     quant: str | None = None,
     system: str | None = None,
@@ -25,17 +27,20 @@ def deploy_ollama(
     dry_run: bool = False,
     force: bool = False,
 ) -> DeployResult:
-    """Write deploy/<name>/Modelfile for an exported GGUF, register it with Ollama, and check one chat answer.
+    """Write deploy/<name>/Modelfile, register it with Ollama, and check one chat answer.
 
-    `export` is an export run name, `<run>/<quant>` or a .gguf path (default: the newest export). With `dry_run`
-    only the Modelfile is written and nothing is contacted. Raises UsageError for what the user must change
-    (unknown template, name taken without `force`, text a Modelfile cannot hold, no GGUF) and LlmforgeError when
+    `export` is an export run name, `<run>/<quant>` or a .gguf path (default: the newest export). `base` instead
+    builds on a model already in Ollama (FROM base); with `adapter` (a run whose `export lora-gguf` adapter is
+    recorded) the adapter goes on top of `base`, after checking that `base` is the model it was trained on. With
+    `dry_run` only the Modelfile is written and nothing is contacted. Raises UsageError for what the user must change
+    (unknown template, name taken without `force`, text a Modelfile cannot hold, no GGUF, a base Ollama does not have
+    or that is not the adapter's) and LlmforgeError when
     Ollama is unreachable, refuses the model, or the registered model fails its check.
     """
     from llmforge.deployment import ollama_deploy
 
     return ollama_deploy.deploy_ollama(
-        deploy, workspace, export=export, name=name, quant=quant, system=system, host=host, dry_run=dry_run,
+        deploy, workspace, export=export, base=base, adapter=adapter, name=name, quant=quant, system=system, host=host, dry_run=dry_run,
         force=force,
     )  # fmt: skip
 

@@ -1,10 +1,13 @@
-"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page.
+"""The HTTP API: OpenAI-compatible routes, the simple /generate and /chat routes, health, metrics, the chat page,
+and /v1/feedback (a user's thumb on a logged answer).
 
 One ASGI middleware (Gate) sits in front of every route: it counts requests for /metrics, enforces the body
-limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers turn a
-request into a Job for the engine worker and relay its events as JSON or server-sent events. Before that, a request
-is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` other than the one served, or
-an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers.
+limit, the API key and the per-key rate limit, so a refused request never reaches JSON parsing. Handlers (module
+level, on one APIRouter) turn a request into a Job for the picked model's engine worker and relay its events as JSON
+or, through the one SSE helper `sse_response`, as server-sent events. Before that, a request
+is refused (4xx, OpenAI's error shape) for text that is not valid Unicode, a `model` this server does not serve, or
+an OpenAI parameter this server does not implement; /openapi.json declares every one of these answers. A request's
+`model` picks one of the served models (serving/models.py), or for the A/B group a variant (serving/variants.py).
 """
 
 from __future__ import annotations
@@ -30,18 +33,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmforge import __version__
 from llmforge.errors import UsageError
-from llmforge.serving.conversations import ConversationLog, plain_messages
-from llmforge.serving.generation import PENALTY_WINDOW, EngineWorker, Job, QueueFull, Result, Sampling
+from llmforge.serving.conversations import ConversationLog, feedback_dir, plain_messages
+from llmforge.serving.generation import PENALTY_WINDOW, Job, QueueFull, Result, Sampling
 from llmforge.serving.metrics import Metrics
+from llmforge.serving.models import ModelLoadFailed, Models, Slot
 from llmforge.serving.prompt import render
+from llmforge.serving.target import Variant
+from llmforge.serving.variants import CONVERSATION_HEADER, VARIANT_HEADER, pick
 
 log = logging.getLogger(__name__)
 
 OPEN_ROUTES = {"/health", "/"}  # the chat page loads without a key and asks for one (conventions.md)
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/generate", "/chat"}
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/generate", "/chat",
+          "/v1/feedback"}
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
 POLL_SECONDS = 0.25  # how often a waiting non-streaming request checks that its client is still there
+# what a handler leaves in the ASGI scope for the Gate: callables to run once the response is over (releasing the
+# model it held) and headers to add to the response (the A/B variant)
+SCOPE_FINISH = "llmforge.finish"
+SCOPE_HEADERS = "llmforge.headers"
 
 
 # ---------------------------------------------------------------- request bodies
@@ -114,7 +125,8 @@ class StreamOptions(_Body):
 
 
 class _SamplingBody(_Request):
-    model: str | None = Field(None, description="The served model's id, as /v1/models lists it (any other: 404).")
+    model: str | None = Field(None, description="A served model's id, as /v1/models lists it (any other: 404).")
+    user: str | None = Field(None, description="Your end user's id: keeps them on one A/B variant.")
     max_tokens: int | None = Field(None, description="Tokens to generate at most (capped by serve.max_tokens_limit).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -187,6 +199,18 @@ class GenerateRequest(_Request):
     stream: bool = False
 
 
+class FeedbackRequest(_Request):
+    id: str = Field(description="The id of a chat completion this server answered (chatcmpl-...).", max_length=200)
+    score: Literal[1, -1, "up", "down"] = Field(description='1 or "up": a good answer; -1 or "down": a bad one.')
+    comment: str | None = Field(None, description="What the user said about the answer.", max_length=4000)
+
+
+class FeedbackAnswer(BaseModel):
+    object: Literal["feedback"]
+    id: str
+    feedback: Literal["up", "down"]
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -221,10 +245,10 @@ class ErrorResponse(BaseModel):
 _ERRORS = {
     400: "Invalid request, or a parameter this server does not support (param names it)",
     401: "Missing or wrong API key",
-    404: "The model named is not the one served (code model_not_found)",
+    404: "The model named is not served here (code model_not_found)",
     413: "Request body larger than serve.max_body_bytes",
     429: "Rate limit reached (Retry-After)",
-    500: "Generation failed in the engine",
+    500: "Generation failed in the engine, or the model failed to load",
     503: "The queue is full (Retry-After)",
 }
 # stream: true answers with server-sent events; the schema describes one event (each data is a JSON chunk, and
@@ -303,6 +327,10 @@ class Gate:
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                extra = scope.get(SCOPE_HEADERS)
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      *((k.lower().encode(), v.encode()) for k, v in extra.items())]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()  # before the last byte leaves: a client that reads /metrics next sees this request
             await send(message)
@@ -311,6 +339,8 @@ class Gate:
         try:
             await self._handle(scope, receive, send_status, path)
         finally:
+            for finish in scope.pop(SCOPE_FINISH, ()):
+                finish()
             record()
 
     async def _handle(self, scope, receive, send, path: str):
@@ -368,25 +398,77 @@ class Gate:
 # ---------------------------------------------------------------- the application
 
 
-class Server:
-    """What the handlers share: the engine, its worker, limits, metrics and the conversation log."""
+class Picked:
+    """The model one request is answered by, held from the moment it is picked until the response is over."""
 
-    def __init__(self, engine, serve, conversations_dir):
-        self.engine = engine
+    def __init__(self, slot: Slot, public: str, variant: Variant | None, group: str | None):
+        self.slot = slot
+        self.engine = slot.engine
+        self.worker = slot.worker
+        self.public = public  # the id the response names: what the request asked for
+        self.variant = variant
+        self.group = group
+        self.started = time.perf_counter()
+
+
+class Server:
+    """What the handlers share: the models and their workers, limits, metrics and the conversation log."""
+
+    def __init__(self, models: Models, variants: list[Variant], serve, conversations_dir, retriever=None):
+        self.models = models
+        self.retriever = retriever  # serve.retrieval's index (llmforge.retrieval.Retriever), or None
+        self.variants = variants
+        self.group = serve.variant_group if variants else None
         self.serve = serve
         self.metrics = Metrics()
-        self.worker = EngineWorker(engine, max_queue=serve.max_queue)
         self.log = ConversationLog(conversations_dir, serve.log_max_bytes) if serve.log_conversations else None
+        self.feedback_log = (ConversationLog(feedback_dir(conversations_dir), serve.log_max_bytes, "feedback")
+                             if serve.log_conversations else None)  # fmt: skip
         self.created = int(time.time())
 
+    @property
+    def ids(self) -> list[str]:
+        """The model ids /v1/models lists; the first answers requests that name none."""
+        return ([self.group] if self.group else []) + list(self.models.slots)
+
+    @property
+    def waiting(self) -> int:
+        return sum(slot.worker.waiting for slot in list(self.models.slots.values()) if slot.worker is not None)
+
+    async def pick(self, request: Request, body) -> Picked:
+        """404 for a model not served here, 400 for a parameter this server would otherwise ignore; then the model
+        (the variant, for the A/B group), loaded and held until the response is over."""
+        if isinstance(body, _SamplingBody):
+            self.check_request(body)
+        public = getattr(body, "model", None) or self.ids[0]
+        variant = None
+        if public == self.group:
+            sticky = request.headers.get(CONVERSATION_HEADER) or getattr(body, "user", None)
+            variant = pick(self.variants, self.group, sticky)
+            request.scope[SCOPE_HEADERS] = {VARIANT_HEADER: variant.name}
+        name = variant.model if variant else public
+        slot = self.models.held_now(name)
+        if slot is None:  # not loaded, or waiting for room: load in a thread, the event loop keeps serving
+            loading = asyncio.get_running_loop().run_in_executor(None, self.models.acquire, name)
+            try:
+                slot = await asyncio.shield(loading)
+            except asyncio.CancelledError:  # the request is gone; the load goes on, and lets go when done
+                loading.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.models.release(f.result()))
+                raise
+            except ModelLoadFailed:
+                raise APIError(500, f"The model {name!r} failed to load; see the server's log.", type="server_error",
+                               code="model_load_failed") from None  # fmt: skip
+        request.scope.setdefault(SCOPE_FINISH, []).append(lambda: self.models.release(slot))
+        return Picked(slot, public, variant, self.group if variant else None)
+
     # request -> job
-    def sampling(self, body, prompt_len: int, max_tokens: int | None) -> Sampling:
+    def sampling(self, model: Picked, body, prompt_len: int, max_tokens: int | None) -> Sampling:
         limit = self.serve.max_tokens_limit
-        room = self.engine.context_length - prompt_len
+        room = model.engine.context_length - prompt_len
         if room < 1:
             raise APIError(
                 400,
-                f"The prompt is {prompt_len} tokens; the context window is {self.engine.context_length}.",
+                f"The prompt is {prompt_len} tokens; the context window is {model.engine.context_length}.",
                 param="messages" if isinstance(body, ChatRequest) else "prompt",
                 code="context_length_exceeded",
             )
@@ -414,9 +496,10 @@ class Server:
 
     def check_request(self, body: _SamplingBody) -> None:
         """404 for a model this server does not serve; 400 for a parameter it would otherwise silently ignore."""
-        if body.model is not None and body.model != self.engine.name:
+        if body.model is not None and body.model not in self.ids:
+            served = ", ".join(repr(i) for i in self.ids)
             raise APIError(404, f"The model {body.model[:200]!r} is not served here; this server serves "
-                                f"{self.engine.name!r} (see /v1/models).", param="model",
+                                f"{served} (see /v1/models).", param="model",
                            code="model_not_found")  # fmt: skip
         for name, accepted in body.not_supported.items():
             value = getattr(body, name)
@@ -426,36 +509,47 @@ class Server:
             raise APIError(400, f"{name} is not supported by this server; leave it out{allowed}.", param=name,
                            code="unsupported_parameter")  # fmt: skip
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+    def chat_prompt(self, model: Picked, messages: list[dict[str, Any]]) -> list[int]:
+        engine = model.engine
         if not messages:
             raise APIError(400, "messages must not be empty.", param="messages", code="invalid_value")
-        if not self.engine.chat_template:
+        if not engine.chat_template:
             raise APIError(400, "This model has no chat template; use /v1/completions with a raw prompt.",
                            param="messages", code="no_chat_template")  # fmt: skip
         try:
-            text = render(self.engine.chat_template, messages, self.engine.bos_token, self.engine.eos_token)
+            text = render(engine.chat_template, messages, engine.bos_token, engine.eos_token)
         except UsageError as exc:
             raise APIError(400, exc.message, param="messages", code="invalid_value") from None
-        return self.engine.tokenize(text, chat=True)
+        return engine.tokenize(text, chat=True)
 
-    def text_prompt(self, prompt: str | list[str]) -> list[int]:
+    def retrieve(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The messages with serve.retrieval's passages put into the last user turn, and their sources."""
+        if self.retriever is None:
+            return messages, []
+        from llmforge.retrieval import augment
+
+        messages, passages = augment(messages, self.retriever)
+        return messages, [p.to_dict(n) for n, p in enumerate(passages, 1)]
+
+    def text_prompt(self, model: Picked, prompt: str | list[str]) -> list[int]:
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise APIError(400, "prompt: send one string (batches are not supported).", param="prompt")
             prompt = prompt[0]
-        ids = self.engine.tokenize(prompt, chat=False)
+        ids = model.engine.tokenize(prompt, chat=False)
         if not ids:
             raise APIError(400, "prompt must not be empty.", param="prompt", code="invalid_value")
         return ids
 
-    def events(self, request: Request, prompt: list[int], sampling: Sampling, *, watch: bool = True) -> Events:
-        """Queue the job now (503 if the queue is full) and return its events. `watch`: check every POLL_SECONDS
-        that the client is still there (a streamed response needs no watching: Starlette cancels it when the
-        client goes away)."""
-        events = Events(request, asyncio.get_running_loop(), self.metrics, watch)
+    def events(self, request: Request, prompt: list[int], sampling: Sampling, model: Picked, *,
+               watch: bool = True) -> Events:  # fmt: skip
+        """Queue the job on the picked model's worker now (503 if its queue is full) and return its events. `watch`:
+        check every POLL_SECONDS that the client is still there (a streamed response needs no watching: Starlette
+        cancels it when the client goes away)."""
+        events = Events(request, asyncio.get_running_loop(), self.metrics, watch, model)
         events.job = Job(prompt, sampling, events.emit)
         try:
-            self.worker.submit(events.job)
+            model.worker.submit(events.job)
         except QueueFull:
             raise APIError(503, "The server is busy; retry shortly.", type="server_error", code="queue_full") from None
         return events
@@ -464,22 +558,23 @@ class Server:
         if first is not None:
             self.metrics.first_token(first - started)
 
-    def record(self, messages, answer: str, result: Result, started: float, route: str) -> None:
+    def record(self, messages, answer: str, result: Result, started: float, route: str, model: Picked,
+               ident: str) -> None:  # fmt: skip
         if self.log is None or result.finish_reason not in ("stop", "length"):
             return
-        self.log.record(
-            messages,
-            answer,
-            {
-                "model": self.engine.name,
-                "engine": self.engine.engine,
-                "route": route,
-                "created": int(time.time()),
-                "latency_s": round(time.perf_counter() - started, 4),
-                "finish_reason": result.finish_reason,
-                "usage": usage(result),
-            },
-        )
+        metadata = {
+            "id": ident,  # what POST /v1/feedback names
+            "model": model.engine.name,
+            "engine": model.engine.engine,
+            "route": route,
+            "created": int(time.time()),
+            "latency_s": round(time.perf_counter() - started, 4),
+            "finish_reason": result.finish_reason,
+            "usage": usage(result),
+        }
+        if model.variant is not None:  # what `llmforge serve report` compares
+            metadata.update(variant_group=model.group, variant=model.variant.name)
+        self.log.record(messages, answer, metadata)
 
 
 class Events:
@@ -489,11 +584,13 @@ class Events:
     the tokens produced while the loop was busy arrive together, for one write, and each token costs no queue, task
     or timer of its own. Iterating yields the events gathered since the last batch, as a list."""
 
-    def __init__(self, request: Request, loop: asyncio.AbstractEventLoop, metrics: Metrics, watch: bool):
+    def __init__(self, request: Request, loop: asyncio.AbstractEventLoop, metrics: Metrics, watch: bool,
+                 model: Picked | None = None):  # fmt: skip
         self.request = request
         self.job: Job | None = None
         self._loop = loop
         self._metrics = metrics
+        self._model = model  # for the per-variant metrics of an A/B variant's answer
         self._watch = watch
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake_sent = False  # a wake-up is scheduled on the loop and has not run yet
@@ -505,6 +602,10 @@ class Events:
         if kind == "done":  # counted here: a client that left never reads this event
             self._metrics.tokens(value.prompt_tokens, value.completion_tokens, value.finish_reason == "cancelled",
                                  value.cached_tokens)  # fmt: skip
+            model = self._model
+            if model is not None and model.variant is not None:
+                self._metrics.variant(model.group, model.variant.name, model.slot.name, value.finish_reason,
+                                      value.completion_tokens, time.perf_counter() - model.started)  # fmt: skip
         self._queue.append((kind, value))
         if not self._wake_sent:
             self._wake_sent = True
@@ -601,7 +702,7 @@ def sse_response(
     finished: Callable[[str, Result], None] | None = None,
 ) -> StreamingResponse:
     """The one server-sent-events loop of every streaming route: `opening` events, a `text_chunk` per text delta,
-    then on success `closing(result)`'s events and [DONE] (then `finished(text, result)`); on an engine error an
+    then on success `closing(result)`'s events, `finished(text, result)` and [DONE]; on an engine error an
     error event instead; nothing more for a cancelled job. The client going away cancels the job (Events)."""
 
     async def body():
@@ -622,11 +723,12 @@ def sse_response(
                     out.append(sse(error_body("Generation failed.", "server_error", code="engine_error")))
                 elif value.finish_reason != "cancelled":
                     out.extend(sse(event) for event in closing(value))
+                    # before [DONE] leaves: a client may send feedback on the answer as soon as it has it all
+                    if finished is not None and value.finish_reason in ("stop", "length"):
+                        finished("".join(parts), value)
                     out.append(SSE_DONE)
                 if out:
                     yield b"".join(out)
-                if finished is not None and value.finish_reason in ("stop", "length"):
-                    finished("".join(parts), value)
                 return
             if out:
                 first = first or time.perf_counter()
@@ -671,37 +773,46 @@ async def chat_page():
 @router.get("/health")
 async def health(request: Request):
     server = _server(request)
-    engine = server.engine
-    return {"status": "ok", "model": engine.name, "engine": engine.engine, "queued": server.worker.waiting}
+    models = server.models
+    default = models.slots[models.default].target
+    return {"status": "ok", "model": server.ids[0], "engine": default.engine, "queued": server.waiting}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=_documented(401, 429, text_route=True))
 async def metrics(request: Request):
     server = _server(request)
+    models = server.models
+    loaded = models.loaded() if len(models.slots) > 1 else None  # one model: the single-model text as before
     return PlainTextResponse(
-        server.metrics.render(server.worker.waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+        server.metrics.render(server.waiting, loaded=loaded, loads=models.loads, unloads=models.unloads),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
     )
 
 
 @router.get("/v1/models", responses=_documented(401, 429))
-async def models(request: Request):
+async def list_models(request: Request):
     server = _server(request)
     return {
         "object": "list",
-        "data": [{"id": server.engine.name, "object": "model", "created": server.created, "owned_by": "llmforge"}],
+        "data": [{"id": i, "object": "model", "created": server.created, "owned_by": "llmforge"} for i in server.ids],
     }
 
 
 async def chat(request: Request, body: ChatRequest, route: str):
     server = _server(request)
     started = time.perf_counter()
-    server.check_request(body)
+    model = await server.pick(request, body)
     messages = plain_messages(body.messages)
-    prompt = server.chat_prompt(messages)
+    # off the event loop: a search may run an embedding model. `sources` is an extension field of the answer
+    # (on the first chunk when streaming); OpenAI clients ignore it, the chat page and `llmforge chat` show it.
+    messages, sources = await asyncio.to_thread(server.retrieve, messages) if server.retriever else (messages, [])
+    extra = {"sources": sources} if sources else {}
+    prompt = server.chat_prompt(model, messages)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    sampling = server.sampling(body, len(prompt), max_tokens)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.engine.name}
-    events = server.events(request, prompt, sampling, watch=not body.stream)
+    sampling = server.sampling(model, body, len(prompt), max_tokens)
+    ident = f"chatcmpl-{uuid.uuid4().hex}"
+    head = {"id": ident, "created": int(time.time()), "model": model.public}
+    events = server.events(request, prompt, sampling, model, watch=not body.stream)
 
     if body.stream:
         chunk = {**head, "object": "chat.completion.chunk"}
@@ -718,18 +829,19 @@ async def chat(request: Request, body: ChatRequest, route: str):
                                               "finish_reason": None}]}),
             closing,
             opening=[{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                            "logprobs": None, "finish_reason": None}]}],
-            finished=lambda text, result: server.record(messages, text, result, started, route),
+                                            "logprobs": None, "finish_reason": None}], **extra}],
+            finished=lambda text, result: server.record(messages, text, result, started, route, model, ident),
         )  # fmt: skip
 
     text, result = await collect(events, server, started)
-    server.record(messages, text, result, started, route)
+    server.record(messages, text, result, started, route, model, ident)
     return {
         **head,
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                      "finish_reason": result.finish_reason}],  # fmt: skip
         "usage": usage(result),
+        **extra,
     }
 
 
@@ -748,12 +860,12 @@ async def simple_chat(request: Request, body: ChatRequest):
 async def completions(request: Request, body: CompletionRequest):
     server = _server(request)
     started = time.perf_counter()
-    server.check_request(body)
-    prompt = server.text_prompt(body.prompt)
-    sampling = server.sampling(body, len(prompt), body.max_tokens)
+    model = await server.pick(request, body)
+    prompt = server.text_prompt(model, body.prompt)
+    sampling = server.sampling(model, body, len(prompt), body.max_tokens)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": server.engine.name}  # fmt: skip
-    events = server.events(request, prompt, sampling, watch=not body.stream)
+            "model": model.public}  # fmt: skip
+    events = server.events(request, prompt, sampling, model, watch=not body.stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -775,9 +887,10 @@ async def generate(request: Request, body: GenerateRequest):
     """{prompt, max_tokens, temperature, stream} -> {text}; streaming sends {"text": delta} events."""
     server = _server(request)
     started = time.perf_counter()
-    prompt = server.text_prompt(body.prompt)
-    sampling = server.sampling(body, len(prompt), body.max_tokens)
-    events = server.events(request, prompt, sampling, watch=not body.stream)
+    model = await server.pick(request, body)
+    prompt = server.text_prompt(model, body.prompt)
+    sampling = server.sampling(model, body, len(prompt), body.max_tokens)
+    events = server.events(request, prompt, sampling, model, watch=not body.stream)
     if body.stream:
 
         def closing(result: Result) -> list[dict[str, Any]]:
@@ -786,6 +899,40 @@ async def generate(request: Request, body: GenerateRequest):
         return sse_response(server, events, started, TextChunks({"text": _TEXT}), closing)
     text, result = await collect(events, server, started)
     return {"text": text, "finish_reason": result.finish_reason, "usage": usage(result)}
+
+
+# /v1/feedback's error answers, for the schema
+FEEDBACK = _documented(400, 401, 404, 413, 429, 500)
+FEEDBACK[404] = {**FEEDBACK[404], "description": "No logged answer has this id, or this server does not log "
+                                                 "conversations (serve.log_conversations)"}  # fmt: skip
+FEEDBACK[500] = {**FEEDBACK[500], "description": "The feedback log could not be written"}
+
+
+async def feedback(request: Request, body: FeedbackRequest):
+    """A user's thumbs up or down (and comment) on an answer, by the id of its chat completion: appended to the
+    feedback log beside the conversation log, read by `llmforge serve report`, counted in /metrics."""
+    server = _server(request)
+    if server.feedback_log is None:
+        raise APIError(404, "This server does not log conversations, so there is no answer to attach feedback to; "
+                            "serve with serve.log_conversations: true.", param="id",
+                       code="conversation_log_off")  # fmt: skip
+    known, variant = await asyncio.to_thread(server.log.answer, body.id)  # the first lookup reads the logs
+    if not known:
+        raise APIError(404, f"No logged answer has the id {body.id[:200]!r}; send the id of a chat completion this "
+                            "server answered (with serve.log_conversations on).", param="id",
+                       code="conversation_not_found")  # fmt: skip
+    thumb = "up" if body.score in (1, "up") else "down"
+    record = {"id": body.id, "feedback": thumb, "created": int(time.time())}
+    if body.comment:
+        record["comment"] = body.comment
+    if not server.feedback_log.append(record):
+        raise APIError(500, "The feedback could not be written; see the server's log.", type="server_error",
+                       code="feedback_not_written")  # fmt: skip
+    server.metrics.feedback(thumb, variant)
+    return {"object": "feedback", "id": body.id, "feedback": thumb}
+
+
+router.add_api_route("/v1/feedback", feedback, methods=["POST"], response_model=FeedbackAnswer, responses=FEEDBACK)
 
 
 # ---------------------------------------------------------------- errors as OpenAI answers them
@@ -833,16 +980,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(engine, serve, conversations_dir) -> FastAPI:
-    server = Server(engine, serve, conversations_dir)
+def create_app(models: Models, variants: list[Variant], serve, conversations_dir, retriever=None) -> FastAPI:
+    server = Server(models, variants, serve, conversations_dir, retriever)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        server.worker.start()
+        models.start()
         try:
             yield
         finally:
-            server.worker.stop()
+            models.stop()
 
     app = FastAPI(title="llmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.server = server

@@ -32,9 +32,14 @@ def load(
     threads: int | None = None,
     dtype: str = "auto",
     parallel: int = 1,
+    vllm: dict | None = None,
 ):
     if target.engine == "llamacpp":
         return LlamaCppEngine(target, context_length=context_length, threads=threads, parallel=parallel)
+    if target.engine == "vllm":  # its own module: vLLM is imported only there, and only when chosen
+        from llmforge.serving.vllm_engine import VllmEngine
+
+        return VllmEngine(target, context_length=context_length, dtype=dtype, parallel=parallel, **(vllm or {}))
     return TransformersEngine(target, context_length=context_length, threads=threads, dtype=dtype, parallel=parallel)
 
 

@@ -11,7 +11,7 @@ import pytest
 from llmforge.config.export import ExportConfig
 from llmforge.config.model import ModelConfig
 from llmforge.errors import InputError, LlmforgeError
-from llmforge.export import export_gguf, export_lora_gguf, gguf_export, merge
+from llmforge.export import export_gguf, export_lora_gguf, gguf_convert, gguf_export, merge
 from llmforge.workspace import Workspace
 
 peft = pytest.importorskip("peft")
@@ -102,7 +102,7 @@ def test_export_gguf_of_an_adapter_run_merges_then_converts_and_verifies(tiny_qw
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-q", tiny_qwen2_dir, seed=3)
     result = export_gguf(ModelConfig(), ExportConfig(quant=["f16", "q8_0"]), ws, "lora-q")
-    assert result["verified"] and result["merged"]
+    assert result.verified and result.merged
     assert (ws.merged_dir("lora-q") / "model.safetensors").is_file()
     manifest = json.loads(ws.export_manifest("lora-q").read_text())
     assert [f["path"] for f in manifest["files"]] == ["lora-q-f16.gguf", "lora-q-q8_0.gguf"]
@@ -140,11 +140,12 @@ def test_lora_gguf_on_the_base_gguf_matches_hf_base_plus_adapter(fixture, reques
 
 
 @needs_llama_cpp
-def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path):
+def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path, monkeypatch):
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-1", tiny_llama_dir, seed=5, targets=("q_proj", "k_proj"), scale=2.0)
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(permute=False))
     with pytest.raises(LlmforgeError, match="agreement"):
-        export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", _options={"_permute": False})
+        export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")
     assert json.loads(ws.export_manifest("lora-1").read_text())["lora_adapters"][0]["verified"] is False
 
 

@@ -316,6 +316,20 @@ class FailingEngine(CountingEngine):
         pass
 
 
+def failing_app(tmp_path):
+    """The real app serving one FailingEngine (handed in loaded, as serve does with its first model)."""
+    from pathlib import Path
+
+    from llmforge.config.serve import ServeConfig
+    from llmforge.serving.api import create_app
+    from llmforge.serving.models import Models
+    from llmforge.serving.target import Target
+
+    engine = FailingEngine()
+    models = Models([Target("fake", Path(engine.path), engine.name)], None, max_queue=4, loaded=engine)
+    return create_app(models, [], ServeConfig(), tmp_path)
+
+
 @pytest.mark.parametrize(
     "route, body",
     [
@@ -328,11 +342,7 @@ class FailingEngine(CountingEngine):
 def test_every_streaming_route_ends_with_an_error_event_when_the_engine_fails(route, body, tmp_path):
     from fastapi.testclient import TestClient
 
-    from llmforge.config.serve import ServeConfig
-    from llmforge.serving.api import create_app
-
-    app = create_app(FailingEngine(), ServeConfig(), tmp_path)
-    with TestClient(app) as client, client.stream("POST", route, json={**body, "stream": True}) as r:
+    with TestClient(failing_app(tmp_path)) as client, client.stream("POST", route, json={**body, "stream": True}) as r:
         assert r.status_code == 200
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     # the text before the failure arrives, then the error event ends the stream (no [DONE]: it did not finish)
@@ -352,10 +362,7 @@ def test_every_streaming_route_ends_with_an_error_event_when_the_engine_fails(ro
 def test_sampling_settings_out_of_range_are_refused_naming_the_field(route, field, value, tmp_path):
     from fastapi.testclient import TestClient
 
-    from llmforge.config.serve import ServeConfig
-    from llmforge.serving.api import create_app
-
-    with TestClient(create_app(FailingEngine(), ServeConfig(), tmp_path)) as client:
+    with TestClient(failing_app(tmp_path)) as client:
         r = client.post(route, json={"prompt": "hi", field: value})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -383,6 +390,34 @@ def test_events_produced_while_the_loop_is_busy_arrive_as_one_batch():
     batches, cancelled = asyncio.run(main())
     assert batches == [[("text", "a"), ("text", "b"), ("done", done)]]
     assert cancelled  # leaving the events cancels the job (a no-op once it is done)
+
+
+def test_a_streamed_answer_is_recorded_before_done_is_sent():
+    """A client may rate an answer (POST /v1/feedback) as soon as it reads [DONE]: by then the answer is logged."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from llmforge.serving.api import _TEXT, SSE_DONE, Events, TextChunks, sse_response
+    from llmforge.serving.generation import Result
+
+    done = Result("stop", 1, 2)
+    recorded: list[tuple[str, Result]] = []
+    server = SimpleNamespace(account=lambda started, first, result: None)
+
+    async def main():
+        events = Events(None, asyncio.get_running_loop(), Metrics(), watch=False)
+        events.job = Job([1], Sampling(max_tokens=2), events.emit)
+        for event in [("text", "a"), ("text", "b"), ("done", done)]:
+            events.emit(*event)
+        response = sse_response(server, events, 0.0, TextChunks({"text": _TEXT}), lambda result: [],
+                                finished=lambda text, result: recorded.append((text, result)))  # fmt: skip
+        seen = []  # what had been recorded when each write left
+        async for chunk in response.body_iterator:
+            seen.append((SSE_DONE in chunk, list(recorded)))
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[-1] == (True, [("ab", done)])
 
 
 @given(st.text())
