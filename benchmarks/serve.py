@@ -55,8 +55,8 @@ def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
     # converted by the export stage, as a user's model would be (verification off: it only costs time here)
     cfg = load_config(None, ["export.quant=[f16]", "export.verify=false"], {}).config
     workspace = Workspace(folder / "work")
-    body = export_gguf(cfg.model, cfg.export, workspace, model, name="bench")
-    (folder / "bench-f16.gguf").symlink_to(Path(body["output_dir"]) / body["files"][0]["path"])
+    result = export_gguf(cfg.model, cfg.export, workspace, model, name="bench")
+    (folder / "bench-f16.gguf").symlink_to(Path(result.output_dir) / result.files[0]["path"])
     (folder / "params.json").write_text(json.dumps(params))
     return folder / "bench-f16.gguf", params
 
