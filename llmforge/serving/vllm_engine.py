@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.errors import UsageError
+from llmforge.serving.generation import Sampling
 from llmforge.serving.target import Target
 
 # LLMEngine.add_request(request_id, prompt, params) with a {"prompt_token_ids": [...]} prompt and step() returning
@@ -155,14 +156,20 @@ class VllmEngine:
 
         return _TextDetokenizer(self.tokenizer, self._tokenizer_lock)
 
-    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
+    def tokens(self, prompt: list[int], s: Sampling) -> Iterator[int]:
         """One request's tokens. vLLM stops at nothing of its own (ignore_eos, no stop strings, max_tokens at the
         context's end): `Decoding` decides, as with every engine, and closing the stream aborts the request."""
         params = self._params(
             n=1,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else -1,  # -1: off, as every vLLM from 0.8 takes it
+            # vLLM's own penalties: the whole completion, and for repetition_penalty the prompt as well, rather
+            # than the last PENALTY_WINDOW generated tokens of the other two engines (docs/serve.md says so)
+            repetition_penalty=s.repetition_penalty,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            seed=s.seed,
             max_tokens=max(1, self.context_length - len(prompt)),
             ignore_eos=True,
             detokenize=False,

@@ -196,7 +196,7 @@ def test_the_vllm_stream_runs_under_the_generation_loop():
     streams = RequestStreams(llm)
 
     class Engine:  # the rest of the engine surface, as trivial as a token-per-letter vocabulary makes it
-        def tokens(self, prompt, *, temperature, top_p, seed):
+        def tokens(self, prompt, sampling):
             return streams.open(prompt, {"max_tokens": 1000})
 
         def is_end(self, token):
@@ -210,3 +210,28 @@ def test_the_vllm_stream_runs_under_the_generation_loop():
     assert (result.finish_reason, result.completion_tokens, "".join(t for t in texts if isinstance(t, str))) == (
         "length", 7, "x" * 7)  # fmt: skip
     assert llm.aborted == ["llmforge-0"]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expected"),
+    [
+        ({"top_k": 40, "repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": -0.25, "seed": 7,
+          "temperature": 0.7, "top_p": 0.9},
+         {"top_k": 40, "repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": -0.25, "seed": 7,
+          "temperature": 0.7, "top_p": 0.9}),
+        ({}, {"top_k": -1, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": None,
+              "temperature": 1.0, "top_p": 1.0}),
+    ],
+)  # fmt: skip
+def test_the_vllm_engine_passes_every_sampling_setting_to_vllm(sampling, expected):
+    """top_k and the penalties reach vLLM's SamplingParams (top_k 0, "off" on the other engines, is vLLM's -1)."""
+    from llmforge.serving.generation import Sampling
+    from llmforge.serving.vllm_engine import VllmEngine
+
+    engine = object.__new__(VllmEngine)  # no vLLM here: only what tokens() reads
+    engine._params = dict  # vllm.SamplingParams takes these keywords
+    engine.context_length = 100
+    engine._streams = SimpleNamespace(open=lambda prompt, params: params)
+    params = engine.tokens([1, 2, 3], Sampling(max_tokens=5, **sampling))
+    assert {key: params[key] for key in expected} == expected
+    assert (params["max_tokens"], params["ignore_eos"], params["n"]) == (97, True, 1)
