@@ -234,14 +234,15 @@ def test_unsupported_architecture_lists_what_is_supported(tiny_llama_dir, tmp_pa
     assert "llama_cpp_dir" in err.value.hint
 
 
-def test_an_interrupted_export_leaves_no_file(tiny_llama_dir, tmp_path):
+def test_an_interrupted_export_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
     def interrupt(i):
         if i == 3:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(after_tensor=interrupt))
     out = tmp_path / "out.gguf"
     with pytest.raises(KeyboardInterrupt):
-        gguf_convert.convert(tiny_llama_dir, out, QUANT_TYPES["f16"], _after_tensor=interrupt)
+        gguf_convert.convert(tiny_llama_dir, out, QUANT_TYPES["f16"])
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temp file
 
 
