@@ -125,9 +125,11 @@ def test_only_changed_files_are_indexed_again_and_the_index_is_replaced_whole(do
 
     (docs / "notes.txt").write_text("Checkpoints are saved every 500 steps.\n")
     (docs / "install.md").unlink()
-    changed = retrieval.update_index(docs, index, config())
+    with index.open("rb") as held:  # held open, the old file's inode cannot be reused by the new one
+        inode = os.fstat(held.fileno()).st_ino
+        changed = retrieval.update_index(docs, index, config())
+        assert index.stat().st_ino != inode  # published by rename, not edited in place
     assert (changed.files, changed.indexed, changed.removed) == (4, 1, 1)
-    assert index.stat().st_ino != inode  # published by rename, not edited in place
     assert not [p for p in index.parent.iterdir() if p != index]  # no temporaries left
     r = retrieval.Retriever(index, config())
     assert r.search("checkpoints saved steps")[0].source == "notes.txt"
