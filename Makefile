@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/llmforge/wheels
 STAMP := $(VENV)/.llmforge-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all lint demo clean docs
+.PHONY: install test test-slow test-all lint demo clean docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: install
 
 test: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: install lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "" $(PYTEST_ARGS)

@@ -1,7 +1,11 @@
 """Serving overhead: tokens/s and time to first token through `llmforge serve` (HTTP, streaming) against calling
-llama.cpp in-process on the same GGUF, plus a concurrency sweep. Prints a table and writes JSON.
+llama.cpp in-process on the same GGUF (the anchor), then N concurrent clients. Prints both sides, the ratios and
+the goals of issue 17, and writes JSON. Both sides run in this process tree: the server is a child process, the
+anchor runs here, in alternating pairs, so that load from other processes hits both alike (medians of the pairs).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/serve.py --out benchmarks/results/serve.json
+
+About 1.5 minutes on 2 cores.
 
 The model is a randomly initialised Llama (default ~57M parameters: hidden 768, 8 layers) with the test tokenizer,
 converted to an f16 GGUF; generation ignores end-of-turn tokens so every run produces exactly --tokens tokens.
@@ -10,6 +14,7 @@ converted to an f16 GGUF; generation ignores end-of-turn tokens so every run pro
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -19,9 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -51,14 +55,15 @@ def build_gguf(folder: Path, hidden: int, layers: int) -> tuple[Path, int]:
     # converted by the export stage, as a user's model would be (verification off: it only costs time here)
     cfg = load_config(None, ["export.quant=[f16]", "export.verify=false"], {}).config
     workspace = Workspace(folder / "work")
-    body = export_gguf(cfg.model, cfg.export, workspace, model, name="bench")
-    (folder / "bench-f16.gguf").symlink_to(Path(body["output_dir"]) / body["files"][0]["path"])
+    result = export_gguf(cfg.model, cfg.export, workspace, model, name="bench")
+    (folder / "bench-f16.gguf").symlink_to(Path(result.output_dir) / result.files[0]["path"])
     (folder / "params.json").write_text(json.dumps(params))
     return folder / "bench-f16.gguf", params
 
 
 def in_process(llm, prompt_text: str, tokens: int) -> dict:
-    """One generation straight on llama.cpp: the same sampling, with detokenization, as the server does."""
+    """One generation straight on llama.cpp (the anchor): the same greedy sampling and detokenization per token as
+    the server does, timed from the prompt text to the last token's text."""
     start = time.perf_counter()
     prompt = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
     first = None
@@ -81,44 +86,54 @@ def prompt_for(k: int) -> str:
     return f"Request {k}. " + PROMPT
 
 
-_clients = threading.local()
-
-
-def _client() -> httpx.Client:
-    # One client per thread, kept: a new httpx client costs 20-50 ms (it builds an SSL context), which is not the
-    # server's time. The openai client keeps its connection pool the same way.
-    if not hasattr(_clients, "client"):
-        _clients.client = httpx.Client(timeout=600)
-    return _clients.client
-
-
-def one_request(url: str, tokens: int, seed: int = 0, prompt: str = PROMPT) -> dict:
-    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True, "ignore_eos": True,
-            "seed": seed, "stream_options": {"include_usage": True}}  # fmt: skip
+def one_request(url: str, tokens: int, prompt: str) -> dict:
+    """One streamed /v1/completions request, read as a client does: every SSE event parsed as JSON. The client is
+    http.client on a fresh connection (a connection costs ~0.2 ms on loopback, inside TTFT, as for a real client);
+    its CPU time per token is reported, since it shares the machine's cores with the server."""
+    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+                       "stream_options": {"include_usage": True}})  # fmt: skip
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    cpu = time.thread_time()
     start = time.perf_counter()
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
     first = end = None
-    n = 0
-    with _client().stream("POST", url + "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+    n = events = 0
+    finish = None
+    done = False
+    try:
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
+        for line in r:
+            if not line.startswith(b"data: "):
                 continue
+            if line.startswith(b"data: [DONE]"):
+                done = True
+                break
             chunk = json.loads(line[6:])
+            events += 1
             if chunk.get("usage"):
                 n = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["text"]:
-                first = first or time.perf_counter()
-                end = time.perf_counter()
-    assert n == tokens, n
+            elif chunk["choices"]:
+                choice = chunk["choices"][0]
+                finish = choice["finish_reason"] or finish
+                if choice["text"]:
+                    first = first or time.perf_counter()
+                    end = time.perf_counter()
+    finally:
+        conn.close()
     return {"ttft_s": first - start, "tokens": n, "tokens_per_s": (n - 1) / (end - first), "total_s": end - start,
-            "start": start, "end": end}  # fmt: skip
+            "events": events, "finish_reason": finish, "done": done,
+            "client_cpu_us_per_token": 1e6 * (time.thread_time() - cpu) / max(n, 1)}  # fmt: skip
 
 
-def start_server(gguf: Path, threads: int, parallel: int) -> tuple[subprocess.Popen, str]:
+def start_server(gguf: Path, threads: int, parallel: int | None) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "llmforge", "serve", "--model", str(gguf), "--port", "0", "--json",
-           "-s", f"serve.threads={threads}", "-s", "serve.context_length=512", "-s", "serve.max_tokens_limit=512",
-           "-s", f"serve.parallel={parallel}"]  # fmt: skip
+           "-s", f"serve.threads={threads}", "-s", "serve.context_length=512", "-s", "serve.max_tokens_limit=512"]  # fmt: skip
+    if parallel is not None:
+        cmd += ["-s", f"serve.parallel={parallel}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines = []
     while not lines or not lines[-1].startswith("}"):
@@ -129,26 +144,26 @@ def start_server(gguf: Path, threads: int, parallel: int) -> tuple[subprocess.Po
     url = json.loads("".join(lines))["url"]
     for _ in range(200):
         try:
-            httpx.get(url + "/health").raise_for_status()
+            urllib.request.urlopen(url + "/health", timeout=5).read()
             break
-        except httpx.HTTPError:
+        except OSError:
             time.sleep(0.05)
     return proc, url
 
 
-def sweep(url: str, clients: int, tokens: int, requests_each: int) -> dict:
-    results: list[dict] = []
-    lock = threading.Lock()
-
+def concurrent(url: str, clients: int, tokens: int, first_prompt: int) -> dict:
+    """`clients` streams at once, one request each; aggregate tokens/s over the wall time, and whether every stream
+    got all its tokens (finish_reason length, [DONE], no error event)."""
+    results: list[dict | None] = [None] * clients
+    errors: list[str] = []
     ready = threading.Barrier(clients + 1)
 
     def worker(i: int) -> None:
-        _client()  # made before the clock starts
         ready.wait()
-        for j in range(requests_each):
-            r = one_request(url, tokens, seed=i * 100 + j, prompt=prompt_for(1000 + i * 100 + j))
-            with lock:
-                results.append(r)
+        try:
+            results[i] = one_request(url, tokens, prompt_for(first_prompt + i))
+        except Exception as exc:  # reported as a failed stream, never hidden
+            errors.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -158,19 +173,29 @@ def sweep(url: str, clients: int, tokens: int, requests_each: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ttfts = sorted(r["ttft_s"] for r in results)
+    ok = [r for r in results if r is not None]
+    complete = [r for r in ok if r["tokens"] == tokens and r["finish_reason"] == "length" and r["done"]]
+    ttfts = sorted(r["ttft_s"] for r in ok) or [float("nan")]
     return {
         "clients": clients,
-        "requests": len(results),
-        "aggregate_tokens_per_s": sum(r["tokens"] for r in results) / wall,
+        "complete": len(complete),
+        "truncated_or_failed": clients - len(complete),
+        "errors": errors,
+        "aggregate_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
         "ttft_median_s": statistics.median(ttfts),
         "ttft_max_s": ttfts[-1],
         "wall_s": wall,
     }
 
 
-def median(rows: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in rows)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux), for the server's CPU per token."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
 
 
 def main() -> None:
@@ -178,80 +203,132 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved in-process/HTTP pairs (one client)")
     ap.add_argument("--threads", type=int, default=1, help="engine threads (the HTTP side needs a core too)")
-    ap.add_argument("--clients", default="1,2,4,8")
-    ap.add_argument("--requests-each", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=4, help="serve.parallel of the server measured (also swept at 1)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent streams in the concurrency check")
+    ap.add_argument("--concurrent-rounds", type=int, default=3)
+    ap.add_argument("--parallel", type=int, help="serve.parallel of the server (default: serve's own default)")
     ap.add_argument("--workdir", type=Path, help="keep the built model here and reuse it on the next run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = ap.parse_args()
 
     import llama_cpp
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="llmforge-bench-") as tmp:
         gguf, params = build_gguf(args.workdir or Path(tmp), args.hidden, args.layers)
-        print(f"model: random llama, {params / 1e6:.1f}M parameters, f16 GGUF {gguf.stat().st_size / 1e6:.0f} MB")
+        print(f"model: random llama, {params / 1e6:.1f}M parameters, f16 GGUF {gguf.stat().st_size / 1e6:.0f} MB; "
+              f"load average {load_before[0]:.2f}")  # fmt: skip
         llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads,
                               verbose=False)  # fmt: skip
-        concurrency = {}
-        for parallel in (args.parallel, 1):
-            proc, url = start_server(gguf, args.threads, parallel)
-            try:
-                one_request(url, args.tokens, prompt=prompt_for(-1))  # warm-up
-                if parallel == args.parallel:
-                    in_process(llm, prompt_for(-2), args.tokens)  # warm-up
-                    # alternate in-process and HTTP runs so that load from other processes hits both alike
-                    local, http = [], []
-                    for k in range(args.runs):
-                        local.append(in_process(llm, prompt_for(2 * k), args.tokens))
-                        http.append(one_request(url, args.tokens, prompt=prompt_for(2 * k + 1)))
-                concurrency[parallel] = [sweep(url, c, args.tokens, args.requests_each)
-                                         for c in map(int, args.clients.split(","))]  # fmt: skip
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        proc, url = start_server(gguf, args.threads, args.parallel)
+        try:
+            one_request(url, args.tokens, prompt_for(-1))  # warm-ups
+            in_process(llm, prompt_for(-2), args.tokens)
+            pairs = []
+            print(f"{'round':>5}{'in-process tok/s':>18}{'HTTP tok/s':>12}{'ratio':>7}{'+TTFT ms':>10}{'load':>6}")
+            for k in range(args.rounds):
+                # alternate which side goes first, so that a drift in machine load hits both alike
+                for side in ("local", "http") if k % 2 == 0 else ("http", "local"):
+                    if side == "local":
+                        cpu = time.process_time()
+                        local = in_process(llm, prompt_for(2 * k), args.tokens)
+                        local["cpu_ms_per_token"] = 1000 * (time.process_time() - cpu) / local["tokens"]
+                    else:
+                        cpu = cpu_seconds(proc.pid)
+                        http = one_request(url, args.tokens, prompt_for(2 * k + 1))
+                        http["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / http["tokens"]
+                pair = {"in_process": local, "http": http, "load": loadavg(),
+                        "ratio": http["tokens_per_s"] / local["tokens_per_s"],
+                        "added_ttft_ms": 1000 * (http["ttft_s"] - local["ttft_s"])}  # fmt: skip
+                pairs.append(pair)
+                print(f"{k:5}{local['tokens_per_s']:18.1f}{http['tokens_per_s']:12.1f}{pair['ratio']:7.3f}"
+                      f"{pair['added_ttft_ms']:10.1f}{pair['load']:6.2f}")  # fmt: skip
+            crowds = []
+            for k in range(args.concurrent_rounds):
+                # each crowd beside a one-client request of its own, so the two see about the same load
+                alone = one_request(url, args.tokens, prompt_for(5000 + k))
+                crowd = concurrent(url, args.clients, args.tokens, 10_000 + 100 * k)
+                crowd["one_client_tokens_per_s"] = alone["tokens"] / alone["total_s"]  # end to end, as the crowd's
+                crowd["aggregate_over_one_client"] = crowd["aggregate_tokens_per_s"] / crowd["one_client_tokens_per_s"]
+                crowd["load"] = loadavg()
+                crowds.append(crowd)
+        finally:
+            proc.terminate()
+            proc.wait(30)
         llm.close()
 
+    med = statistics.median
     summary = {
-        "in_process_tokens_per_s": median(local, "tokens_per_s"),
-        "http_tokens_per_s": median(http, "tokens_per_s"),
-        "in_process_ttft_ms": 1000 * median(local, "ttft_s"),
-        "http_ttft_ms": 1000 * median(http, "ttft_s"),
+        "throughput_ratio": med(p["ratio"] for p in pairs),
+        "added_ttft_ms": med(p["added_ttft_ms"] for p in pairs),
+        "in_process_tokens_per_s": med(p["in_process"]["tokens_per_s"] for p in pairs),
+        "http_tokens_per_s": med(p["http"]["tokens_per_s"] for p in pairs),
+        "in_process_ttft_ms": 1000 * med(p["in_process"]["ttft_s"] for p in pairs),
+        "http_ttft_ms": 1000 * med(p["http"]["ttft_s"] for p in pairs),
+        "client_cpu_us_per_token": med(p["http"]["client_cpu_us_per_token"] for p in pairs),
+        # CPU time per token: the anchor's process against the server's (the engine's thread, the event loop and
+        # what HTTP costs); steadier than tokens/s when other jobs share the cores, but ticks are 10 ms coarse
+        "in_process_cpu_ms_per_token": med(p["in_process"]["cpu_ms_per_token"] for p in pairs),
+        "server_cpu_ms_per_token": med(p["http"]["server_cpu_ms_per_token"] for p in pairs),
+        "concurrent_clients": args.clients,
+        "concurrent_aggregate_over_one_client": med(c["aggregate_over_one_client"] for c in crowds),
+        "concurrent_aggregate_tokens_per_s": med(c["aggregate_tokens_per_s"] for c in crowds),
+        "concurrent_truncated_or_failed": sum(c["truncated_or_failed"] for c in crowds),
+        "load_average_1min": {
+            "before": load_before[0],
+            "after": loadavg(),
+            "median_during": med(p["load"] for p in pairs + crowds),
+        },  # fmt: skip
     }
-    summary["throughput_ratio"] = summary["http_tokens_per_s"] / summary["in_process_tokens_per_s"]
-    # runs alternate, so each pair saw about the same machine load: the median of the pairs' ratios is steadier
-    summary["throughput_ratio_median_of_pairs"] = statistics.median(
-        h["tokens_per_s"] / p["tokens_per_s"] for p, h in zip(local, http)
-    )
-    summary["added_ttft_ms_median_of_pairs"] = 1000 * statistics.median(
-        h["ttft_s"] - p["ttft_s"] for p, h in zip(local, http)
-    )
-    summary["added_ttft_ms"] = summary["http_ttft_ms"] - summary["in_process_ttft_ms"]
+    goals = {
+        "throughput_ratio >= 0.97": summary["throughput_ratio"] >= 0.97,
+        "added_ttft_ms <= 10": summary["added_ttft_ms"] <= 10,
+        f"{args.clients} clients: aggregate >= one client's": summary["concurrent_aggregate_over_one_client"] >= 1,
+        f"{args.clients} clients: none truncated": summary["concurrent_truncated_or_failed"] == 0,
+    }
     report = {
         "benchmark": "serve",
-        "model": {"architecture": "llama", "hidden": args.hidden, "layers": args.layers, "parameters": params,
-                  "gguf": "f16"},  # fmt: skip
-        "settings": {"tokens": args.tokens, "runs": args.runs, "threads": args.threads, "parallel": args.parallel,
-                     "prompt_chars": len(prompt_for(0))},  # fmt: skip
+        "model": {
+            "architecture": "llama",
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "parameters": params,
+            "gguf": "f16",
+        },  # fmt: skip
+        "settings": {
+            "tokens": args.tokens,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "parallel": args.parallel or "default",
+            "clients": args.clients,
+            "concurrent_rounds": args.concurrent_rounds,
+            "prompt_chars": len(prompt_for(0)),
+        },  # fmt: skip
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
         "summary": summary,
-        "in_process_runs": local,
-        "http_runs": [{k: v for k, v in r.items() if k not in ("start", "end")} for r in http],
-        "concurrency": {f"parallel={p}": rows for p, rows in concurrency.items()},
+        "goals": goals,
+        "pairs": [{**p, "http": {k: v for k, v in p["http"].items()}} for p in pairs],
+        "concurrent": crowds,
     }
-    print(f"{'':24}{'tokens/s':>10}{'TTFT ms':>10}")
+    print(f"\n{'(medians)':24}{'tokens/s':>10}{'TTFT ms':>10}")
     print(f"{'in-process llama.cpp':24}{summary['in_process_tokens_per_s']:10.1f}{summary['in_process_ttft_ms']:10.1f}")
     print(f"{'HTTP (llmforge serve)':24}{summary['http_tokens_per_s']:10.1f}{summary['http_ttft_ms']:10.1f}")
-    print(f"throughput ratio {summary['throughput_ratio']:.3f} (median of pairs "
-          f"{summary['throughput_ratio_median_of_pairs']:.3f}), added TTFT {summary['added_ttft_ms']:.1f} ms "
-          f"(median of pairs {summary['added_ttft_ms_median_of_pairs']:.1f} ms)")  # fmt: skip
-    for parallel, rows in concurrency.items():
-        print(f"serve.parallel={parallel}" + (" (one request at a time, first come first served)" if parallel == 1 else ""))
-        print(f"{'clients':>8}{'agg tok/s':>11}{'TTFT med ms':>13}{'TTFT max ms':>13}")
-        for c in rows:
-            print(f"{c['clients']:8}{c['aggregate_tokens_per_s']:11.1f}{1000 * c['ttft_median_s']:13.1f}"
-                  f"{1000 * c['ttft_max_s']:13.1f}")  # fmt: skip
+    print(f"throughput ratio HTTP/in-process {summary['throughput_ratio']:.3f} (median of {len(pairs)} pairs; goal "
+          f">= 0.97), added TTFT {summary['added_ttft_ms']:.1f} ms (goal <= 10)")  # fmt: skip
+    print(
+        f"CPU per token: in-process {summary['in_process_cpu_ms_per_token']:.2f} ms, server "
+        f"{summary['server_cpu_ms_per_token']:.2f} ms; the HTTP client {summary['client_cpu_us_per_token']:.0f} us"
+    )
+    for c in crowds:
+        print(f"{c['clients']} clients: aggregate {c['aggregate_tokens_per_s']:.1f} tok/s vs one client "
+              f"{c['one_client_tokens_per_s']:.1f} = {c['aggregate_over_one_client']:.2f}x, complete "
+              f"{c['complete']}/{c['clients']}, TTFT median {1000 * c['ttft_median_s']:.0f} ms max "
+              f"{1000 * c['ttft_max_s']:.0f} ms")  # fmt: skip
+    la = summary["load_average_1min"]
+    print(f"load average (1 min): {la['before']:.2f} before, {la['median_during']:.2f} during, {la['after']:.2f} after")
+    for goal, met in goals.items():
+        print(f"  {'met ' if met else 'MISS'} {goal}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

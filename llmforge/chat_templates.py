@@ -46,7 +46,7 @@ The contract:
 
 Public surface: FAMILIES, get_family, render, render_with_spans, identify, explain_unknown, deploy_verdict,
 CAVEATS, Caveat, DeployVerdict, fixed_date, PROBE_DATE,
-resolve_training_template, check_end_of_turn_trained, check_end_of_turn_ids_trained, check_template_trains_stop, end_of_turn_tokens_for,
+check_end_of_turn_ids_trained, end_of_turn_tokens_for,
 stop_tokens_for, template_writes_bos, Family.ollama_template_for, modelfile_quote.
 Only the standard library and jinja2 are imported here, so the CLI, deploy and serve can use it cheaply.
 """
@@ -83,10 +83,7 @@ __all__ = [
     "PROBES",
     "Probe",
     "RenderedChat",
-    "TrainingTemplate",
     "check_end_of_turn_ids_trained",
-    "check_end_of_turn_trained",
-    "check_template_trains_stop",
     "deploy_verdict",
     "end_of_turn_tokens_for",
     "explain_unknown",
@@ -97,7 +94,6 @@ __all__ = [
     "modelfile_quote",
     "render",
     "render_with_spans",
-    "resolve_training_template",
     "stop_tokens_for",
     "template_writes_bos",
 ]
@@ -656,8 +652,6 @@ class RenderedChat:
     text: str
     spans: tuple[tuple[int, int], ...]
 
-    def trained_text(self) -> list[str]:
-        return [self.text[a:b] for a, b in self.spans]
 
 
 def render_with_spans(
@@ -1549,52 +1543,6 @@ def deploy_verdict(template: str | None, bos_token: str | None, eos_token: str |
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainingTemplate:
-    """The template to train with, the family it belongs to (None if unknown) and where it came from."""
-
-    template: str
-    family: Family | None
-    source: str  # "tokenizer" (already marked), "family" (tokenizer's, marked by us), "configured"
-
-
-def resolve_training_template(
-    tokenizer_template: str | None,
-    configured: str = "auto",
-    *,
-    bos_token: str | None = None,
-    eos_token: str | None = None,
-) -> TrainingTemplate:
-    """Choose the chat template to train with (model.chat_template is `configured`).
-
-    - a family name: that family's marked template (the user asked for it);
-    - auto, tokenizer template with {% generation %} markers: the tokenizer's own;
-    - auto, tokenizer template identified as a family: the family's marked template (renders identically);
-    - auto otherwise: UsageError naming the reason and the `model.chat_template: <family>` fix.
-    """
-    if configured and configured != "auto":
-        family = get_family(configured)
-        return TrainingTemplate(family.jinja, family, "configured")
-    names = ", ".join(FAMILIES)
-    if not tokenizer_template:
-        raise UsageError(
-            "the tokenizer has no chat template, so training cannot tell which tokens are the assistant's",
-            hint=f"set model.chat_template: <family> (one of {names})",
-        )
-    if has_generation_markers(tokenizer_template):
-        family = identify(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
-        return TrainingTemplate(tokenizer_template, family, "tokenizer")
-    family = identify(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
-    if family is not None:
-        return TrainingTemplate(family.jinja, family, "family")
-    why = explain_unknown(tokenizer_template, bos_token=bos_token, eos_token=eos_token)
-    raise UsageError(
-        "the tokenizer's chat template has no {% generation %} markers and is not one that llmforge reproduces"
-        + (f" ({why})" if why else ""),
-        hint=f"set model.chat_template: <family> (one of {names}) to train with that family's template instead",
-    )
-
-
 def end_of_turn_tokens_for(family: Family | None, eos_token: str | None) -> tuple[str, ...]:
     """The tokens that close an assistant turn: the family's, else (and for alpaca) the tokenizer's EOS."""
     tokens = family.end_of_turn if family is not None else ()
@@ -1603,40 +1551,12 @@ def end_of_turn_tokens_for(family: Family | None, eos_token: str | None) -> tupl
     return tokens
 
 
-def check_end_of_turn_trained(rendered: RenderedChat, end_of_turn: Iterable[str], *, assistant_turns: int) -> None:
-    """Raise UsageError unless there is one generation span per assistant turn and each holds an end-of-turn token.
-
-    A model whose end-of-turn token is outside the trained span never learns to stop: once deployed it rambles.
-    The train stage calls this on a rendered sample before training, then checks the same with real token ids.
-    """
-    tokens = tuple(t for t in end_of_turn if t)
-    if not tokens:
-        raise UsageError(
-            "no end-of-turn token is known for this chat template",
-            hint="the tokenizer needs an eos_token, or set model.chat_template: <family>",
-        )
-    if len(rendered.spans) != assistant_turns:
-        raise UsageError(
-            f"the chat template marks {len(rendered.spans)} {{% generation %}} spans for {assistant_turns} "
-            "assistant turns",
-            hint="every assistant turn needs exactly one {% generation %}...{% endgeneration %} block",
-        )
-    for start, end in rendered.spans:
-        trained = rendered.text[start:end]
-        if not any(t in trained for t in tokens):
-            after = rendered.text[end : end + 40]
-            raise UsageError(
-                f"the end-of-turn token ({' or '.join(tokens)}) is outside the trained span: the span "
-                f"{trained[-40:]!r} is followed by {after!r}, so the model would never learn to stop",
-                hint="move the end-of-turn token inside {% generation %}...{% endgeneration %}, or set "
-                "model.chat_template: <family> to use llmforge's marked template",
-            )
-
-
 def check_end_of_turn_ids_trained(
     input_ids: Sequence[int], assistant_mask: Sequence[int], end_of_turn_ids: Iterable[int], *, assistant_turns: int
 ) -> None:
-    """Token-level twin of `check_end_of_turn_trained`, for a tokenized sample and its assistant-only loss mask.
+    """Raise UsageError unless a tokenized sample's assistant-only loss mask trains each assistant turn's end-of-turn
+    token: a model whose end-of-turn token is outside the trained span never learns to stop, and rambles once deployed.
+    The train stage checks this on the very ids the trainer gets.
 
     Each run of consecutive masked tokens is one trained assistant turn; there must be `assistant_turns` runs and
     each must contain one of `end_of_turn_ids` (the ids of the end-of-turn tokens, e.g. from
@@ -1665,32 +1585,6 @@ def check_end_of_turn_ids_trained(
                 "tokens, so the model would never learn to stop",
                 hint="check that the end-of-turn token is a single special token inside {% generation %}",
             )
-
-
-def check_template_trains_stop(
-    template: str, *, bos_token: str | None, eos_token: str | None, end_of_turn: Iterable[str] | None = None
-) -> None:
-    """`check_end_of_turn_trained` over every probe with an assistant turn that the template accepts."""
-    family = identify(template, bos_token=bos_token, eos_token=eos_token)
-    tokens = tuple(end_of_turn) if end_of_turn is not None else end_of_turn_tokens_for(family, eos_token)
-    checked = 0
-    for probe in PROBES:
-        assistant_turns = sum(1 for m in probe.messages if m["role"] == "assistant")
-        if not assistant_turns:
-            continue
-        try:
-            rendered = render_with_spans(
-                template, probe.messages, add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token
-            )
-        except UsageError:
-            continue
-        check_end_of_turn_trained(rendered, tokens, assistant_turns=assistant_turns)
-        checked += 1
-    if not checked:
-        raise UsageError(
-            "the chat template refused every probe conversation with an assistant turn",
-            hint="set model.chat_template: <family>",
-        )
 
 
 def stop_tokens_for(

@@ -36,9 +36,22 @@ def _missing_model(name: str, exc: Exception) -> InputError:
     )
 
 
-def load_tokenizer(name: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer of a model folder or hub id; plain `tokenizer.json` tokenizers load exactly as saved."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+def load_tokenizer(name: str | Path | None, *, revision: str | None = None, trust_remote_code: bool = False,
+                   download: bool = True, required: bool = True):
+    """The tokenizer of a model folder or hub id; plain `tokenizer.json` tokenizers load exactly as saved.
+
+    `download=False` takes a hub id only from the local cache. `required=False` is for stages that can do without
+    one (data counts characters then): None instead of an error when there is no name, no transformers or no
+    tokenizer to be had, with the reason logged."""
+    if not name and not required:
+        return None
+    try:
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    except ImportError:
+        if required:
+            raise
+        log.info("transformers is not installed: lengths are counted in characters")
+        return None
 
     path = Path(name).expanduser()
     config_file = path / "tokenizer_config.json"
@@ -47,9 +60,43 @@ def load_tokenizer(name: str | Path, *, revision: str | None = None, trust_remot
             declared = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
             if declared in _PLAIN_TOKENIZER_CLASSES:
                 return PreTrainedTokenizerFast.from_pretrained(path)
-        return AutoTokenizer.from_pretrained(str(name), revision=revision, trust_remote_code=trust_remote_code)
+        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if not download and not path.is_dir():
+            kwargs["local_files_only"] = True
+        return AutoTokenizer.from_pretrained(str(name), **kwargs)
     except (OSError, ValueError) as exc:
+        if not required:
+            log.info("no local tokenizer for %s (%s): lengths are counted in characters", name, exc)
+            return None
         raise _missing_model(str(name), exc) from None
+
+
+# What a chat template that cannot train (chat_spans cannot find the assistant's tokens) means to each caller.
+UNTRAINABLE = ("raise", "keep", "keep-own")
+
+
+def use_training_template(tokenizer, configured: str = "auto", *, untrainable: str):
+    """Give the tokenizer the chat template training uses, chosen as chat_spans.verdict_for decides (the tokenizer's
+    own, a family's or TRL's marked twin, or the configured family), so every stage renders and masks conversations
+    as training does. Returns the chat_spans.Verdict.
+
+    When the template cannot train, `untrainable` says what happens:
+    - "raise": UsageError with the reason (train: it cannot mask the assistant's tokens);
+    - "keep": the tokenizer keeps its own template, or none (data: counts and previews say why, nothing fails);
+    - "keep-own": the tokenizer keeps its own template; UsageError only when it has none (eval: conversations can
+      still be rendered and generated from, they just cannot be scored)."""
+    from llmforge import chat_spans
+
+    if untrainable not in UNTRAINABLE:
+        raise ValueError(f"untrainable must be one of {UNTRAINABLE}, not {untrainable!r}")
+    verdict = chat_spans.verdict_for(tokenizer, configured)
+    if verdict.trains:
+        tokenizer.chat_template = verdict.template
+        return verdict
+    log.info("no training chat template: %s", verdict.reason)
+    if untrainable == "raise" or (untrainable == "keep-own" and not getattr(tokenizer, "chat_template", None)):
+        chat_spans.require(verdict)
+    return verdict
 
 
 def load_config(name: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):

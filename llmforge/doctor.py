@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+from llmforge import ollama_client
+
 LIBRARIES = [
     "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "unsloth",
-    "gguf", "llama-cpp-python", "ollama", "fastapi", "uvicorn",
+    "gguf", "llama-cpp-python", "ollama", "fastapi", "uvicorn", "vllm",
 ]  # fmt: skip
 
 TORCH_PROBE = """
@@ -108,9 +109,7 @@ def probe_ollama(host: str, timeout: float = 2.0) -> ProbeResult:
     if importlib.util.find_spec("ollama") is None:
         return ProbeResult(False, error="the ollama client is not installed (extra 'deploy')")
     try:
-        import ollama
-
-        client = ollama.Client(host=host, timeout=timeout)
+        client = ollama_client.connect(host, timeout=timeout)
         models = client.list().models
         return ProbeResult(True, data={"host": host, "models": len(models)})
     except Exception as exc:  # any connection problem means "not reachable"; say which
@@ -149,7 +148,7 @@ def diagnose(
     """Probe everything in parallel and judge each method and export target."""
     runner = runner or run_subprocess_probe
     ollama_probe = ollama_probe or probe_ollama
-    host = ollama_host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+    host = ollama_client.resolve_host(ollama_host)
     if not host.startswith(("http://", "https://")):
         host = f"http://{host}"
     libraries = {name: _installed(name) for name in LIBRARIES}
@@ -296,6 +295,7 @@ def judge(
         why = llama.error if llama is not None else "llama-cpp-python is not installed"
         verdicts.append(Verdict("export k-quants and verification", False, f"{why}; install the 'llamacpp' extra"))
         verdicts.append(Verdict("serve gguf (llama.cpp engine)", False, "needs the 'llamacpp' extra"))
+    verdicts.append(vllm_verdict(libraries, torch_info))
     if ollama.ok:
         verdicts.append(
             Verdict("deploy ollama", True, f"Ollama at {ollama.data.get('host')} ({ollama.data.get('models')} models)")
@@ -307,3 +307,18 @@ def judge(
             detail = f"{ollama.error}; start it with `ollama serve` or set OLLAMA_HOST"
         verdicts.append(Verdict("deploy ollama", False, detail + " (deploy --dry-run still writes the Modelfile)"))
     return verdicts
+
+
+def vllm_verdict(libraries: dict[str, str | None], torch_info: dict[str, Any]) -> Verdict:
+    """Whether `serve.engine: vllm` (and `auto` on an HF model) can use vLLM here, from the version lookup and the
+    torch probe: vLLM itself is never imported (seconds, and a CUDA initialisation)."""
+    from llmforge.serving.vllm_engine import reason
+
+    name = "serve hf models (vLLM engine)"
+    torch_version = torch_info.get("version") if libraries.get("torch") else None
+    why_not = reason(libraries.get("vllm"), torch_version, bool(torch_info.get("cuda")))
+    if why_not is None and not libraries.get("fastapi"):
+        why_not = "needs the 'serve' extra"
+    if why_not is not None:
+        return Verdict(name, False, why_not)
+    return Verdict(name, True, f"vLLM {libraries['vllm']} on GPU {torch_info.get('gpu', 'CUDA')}")

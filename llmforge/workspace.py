@@ -195,6 +195,11 @@ class Workspace:
     def serve_manifest(self) -> Path:
         return self.serve_dir / "manifest.json"
 
+    # retrieval/: the document indexes of `chat --docs` and serve.retrieval
+    @property
+    def retrieval_dir(self) -> Path:
+        return self.root / "retrieval"
+
     # the registry of runs, exports and deployments
     @property
     def registry_file(self) -> Path:

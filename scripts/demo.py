@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
@@ -79,11 +78,11 @@ def write_probes(workdir: Path) -> Path:
 
 
 def ollama_reachable() -> str | None:
-    host = os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
-    try:
-        import ollama
+    from llmforge import ollama_client
 
-        ollama.Client(host=host, timeout=2).list()
+    host = ollama_client.resolve_host()
+    try:
+        ollama_client.connect(host, timeout=2).list()
         return host
     except Exception:  # any failure means "no Ollama here": the demo then does a dry run
         return None

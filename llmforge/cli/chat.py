@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmforge.cli.options import ConfigOption, SetOption, load
+from llmforge.cli.options import ConfigOption, SetOption, load, workspace_of
 from llmforge.cli.output import console, escape, warn
 
 HELP = (
     "/reset clears the history, /system TEXT sets the system prompt (empty clears it), "
-    "/save FILE writes the conversation as JSON, /exit leaves (Ctrl-D too)."
+    "/save FILE writes the conversation as JSON, /good and /bad [COMMENT] rate the last answer (llmforge serve), "
+    "/exit leaves (Ctrl-D too)."
 )
 
 
@@ -29,22 +30,40 @@ def chat(
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest answer in tokens.")] = None,
+    docs: Annotated[
+        Optional[Path],
+        typer.Option("--docs", help="Answer from this folder of documents: the best passages go into each question, "
+                     "their sources are printed under the answer (serve.retrieval sets top_k, chunk size).",
+                     show_default=False),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE.
+    """Chat with a model in the terminal: streaming answers, history, /reset, /system TEXT, /save FILE, /good, /bad.
 
-    Example:  llmforge chat http://127.0.0.1:8000   or   llmforge chat ollama:my-model
+    /good and /bad [COMMENT] rate the last answer of llmforge serve (kept with serve.log_conversations).
+
+    Example:  llmforge chat http://127.0.0.1:8000   or   llmforge chat ollama:my-model --docs ./handbook
     """
     from llmforge.serving.chat_client import ChatSession
 
-    cfg = load(config, set_).config
+    loaded = load(config, set_)
+    cfg = loaded.config
     if endpoint is None:
         host = cfg.serve.host if cfg.serve.host not in ("0.0.0.0", "::") else "127.0.0.1"
         endpoint = f"http://{host}:{cfg.serve.port}"
     key = api_key or (cfg.serve.api_key.get_secret_value() if cfg.serve.api_key is not None else None)
     session = ChatSession(endpoint, api_key=key, system=system, temperature=temperature, max_tokens=max_tokens)
     model = session.connect()
+    retriever = None
+    if docs is not None:
+        from llmforge.retrieval import open_docs, with_passages
+
+        retriever = open_docs(cfg.serve.retrieval, workspace_of(loaded), docs)
+        report = retriever.report
+        skipped = f", {len(report.skipped)} skipped (not text)" if report.skipped else ""
+        console.print(f"[dim]documents: {report.files} files, {report.chunks} passages ({report.indexed} indexed "
+                      f"now{skipped}) in {escape(str(report.path))}[/]")  # fmt: skip
     interactive = sys.stdin.isatty()
     console.print(f"[bold]chatting with[/] {escape(model)} at {escape(session.target)}")
     if interactive:
@@ -80,10 +99,37 @@ def chat(
                 warn(exc.message)
                 continue
             console.print(f"[dim]saved {len(session.conversation())} messages to {escape(str(path))}[/]")
+        elif text.split()[0] in ("/good", "/bad"):
+            from llmforge.errors import LlmforgeError
+
+            word = text.split()[0]
+            try:
+                session.feedback(word == "/good", text[len(word) :].strip() or None)
+            except LlmforgeError as exc:
+                warn(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+                continue
+            console.print(f"[dim]feedback recorded: {'good' if word == '/good' else 'bad'} answer[/]")
         elif text.startswith("/"):
             warn(f"unknown command {text.split()[0]}; {HELP}")
         else:
-            for piece in session.ask(text):
+            passages = retriever.search(text) if retriever is not None else []
+            sent = with_passages(text, passages) if passages else None
+            for piece in session.ask(text, sent=sent):
                 console.out(piece, end="", highlight=False)
                 console.file.flush()
             console.out("")
+            print_sources([p.to_dict(n) for n, p in enumerate(passages, 1)] or session.sources)
+
+
+def print_sources(sources: list[dict]) -> None:
+    """The passages an answer drew on (ours from --docs, or those a server with serve.retrieval attached)."""
+    if not sources:
+        return
+    console.print("[dim]sources:[/]")
+    for number, source in enumerate(sources, 1):
+        where = str(source.get("source"))
+        lines = source.get("lines") or []
+        if len(lines) == 2:
+            where += f":{lines[0]}" if lines[0] == lines[1] else f":{lines[0]}-{lines[1]}"
+        label = f"[{source.get('index', number)}] {where}"
+        console.print(f"[dim]  {escape(label)}[/]", highlight=False)

@@ -35,19 +35,19 @@ def evaluate(
 
     Example:  llmforge eval --compare base,run,gguf:q4_k_m --limit 50
     """
+    from llmforge import evaluation
     from llmforge.errors import UsageError
-    from llmforge.evaluation import evaluate as run_eval
 
     if target and compare:
         raise UsageError("give either TARGET or --compare, not both", hint="e.g. --compare base,run")
     loaded = load(config, set_, eval__limit=limit, eval__max_new_tokens=max_new_tokens, eval__seed=seed)
     cfg = loaded.config
+    plan = evaluation.plan(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare)
     if json_:
-        result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare)
-        print_json(result.report | {"folder": str(result.folder)})
+        result = evaluation.run(plan)
+        print_json(result.as_dict())
     elif plain:
-        result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare,
-                          progress=_plain_progress())
+        result = evaluation.run(plan, progress=_plain_progress())
         show(result.report, str(result.folder))
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,8 +64,7 @@ def evaluate(
                     tasks[key] = bar.add_task(escape(f"{label}: {phase}"), total=total)
                 bar.update(tasks[key], completed=done, total=total)
 
-            result = run_eval(cfg.model, cfg.eval, workspace_of(loaded), targets=target, compare=compare,
-                              progress=progress)
+            result = evaluation.run(plan, progress=progress)
         show(result.report, str(result.folder))
     if result.exit_code:
         raise typer.Exit(result.exit_code)

@@ -51,11 +51,11 @@ def merge(
     result = merge_verb(cfg.model, cfg.export, workspace_of(loaded), runs or None, dtype=dtype, force=force,
                         progress=_phase_line("export merge", json_))
     if json_:
-        print_json(result)
+        print_json(result.as_dict())
         return
-    console.print(f"merged {len(result['adapters'])} adapter(s) into {result['base_model']} -> {result['output']} "
-                  f"({result['dtype']}; merged vs adapter logits max diff {result['merge_max_abs_diff']:.2e})")
-    _print_cleanup(result)
+    console.print(f"merged {len(result.adapters)} adapter(s) into {result.base_model} -> {result.output} "
+                  f"({result.dtype}; merged vs adapter logits max diff {result.merge_max_abs_diff:.2e})")
+    _print_cleanup(result.removed_temporaries, [])
 
 
 @app.command("gguf")
@@ -84,7 +84,7 @@ def gguf(
 
     Example:  llmforge export gguf my-run --quant f16,q8_0,q4_k_m
     """
-    from llmforge.export import export_gguf
+    from llmforge import export
 
     flags = {}
     if quant is not None:
@@ -93,18 +93,23 @@ def gguf(
         flags["export__verify"] = False
     loaded = load(config, set_, **flags)
     cfg = loaded.config
-    result = export_gguf(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force,
-                         dry_run=dry_run, progress=None if dry_run else _phase_line("export gguf", json_))
-    if json_:
-        print_json(result)
-        return
-    console.print(escape(result["converter_note"]))
+    plan = export.plan(cfg.model, cfg.export, workspace_of(loaded), source, name=name, dtype=dtype, force=force)
     if dry_run:
-        merge = "merge the adapter, then " if result["merge_first"] else ""
-        console.print(f"would {merge}write {', '.join(result['files'])} in {escape(result['output_dir'])}"
-                      f"{' and verify each' if result['verify'] else ''}")
+        if json_:
+            print_json(plan.as_dict())
+            return
+        console.print(escape(plan.converter_note))
+        merge = "merge the adapter, then " if plan.merge_first else ""
+        console.print(f"would {merge}write {', '.join(plan.files)} in {escape(plan.output_dir)}"
+                      f"{' and verify each' if plan.verify else ''}")
         return
-    _print_files(result)
+    result = export.run(plan, progress=_phase_line("export gguf", json_))
+    if json_:
+        print_json(result.as_dict())
+        return
+    console.print(escape(result.converter_note))
+    _print_files(result.run, result.files, result.output_dir)
+    _print_cleanup(result.removed_temporaries, result.replaced_leftovers)
 
 
 def _phase_line(command: str, json_: bool):
@@ -114,13 +119,14 @@ def _phase_line(command: str, json_: bool):
     return lambda phase: console.print(f"{command}: {escape(phase)}")
 
 
-def _print_files(result: dict, key: str = "files") -> None:
+def _print_files(run: str | None, files: list[dict], output_dir: str) -> None:
+    """A table of the files written (a manifest's file or adapter entries: quant, bytes, verified, logits, ...)."""
     from rich.table import Table
 
-    table = Table(title=f"GGUF export of {result.get('run')}")
+    table = Table(title=f"GGUF export of {run}")
     for col in ("quant", "size", "verified", "tokens", "top-1", "max |diff|", "mean |diff|"):
         table.add_column(col, no_wrap=col == "quant")
-    for f in result[key]:
+    for f in files:
         logits = f.get("logits") or {}
         tok = f.get("tokenization") or {}
         table.add_row(
@@ -131,20 +137,19 @@ def _print_files(result: dict, key: str = "files") -> None:
             f"{logits['mean_abs_diff']:.5f}" if logits else "-",
         )
     print_table(table)
-    if any("not installed" in str(f.get("verification", "")) for f in result[key]):
+    if any("not installed" in str(f.get("verification", "")) for f in files):
         warn("not verified: llama-cpp-python is not installed (pip install 'llmforge-cli[llamacpp]')")
-    console.print(f"files: {', '.join(f['path'] for f in result[key])}")
-    console.print(f"in: {result['output_dir']}  (manifest.json beside them)")
-    _print_cleanup(result)
+    console.print(f"files: {', '.join(f['path'] for f in files)}")
+    console.print(f"in: {output_dir}  (manifest.json beside them)")
 
 
-def _print_cleanup(result: dict) -> None:
+def _print_cleanup(removed_temporaries: int, replaced_leftovers: list[str]) -> None:
     """What this run tidied after an export that was killed mid-way."""
-    if result.get("removed_temporaries"):
-        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted export")
-    if result.get("replaced_leftovers"):
-        console.print(f"replaced {len(result['replaced_leftovers'])} GGUF file(s) no manifest listed (left by an "
-                      f"interrupted export): {escape(', '.join(result['replaced_leftovers']))}")
+    if removed_temporaries:
+        console.print(f"removed {removed_temporaries} temporary file(s) left by an interrupted export")
+    if replaced_leftovers:
+        console.print(f"replaced {len(replaced_leftovers)} GGUF file(s) no manifest listed (left by an "
+                      f"interrupted export): {escape(', '.join(replaced_leftovers))}")
 
 
 @app.command("lora-gguf")
@@ -173,6 +178,7 @@ def lora_gguf(
     result = export_lora_gguf(cfg.model, cfg.export, workspace_of(loaded), source, base_gguf=base_gguf, force=force,
                               progress=_phase_line("export lora-gguf", json_))
     if json_:
-        print_json(result)
+        print_json(result.as_dict())
         return
-    _print_files(result, "lora_adapters")
+    _print_files(result.run, result.lora_adapters, result.output_dir)
+    _print_cleanup(result.removed_temporaries, result.replaced_leftovers)

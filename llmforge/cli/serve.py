@@ -1,4 +1,5 @@
-"""`llmforge serve`: an OpenAI-compatible HTTP API, a chat page and metrics for the newest export or a model."""
+"""`llmforge serve`: an OpenAI-compatible HTTP API, a chat page and metrics for the newest export or several
+models; `llmforge serve report` compares A/B variants from the conversation logs."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import typer
 from llmforge.cli.options import ConfigOption, DryRunOption, JsonOption, SetOption, load, workspace_of
 from llmforge.cli.output import console, escape, print_json, warn
 
+app = typer.Typer()
 
+
+@app.callback(invoke_without_command=True)
 def serve(
+    ctx: typer.Context,
     model: Annotated[
-        Optional[str],
-        typer.Option("--model", "-m", help="GGUF file, model folder, run or export name (default: newest export).",
-                     show_default=False),
+        Optional[list[str]],
+        typer.Option("--model", "-m", help="GGUF file, model folder, run or export name (default: newest export). "
+                     "Repeat it to serve several, chosen by each request's model.", show_default=False),
     ] = None,
     engine: Annotated[
-        Optional[str], typer.Option("--engine", help="auto, llamacpp or transformers.", show_default=False)
+        Optional[str], typer.Option("--engine", help="auto, llamacpp, transformers or vllm.", show_default=False)
     ] = None,
     host: Annotated[
         Optional[str],
@@ -42,12 +47,18 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API with streaming, a chat page at / and /metrics.
 
     Example:  llmforge serve --model llmforge-work/demo/export/lora-1/demo-q8_0.gguf --port 8000
+
+    Several:  llmforge serve -m lora-1 -m lora-2 -s serve.max_loaded=1   (A/B: serve.variants in the config file)
     """  # fmt: skip
-    from llmforge.serving import check_host, resolve_target
+    if ctx.invoked_subcommand is not None:
+        return
+    from llmforge.serving import check_host, resolve_lineup, resolve_target, several
     from llmforge.serving import serve as serve_verb
 
+    one = model[0] if model and len(model) == 1 else None
     loaded = load(
-        config, set_, serve__model=model, serve__engine=engine, serve__host=host, serve__port=port,
+        config, set_, serve__model=one, serve__models=model if model and len(model) > 1 else None,
+        serve__engine=engine, serve__host=host, serve__port=port,
         serve__api_key=api_key, serve__insecure=True if insecure else None,
     )  # fmt: skip
     cfg = loaded.config
@@ -55,6 +66,22 @@ def serve(
     exposed = check_host(cfg.serve)
     if exposed:
         warn(exposed)
+    if dry_run and several(cfg.serve):
+        targets, variants = resolve_lineup(cfg.model, cfg.serve, workspace)
+        plan = {"models": [{"engine": t.engine, "model": t.name, "path": str(t.path), "base_model": t.base_model}
+                           for t in targets],
+                "variants": [{"name": v.name, "model": v.model, "weight": v.weight} for v in variants],
+                "variant_group": cfg.serve.variant_group if variants else None, "host": cfg.serve.host,
+                "port": cfg.serve.port, "api_key_required": cfg.serve.api_key is not None, "warning": exposed}  # fmt: skip
+        if json_:
+            print_json(plan)
+            return
+        for t in targets:
+            console.print(f"would serve {escape(t.name)}: {escape(str(t.path))} with {t.engine} (loaded on first use)")
+        for v in variants:
+            console.print(f"  variant {escape(v.name)} -> {escape(v.model)}, weight {v.weight:g}")
+        console.print(f"on {cfg.serve.host}:{cfg.serve.port}")
+        return
     if dry_run:
         target = resolve_target(cfg.model, cfg.serve, workspace)
         plan = {"engine": target.engine, "model": target.name, "path": str(target.path),
@@ -85,3 +112,26 @@ def serve(
         pass
     if not json_:
         console.print("[dim]server stopped[/]")
+
+
+@app.command("report")
+def report(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Compare the A/B variants from serve's conversation logs: requests, tokens, latency, finish reasons, feedback.
+
+    Writes serve/reports/<stamp>/report.json and report.md.
+
+    Example:  llmforge serve report --json
+    """
+    from llmforge.serving.report import markdown, write
+
+    workspace = workspace_of(load(config, set_))
+    body, folder = write(workspace)
+    if json_:
+        print_json({**body, "output_dir": str(folder)})
+        return
+    console.print(escape(markdown(body)))
+    console.print(f"report: {escape(str(folder / 'report.md'))}")

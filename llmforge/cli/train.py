@@ -7,12 +7,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from llmforge.cli.options import ConfigOption, DryRunOption, ForceOption, JsonOption, SetOption, load, workspace_of
 from llmforge.cli.output import console, escape, plain, print_json, print_table
+
+if TYPE_CHECKING:
+    from llmforge.training.stage import TrainPlan, TrainResult
 
 METHODS = ["scratch", "sft", "lora", "qlora", "dpo", "orpo", "kto"]
 
@@ -85,31 +88,31 @@ def train(
         run_name = None if resume else (cfg.train.run_name or f"{cfg.train.method}-{timestamp()}")
         raise typer.Exit(relaunch(argv, nproc, run_name, cfg.train.accelerate_config))
 
+    from llmforge import training
     from llmforge.errors import TrainingStopped
-    from llmforge.training import train as train_verb
 
-    main = os.environ.get("RANK", "0") == "0"
     try:
-        if dry_run or json_ or not main:
-            result = train_verb(cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force,
-                                dry_run=dry_run)
+        plan = training.plan(cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force)
+        if dry_run:
+            result = None
+        elif json_ or not plan.is_main:
+            result = training.run(plan)
         else:
             with _PlainLog() if plain else _ProgressBar() as bar:
-                result = train_verb(
-                    cfg.model, cfg.train, workspace_of(loaded), resume=resume, force=force, dry_run=False,
-                    progress=bar.update,
-                )
+                result = training.run(plan, progress=bar.update)
     except TrainingStopped as exc:
         flags = {"--method": method, "--model": model, "--data": data, "--max-steps": max_steps}
         exc.hint = "continue with: " + _resume_command(exc.run, config or config_file or loaded.path, set_, flags,
                                                        json_)
         raise
-    if not result.get("is_main", True):
+    if not plan.is_main:
         return
-    if json_:
-        print_json(result)
-    elif dry_run:
-        _print_plan(result)
+    if result is None and json_:
+        print_json(plan.as_dict())
+    elif result is None:
+        _print_plan(plan)
+    elif json_:
+        print_json(result.as_dict())
     else:
         _print_result(result)
 
@@ -243,49 +246,49 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _print_plan(plan: dict) -> None:
+def _print_plan(plan: TrainPlan) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    mem = plan["memory_estimate"]
+    mem = plan.memory_estimate
     rows = [
-        ("method", plan["method"]),
-        ("backend", f"{plan['backend']} ({plan['backend_why']})"),
-        ("base model", plan["base_model"]),
-        ("parameters", f"{plan['parameters']:,}"),
-        ("trainable", f"{plan['trainable_parameters']:,} ({plan['trainable_share']:.2%})"),
-        ("data", f"{plan['train_examples']:,} {plan['data_kind']} records, {plan['val_examples']:,} for validation"),
-        ("tokens per epoch", f"{plan['tokens_per_epoch']:,}"),
-        ("steps", f"{plan['steps']:,} ({plan['steps_per_epoch']:,} per epoch, batch {plan['effective_batch']})"),
-        ("learning rate", f"{plan['learning_rate']:g}"),
-        ("precision", plan["precision"]),
+        ("method", plan.method),
+        ("backend", f"{plan.backend} ({plan.backend_why})"),
+        ("base model", plan.base_model),
+        ("parameters", f"{plan.parameters:,}"),
+        ("trainable", f"{plan.trainable_parameters:,} ({plan.trainable_share:.2%})"),
+        ("data", f"{plan.train_examples:,} {plan.data_kind} records, {plan.val_examples:,} for validation"),
+        ("tokens per epoch", f"{plan.tokens_per_epoch:,}"),
+        ("steps", f"{plan.steps:,} ({plan.steps_per_epoch:,} per epoch, batch {plan.effective_batch})"),
+        ("learning rate", f"{plan.learning_rate:g}"),
+        ("precision", plan.precision),
         ("memory estimate", f"{mem['total_gib']:.2f} GiB (weights {mem['weights_gib']:.2f}, optimizer "
          f"{mem['gradients_optimizer_gib']:.2f}, activations {mem['activations_gib']:.2f})"),
     ]
-    if plan.get("four_bit"):
-        rows.append(("4-bit", plan["four_bit"]))
-    if plan.get("chat_template"):
-        rows.append(("chat template", f"{plan['chat_template']} {plan.get('chat_template_family') or ''}".strip()))
-    if plan.get("loss_mask"):
-        how = plan["loss_mask"]
-        if plan.get("records_split_per_turn"):
-            how += f" ({plan['records_split_per_turn']:,} records trained as one sample per assistant turn)"
-        if plan.get("chat_template_date"):
-            how += f"; the template's date is {plan['chat_template_date']}"
+    if plan.four_bit:
+        rows.append(("4-bit", plan.four_bit))
+    if plan.chat_template:
+        rows.append(("chat template", f"{plan.chat_template} {plan.chat_template_family or ''}".strip()))
+    if plan.loss_mask:
+        how = plan.loss_mask
+        if plan.records_split_per_turn:
+            how += f" ({plan.records_split_per_turn:,} records trained as one sample per assistant turn)"
+        if plan.chat_template_date:
+            how += f"; the template's date is {plan.chat_template_date}"
         rows.append(("loss mask", how))
-    if plan.get("overlong"):
-        rows.append(("over max_length", overlong_text(plan["overlong"])))
-    if plan.get("resume_from"):
-        rows.append(("resume from", plan["resume_from"]))
-    for skip in plan.get("resume_skipped") or []:
+    if plan.overlong:
+        rows.append(("over max_length", overlong_text(plan.overlong)))
+    if plan.resume_from:
+        rows.append(("resume from", plan.resume_from))
+    for skip in plan.resume_skipped:
         rows.append(("skipped", f"{skip['checkpoint']}: {skip['reason']}"))
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     console.print("[bold]training plan[/] (dry run: nothing trained)")
     print_table(table)
-    for note in plan.get("notes", []):
+    for note in plan.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
 
 
@@ -305,18 +308,18 @@ def overlong_text(o: dict) -> str:
             f"{done} (train.overlong: {o['policy']})")
 
 
-def _print_result(result: dict) -> None:
-    loss = result.get("final_loss")
-    first = result.get("first_loss")
-    line = f"[green]trained[/] {escape(result['run'])}: {result['steps']} steps"
+def _print_result(result: TrainResult) -> None:
+    loss = result.final_loss
+    first = result.first_loss
+    line = f"[green]trained[/] {escape(result.run)}: {result.steps} steps"
     if loss is not None:
         line += f", loss {first:.4f} -> {loss:.4f}" if first is not None else f", loss {loss:.4f}"
-    if result.get("final_eval_loss") is not None:
-        line += f", eval loss {result['final_eval_loss']:.4f}"
-    line += f", {result['tokens_seen']:,} tokens in {result['train_seconds']:.1f} s"
+    if result.final_eval_loss is not None:
+        line += f", eval loss {result.final_eval_loss:.4f}"
+    line += f", {result.tokens_seen:,} tokens in {result.train_seconds:.1f} s"
     console.print(line)
-    if result.get("overlong") and result["overlong"]["overlong"]:
-        console.print(f"[yellow]over max_length[/]: {escape(overlong_text(result['overlong']))}")
-    console.print(f"output: {escape(result['output'])}")
-    if result.get("removed_temporaries"):
-        console.print(f"removed {result['removed_temporaries']} temporary file(s) left by an interrupted run")
+    if result.overlong and result.overlong["overlong"]:
+        console.print(f"[yellow]over max_length[/]: {escape(overlong_text(result.overlong))}")
+    console.print(f"output: {escape(result.output)}")
+    if result.removed_temporaries:
+        console.print(f"removed {result.removed_temporaries} temporary file(s) left by an interrupted run")

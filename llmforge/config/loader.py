@@ -44,9 +44,11 @@ class LoadedConfig:
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds, looking through Optional/Union."""
+    """The pydantic model a field holds, looking through Optional/Union (a list of models is one leaf value)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (list, tuple, dict):
+        return None
     for arg in typing.get_args(annotation):
         found = _model_class(arg)
         if found is not None:

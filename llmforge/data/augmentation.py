@@ -153,9 +153,8 @@ def augment(
         requested={"paraphrases": cfg.paraphrases * len(jobs), "refusals": cfg.refusals},
         skipped_records=len(train) - len(jobs) if cfg.paraphrases else 0,
     )
-    api_key = endpoint_cfg.api_key.get_secret_value() if endpoint_cfg.api_key is not None else None
     endpoint = Endpoint(
-        endpoint_cfg.endpoint, endpoint_cfg.model, api_key, endpoint_cfg.timeout, endpoint_cfg.retries,
+        endpoint_cfg.endpoint, endpoint_cfg.model, endpoint_cfg.api_key, endpoint_cfg.timeout, endpoint_cfg.retries,
         endpoint_cfg.backoff,
     )  # fmt: skip
     model = endpoint_cfg.model

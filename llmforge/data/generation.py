@@ -11,14 +11,11 @@ import hashlib
 import json
 import logging
 import re
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmforge import atomic
 from llmforge.config.data import GenerateConfig
@@ -26,6 +23,9 @@ from llmforge.data import sources
 from llmforge.data.clean import normalize_text
 from llmforge.errors import LlmforgeError, UsageError
 from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
 
@@ -191,52 +191,41 @@ def grounding(answer: str, chunk: str) -> float:
 
 
 class Endpoint:
-    """POST /chat/completions with timeouts and retries (exponential backoff) on timeouts, 429 and 5xx."""
+    """POST /chat/completions with timeouts and retries (exponential backoff, or the server's Retry-After when
+    longer) on timeouts, unreadable replies, 429 and 5xx: llmforge.openai_client does the sending."""
 
-    def __init__(self, url: str, model: str, api_key: str | None, timeout: float, retries: int, backoff: float):
+    def __init__(self, url: str, model: str, api_key: SecretStr | None, timeout: float, retries: int, backoff: float):
+        from llmforge.openai_client import Client
+
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model
-        self.api_key = api_key
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.requests = 0
-        self.retried = 0
+        self.client = Client(self.url[: -len("/chat/completions")], api_key=api_key, timeout=timeout,
+                             retries=retries, backoff=backoff, retry_statuses=(429, *range(500, 600)),
+                             retry_unreachable=True)
+
+    @property
+    def requests(self) -> int:
+        return self.client.requests
+
+    @property
+    def retried(self) -> int:
+        return self.client.retried
 
     def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
-        body = json.dumps(
-            {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            self.requests += 1
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                return payload["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:
-                    detail = exc.read().decode("utf-8", "replace")[:300]
-                    raise LlmforgeError(
-                        f"{self.url} answered HTTP {exc.code}: {detail}",
-                        hint="check data.generate.endpoint, .model and the API key",
-                    ) from None
-                problem = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                problem = str(getattr(exc, "reason", exc))
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                problem = f"unexpected reply ({exc})"
-            if attempt < self.retries:
-                self.retried += 1
-                log.warning("request to %s failed (%s); retry %d in %.1fs", self.url, problem, attempt + 1, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise ConnectionError(f"{self.url}: {problem} (after {self.retries + 1} attempts)")
+        from llmforge.openai_client import EndpointError
+
+        body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        try:
+            reply = self.client.chat_completion(body)
+        except EndpointError as exc:
+            if not exc.transient:
+                raise LlmforgeError(
+                    f"{self.url} answered HTTP {exc.status}: {exc.body}",
+                    hint="check data.generate.endpoint, .model and the API key",
+                ) from None
+            raise ConnectionError(f"{self.url}: {exc.problem} (after {exc.attempts} attempts)") from None
+        return reply["choices"][0]["message"].get("content") or ""
 
 
 # --- the verb ----------------------------------------------------------------------------------------------------
@@ -304,8 +293,7 @@ def generate(
                 done[entry["chunk_id"]] = entry
             except (ValueError, KeyError):
                 continue  # a line cut short by an interrupted run: that chunk is simply redone
-    api_key = cfg.api_key.get_secret_value() if cfg.api_key is not None else None
-    endpoint = Endpoint(cfg.endpoint, cfg.model, api_key, cfg.timeout, cfg.retries, cfg.backoff)
+    endpoint = Endpoint(cfg.endpoint, cfg.model, cfg.api_key, cfg.timeout, cfg.retries, cfg.backoff)
     result = GenerateResult(str(output), len(files), len(jobs), 0, 0, 0)
     dropped: Counter[str] = Counter()
     state.parent.mkdir(parents=True, exist_ok=True)

@@ -61,13 +61,15 @@ class Stats:
 def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = None) -> Stats:
     import numpy as np
 
+    from llmforge import checkpoints
     from llmforge.data.report import histogram
-    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
+    from llmforge.data.tokens import TokenCounter
 
     files = dataset_files(dataset, workspace)
-    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
+                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is not None:
-        use_training_template(tokenizer, model.chat_template)
+        checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
     per_file: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -160,18 +162,20 @@ def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]
 
 
 def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Preview:
-    from llmforge.data.tokens import conversation, load_tokenizer, use_training_template
+    from llmforge import chat_spans, checkpoints
+    from llmforge.data.tokens import conversation
 
     if not model.name:
         raise UsageError("preview needs the model's tokenizer", hint="set model.name (a local folder or hub id)")
-    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
+                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is None:
         raise UsageError(
             f"no tokenizer found for {model.name} on this machine",
             hint="point model.name at a local model folder, or download the model first",
         )
     files = dataset_files(dataset, workspace)
-    verdict, template_problem = use_training_template(tokenizer, model.chat_template)
+    verdict = checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
     from datetime import datetime
 
     from llmforge.chat_spans import encode
@@ -187,8 +191,7 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
             ids = tokenizer(record["text"])["input_ids"]
             renderings.append(Rendered("text", _segments(tokenizer, ids, [1] * len(ids)), len(ids), len(ids)))
         else:
-            if template_problem is not None:
-                raise template_problem  # training could not tell the assistant's tokens either
+            chat_spans.require(verdict)  # training could not tell the assistant's tokens either
             family = f" ({verdict.family.name})" if verdict.family else ""
             mask_source = f"{verdict.how}, template: {verdict.source}{family}"
             answers = {"preference": ("chosen", "rejected"), "kto": ("completion",)}.get(kind, ("messages",))

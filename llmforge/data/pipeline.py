@@ -329,11 +329,13 @@ def prepare(
     atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
     blocklist = _blocklist(data.filter.blocklist)
 
-    from llmforge.data.tokens import TokenCounter, load_tokenizer, use_training_template
+    from llmforge import checkpoints
+    from llmforge.data.tokens import TokenCounter
 
-    tokenizer = load_tokenizer(model.name, model.revision, model.trust_remote_code)
+    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
+                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is not None:
-        use_training_template(tokenizer, model.chat_template)
+        checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
     settings = chunks.Settings(
         fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
@@ -729,7 +731,6 @@ def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: mani
     import yaml
 
     resolved = {"model": model.model_dump(mode="json"), "data": data.model_dump(mode="json")}
-    resolved["data"]["generate"]["api_key"] = None  # secrets never reach a file
     atomic.write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     info = manifest.build(
         "data",

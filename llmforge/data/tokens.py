@@ -1,57 +1,15 @@
-"""The model's tokenizer for the data stage: loaded from a local folder (model.name) to count tokens of the
-rendered chat template and to preview which tokens are trained. Without one, lengths are in characters.
+"""Token counts for the data stage: records rendered with the chat template training uses and tokenized with the
+model's tokenizer (both from llmforge.checkpoints, as every stage gets them). Without one, lengths are in characters.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from llmforge.data.records import plain
-from llmforge.errors import LlmforgeError, UsageError
 
 log = logging.getLogger(__name__)
-
-
-def load_tokenizer(name: str | None, revision: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer of `model.name` when it can be had without a download, else None."""
-    if not name:
-        return None
-    path = Path(name).expanduser()
-    try:
-        if path.is_dir():
-            # The same tokenizer training will use (plain tokenizers load exactly as saved).
-            from llmforge.checkpoints import load_tokenizer as load
-
-            return load(path, trust_remote_code=trust_remote_code)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
-        )
-    except ImportError:
-        log.info("transformers is not installed: lengths are counted in characters")
-    except (OSError, ValueError, LlmforgeError) as exc:
-        log.info("no local tokenizer for %s (%s): lengths are counted in characters", name, exc)
-    return None
-
-
-def use_training_template(tokenizer, chat_template: str = "auto") -> tuple[Any, Exception | None]:
-    """Give the tokenizer the chat template training will use (llmforge.chat_spans decides, as train does: the
-    tokenizer's own, a family's or TRL's marked twin, or the configured family), so that lengths and previews
-    match training token for token. Returns (the chat_spans.Verdict, the problem if the template cannot train)."""
-    from llmforge import chat_spans
-
-    verdict = chat_spans.verdict_for(tokenizer, chat_template)
-    if not verdict.trains:
-        log.info("no training chat template: %s", verdict.reason)
-        try:
-            chat_spans.require(verdict)
-        except UsageError as exc:
-            return verdict, exc
-    tokenizer.chat_template = verdict.template
-    return verdict, None
 
 
 def _ids(encoded: Any) -> list[int]:

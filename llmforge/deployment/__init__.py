@@ -1,4 +1,4 @@
-"""Deployment: register an exported GGUF with Ollama under a Modelfile that matches training, and check it.
+"""Deployment: register a model with Ollama under a Modelfile that matches training, and check it.
 
 The verbs import their implementation (and the `ollama`/`gguf` libraries) only when called.
 """
@@ -8,36 +8,58 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from llmforge.config.deploy import DeployConfig
-    from llmforge.deployment.ollama_deploy import DeployResult
+    from llmforge.deployment.stage import DeployPlan, DeployResult
     from llmforge.workspace import Workspace
 
 
-def deploy_ollama(
+def plan(
     deploy: DeployConfig,
     workspace: Workspace,
     *,
     export: str | None = None,
+    base: str | None = None,
+    adapter: str | None = None,
     name: str | None = None,
     quant: str | None = None,
     system: str | None = None,
     host: str | None = None,
-    dry_run: bool = False,
     force: bool = False,
-) -> DeployResult:
-    """Write deploy/<name>/Modelfile for an exported GGUF, register it with Ollama, and check one chat answer.
+) -> DeployPlan:
+    """Decide the Modelfile for deploy/<name>/ without contacting Ollama or writing anything.
 
-    `export` is an export run name, `<run>/<quant>` or a .gguf path (default: the newest export). With `dry_run`
-    only the Modelfile is written and nothing is contacted. Raises UsageError for what the user must change
-    (unknown template, name taken without `force`, text a Modelfile cannot hold, no GGUF) and LlmforgeError when
-    Ollama is unreachable, refuses the model, or the registered model fails its check.
+    `export` is an export run name, `<run>/<quant>` or a .gguf path (default: the newest export). `base` instead
+    builds on a model already in Ollama (FROM base); with `adapter` (a run whose `export lora-gguf` adapter is
+    recorded) the adapter goes on top of `base`. Raises UsageError for what the user must change (unknown template,
+    a deployment of that name without `force`, text a Modelfile cannot hold, no GGUF, two sources at once).
     """
-    from llmforge.deployment import ollama_deploy
+    from llmforge.deployment import stage
 
-    return ollama_deploy.deploy_ollama(
-        deploy, workspace, export=export, name=name, quant=quant, system=system, host=host, dry_run=dry_run,
-        force=force,
-    )  # fmt: skip
+    return stage.plan(deploy, workspace, export=export, base=base, adapter=adapter, name=name, quant=quant,
+                      system=system, host=host, force=force)  # fmt: skip
+
+
+def write_modelfile(plan: DeployPlan) -> Path:
+    """Write the planned deploy/<name>/Modelfile (all a dry run writes) and return its path."""
+    from llmforge.deployment import stage
+
+    return stage.write_modelfile(plan)
+
+
+def run(plan: DeployPlan, *, progress=None) -> DeployResult:
+    """Register the planned model with Ollama, check one chat answer, and record it. Raises UsageError when Ollama
+    already has the name (without `force`) or lacks the base, or the base is not the adapter's; LlmforgeError when
+    Ollama is unreachable, refuses the model, or the registered model fails its check."""
+    from llmforge.deployment import stage
+
+    return stage.run(plan, progress=progress)
+
+
+def deploy_ollama(deploy: DeployConfig, workspace: Workspace, **options: Any) -> DeployResult:
+    """run(plan(...)): register in one call, for callers with nothing to show in between (`options` are plan's)."""
+    return run(plan(deploy, workspace, **options))
 
 
 def list_deployments(workspace: Workspace) -> list[dict[str, Any]]:

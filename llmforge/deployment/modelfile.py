@@ -38,9 +38,11 @@ ROLES = ("system", "user", "assistant")
 
 @dataclass
 class ModelfileSpec:
-    """What a Modelfile says. `template` None means no TEMPLATE line (Ollama falls back to the GGUF's own)."""
+    """What a Modelfile says. `template` None means no TEMPLATE line (Ollama falls back to the GGUF's own, or keeps
+    the base model's). FROM is `base` (a model already in Ollama) when set, else the `gguf` file; `adapter` is a
+    GGUF LoRA adapter applied on top (ADAPTER)."""
 
-    gguf: Path
+    gguf: Path | None
     template: str | None = None
     system: str | None = None
     stop: list[str] = field(default_factory=list)
@@ -49,6 +51,8 @@ class ModelfileSpec:
     license: str | None = None
     # Comment lines after the header: the caveats of the template (what Ollama renders differently, by id).
     notes: list[str] = field(default_factory=list)
+    base: str | None = None
+    adapter: Path | None = None
 
 
 def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +105,10 @@ def render(spec: ModelfileSpec, *, name: str) -> str:
         f"# Written by `llmforge deploy ollama` for the Ollama model {name!r}.",
         f"# Register it by hand with: {create_command(name, Path('Modelfile'))}",
         *(f"# {' '.join(note.split())}" for note in spec.notes),
-        f"FROM {spec.gguf}",
+        f"FROM {spec.base or spec.gguf}",
     ]
+    if spec.adapter is not None:
+        lines.append(f"ADAPTER {spec.adapter}")
     if spec.template is not None:
         lines.append("TEMPLATE " + modelfile_quote(spec.template, what="chat template"))
     if spec.system:
@@ -119,13 +125,16 @@ def render(spec: ModelfileSpec, *, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def create_request(spec: ModelfileSpec, digest: str) -> dict[str, Any]:
-    """Keyword arguments for ollama.Client.create: the same model the Modelfile describes, from an uploaded blob."""
+def create_request(spec: ModelfileSpec, digest: str | None, adapter_digest: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ollama.Client.create: the same model the Modelfile describes, from an uploaded blob
+    (`digest`) or from the base model in Ollama (`from`), with the uploaded adapter blob when there is one."""
     parameters: dict[str, Any] = {}
     if spec.stop:
         parameters["stop"] = list(spec.stop)
     parameters.update(spec.parameters)
-    request: dict[str, Any] = {"files": {"model.gguf": digest}}
+    request: dict[str, Any] = {"from_": spec.base} if spec.base else {"files": {"model.gguf": digest}}
+    if spec.adapter is not None:
+        request["adapters"] = {spec.adapter.name: adapter_digest}
     if spec.template is not None:
         request["template"] = spec.template
     if spec.system:

@@ -1,4 +1,4 @@
-"""`llmforge deploy ollama`: a Modelfile that matches training, registered through the official client, then checked.
+"""`llmforge deploy ollama`'s parts (the stage itself is deployment/stage.py): a Modelfile that matches training, registered through the official client, then checked.
 
 The tokenizer's own template gets a verdict from chat_templates.deploy_verdict (by rendering probe conversations,
 never from the model's name): 'exact', 'caveats' (named differences Ollama cannot reproduce, e.g. trims-whitespace,
@@ -6,25 +6,30 @@ drops-system, no-tools, date-format, reasoning-history, system-flags; each print
 and `deploy show`) or 'refused' (deploy stops with the reason). The matching family's Go template and every
 end-of-turn and end-of-text token become TEMPLATE and PARAMETER stop. After registering, one chat request must answer, stop on its
 own (done_reason "stop") and show no special token in its text; otherwise the deploy fails (exit 1).
+
+Sources (stage.DeployPlan.kind): an export, any .gguf file (its embedded template judged the same way), a model already
+in Ollama (`from`: FROM NAME keeps its template and stops), or a GGUF LoRA on its base (`adapter`: FROM BASE + ADAPTER,
+refused unless /api/show of BASE reports the architecture and sizes the adapter was trained on).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmforge import atomic, manifest, registry
 from llmforge import chat_templates as ct
+from llmforge import ollama_client, registry
 from llmforge.config.deploy import DeployConfig
 from llmforge.deployment import modelfile as mf
 from llmforge.deployment.source import (
     GgufFacts,
     TrainingTokenizer,
+    base_mismatches,
+    choose_adapter,
     choose_gguf,
+    expected_base,
     read_gguf,
     read_training_tokenizer,
     training_max_length,
@@ -32,47 +37,10 @@ from llmforge.deployment.source import (
 from llmforge.errors import InputError, LlmforgeError, UsageError
 from llmforge.workspace import Workspace
 
-log = logging.getLogger(__name__)
-
-DEFAULT_HOST = "http://127.0.0.1:11434"
 CHECK_PROMPT = "Hello! In one sentence, what can you help me with?"
 CHECK_MAX_TOKENS = 256
 # Ollama model names: [namespace/]name[:tag] of letters, digits, '.', '_' and '-'.
 NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-@dataclass
-class DeployResult:
-    """What `deploy ollama` did; the CLI prints it."""
-
-    name: str
-    modelfile: Path
-    create_command: str
-    run_command: str
-    gguf: Path
-    export_id: str
-    family: str | None  # None: embedded (no TEMPLATE)
-    template_source: str  # "identified" | "configured" | "embedded"
-    # deploy_verdict's status for the model's own template ("exact" | "caveats"), None when it was not judged
-    # (configured family over no template, or embedded).
-    template_status: str | None = None
-    variant: str = ""
-    caveats: list[dict[str, str]] = field(default_factory=list)  # [{"id", "text"}]
-    stop: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    dry_run: bool = False
-    host: str | None = None
-    digest: str | None = None
-    manifest: Path | None = None
-    check: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-def resolve_host(host: str | None) -> str:
-    return host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
 
 
 def folder_name(name: str) -> str:
@@ -218,25 +186,24 @@ def _bos_check(family: ct.Family | None, gguf: GgufFacts, warnings: list[str]) -
         )
 
 
-def plan(
-    deploy: DeployConfig, workspace: Workspace, *, export: str | None, quant: str | None, system: str | None
-) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
-    """Everything short of writing and registering: the Modelfile spec and the facts for manifest and checks."""
-    chosen = choose_gguf(workspace, export, quant or deploy.quant)
-    gguf = read_gguf(chosen.path)
-    tok = read_training_tokenizer(chosen.model_dirs)
-    choice = choose_template(deploy.template, gguf, tok)
-    warnings = list(choice.warnings)
-    if chosen.verified is False:
-        warnings.append(f"{chosen.path.name} was not verified against the original model at export")
-    _bos_check(choice.family, gguf, warnings)
+NO_GGUF = GgufFacts(None, None, (), None, None, (), None, None)
 
+
+def _spec(
+    deploy: DeployConfig,
+    choice: TemplateChoice,
+    meta: GgufFacts,
+    tok: TrainingTokenizer,
+    system: str | None,
+    max_length: int | None,
+    **source: Any,
+) -> mf.ModelfileSpec:
+    """The Modelfile for any source (`source`: gguf=, base=, adapter=): stops, parameters, SYSTEM and MESSAGEs.
+    `meta` is the GGUF's metadata (NO_GGUF when FROM is a model in Ollama)."""
     params = mf.check_parameters(dict(deploy.parameters))
-    stops = stop_tokens(choice.family, gguf, tok, params.pop("stop", []))
-    if "num_ctx" not in params:
-        length = training_max_length(workspace, chosen.run)
-        if length:
-            params["num_ctx"] = min(length, gguf.context_length) if gguf.context_length else length
+    stops = stop_tokens(choice.family, meta, tok, params.pop("stop", []))
+    if "num_ctx" not in params and max_length:
+        params["num_ctx"] = min(max_length, meta.context_length) if meta.context_length else max_length
     system_text = system if system is not None else deploy.system
     messages = mf.check_messages(list(deploy.messages))
     if choice.family is not None and not choice.family.supports_system:
@@ -245,8 +212,8 @@ def plan(
                 f"the {choice.family.name} chat template has no system role, so a system prompt would be dropped",
                 hint="remove deploy.system / --system (and system MESSAGEs), or put the instruction in a user turn",
             )
-    spec = mf.ModelfileSpec(
-        gguf=chosen.path,
+    return mf.ModelfileSpec(
+        gguf=source.pop("gguf", None),
         template=choice.ollama_template,
         system=system_text or None,
         stop=stops,
@@ -254,187 +221,166 @@ def plan(
         messages=messages,
         license=_license_text(deploy.license),
         notes=[f"caveat {c.id}: {c.text}" for c in choice.caveats],
+        **source,
     )
-    facts = {
-        "chosen": chosen,
+
+
+def _facts(choice: TemplateChoice, warnings: list[str], markers: list[str], **source: Any) -> dict[str, Any]:
+    return {
         "family": choice.family,
         "template_source": choice.source,
         "template_status": choice.status,
         "caveats": [c.to_dict() for c in choice.caveats],
         "warnings": warnings,
-        "leak_markers": leak_markers(choice.family, gguf, stops),
+        "leak_markers": markers,
+        **source,
     }
+
+
+def plan_export(
+    deploy: DeployConfig, workspace: Workspace, *, export: str | None, quant: str | None, system: str | None
+) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
+    """An export or a .gguf file: everything short of writing and registering: the Modelfile spec and the facts for manifest and checks."""
+    chosen = choose_gguf(workspace, export, quant or deploy.quant)
+    gguf = read_gguf(chosen.path)
+    tok = read_training_tokenizer(chosen.model_dirs)
+    choice = choose_template(deploy.template, gguf, tok)
+    warnings = list(choice.warnings)
+    if chosen.verified is False:
+        warnings.append(f"{chosen.path.name} was not verified against the original model at export")
+    _bos_check(choice.family, gguf, warnings)
+    spec = _spec(deploy, choice, gguf, tok, system, training_max_length(workspace, chosen.run), gguf=chosen.path)
+    kind = "gguf" if chosen.run is None else "export"
+    facts = _facts(
+        choice, warnings, leak_markers(choice.family, gguf, spec.stop), kind=kind, parent=chosen.export_id,
+        gguf=chosen.path, quant=chosen.quant,
+    )  # fmt: skip
+    return spec, facts
+
+
+def plan_from(deploy: DeployConfig, *, base: str, system: str | None) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
+    """FROM a model already in Ollama: it keeps its own TEMPLATE and stops (nothing here says how it was trained);
+    the Modelfile adds SYSTEM, PARAMETERs and MESSAGEs. A family in deploy.template replaces its TEMPLATE."""
+    setting = (deploy.template or "auto").strip().lower()
+    if setting in ("auto", "embedded"):
+        choice = TemplateChoice(None, None, "inherited", [])
+    else:
+        choice = choose_template(setting, NO_GGUF, TrainingTokenizer())
+    spec = _spec(deploy, choice, NO_GGUF, TrainingTokenizer(), system, None, base=base)
+    facts = _facts(choice, list(choice.warnings), list(spec.stop), kind="from", parent=f"ollama:{base}", base=base)
+    return spec, facts
+
+
+def plan_adapter(
+    deploy: DeployConfig, workspace: Workspace, *, run: str, base: str, system: str | None
+) -> tuple[mf.ModelfileSpec, dict[str, Any]]:
+    """FROM the base in Ollama + ADAPTER the run's GGUF LoRA, under the template the run was trained with (its
+    tokenizer's, judged like an export's); with no template recorded, the base keeps its own (warned)."""
+    chosen = choose_adapter(workspace, run)
+    tok = read_training_tokenizer(chosen.model_dirs)
+    setting = (deploy.template or "auto").strip().lower()
+    warnings: list[str] = []
+    if setting == "auto" and not tok.chat_template:
+        choice = TemplateChoice(None, None, "inherited", [])
+        warnings.append(
+            f"the run '{run}' records no chat template, so the model keeps the TEMPLATE of '{base}'; "
+            "it is not checked against training"
+        )
+    elif setting == "embedded":
+        choice = TemplateChoice(None, None, "inherited", [])
+    else:
+        choice = choose_template(setting, NO_GGUF, tok)
+    warnings += choice.warnings
+    if chosen.verified is False:
+        warnings.append(f"{chosen.path.name} was not verified against the base model at export")
+    spec = _spec(
+        deploy, choice, NO_GGUF, tok, system, training_max_length(workspace, run), base=base, adapter=chosen.path
+    )
+    facts = _facts(
+        choice, warnings, list(spec.stop), kind="adapter", parent=chosen.export_id, base=base, adapter=chosen.path,
+        expected_base=expected_base(chosen),
+    )  # fmt: skip
     return spec, facts
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The verb
+# Talking to Ollama: the steps of stage.run
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def deploy_ollama(
-    deploy: DeployConfig,
-    workspace: Workspace,
-    *,
-    export: str | None = None,
-    name: str | None = None,
-    quant: str | None = None,
-    system: str | None = None,
-    host: str | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-) -> DeployResult:
-    timer = manifest.Timer()
-    name = check_name(name or deploy.name or "")
-    folder = workspace.deploy_dir(folder_name(name))
-    manifest_path = folder / "manifest.json"
-    atomic.refuse_overwrite(manifest_path, force, f"a deployment named '{name}'")
-    spec, facts = plan(deploy, workspace, export=export, quant=quant, system=system)
-    chosen = facts["chosen"]
-    family = facts["family"]
-    modelfile_path = folder / "Modelfile"
-    text = mf.render(spec, name=name)  # refuses unwritable text before anything is written or sent
-    result = DeployResult(
-        name=name,
-        modelfile=modelfile_path,
-        create_command=mf.create_command(name, modelfile_path),
-        run_command=f"ollama run {name}",
-        gguf=chosen.path,
-        export_id=chosen.export_id,
-        family=family.name if family else None,
-        template_source=facts["template_source"],
-        template_status=facts["template_status"],
-        variant=family.variant if family else "",
-        caveats=facts["caveats"],
-        stop=list(spec.stop),
-        parameters=dict(spec.parameters),
-        dry_run=dry_run,
-        warnings=facts["warnings"],
-    )
-    if dry_run:
-        atomic.write_text(modelfile_path, text)
-        return result
-
-    import httpx
-    import ollama
-
-    result.host = resolve_host(host or deploy.host)
-    client = _client(result.host)
-    existing = _registered_names(client, result.host)
-    if full_name(name) in existing and not force:
-        raise UsageError(
-            f"Ollama at {result.host} already has a model named '{name}'",
-            hint="choose another --name, or pass --force to replace it",
-        )
-    atomic.write_text(modelfile_path, text)
-    try:
-        result.digest = client.create_blob(chosen.path)
-        statuses = [
-            p.status
-            for p in client.create(model=name, from_=None, stream=True, **mf.create_request(spec, result.digest))
-        ]
-    except ollama.ResponseError as e:
-        raise LlmforgeError(
-            f"Ollama at {result.host} refused to register '{name}': {e.error} (HTTP {e.status_code})",
-            hint=f"the Modelfile is at {modelfile_path}; try `{result.create_command}` to see Ollama's own message",
-        ) from None
-    except (ConnectionError, OSError, httpx.TransportError) as e:
-        raise _unreachable(result.host, e) from None
-    if not statuses or statuses[-1] != "success":
-        raise LlmforgeError(
-            f"Ollama at {result.host} did not finish registering '{name}' (last status: {statuses[-1:] or 'none'})",
-            hint=f"try `{result.create_command}` by hand",
-        )
-    log.info("registered %s at %s (%s)", name, result.host, ", ".join(statuses))
-    _check_registered_template(client, name, spec, result.host)
-
-    if deploy.check:
-        result.check = check_deployment(client, name, spec, facts["leak_markers"])
-    result.manifest = manifest_path
-    atomic.write_json(
-        manifest_path,
-        manifest.build(
-            "deploy",
-            inputs={"modelfile": modelfile_path},
-            timer=timer,
-            name=name,
-            host=result.host,
-            gguf={"path": str(chosen.path), "digest": result.digest, "quant": chosen.quant},
-            export=chosen.export_id,
-            family=result.family,
-            variant=result.variant,
-            template_source=result.template_source,
-            template_status=result.template_status,
-            caveats=result.caveats,
-            stop=result.stop,
-            parameters=result.parameters,
-            check=result.check,
-            warnings=result.warnings,
-            config={"deploy": deploy.model_dump(mode="json")},
-        ),
-    )
-    registry.record(
-        workspace.registry_file,
-        "deployment",
-        name,
-        parent=chosen.export_id,
-        host=result.host,
-        family=result.family,
-        variant=result.variant,
-        caveats=[c["id"] for c in result.caveats],
-        quant=chosen.quant,
-        modelfile=str(modelfile_path),
-        path=str(folder),
-        status="unchecked" if result.check is None else "complete" if result.check["ok"] else "check failed",
-        check_ok=None if result.check is None else result.check["ok"],
-    )
-    if result.check is not None and not result.check["ok"]:
-        raise LlmforgeError(
-            f"'{name}' is registered but its check failed: {result.check['problem']}",
-            hint=f"it stays registered for inspection (`ollama run {name}`); remove it with "
-            f"`llmforge deploy remove {name}`. The Modelfile is {modelfile_path}",
-        )
-    return result
-
-
-def _client(host: str):
-    import httpx
-    import ollama
-
-    return ollama.Client(host=host, timeout=httpx.Timeout(600.0, connect=10.0))
-
-
-def _unreachable(host: str, error: BaseException) -> LlmforgeError:
-    return LlmforgeError(
-        f"cannot reach Ollama at {host} ({type(error).__name__})",
-        hint="start it with `ollama serve` (or the Ollama app), or point at a running one with --host URL, "
-        "deploy.host or OLLAMA_HOST",
-    )
-
-
 def _registered_names(client, host: str) -> set[str]:
-    import httpx
-    import ollama
-
-    try:
+    with ollama_client.talking_to(host, "answered GET /api/tags with an error"):
         listing = client.list()
-    except (ConnectionError, httpx.TransportError) as e:
-        raise _unreachable(host, e) from None
-    except ollama.ResponseError as e:
-        raise LlmforgeError(f"Ollama at {host} answered GET /api/tags with an error: {e.error}") from None
     return {m.model for m in listing.models if m.model}
+
+
+def _show_base(client, host: str, base: str):
+    """/api/show of the model FROM names; a model Ollama does not have is the user's to pull."""
+    try:
+        with ollama_client.talking_to(host, f"cannot show '{base}'"):
+            return client.show(base)
+    except ollama_client.Refused as e:
+        if not e.missing:
+            raise
+        raise UsageError(
+            f"Ollama at {host} has no model '{base}' to build on",
+            hint=f"pull it first: ollama pull {base}   (or name one `ollama list` shows)",
+        ) from None
+
+
+def _parameter_stops(parameters: str) -> list[str]:
+    """The stop strings in /api/show's `parameters` text (one `name value` line each, strings JSON-quoted)."""
+    import json
+
+    stops = []
+    for line in parameters.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "stop" and value.strip():
+            value = value.strip()
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+            if isinstance(value, str) and value:
+                stops.append(value)
+    return stops
+
+
+def _check_base(shown, base: str, expected: dict[str, Any], run: str) -> dict[str, Any]:
+    """The base in Ollama must be the model the adapter was trained on; refuse (UsageError) when it is not."""
+    info = dict(shown.modelinfo or {})
+    details = shown.details
+    problems = base_mismatches(expected, info)
+    compared = sorted(k for k in expected if info.get(k) not in (None, []))
+    report = {
+        "base": base,
+        "compared": compared,
+        "expected": {k: v for k, v in expected.items()},
+        "parameter_size": getattr(details, "parameter_size", None),
+        "quantization_level": getattr(details, "quantization_level", None),
+        "problems": problems,
+    }
+    if problems:
+        size = f" ({report['parameter_size']})" if report["parameter_size"] else ""
+        raise UsageError(
+            f"'{base}'{size} in Ollama is not the model the adapter of '{run}' was trained on: " + "; ".join(problems),
+            hint=f"pass --from the Ollama model of the same base, or merge the adapter into a full model instead: "
+            f"llmforge export gguf {run}, then llmforge deploy ollama {run}",
+        )
+    if "general.architecture" not in compared:
+        raise UsageError(
+            f"Ollama's /api/show for '{base}' reports no general.architecture, so the adapter's base cannot be checked",
+            hint="upgrade Ollama, or merge the adapter into a full model: llmforge export gguf " + run,
+        )
+    return report
 
 
 def _check_registered_template(client, name: str, spec: mf.ModelfileSpec, host: str) -> None:
     """Ollama must hold the TEMPLATE we sent (a server that ignores the field would silently guess its own)."""
-    import ollama
-
     if spec.template is None:
         return
-    try:
+    with ollama_client.talking_to(host, "cannot show the model it just registered"):
         registered = client.show(name).template or ""
-    except ollama.ResponseError as e:
-        raise LlmforgeError(f"Ollama at {host} cannot show the model it just registered: {e.error}") from None
     if registered != spec.template:
         raise LlmforgeError(
             f"Ollama at {host} registered '{name}' with a different TEMPLATE than the one sent "
@@ -446,24 +392,22 @@ def _check_registered_template(client, name: str, spec: mf.ModelfileSpec, host: 
 
 def check_deployment(client, name: str, spec: mf.ModelfileSpec, markers: list[str]) -> dict[str, Any]:
     """Chat once (streaming, greedy): the model must answer, stop by itself and leak no special token."""
-    import httpx
-    import ollama
-
     content, done_reason, done = "", None, False
     try:
-        for part in client.chat(
-            model=name,
-            messages=[{"role": "user", "content": CHECK_PROMPT}],
-            stream=True,
-            options={"temperature": 0, "num_predict": CHECK_MAX_TOKENS, "seed": 0},
-        ):
-            content += part.message.content or ""
-            if part.done:
-                done, done_reason = True, part.done_reason
-    except ollama.ResponseError as e:
-        return {"ok": False, "problem": f"the chat request failed: {e.error}", "content": content}
-    except (ConnectionError, httpx.TransportError) as e:
-        return {"ok": False, "problem": f"the chat request broke off ({type(e).__name__})", "content": content}
+        with ollama_client.talking_to("", "chat"):
+            for part in client.chat(
+                model=name,
+                messages=[{"role": "user", "content": CHECK_PROMPT}],
+                stream=True,
+                options={"temperature": 0, "num_predict": CHECK_MAX_TOKENS, "seed": 0},
+            ):
+                content += part.message.content or ""
+                if part.done:
+                    done, done_reason = True, part.done_reason
+    except ollama_client.Refused as e:
+        return {"ok": False, "problem": f"the chat request failed: {e.detail}", "content": content}
+    except ollama_client.Unreachable as e:
+        return {"ok": False, "problem": f"the chat request broke off ({e.cause})", "content": content}
     leaked = [m for m in markers if m in content]
     shown = content if len(content) <= 160 else content[:160] + "..."
     problem = None
@@ -511,11 +455,18 @@ def list_deployments(workspace: Workspace) -> list[dict[str, Any]]:
     for entry in registry.read(workspace.registry_file):
         if entry.get("kind") != "deployment":
             continue
-        chain = registry.lineage(workspace.registry_file, entry["id"])
+        chain = [f"{e['kind']}:{e['id']}" for e in registry.lineage(workspace.registry_file, entry["id"])]
+        parent = entry.get("parent")
+        if parent and len(chain) == 1:  # made from something outside the registry: a GGUF file or a model in Ollama
+            chain.insert(0, parent if parent.startswith("ollama:") else f"gguf:{parent}")
+        if entry.get("source") == "adapter" and entry.get("base"):
+            chain.insert(len(chain) - 1, f"ollama:{entry['base']}")  # the adapter runs on this base
         rows.append(
             {
                 "name": entry["id"],
-                "export": entry.get("parent"),
+                "kind": entry.get("source") or "export",
+                "base": entry.get("base"),
+                "export": parent,
                 "host": entry.get("host"),
                 "family": entry.get("family"),
                 "variant": entry.get("variant") or "",
@@ -524,7 +475,7 @@ def list_deployments(workspace: Workspace) -> list[dict[str, Any]]:
                 "check_ok": entry.get("check_ok"),
                 "recorded_at": entry.get("recorded_at"),
                 "modelfile": entry.get("modelfile"),
-                "lineage": [f"{e['kind']}:{e['id']}" for e in chain],
+                "lineage": chain,
             }
         )
     return rows
@@ -547,24 +498,24 @@ def show_deployment(workspace: Workspace, name: str, *, host: str | None = None)
         "manifest": recorded,
         "modelfile": modelfile.read_text(encoding="utf-8") if modelfile.is_file() else None,
     }
-    target = resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
+    target = ollama_client.resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
     info["ollama"] = _ollama_view(target, name)
     return info
 
 
 def _ollama_view(host: str, name: str) -> dict[str, Any]:
-    import httpx
-    import ollama
-
-    client = ollama.Client(host=host, timeout=httpx.Timeout(30.0, connect=5.0))
+    client = ollama_client.connect(
+        host, timeout=ollama_client.LOOKUP_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
+    )
     try:
-        shown = client.show(name)
-    except ollama.ResponseError as e:
-        if e.status_code == 404:
+        with ollama_client.talking_to(host, f"cannot show '{name}'"):
+            shown = client.show(name)
+    except ollama_client.Refused as e:
+        if e.missing:
             return {"host": host, "registered": False}
-        return {"host": host, "registered": None, "error": e.error}
-    except (ConnectionError, httpx.TransportError) as e:
-        return {"host": host, "registered": None, "error": f"unreachable ({type(e).__name__})"}
+        return {"host": host, "registered": None, "error": e.detail}
+    except ollama_client.Unreachable as e:
+        return {"host": host, "registered": None, "error": f"unreachable ({e.cause})"}
     return {"host": host, "registered": True, "template": shown.template, "parameters": shown.parameters}
 
 
@@ -572,25 +523,23 @@ def remove_deployment(workspace: Workspace, name: str, *, host: str | None = Non
     """Delete the model from Ollama (a model Ollama no longer has is fine) and forget it in the workspace."""
     import shutil
 
-    import httpx
-    import ollama
-
     entry = next((r for r in list_deployments(workspace) if r["name"] == name), None)
     recorded = _manifest_of(workspace, name)
     folder = workspace.deploy_dir(folder_name(name))
     if entry is None and recorded is None and not folder.exists():
         raise UsageError(f"no deployment named '{name}' in this workspace", hint="list them with: llmforge deploy list")
-    target = resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
-    client = ollama.Client(host=target, timeout=httpx.Timeout(60.0, connect=10.0))
+    target = ollama_client.resolve_host(host or (entry or {}).get("host") or (recorded or {}).get("host"))
+    client = ollama_client.connect(
+        target, timeout=ollama_client.LOOKUP_TIMEOUT, connect_timeout=ollama_client.CONNECT_TIMEOUT
+    )
     try:
-        client.delete(name)
+        with ollama_client.talking_to(target, f"refused to delete '{name}'"):
+            client.delete(name)
         deleted = True
-    except ollama.ResponseError as e:
-        if e.status_code != 404:
-            raise LlmforgeError(f"Ollama at {target} refused to delete '{name}': {e.error}") from None
+    except ollama_client.Refused as e:
+        if not e.missing:
+            raise
         deleted = False
-    except (ConnectionError, httpx.TransportError) as e:
-        raise _unreachable(target, e) from None
     shutil.rmtree(folder, ignore_errors=True)
     registry.forget(workspace.registry_file, "deployment", name)
     return {"name": name, "host": target, "deleted_from_ollama": deleted, "removed_folder": str(folder)}

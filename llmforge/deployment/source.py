@@ -219,3 +219,106 @@ def training_max_length(workspace: Workspace, run: str | None) -> int | None:
             if isinstance(value, int) and value > 0:
                 return value
     return None
+
+
+@dataclass(frozen=True)
+class ChosenAdapter:
+    """A GGUF LoRA adapter from `llmforge export lora-gguf` and what its base must look like in Ollama."""
+
+    path: Path
+    run: str
+    export_id: str  # the registry id export lora-gguf records: <run>/lora
+    verified: bool | None
+    base_model: Path | None  # the HF folder it was trained on
+    base_gguf: Path | None  # a GGUF of that base, when export verified the adapter on one
+    model_dirs: tuple[Path, ...]  # folders with the training tokenizer (the run's adapter, the base)
+
+
+def choose_adapter(workspace: Workspace, run: str) -> ChosenAdapter:
+    """The newest GGUF LoRA adapter `export lora-gguf` recorded in export/<run>/manifest.json."""
+    hint = f"make one first: llmforge export lora-gguf {run}"
+    manifest_path = workspace.export_manifest(run)
+    entries = _read_json(manifest_path).get("lora_adapters") if manifest_path.is_file() else None
+    entries = [e for e in entries or [] if isinstance(e, dict) and e.get("path")]
+    path = workspace.export_dir(run) / str(entries[-1]["path"]) if entries else None
+    if path is None or not path.is_file():
+        raise UsageError(f"the run '{run}' has no exported GGUF LoRA adapter ({workspace.export_dir(run)})", hint=hint)
+    entry = entries[-1]
+    base = Path(str(entry["base_model"])) if entry.get("base_model") else None
+    verified_on = Path(str(entry["verified_on"])) if entry.get("verified_on") else None
+    dirs = [workspace.adapter_dir(run)] + ([base] if base else [])
+    return ChosenAdapter(
+        path=path.resolve(),
+        run=run,
+        export_id=f"{run}/lora",
+        verified=entry.get("verified"),
+        base_model=base,
+        base_gguf=verified_on if verified_on and verified_on.suffix == ".gguf" and verified_on.is_file() else None,
+        model_dirs=tuple(d for d in dirs if d.is_dir()),
+    )
+
+
+def tokens_hash(tokens: list[str] | tuple[str, ...]) -> str:
+    """sha256 of a vocabulary (tokenizer.ggml.tokens, in id order): the same on both sides of a comparison."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(list(tokens), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def expected_base(adapter: ChosenAdapter) -> dict[str, Any]:
+    """What the base in Ollama must report in /api/show's model_info for this adapter: the GGUF keys, from the
+    adapter GGUF's architecture, the HF base's config.json (layers, widths, heads, vocabulary) and, when export
+    verified on a base GGUF, that GGUF's vocabulary hash."""
+    arch = read_gguf(adapter.path).architecture
+    expected: dict[str, Any] = {"general.architecture": arch}
+    config_path = _base_config(adapter.base_model) if adapter.base_model else None
+    if arch and config_path is not None:
+        config = _read_json(config_path)
+        config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        heads = config.get("num_attention_heads")
+        for key, value in (
+            ("block_count", config.get("num_hidden_layers")),
+            ("embedding_length", config.get("hidden_size")),
+            ("feed_forward_length", config.get("intermediate_size")),
+            ("attention.head_count", heads),
+            ("attention.head_count_kv", config.get("num_key_value_heads") or heads),
+            ("vocab_size", config.get("vocab_size")),
+        ):
+            if isinstance(value, int):
+                expected[f"{arch}.{key}"] = value
+    if adapter.base_gguf is not None:
+        tokens = read_gguf(adapter.base_gguf).tokens
+        if tokens:
+            expected["tokenizer.ggml.tokens"] = tokens_hash(tokens)
+    return expected
+
+
+def _base_config(base: Path) -> Path | None:
+    """The base's config.json: in its folder, or, for a hub id, in the local hub cache training filled (never
+    downloaded here)."""
+    if (base / "config.json").is_file():
+        return base / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(str(base), "config.json")
+    except ValueError:  # not a valid repo id either
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def base_mismatches(expected: dict[str, Any], model_info: dict[str, Any]) -> list[str]:
+    """How Ollama's model_info differs from `expected`; a key Ollama does not report is not a difference. The
+    vocabulary is compared by hash, and only when Ollama lists the tokens (show returns them only verbose)."""
+    problems = []
+    for key, want in expected.items():
+        have = model_info.get(key)
+        if key == "tokenizer.ggml.tokens":
+            if have and tokens_hash(have) != want:
+                problems.append("the tokenizer's vocabulary differs (tokenizer.ggml.tokens hash)")
+            continue
+        if have is not None and have != want:
+            problems.append(f"{key} is {have}, the adapter's base has {want}")
+    return problems

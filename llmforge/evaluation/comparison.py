@@ -259,22 +259,32 @@ def _unique(label: str, spec: str, taken: set[str]) -> str:
     return f"{label}#{n}"
 
 
-def compare(
-    targets: list[str],
-    model: ModelConfig,
-    config: EvalConfig,
-    workspace: Workspace,
-    progress: Progress | None = None,
-) -> tuple[list[TargetResult], list[Example], Path]:
-    """Evaluate every target; returns their results, the examples and the data file."""
-    progress = progress or (lambda *a: None)
+def prepare(
+    targets: list[str], model: ModelConfig, config: EvalConfig, workspace: Workspace
+) -> tuple[list[Example], Path, list[tuple[str, Callable]], list[Target]]:
+    """(the examples, the data file, the user's metric functions, every target resolved), before any model loads."""
     data = Path(config.data) if config.data else workspace.split_file("test")
     items = example_io.load(data, config.limit)
-    cache_dir = workspace.root / "eval" / "cache" if config.cache else None
     custom = custom_metrics(config)
     # Every target is resolved before any is evaluated: a target that names nothing (a typo, a run or file that does
     # not exist) is a usage error for the whole command, which then writes no report and no registry entry.
     resolved = [resolve(spec, workspace, model.name, model.revision, config.ollama_host) for spec in targets]
+    return items, data, custom, resolved
+
+
+def evaluate_all(
+    targets: list[str],
+    resolved: list[Target],
+    items: list[Example],
+    model: ModelConfig,
+    config: EvalConfig,
+    workspace: Workspace,
+    custom: list[tuple[str, Callable]],
+    progress: Progress | None = None,
+) -> list[TargetResult]:
+    """Evaluate every resolved target in turn (one failing alone), judge them, and fill their metrics."""
+    progress = progress or (lambda *a: None)
+    cache_dir = workspace.root / "eval" / "cache" if config.cache else None
     results: list[TargetResult] = []
     for spec, target in zip(targets, resolved):
         result = TargetResult(spec=spec, label=spec)
@@ -307,4 +317,4 @@ def compare(
     for r in results:
         if r.ok:
             summarise(r, items, reported(config), custom)
-    return results, items, data
+    return results

@@ -25,10 +25,10 @@ class GGUFEngine:
         self.tokenizer = None
         self.verdict = None
         if tokenizer is not None:
-            from llmforge.evaluation.hf_engine import load_tokenizer, use_training_template
+            from llmforge import checkpoints
 
-            self.tokenizer = load_tokenizer(tokenizer)
-            self.verdict = use_training_template(self.tokenizer, chat_template)
+            self.tokenizer = checkpoints.load_tokenizer(tokenizer)
+            self.verdict = checkpoints.use_training_template(self.tokenizer, chat_template, untrainable="keep-own")
         # llama.cpp keeps (n_ctx x vocabulary) logits with logits_all: size the context to the longest example,
         # not to max_length (2048 x 150k float32 would be 1.2 GB for nothing).
         n_ctx = max_length + max_new_tokens

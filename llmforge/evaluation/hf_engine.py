@@ -14,31 +14,6 @@ from llmforge.evaluation.examples import Example
 
 log = logging.getLogger(__name__)
 
-# A tokenizer saved as a plain `tokenizers` backend is loaded exactly as saved: AutoTokenizer may swap in a
-# model-specific class (e.g. Qwen2Tokenizer) with another pre-tokenizer, and the ids would differ from training.
-
-
-def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer as training saved it (checkpoints.load_tokenizer: plain tokenizers load as saved)."""
-    from llmforge.checkpoints import load_tokenizer as load
-
-    return load(name, revision=revision, trust_remote_code=trust_remote_code)
-
-
-def use_training_template(tokenizer, configured: str = "auto"):
-    """Score and prompt with the template training used, found as training finds it (chat_spans.verdict_for: the
-    tokenizer's own, a family's or TRL's marked twin, or the configured family). Returns the chat_spans.Verdict;
-    one that cannot train leaves the template as it is (conversations then cannot be scored)."""
-    from llmforge import chat_spans
-
-    verdict = chat_spans.verdict_for(tokenizer, configured)
-    if verdict.trains:
-        tokenizer.chat_template = verdict.template
-    elif not getattr(tokenizer, "chat_template", None):
-        chat_spans.require(verdict)
-    return verdict
-
-
 def chat_tokens(
     tokenizer, example: Example, max_length: int, verdict=None
 ) -> tuple[list[tuple[list[int], list[int]]], str]:
@@ -85,10 +60,13 @@ class HFEngine:
 
         hf_logging.disable_progress_bar()  # our own progress bar is the one on screen
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = load_tokenizer(tokenizer or model, revision if tokenizer in (None, model) else None,
-                                        trust_remote_code)
-        self.verdict = use_training_template(self.tokenizer, chat_template)
         from llmforge import checkpoints
+
+        self.tokenizer = checkpoints.load_tokenizer(
+            tokenizer or model, revision=revision if tokenizer in (None, model) else None,
+            trust_remote_code=trust_remote_code,
+        )
+        self.verdict = checkpoints.use_training_template(self.tokenizer, chat_template, untrainable="keep-own")
 
         # half precision on CPU is slow and loses accuracy: fp32 there unless asked otherwise
         load_dtype = "float32" if self.device == "cpu" and dtype == "auto" else dtype

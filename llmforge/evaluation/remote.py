@@ -4,12 +4,9 @@ Servers give no logits, so these targets have generation metrics only."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from llmforge.errors import LlmforgeError, require_extra
@@ -23,54 +20,53 @@ def _reason(exc: BaseException) -> str:
 
 
 class HTTPEngine:
-    """POST {base}/chat/completions; the model is ?model=NAME in the target, else the endpoint's first model."""
+    """POST {base}/chat/completions; the model is ?model=NAME in the target, else the endpoint's first model.
+    A busy server (429/503) is retried after its Retry-After; anything else fails the target at once."""
+
+    RETRIES = 3  # a busy server's requests, not a broken one's: 429/503 only
 
     def __init__(self, base_url: str, model: str | None, *, timeout: float, api_key_env: str | None = None):
+        from llmforge.openai_client import Client
+
         self.base_url = base_url
         self.timeout = timeout
-        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        api_key = os.environ.get(api_key_env) if api_key_env else None
+        self.client = Client(base_url, api_key=api_key, timeout=timeout, retries=self.RETRIES)
         self.model = model or self._first_model() or "default"
 
-    def _request(self, path: str, body: dict | None = None) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
-                                     method="GET" if body is None else "POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:200]
-            raise LlmforgeError(f"{self.base_url}{path} answered HTTP {exc.code}: {detail}",
-                                hint="check the endpoint URL, its model name (?model=NAME) and API key") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise LlmforgeError(f"cannot reach {self.base_url} ({_reason(exc)})",
-                                hint="is the server running? check the host and port") from None
-        except ValueError as exc:
-            raise LlmforgeError(f"{self.base_url}{path} did not answer JSON ({exc})") from None
+    def _failed(self, exc, path: str) -> LlmforgeError:
+        if exc.status is not None:
+            return LlmforgeError(f"{self.base_url}{path} answered HTTP {exc.status}: {exc.body[:200]}",
+                                 hint="check the endpoint URL, its model name (?model=NAME) and API key")
+        if exc.problem.startswith("unexpected reply"):
+            return LlmforgeError(f"{self.base_url}{path}: no choices[0].message in the reply")
+        return LlmforgeError(f"cannot reach {self.base_url} ({exc.problem})",
+                             hint="is the server running? check the host and port")
 
     def _first_model(self) -> str | None:
+        from llmforge.openai_client import EndpointError
+
         try:
-            models = self._request("/models").get("data") or []
-        except LlmforgeError as exc:
-            if "cannot reach" in exc.message:
-                raise
+            models = self.client.get_json("/models").get("data") or []
+        except EndpointError as exc:
+            if exc.status is None and not exc.problem.startswith("unexpected reply"):
+                raise self._failed(exc, "/models") from None
             return None  # some servers have no /models; the request itself will tell
         return models[0].get("id") if models else None
 
     def generate(self, prompt: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> dict:
+        from llmforge.openai_client import EndpointError
+
         started = time.perf_counter()
-        out = self._request("/chat/completions", {
-            "model": self.model, "messages": prompt, "max_tokens": max_new_tokens, "temperature": temperature,
-            "seed": seed, "stream": False,
-        })
-        seconds = time.perf_counter() - started
         try:
-            text = out["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise LlmforgeError(f"{self.base_url}/chat/completions: no choices[0].message in the reply") from None
+            out = self.client.chat_completion({
+                "model": self.model, "messages": prompt, "max_tokens": max_new_tokens, "temperature": temperature,
+                "seed": seed,
+            })
+        except EndpointError as exc:
+            raise self._failed(exc, "/chat/completions") from None
+        seconds = time.perf_counter() - started
+        text = out["choices"][0]["message"].get("content") or ""
         tokens = (out.get("usage") or {}).get("completion_tokens")
         return {"text": text.strip(), "new_tokens": int(tokens) if tokens is not None else None, "seconds": seconds}
 
@@ -81,10 +77,10 @@ class HTTPEngine:
 class OllamaEngine:
     def __init__(self, host: str, model: str, *, timeout: float):
         require_extra("evaluating an Ollama model", "deploy", "ollama")
-        import ollama
+        from llmforge import ollama_client
 
         self.host, self.model = host, model
-        self.client = ollama.Client(host=host, timeout=timeout)
+        self.client = ollama_client.connect(host, timeout=timeout)
         self.digest = None
         try:
             listed = self.client.list()

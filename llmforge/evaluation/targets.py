@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from llmforge import ollama_client
 from llmforge.errors import InputError, UsageError
 from llmforge.workspace import Workspace
 
-DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -94,7 +93,7 @@ def resolve(spec: str, workspace: Workspace, base_model: str | None, revision: s
         name = spec.split(":", 1)[1]
         if not name:
             raise UsageError("target 'ollama:' needs a model name", hint="e.g. ollama:my-model")
-        host = ollama_host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+        host = ollama_client.resolve_host(ollama_host)
         if "://" not in host:
             host = "http://" + host
         return Target(spec, "ollama", spec, model=name, url=host)

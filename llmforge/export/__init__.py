@@ -1,6 +1,8 @@
 """`llmforge export`: merge adapters into the base, convert to GGUF (our converter), quantize, verify.
 
-The verbs here resolve workspace paths and write manifests; the work is in modules imported inside them.
+The stage's two verbs: plan() decides a GGUF export and returns an ExportPlan, run(plan) writes it and returns an
+ExportResult (llmforge/export/stage.py). `export merge` and `export lora-gguf` have the same two parts
+(plan_merge/run_merge, plan_lora_gguf/run_lora_gguf) and one-call conveniences (merge, export_lora_gguf). The work is in modules imported inside them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmforge.errors import InputError, UsageError
 from llmforge.workspace import check_name
@@ -17,6 +19,14 @@ from llmforge.workspace import check_name
 if TYPE_CHECKING:
     from llmforge.config.export import ExportConfig
     from llmforge.config.model import ModelConfig
+    from llmforge.export.stage import (
+        ExportPlan,
+        ExportResult,
+        LoraGgufPlan,
+        LoraGgufResult,
+        MergePlan,
+        MergeResult,
+    )
     from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -106,155 +116,76 @@ def base_model_of(adapter_dir: Path, model: ModelConfig) -> str:
                      hint="set model.name to the base model")
 
 
+def plan_merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None,
+               *, dtype: str = "auto", force: bool = False) -> MergePlan:
+    """Decide a merge of the adapter of each source (run names or adapter folders, applied in order; default the
+    newest run) into their base. Writes nothing."""
+    from llmforge.export import stage
+
+    return stage.plan_merge(model, export, workspace, sources, dtype=dtype, force=force)
+
+
+def run_merge(plan: MergePlan, *, progress: Progress | None = None) -> MergeResult:
+    """Write export/<last run>/merged/ with its manifest. `progress` gets one line per phase."""
+    from llmforge.export import stage
+
+    return stage.run_merge(plan, progress=progress)
+
+
 def merge(model: ModelConfig, export: ExportConfig, workspace: Workspace, sources: list[str] | None = None, *,
-          dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Merge the adapter of each source (run names or adapter folders, applied in order) into the base model;
-    write export/<last run>/merged/ with its manifest. Returns that manifest, with removed_temporaries (how many
-    leftovers of a killed export this run removed). `progress` gets one line per phase."""
-    from llmforge import manifest as manifests
-    from llmforge import registry
-    from llmforge.atomic import atomic_dir
-    from llmforge.export.merging import merge_adapters
-
-    timer = manifests.Timer()
-    resolved = [resolve_source(workspace, s) for s in (sources or [None])]
-    for kind, _name, path in resolved:
-        if kind != "adapter":
-            raise UsageError(f"{path} is a full model, not an adapter: nothing to merge",
-                             hint="convert it directly: llmforge export gguf " + str(path))
-    adapters = [path for _, _, path in resolved]
-    base = base_model_of(adapters[0], model)
-    run = resolved[-1][1]
-    out = workspace.merged_dir(run)
-    removed = remove_stale_temporaries(workspace.export_dir(run))
-    if progress:
-        progress(f"merging {len(adapters)} adapter(s) into {base}")
-    with atomic_dir(out, force=force) as tmp:
-        facts = merge_adapters(base, adapters, tmp, dtype=dtype)
-        inputs = {"base_model": base} if Path(base).exists() else {}
-        inputs.update({f"adapter_{i}": a for i, a in enumerate(adapters)})
-        body = manifests.build("export merge", inputs, timer, output=str(out), **facts)
-        (tmp / "manifest.json").write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    registry.record(workspace.registry_file, "export", f"{run}/merged", parent=run, path=str(out), status="complete",
-                    metrics={"merge_max_abs_diff": facts["merge_max_abs_diff"]})
-    return {**body, "removed_temporaries": removed}  # about this run, not the merged files: kept out of the manifest
+          dtype: str = "auto", force: bool = False, progress: Progress | None = None) -> MergeResult:
+    """plan_merge() then run_merge(): the merged model's manifest, with removed_temporaries (how many leftovers of
+    a killed export this run removed)."""
+    return run_merge(plan_merge(model, export, workspace, sources, dtype=dtype, force=force), progress=progress)
 
 
-def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
-                name: str | None = None, dtype: str = "auto", force: bool = False, dry_run: bool = False,
-                _options: dict | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def plan(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
+         name: str | None = None, dtype: str = "auto", force: bool = False) -> ExportPlan:
+    """Decide a GGUF export of `source` (a run name, run folder, adapter folder or HF model folder; default the
+    newest run): the files, the converter and from where. Writes nothing; the plan is what
+    `llmforge export gguf --dry-run` shows and all `run` needs."""
+    from llmforge.export import stage
+
+    return stage.plan(model, export, workspace, source, name=name, dtype=dtype, force=force)
+
+
+def run(plan: ExportPlan, *, progress: Progress | None = None) -> ExportResult:
     """Write export/<run>/<name>-<quant>.gguf for each type in export.quant, verify each (unless export.verify is
     false), and record them in export/<run>/manifest.json. Adapter runs are merged first (or their merged/
     folder reused). `progress` gets one line per phase (merge, each file written, verification). Raises
-    LlmforgeError (exit 1) after writing the manifest when verification fails.
-    With dry_run, returns the plan (files, and which converter from where) and writes nothing."""
-    from llmforge import manifest as manifests
-    from llmforge import registry
-    from llmforge.atomic import write_json
-    from llmforge.errors import LlmforgeError
-    from llmforge.export.gguf_export import produce
-    from llmforge.export.quant_types import parse_quants
+    LlmforgeError (exit 1) after writing the manifest when verification fails."""
+    from llmforge.export import stage
 
-    timer = manifests.Timer()
-    if name is not None:  # the file stem: checked before anything is merged, converted or written
-        check_name(name, "--name")
-    quants = parse_quants(export.quant)
-    kind, run, path = resolve_source(workspace, source)
-    if source is None and progress:
-        progress(f"run {run} (the newest finished run; name another as RUN)")
-    if dry_run:
-        return _plan_gguf(model, export, workspace, kind, run, path, quants, name or run)
-    out_dir = workspace.export_dir(run)
-    removed = remove_stale_temporaries(out_dir)
-    merged_info = None
-    if kind == "adapter":
-        merged = workspace.merged_dir(run)
-        if not _is_model_dir(merged) or force:
-            merged_info = merge(model, export, workspace, [str(path)], dtype=dtype, force=force, progress=progress)
-        path = merged
-    name = name or run
-    opts = dict(_options or {})
-    manifest_path = workspace.export_manifest(run)
-    previous, listed = read_manifest(manifest_path)
-    written: dict = {}
-
-    def record(result: dict) -> None:
-        # Files of an earlier export stay listed only when they came from the same model and are still there.
-        same_source = previous.get("source") == str(path)
-        new_names = {f["quant"] for f in result["files"]}
-        files = [f for f in previous.get("files", []) if same_source and f.get("quant") not in new_names
-                 and (out_dir / str(f.get("path", ""))).is_file()] + result["files"]
-        lora_adapters = previous.get("lora_adapters", [])
-        written["body"] = manifests.build(
-            "export gguf", {"model": path}, timer, name=name, run=run, source=str(path),
-            converter=result["converter"], converter_note=result["converter_note"], conversion=result["conversion"],
-            config=export.model_dump(mode="json"),
-            files=files, verified=all(f.get("verified") for f in files),
-            merged=merged_info is not None or kind == "adapter", lora_adapters=lora_adapters,
-        )
-        write_json(manifest_path, written["body"])
-
-    result = produce(path, out_dir, name, quants, verify_files=export.verify, force=force,
-                     converter=export.converter,
-                     llama_cpp_dir=Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
-                     listed=listed, record=record, progress=progress, **opts)
-    body = written["body"]
-    for f in result["files"]:
-        registry.record(workspace.registry_file, "export", f"{run}/{f['quant']}", parent=run,
-                        path=str(out_dir / f["path"]), status=_status(f), metrics=_metrics(f), sha256=f["sha256"])
-    if result["failures"]:
-        raise LlmforgeError("GGUF verification failed: " + " | ".join(result["failures"]),
-                            hint=f"the files are kept and marked verified: false in {manifest_path}"
-                            + (f" ({result['converter_note']})" if result["converter"] == "llama.cpp" else ""))
-    body["output_dir"] = str(out_dir)
-    # what this run tidied after an interrupted one (not part of the manifest: it describes this run, not the files)
-    body["removed_temporaries"] = removed + ((merged_info or {}).get("removed_temporaries") or 0)
-    body["replaced_leftovers"] = result["replaced_leftovers"]
-    return body
+    return stage.run(plan, progress=progress)
 
 
-def _plan_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, kind: str, run: str, path: Path,
-               quants: list, name: str) -> dict[str, Any]:
-    """What export gguf would do: the model it converts, the converter and its source, the files. An adapter's
-    architecture is its base model's (read from the base's folder when it is local)."""
-    from llmforge.export.gguf_export import choose_converter
-    from llmforge.export.quant_types import gguf_file_name
-
-    model_dir = path
-    if kind == "adapter":
-        merged = workspace.merged_dir(run)
-        model_dir = merged if _is_model_dir(merged) else Path(base_model_of(path, model))
-    if _is_model_dir(model_dir):
-        how, _checkout, note = choose_converter(model_dir, export.converter,
-                                                Path(export.llama_cpp_dir) if export.llama_cpp_dir else None,
-                                                fetch=False)
-    else:
-        how, note = "unknown", f"{model_dir}: not a local folder; the converter is chosen after merging"
-    out_dir = workspace.export_dir(run)
-    return {"dry_run": True, "run": run, "name": name, "source": str(path), "merge_first": kind == "adapter",
-            "converter": how, "converter_note": note, "output_dir": str(out_dir),
-            "files": [gguf_file_name(name, q) for q in quants], "verify": export.verify}
+def export_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace, source: str | Path | None = None, *,
+                name: str | None = None, dtype: str = "auto", force: bool = False,
+                progress: Progress | None = None) -> ExportResult:
+    """plan() then run(), for callers with nothing to show in between."""
+    return run(plan(model, export, workspace, source, name=name, dtype=dtype, force=force), progress=progress)
 
 
-def _status(entry: dict) -> str:
-    return "complete" if entry.get("verified") else "unverified"
+def plan_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
+                   source: str | Path | None = None, *, base_gguf: Path | None = None,
+                   force: bool = False) -> LoraGgufPlan:
+    """Decide a GGUF LoRA export of a run's adapter (default the newest run). Writes nothing."""
+    from llmforge.export import stage
+
+    return stage.plan_lora_gguf(model, export, workspace, source, base_gguf=base_gguf, force=force)
 
 
-def _metrics(entry: dict) -> dict:
-    logits = entry.get("logits") or {}
-    return {k: logits[k] for k in ("top1_agreement", "top1_agreement_decisive", "max_abs_diff") if k in logits}
+def run_lora_gguf(plan: LoraGgufPlan, *, progress: Progress | None = None) -> LoraGgufResult:
+    """Write export/<run>/lora/<run>-lora-f32.gguf, verified by loading it on a base GGUF in llama.cpp against HF
+    base+adapter; recorded in export/<run>/manifest.json."""
+    from llmforge.export import stage
+
+    return stage.run_lora_gguf(plan, progress=progress)
 
 
 def export_lora_gguf(model: ModelConfig, export: ExportConfig, workspace: Workspace,
                      source: str | Path | None = None, *, base_gguf: Path | None = None,
-                     force: bool = False, _options: dict | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
-    """Write the adapter of a run as a GGUF LoRA adapter, export/<run>/<run>-lora-f32.gguf, verified by loading it
-    on a base GGUF in llama.cpp against HF base+adapter; recorded in export/<run>/manifest.json."""
-    from llmforge.export.lora_gguf import export_adapter
-
-    kind, run, path = resolve_source(workspace, source)
-    if kind != "adapter":
-        raise UsageError(f"{path} is a full model; lora-gguf needs a PEFT adapter", hint="pass a LoRA run")
-    return export_adapter(model, export, workspace, run, path, base_gguf=base_gguf, force=force, _options=_options,
-                          progress=progress)
+                     force: bool = False, progress: Progress | None = None) -> LoraGgufResult:
+    """plan_lora_gguf() then run_lora_gguf(), for callers with nothing to show in between."""
+    return run_lora_gguf(plan_lora_gguf(model, export, workspace, source, base_gguf=base_gguf, force=force),
+                         progress=progress)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,8 +218,25 @@ def _tensor_type(shape: tuple[int, ...], quant: QuantType, gguf_name: str = "") 
     return quant.numpy
 
 
-def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType, *,
-                 _permute: bool = True) -> list[PlannedTensor]:
+@dataclass
+class Seams:
+    """Conversion steps tests switch off one at a time, to prove each is load-bearing (leave one out and llama.cpp
+    computes another model), and where they interrupt a conversion. Tests replace SEAMS (monkeypatch.setattr);
+    production never does. Kept out of every signature so no caller can pass them."""
+
+    permute: bool = True  # Q/K rows reordered for llama.cpp's rope layout (Llama family)
+    rope_theta: bool = True
+    family_keys: bool = True  # the per-family metadata keys (soft-capping, scales, ...)
+    norm_offset: bool = True  # Gemma's RMSNorm weight + 1
+    rope_factors: bool = True  # Phi-3 longrope factors
+    pre_tokenizer: str | None = None  # a pre-tokenizer name forced instead of the one matching the HF tokenizer
+    after_tensor: Callable[[int], None] | None = None  # called after each tensor is written
+
+
+SEAMS = Seams()
+
+
+def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType) -> list[PlannedTensor]:
     import gguf
 
     tensors = safetensors_stream.model_tensors(model_dir)
@@ -254,7 +272,7 @@ def plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: QuantType
                 "set export.llama_cpp_dir to use llama.cpp's converter",
             )
         heads = 0
-        if spec.permute_qk and _permute:
+        if spec.permute_qk and SEAMS.permute:
             if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
                 heads = n_head
             elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
@@ -306,8 +324,7 @@ def _file_type(quant: QuantType) -> int:
     }[quant.numpy]
 
 
-def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType,
-                  _write_rope_theta: bool, _family_keys: bool = True) -> None:
+def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant: QuantType) -> None:
     import gguf
 
     writer.add_name(name)
@@ -329,7 +346,7 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     theta, scaling = rope_settings(config)
-    if _write_rope_theta:
+    if SEAMS.rope_theta:
         writer.add_rope_freq_base(theta)
     rope_type = scaling.get("rope_type", "default")
     if rope_type == "linear":
@@ -344,7 +361,7 @@ def _add_metadata(writer, config: dict, spec: ArchSpec, vocab, name: str, quant:
     elif rope_type not in ("default", "llama3"):
         raise UsageError(f"config.json: rope type {rope_type!r} is not supported by the built-in converter",
                          hint="set export.llama_cpp_dir to use llama.cpp's converter")
-    if _family_keys:
+    if SEAMS.family_keys:
         _add_family_metadata(writer, config, spec)
     gguf_vocab.add_to_writer(writer, vocab)
 
@@ -412,14 +429,8 @@ def _add_family_metadata(writer, config: dict, spec: ArchSpec) -> None:
         writer.add_logit_scale(float(config.get("logits_scaling", 1.0)))
 
 
-def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None,
-            _permute: bool = True, _write_rope_theta: bool = True, _family_keys: bool = True,
-            _norm_offset: bool = True, _rope_factors: bool = True, _pre_tokenizer: str | None = None,
-            _after_tensor=None) -> dict:
-    """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest.
-
-    The underscored parameters exist so tests can prove what breaks without each fix; `_after_tensor(i)` is
-    called after each tensor is written (tests interrupt the export there)."""
+def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | None = None) -> dict:
+    """Write `out_path` (atomically) from the HF model in `model_dir`. Returns facts for the manifest."""
     import gguf
     import numpy as np
 
@@ -428,20 +439,20 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
         raise UsageError(f"{quant.name} is made by llama.cpp's quantizer, not by the converter")
     config = read_config(model_dir)
     spec = arch_spec(config, model_dir)
-    plan = plan_tensors(model_dir, config, spec, quant, _permute=_permute)
-    if not _norm_offset:
+    plan = plan_tensors(model_dir, config, spec, quant)
+    if not SEAMS.norm_offset:
         for p in plan:
             p.add = 0.0
     n_vocab = next(p.shape[0] for p in plan if p.gguf_name == "token_embd.weight")
     vocab = gguf_vocab.load_vocab(model_dir, n_vocab)
-    if _pre_tokenizer is not None:
-        vocab.pre = _pre_tokenizer
+    if SEAMS.pre_tokenizer is not None:
+        vocab.pre = SEAMS.pre_tokenizer
     theta, scaling = rope_settings(config)
     extra = {}
     if scaling.get("rope_type") == "llama3" and spec.gguf_arch == "LLAMA":
         extra["rope_freqs.weight"] = llama3_rope_factors(config, theta, scaling)
         plan.append(PlannedTensor("rope_freqs.weight", None, extra["rope_freqs.weight"].shape, "F32"))
-    if scaling.get("rope_type") in ("longrope", "su") and spec.gguf_arch == "PHI3" and _rope_factors:
+    if scaling.get("rope_type") in ("longrope", "su") and spec.gguf_arch == "PHI3" and SEAMS.rope_factors:
         # Phi-3.5 / Phi-3-128k: llama.cpp picks the long or short per-frequency factors by context size, as HF
         # picks them by sequence length against original_max_position_embeddings
         for kind in ("long", "short"):
@@ -451,7 +462,7 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
 
     arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, spec.gguf_arch)]
     writer = gguf.GGUFWriter(None, arch_name)
-    _add_metadata(writer, config, spec, vocab, name or model_dir.name, quant, _write_rope_theta, _family_keys)
+    _add_metadata(writer, config, spec, vocab, name or model_dir.name, quant)
     for p in plan:
         qt = getattr(gguf.GGMLQuantizationType, p.qtype)
         writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), _nbytes(p.shape, p.qtype), raw_dtype=qt)
@@ -488,8 +499,8 @@ def convert(model_dir: Path, out_path: Path, quant: QuantType, *, name: str | No
                 if written != _nbytes(p.shape, p.qtype):
                     raise RuntimeError(f"{p.gguf_name}: wrote {written} bytes, planned {_nbytes(p.shape, p.qtype)}")
                 _pad(out, align)
-                if _after_tensor is not None:
-                    _after_tensor(i)
+                if SEAMS.after_tensor is not None:
+                    SEAMS.after_tensor(i)
     return {
         "architecture": architecture_of(config, model_dir),
         "gguf_architecture": arch_name,

@@ -100,7 +100,7 @@ def publish(staged: dict[Path, Path], record=None) -> None:
 def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], *, verify_files: bool = True,
             force: bool = False, converter: str = "auto", llama_cpp_dir: Path | None = None,
             backend: str = "auto", reference_adapters: list[Path] | None = None, listed: set[str] | None = None,
-            record=None, _convert_options=None, progress: Callable[[str], None] | None = None) -> dict:
+            record=None, progress: Callable[[str], None] | None = None) -> dict:
     """Write out_dir/<name>-<quant>.gguf for each quant; return the manifest body. `progress` gets a line per
     phase (each file written, quantized, verified), for the CLI's log. Verification failures are
     reported in the result (`failures`), not raised, so the caller can write the manifest first.
@@ -132,7 +132,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
     published = False
     try:
         result = _write_and_verify(model_dir, out_dir, name, quants, targets, how, llama_cpp_dir, by_llama_cpp,
-                                   verify_files, reference_adapters, _convert_options,
+                                   verify_files, reference_adapters,
                                    progress or (lambda phase: None))
         for f in result["files"]:
             f["path"] = finals[f["quant"]].name
@@ -150,7 +150,7 @@ def produce(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], 
 
 def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[QuantType], targets: dict[str, Path],
                       how: str, llama_cpp_dir: Path | None, by_llama_cpp, verify_files: bool,
-                      reference_adapters: list[Path] | None, _convert_options, say: Callable[[str], None]) -> dict:
+                      reference_adapters: list[Path] | None, say: Callable[[str], None]) -> dict:
     """Write each quant to targets[quant] (temporary names) and verify it there. `failures`: (quant, problems)."""
     k_quants = [q for q in quants if by_llama_cpp(q)]
     files: dict[str, dict] = {}
@@ -164,8 +164,7 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
             started = time.perf_counter()
             say(f"writing {gguf_file_name(name, q)}")
             if how == "native":
-                convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name,
-                                                    **(_convert_options or {}))
+                convert_info = gguf_convert.convert(model_dir, targets[q.name], q, name=name)
             else:
                 if q.name not in llama_cpp_converter.OUTTYPES:
                     raise UsageError(f"llama.cpp's converter cannot write {q.name}",
@@ -182,8 +181,7 @@ def _write_and_verify(model_dir: Path, out_dir: Path, name: str, quants: list[Qu
                 temp_float = reserve(out_dir / f"{name}-{q16.name}.for-quantize.gguf")
                 say(f"writing a {q16.name} GGUF to quantize from")
                 if how == "native":
-                    convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name,
-                                                        **(_convert_options or {}))
+                    convert_info = gguf_convert.convert(model_dir, temp_float, q16, name=name)
                 else:
                     convert_info = llama_cpp_converter.convert(llama_cpp_dir, model_dir, temp_float, q16.name)
                 source_float = temp_float

@@ -28,7 +28,7 @@ def _adapter_weights(adapter_dir: Path) -> dict:
     return {e.name: e for e in safetensors_stream.read_header(path)}
 
 
-def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permute: bool = True) -> dict:
+def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path) -> dict:
     """Convert one PEFT LoRA adapter (for the HF base in base_dir) to out_path, atomically."""
     import gguf
     import numpy as np
@@ -74,7 +74,7 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, *, _permu
         if gguf_name is None:
             raise InputError(f"{adapter_dir}: {base_name} has no GGUF name for {spec.gguf_arch.lower()}")
         heads = 0
-        if spec.permute_qk and _permute:
+        if spec.permute_qk and gguf_convert.SEAMS.permute:
             heads = n_head if base_name.endswith("q_proj.weight") else n_kv if base_name.endswith("k_proj.weight") else 0
         pairs.append((gguf_name, entry, entries[b_name], heads))
     if not pairs:
@@ -115,33 +115,28 @@ def _float_file(path: Path) -> bool:
     return field is not None and int(field.contents()) in (0, 1)  # ALL_F32, MOSTLY_F16
 
 
-def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, base_gguf: Path | None = None,
-                   force: bool = False, _options: dict | None = None, progress=None) -> dict[str, Any]:
-    """Write export/<run>/<run>-lora-f32.gguf, verify it on top of a base GGUF, record it in the manifest.
+def export_adapter(model, export, workspace, run: str, adapter_dir: Path, base: Path, rel: str, *,
+                   base_gguf: Path | None = None, force: bool = False, timer=None,
+                   progress=None) -> tuple[dict[str, Any], int, bool]:
+    """Write export/<run>/<rel> (lora/<run>-lora-f32.gguf), verify it on top of a base GGUF, record it in the
+    manifest and the registry: (the manifest, temporaries removed, whether an unlisted leftover was replaced).
     `progress(line)` is called once per phase."""
     from llmforge import manifest as manifests
     from llmforge import registry
     from llmforge.atomic import write_json
     from llmforge.errors import LlmforgeError
-    from llmforge.export import base_model_of, gguf_export, read_manifest, remove_stale_temporaries
+    from llmforge.export import gguf_export, read_manifest, remove_stale_temporaries
 
-    timer = manifests.Timer()
-    opts = dict(_options or {})
-    base = Path(base_model_of(adapter_dir, model))
-    if not (base / "config.json").is_file():
-        raise InputError(f"base model {base}: not a local model folder with config.json",
-                         hint="lora-gguf needs the base model's files; set model.name to its folder")
+    timer = timer or manifests.Timer()
     out_dir = workspace.export_dir(run)
     removed = remove_stale_temporaries(out_dir)
     manifest_path = workspace.export_manifest(run)
     previous, listed = read_manifest(manifest_path)
-    # In lora/, not beside the full models: whoever picks "a GGUF of this export" (deploy) must not pick an adapter.
-    out = out_dir / "lora" / f"{run}-lora-f32.gguf"
-    rel = f"lora/{out.name}"
+    out = out_dir / rel
     leftover = gguf_export.refuse_listed(out, listed, force, key=rel)
     staged = reserve(out)  # written and verified under this name; published after the manifest lists it
     try:
-        entry, failures = _write_and_verify(model, export, adapter_dir, base, staged, rel, base_gguf, opts,
+        entry, failures = _write_and_verify(model, export, adapter_dir, base, staged, rel, base_gguf,
                                             progress or (lambda phase: None))
         entry["manifest"] = manifests.build("export lora-gguf", {"adapter": adapter_dir, "base_model": base}, timer)
         # The full-model part of the manifest (files, verified, source) stays as export gguf wrote it.
@@ -157,21 +152,18 @@ def export_adapter(model, export, workspace, run: str, adapter_dir: Path, *, bas
     if failures:
         raise LlmforgeError("LoRA GGUF verification failed: " + "; ".join(failures),
                             hint=f"the file is kept and marked verified: false in {manifest_path}")
-    body["output_dir"] = str(out_dir)
-    body["removed_temporaries"] = removed
-    body["replaced_leftovers"] = [rel] if leftover else []
-    return body
+    return body, removed, bool(leftover)
 
 
 def _write_and_verify(model, export, adapter_dir: Path, base: Path, staged: Path, rel: str, base_gguf: Path | None,
-                      opts: dict, say) -> tuple[dict[str, Any], list[str]]:
+                      say) -> tuple[dict[str, Any], list[str]]:
     """Write the adapter GGUF to `staged` and verify it there; its manifest entry (path: `rel`) and failures."""
     from llmforge import manifest as manifests
     from llmforge.export import gguf_export, verify
     from llmforge.export.quant_types import QUANT_TYPES
 
     say(f"writing {Path(rel).name}")
-    facts = write_lora_gguf(adapter_dir, base, staged, **opts)
+    facts = write_lora_gguf(adapter_dir, base, staged)
     entry: dict[str, Any] = {"kind": "lora_adapter", "quant": "lora-f32", "path": rel, "bytes": staged.stat().st_size,
                              "sha256": manifests.sha256_file(staged), "verified": False, "base_model": str(base),
                              **facts}

@@ -53,7 +53,6 @@ def merge_adapters(base: str | Path, adapters: list[Path], out_dir: Path, dtype:
     import torch
 
     from llmforge import checkpoints
-    from llmforge.export.verify import load_hf_tokenizer
 
     if not adapters:
         raise UsageError("nothing to merge: no adapter given")
@@ -64,7 +63,7 @@ def merge_adapters(base: str | Path, adapters: list[Path], out_dir: Path, dtype:
     torch_dtype = _dtype(dtype, base_path)
     # The tokenizer the adapter was trained with (training may add tokens or set a template) wins over the base's.
     tok_dir = next((a for a in reversed(adapters) if (a / "tokenizer_config.json").is_file()), base_path)
-    tokenizer = load_hf_tokenizer(tok_dir)
+    tokenizer = checkpoints.load_tokenizer(tok_dir)
     model = checkpoints.load_model(base, dtype="float32")  # merge in fp32, cast after
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:

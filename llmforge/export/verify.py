@@ -47,19 +47,12 @@ class Reference:
     model: object | None  # None when only tokenization is checked
 
 
-def load_hf_tokenizer(model_dir: Path):
-    """The tokenizer exactly as saved (checkpoints.load_tokenizer): AutoTokenizer would swap in a model-specific
-    class for some model types (Qwen2Tokenizer re-splits digits), changing ids."""
-    from llmforge.checkpoints import load_tokenizer
-
-    return load_tokenizer(model_dir)
-
-
 def load_reference(model_dir: Path, adapter_dirs: list[Path] | None = None, with_model: bool = True) -> Reference:
-    tokenizer = load_hf_tokenizer(model_dir)
+    from llmforge import checkpoints
+
+    tokenizer = checkpoints.load_tokenizer(model_dir)
     model = None
     if with_model:
-        from llmforge import checkpoints
 
         model = checkpoints.load_model(model_dir, dtype="float32")
         for adapter in adapter_dirs or []:

@@ -5,12 +5,11 @@ The CLI owns the prompt and the printing; this module keeps the history and stre
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llmforge import ollama_client
 from llmforge.errors import LlmforgeError, UsageError
 
 DEFAULT_TIMEOUT = 600.0
@@ -37,6 +36,9 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.system: str | None = system
         self.messages: list[dict[str, str]] = []
+        self.sources: list[dict[str, Any]] = []
+        self.llmforge = False  # whether the server is `llmforge serve` (it takes feedback), known after connect()
+        self.answer_id: str | None = None  # the id of the last complete answer, for feedback
 
     @property
     def target(self) -> str:
@@ -75,28 +77,30 @@ class ChatSession:
             except Exception as exc:  # ollama.ResponseError: unknown model
                 raise LlmforgeError(f"ollama: {exc}", hint="list models with: ollama list") from None
             return self.ollama_model
-        from llmforge.errors import require_extra
-
-        require_extra("llmforge chat", "serve", "httpx")
-        import httpx
+        from llmforge.openai_client import EndpointError
 
         try:
-            r = httpx.get(self.base_url + "/v1/models", headers=self._headers(), timeout=10)
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from None
-        if r.status_code == 401:
-            raise LlmforgeError(
-                f"{self.base_url} wants an API key", hint="pass --api-key or set LLMFORGE_SERVE__API_KEY"
-            )
-        if r.status_code != 200:
-            raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}")
-        data = r.json().get("data") or [{}]
+            listed = self._client().get_json("/v1/models", timeout=10)
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            if exc.status == 401:
+                raise LlmforgeError(
+                    f"{self.base_url} wants an API key", hint="pass --api-key or set LLMFORGE_SERVE__API_KEY"
+                ) from None
+            raise LlmforgeError(f"{self.base_url}/v1/models answered HTTP {exc.status}: {exc.body[:200]}") from None
+        data = listed.get("data") or [{}]
+        self.llmforge = data[0].get("owned_by") == "llmforge"
         self.model = self.model or data[0].get("id")
         return self.model or "unknown"
 
-    def ask(self, text: str) -> Iterator[str]:
-        """Send a user message; yield the answer in pieces. The exchange enters the history once complete."""
-        self.messages.append({"role": "user", "content": text})
+    def ask(self, text: str, *, sent: str | None = None) -> Iterator[str]:
+        """Send a user message; yield the answer in pieces. The exchange enters the history once complete.
+        `sent`, when given, is what the model gets instead of `text` (retrieved passages with it); the history keeps
+        `text`. The sources a server attached to its answer are in `self.sources` afterwards."""
+        self.messages.append({"role": "user", "content": sent or text})
+        self.sources = []
+        self.answer_id = self._streaming_id = None
         parts: list[str] = []
         try:
             stream = self._ollama_stream() if self.ollama_model else self._openai_stream()
@@ -106,36 +110,56 @@ class ChatSession:
         except BaseException:
             self.messages.pop()
             raise
+        self.messages[-1] = {"role": "user", "content": text}
         self.messages.append({"role": "assistant", "content": "".join(parts)})
+        self.answer_id = self._streaming_id
+
+    def feedback(self, good: bool, comment: str | None = None) -> str:
+        """Thumbs up or down on the last answer (POST /v1/feedback, `llmforge serve` only); returns the answer's id.
+        Raises UsageError when there is nothing to rate here, LlmforgeError when the server refuses."""
+        if not self.llmforge:
+            raise UsageError(f"{self.target} is not llmforge serve; only llmforge serve takes feedback on answers")
+        if self.answer_id is None:
+            raise UsageError("no answer to rate yet", hint="ask something first; /good and /bad rate the last answer")
+        from llmforge.openai_client import EndpointError
+
+        body: dict[str, Any] = {"id": self.answer_id, "score": "up" if good else "down"}
+        if comment:
+            body["comment"] = comment
+        url = self.base_url + "/v1/feedback"
+        try:
+            self._client().post_json("/v1/feedback", body, timeout=30)
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            raise LlmforgeError(f"{url} answered HTTP {exc.status}: {exc.detail}") from None
+        return self.answer_id
 
     def _openai_stream(self) -> Iterator[str]:
-        import httpx
+        from llmforge.openai_client import EndpointError
 
-        body: dict[str, Any] = {"messages": self.conversation(), "stream": True}
+        body: dict[str, Any] = {"messages": self.conversation()}
         for key in ("model", "temperature", "max_tokens"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         url = self.base_url + "/v1/chat/completions"
         try:
-            with httpx.stream("POST", url, json=body, headers=self._headers(), timeout=DEFAULT_TIMEOUT) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise LlmforgeError(f"{url} answered HTTP {r.status_code}: {_error_message(r)}")
-                for line in r.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from None
+            for chunk in self._client().stream("/v1/chat/completions", body):
+                self._streaming_id = self._streaming_id or chunk.get("id")
+                if "error" in chunk:
+                    raise LlmforgeError(f"{url}: {chunk['error'].get('message')}")
+                if chunk.get("sources"):  # serve.retrieval's extension field, on the first chunk
+                    self.sources = chunk["sources"]
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+        except EndpointError as exc:
+            if exc.status is None:
+                raise self._down(exc.problem) from None
+            raise LlmforgeError(f"{url} answered HTTP {exc.status}: {exc.detail}") from None
+        except OSError as exc:  # the connection dropped mid-answer
+            raise self._down(str(exc)) from None
 
     def _ollama_stream(self) -> Iterator[str]:
         options = {}
@@ -157,20 +181,21 @@ class ChatSession:
         from llmforge.errors import require_extra
 
         require_extra("llmforge chat ollama:NAME", "deploy", "ollama")
-        import ollama
+        return ollama_client.connect(ollama_host())
 
-        return ollama.Client(host=ollama_host())
+    def _client(self):
+        from llmforge.openai_client import Client
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        # a busy server (429, or llmforge serve's full queue: 503) says when to come back: wait that long, twice
+        return Client(self.base_url, api_key=self.api_key, timeout=DEFAULT_TIMEOUT, retries=2)
 
-    def _down(self, exc: Exception) -> LlmforgeError:
+    def _down(self, exc: Exception | str) -> LlmforgeError:
         hint = "start Ollama (ollama serve) or set OLLAMA_HOST" if self.ollama_model else "start it: llmforge serve"
         return LlmforgeError(f"cannot reach {self.target}: {exc}", hint=hint)
 
 
 def ollama_host() -> str:
-    return os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+    return ollama_client.resolve_host()
 
 
 def _base_url(endpoint: str) -> str:
@@ -182,9 +207,3 @@ def _base_url(endpoint: str) -> str:
             url = url[: -len(suffix)]
     return url
 
-
-def _error_message(response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

@@ -1,8 +1,8 @@
 """The two engines behind the server: llama.cpp on a GGUF, transformers on an HF folder or a run's adapter.
 
-Both offer the same small surface the generation loop needs: tokenize, a token stream for given sampling
-settings, an incremental detokenizer and the end-of-generation test. Neither is thread-safe; only the engine
-worker (generation.py) calls them.
+Both offer what the generation loop needs: tokenize, an incremental detokenizer and the end-of-generation test, then
+llama.cpp a batched decode and samplers over KV sequences of its own, transformers a token stream per request.
+Neither is thread-safe; only the engine worker (generation.py) calls them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmforge.errors import LlmforgeError, UsageError, require_extra
 from llmforge.llamacpp import open_llama
+from llmforge.serving.generation import PENALTY_WINDOW, Sampling
 from llmforge.serving.prompt import stop_token_texts
 from llmforge.serving.target import Target
 
@@ -31,9 +32,14 @@ def load(
     threads: int | None = None,
     dtype: str = "auto",
     parallel: int = 1,
+    vllm: dict | None = None,
 ):
     if target.engine == "llamacpp":
         return LlamaCppEngine(target, context_length=context_length, threads=threads, parallel=parallel)
+    if target.engine == "vllm":  # its own module: vLLM is imported only there, and only when chosen
+        from llmforge.serving.vllm_engine import VllmEngine
+
+        return VllmEngine(target, context_length=context_length, dtype=dtype, parallel=parallel, **(vllm or {}))
     return TransformersEngine(target, context_length=context_length, threads=threads, dtype=dtype, parallel=parallel)
 
 
@@ -56,22 +62,16 @@ class LlamaCppEngine:
                 # read it from a vocab-only load (cheap, no context) and cap it.
                 context_length = min(_trained_context(llama_cpp, path) or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
             self.parallel = max(1, parallel)
-            # With several sequences the Llama object only tokenizes; generation runs in a context of our own
-            # with one KV sequence per request, each `context_length` long.
-            self.llm = open_llama(
-                path,
-                n_ctx=context_length if self.parallel == 1 else 64,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-            if self.parallel > 1:
-                self._open_batched(context_length, threads)
+            # The Llama object only tokenizes; generation runs in a context of our own with one KV sequence per
+            # request, each `context_length` long, even for one request at a time: Llama.generate costs more Python
+            # per token, and this way both settings sample alike.
+            self.llm = open_llama(path, n_ctx=64, n_threads=threads, n_threads_batch=threads, verbose=False)
+            self._open_batched(context_length, threads)
         except (ValueError, RuntimeError) as exc:
             raise LlmforgeError(f"{path}: llama.cpp cannot load this GGUF: {exc}") from None
         self.name = target.name
         self.path = path
-        self.context_length = self.llm.n_ctx() if self.parallel == 1 else context_length
+        self.context_length = context_length
         meta = self.llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template")
         model = self.llm._model
@@ -105,13 +105,7 @@ class LlamaCppEngine:
             piece = self._pieces[token] = self.llm.detokenize([token])
         return piece
 
-    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
-        self.llm.set_seed(seed % 2**32 if seed is not None else random.randrange(2**32))
-        return self.llm.generate(
-            prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0
-        )
-
-    # ---- several requests at once: one KV sequence each, advanced together by one decode per step
+    # ---- up to `parallel` requests at once: one KV sequence each, advanced together by one decode per step
 
     def _open_batched(self, context_length: int, threads: int | None) -> None:
         from llama_cpp import _internals
@@ -133,30 +127,37 @@ class LlamaCppEngine:
         """Decode (sequence, tokens, first position, want logits of the last token) entries in one llama_decode;
         returns, per entry, the batch index of its last token (where its logits are)."""
         b = self._batch.batch
+        # each ctypes field lookup builds a new pointer object: take them once per step, not once per token
+        token_at, pos_at, n_seq_at, seq_at, logits_at = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         n = 0
         last = []
         for seq, tokens, pos, wants in entries:
             for k, token in enumerate(tokens):
-                b.token[n] = token
-                b.pos[n] = pos + k
-                b.n_seq_id[n] = 1
-                b.seq_id[n][0] = seq
-                b.logits[n] = wants and k == len(tokens) - 1
+                token_at[n] = token
+                pos_at[n] = pos + k
+                n_seq_at[n] = 1
+                seq_at[n][0] = seq
+                logits_at[n] = wants and k == len(tokens) - 1
                 n += 1
             last.append(n - 1)
         b.n_tokens = n
         self._ctx.decode(self._batch)
         return last
 
-    def new_sampler(self, temperature: float, top_p: float, seed: int | None):
+    def new_sampler(self, s: Sampling):
         sampler = self._internals.LlamaSampler()
-        if temperature <= 0:
+        if s.penalized:  # before greedy too: penalties change greedy answers; sampling a token accepts it here
+            sampler.add_penalties(self.llm.n_vocab(), PENALTY_WINDOW, s.repetition_penalty, s.frequency_penalty,
+                                  s.presence_penalty)  # fmt: skip
+        if s.temperature <= 0:
             sampler.add_greedy()
-        else:  # temperature before top-p, as transformers does it
-            sampler.add_temp(temperature)
-            if top_p < 1.0:
-                sampler.add_top_p(top_p, 1)
-            sampler.add_dist(seed % 2**32 if seed is not None else random.randrange(2**32))
+        else:  # top-k, then temperature before top-p, as transformers does it
+            if s.top_k > 0:
+                sampler.add_top_k(s.top_k)
+            sampler.add_temp(s.temperature)
+            if s.top_p < 1.0:
+                sampler.add_top_p(s.top_p, 1)
+            sampler.add_dist(s.seed % 2**32 if s.seed is not None else random.randrange(2**32))
         return sampler
 
     def sample(self, sampler, index: int) -> int:
@@ -170,9 +171,8 @@ class LlamaCppEngine:
         return False
 
     def close(self) -> None:
-        if self.parallel > 1:
-            self._batch.close()
-            self._ctx.close()
+        self._batch.close()
+        self._ctx.close()
         self.llm.close()
 
 
@@ -289,18 +289,23 @@ class TransformersEngine:
     def detokenizer(self) -> _TextDetokenizer:
         return _TextDetokenizer(self.tokenizer, self._tokenizer_lock)
 
-    def tokens(self, prompt: list[int], *, temperature: float, top_p: float, seed: int | None) -> Iterator[int]:
+    def tokens(self, prompt: list[int], s: Sampling) -> Iterator[int]:
         torch = self._torch
         generator = torch.Generator()  # sampling happens on CPU probabilities: one seed, same result on any device
-        generator.manual_seed(seed if seed is not None else random.randrange(2**63))
+        generator.manual_seed(s.seed if s.seed is not None else random.randrange(2**63))
         past = None
         inputs = torch.tensor([prompt], device=self.device)
+        generated: list[int] = []
         while True:
             # inference mode around each step only: requests take turns, so this generator pauses between tokens
             with torch.inference_mode():
                 out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                token = _sample(torch, out.logits[0, -1].float(), temperature, top_p, generator)
+                logits = out.logits[0, -1].float()
+                if s.penalized and generated:
+                    logits = _penalize(torch, logits, generated[-PENALTY_WINDOW:], s)
+                token = _sample(torch, logits, s, generator)
+            generated.append(token)
             yield token
             inputs = torch.tensor([[token]], device=self.device)
 
@@ -318,10 +323,25 @@ def _single_token_ids(texts: tuple[str, ...], encode) -> set[int]:
     return ids
 
 
-def _sample(torch, logits, temperature: float, top_p: float, generator) -> int:
-    if temperature <= 0:
+def _penalize(torch, logits, recent: list[int], s: Sampling):
+    """llama.cpp's penalties sampler, as a logits processor: each token seen among `recent` has its logit divided
+    by repetition_penalty (multiplied when negative), then lowers by presence_penalty once and frequency_penalty
+    per occurrence."""
+    ids, counts = torch.unique(torch.tensor(recent, device=logits.device), return_counts=True)
+    seen = logits[ids]
+    seen = torch.where(seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty)
+    seen = seen - s.presence_penalty - s.frequency_penalty * counts.to(seen.dtype)
+    return logits.index_put((ids,), seen)
+
+
+def _sample(torch, logits, s: Sampling, generator) -> int:
+    if s.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    top_p = s.top_p
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p

@@ -27,9 +27,21 @@ class Sampling:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    # over the last PENALTY_WINDOW generated tokens (llama.cpp's penalties sampler; the same on transformers)
+    repetition_penalty: float = 1.0  # 1: off; a seen token's logit divided by it (multiplied when negative)
+    presence_penalty: float = 0.0  # subtracted once from a seen token's logit
+    frequency_penalty: float = 0.0  # subtracted per occurrence
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+PENALTY_WINDOW = 64  # llama-cpp-python's default (last_n_tokens_size): what its users know from Llama.generate
 
 
 @dataclass
@@ -108,8 +120,7 @@ class Decoding:
 def generate(engine, job: Job) -> Result:
     """One request alone, start to end (the engine's token iterator holds its state)."""
     decoding = Decoding(engine, job)
-    s = job.sampling
-    tokens = engine.tokens(job.prompt, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+    tokens = engine.tokens(job.prompt, job.sampling)
     try:
         if not job.cancelled.is_set():
             for token in tokens:
@@ -158,6 +169,10 @@ class EngineWorker:
     def _next_job(self, block: bool) -> Job | None | bool:
         """A job to start; None at shutdown; False when none is waiting (non-blocking)."""
         while True:
+            if not block and not self._queue.queue:
+                # the batched loop asks before every decode step while a slot is free: look without the queue's
+                # lock (a job that arrives just after is taken at the next step)
+                return False
             try:
                 job = self._queue.get(block=block)
             except queue.Empty:
@@ -167,7 +182,7 @@ class EngineWorker:
             job.emit("done", Result("cancelled", len(job.prompt), 0))
 
     def _run(self) -> None:
-        if hasattr(self.engine, "batch_decode") and self.slots > 1:
+        if hasattr(self.engine, "batch_decode"):
             self._run_batched()
         else:
             self._run_interleaved()
@@ -182,8 +197,7 @@ class EngineWorker:
                     return self._cancel_all(active)
                 if job is False:
                     break
-                s = job.sampling
-                tokens = self.engine.tokens(job.prompt, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                tokens = self.engine.tokens(job.prompt, job.sampling)
                 active.append((job, Decoding(self.engine, job), tokens))
             for entry in list(active):
                 job, decoding, tokens = entry
@@ -235,9 +249,8 @@ class EngineWorker:
                 keep = min(_common_prefix(cached[seq], job.prompt), len(job.prompt) - 1)
                 if not engine.trim_sequence(seq, keep):
                     keep = 0
-                s = job.sampling
-                slot = _Slot(seq, job, Decoding(engine, job), engine.new_sampler(s.temperature, s.top_p, s.seed),
-                             list(job.prompt[keep:]), pos=keep)  # fmt: skip
+                slot = _Slot(seq, job, Decoding(engine, job), engine.new_sampler(job.sampling), list(job.prompt[keep:]),
+                             pos=keep)  # fmt: skip
                 cached[seq] = slot.kv = list(job.prompt[:keep])
                 slot.decoding.cached_tokens = keep
                 slots[seq] = slot

@@ -43,6 +43,13 @@ class Metrics:
         self.cached_prompt_tokens = 0
         self.in_flight = 0
         self.cancelled = 0
+        # A/B variants, keyed by (group, variant, model): answers by finish reason, their time, tokens generated
+        self.variant_answers: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.variant_latency: dict[tuple[str, str, str], Histogram] = {}
+        self.variant_tokens: dict[tuple[str, str, str], int] = defaultdict(int)
+        # user feedback (POST /v1/feedback), "up" or "down": all of it, and per (group, variant, model, thumb)
+        self.feedbacks: dict[str, int] = defaultdict(int)
+        self.variant_feedback: dict[tuple[str, str, str, str], int] = defaultdict(int)
 
     def started(self) -> None:
         with self._lock:
@@ -67,7 +74,23 @@ class Metrics:
             self.completion_tokens += completion
             self.cancelled += int(cancelled)
 
-    def render(self, queued: int) -> str:
+    def variant(self, group: str, variant: str, model: str, finish_reason: str, completion: int, seconds: float) -> None:
+        with self._lock:
+            key = (group, variant, model)
+            self.variant_answers[(*key, finish_reason)] += 1
+            self.variant_tokens[key] += completion
+            self.variant_latency.setdefault(key, Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def feedback(self, thumb: str, variant: tuple[str, str, str] | None) -> None:
+        """One thumb on an answer; `variant` is the answer's (group, variant, model) in an A/B test, else None."""
+        with self._lock:
+            self.feedbacks[thumb] += 1
+            if variant is not None:
+                self.variant_feedback[(*variant, thumb)] += 1
+
+    def render(self, queued: int, loaded: list[str] | None = None, loads: dict[str, int] | None = None,
+               unloads: dict[str, int] | None = None) -> str:
+        """`loaded` (the names of the models loaded now) adds the per-model lines of a server with several."""
         with self._lock:
             lines = [
                 "# HELP llmforge_requests_total HTTP requests answered, by route and status code.",
@@ -112,4 +135,61 @@ class Metrics:
                 "# TYPE llmforge_queue_length gauge",
                 f"llmforge_queue_length {queued}",
             ]
+            lines += [
+                "# HELP llmforge_feedback_total User feedback on answers (POST /v1/feedback), up or down.",
+                "# TYPE llmforge_feedback_total counter",
+            ]
+            lines += [f'llmforge_feedback_total{{feedback="{t}"}} {n}' for t, n in sorted(self.feedbacks.items())]
+            if self.variant_latency or self.variant_feedback:  # feedback may come for answers of before a restart
+                lines += self._variant_lines()
+        if loaded is not None:
+            lines += _model_lines(loaded, loads or {}, unloads or {})
         return "\n".join(lines) + "\n"
+
+    def _variant_lines(self) -> list[str]:
+        def labels(group: str, variant: str, model: str) -> str:
+            return f'group="{_escape(group)}",variant="{_escape(variant)}",model="{_escape(model)}"'
+
+        lines = [
+            "# HELP llmforge_variant_answers_total Answers by A/B variant and finish reason.",
+            "# TYPE llmforge_variant_answers_total counter",
+        ]
+        lines += [f'llmforge_variant_answers_total{{{labels(g, v, m)},finish_reason="{_escape(f)}"}} {n}'
+                  for (g, v, m, f), n in sorted(self.variant_answers.items())]  # fmt: skip
+        lines += [
+            "# HELP llmforge_variant_generated_tokens_total Tokens generated, by A/B variant.",
+            "# TYPE llmforge_variant_generated_tokens_total counter",
+        ]
+        lines += [f"llmforge_variant_generated_tokens_total{{{labels(*k)}}} {n}"
+                  for k, n in sorted(self.variant_tokens.items())]  # fmt: skip
+        lines += [
+            "# HELP llmforge_variant_duration_seconds Time from request to the last token, by A/B variant.",
+            "# TYPE llmforge_variant_duration_seconds histogram",
+        ]
+        for key, h in sorted(self.variant_latency.items()):
+            lines += h.lines("llmforge_variant_duration_seconds", labels(*key))
+        lines += [
+            "# HELP llmforge_variant_feedback_total User feedback on answers (up or down), by A/B variant.",
+            "# TYPE llmforge_variant_feedback_total counter",
+        ]
+        lines += [f'llmforge_variant_feedback_total{{{labels(g, v, m)},feedback="{t}"}} {n}'
+                  for (g, v, m, t), n in sorted(self.variant_feedback.items())]  # fmt: skip
+        return lines
+
+
+def _model_lines(loaded: list[str], loads: dict[str, int], unloads: dict[str, int]) -> list[str]:
+    lines = ["# HELP llmforge_model_loaded Whether each served model is loaded now (1) or not (0).",
+             "# TYPE llmforge_model_loaded gauge"]  # fmt: skip
+    lines += [f'llmforge_model_loaded{{model="{_escape(m)}"}} {int(m in loaded)}' for m in sorted(loads)]
+    lines += ["# HELP llmforge_model_loads_total Times each model was loaded.",
+              "# TYPE llmforge_model_loads_total counter"]  # fmt: skip
+    lines += [f'llmforge_model_loads_total{{model="{_escape(m)}"}} {n}' for m, n in sorted(loads.items())]
+    lines += ["# HELP llmforge_model_unloads_total Times each model was unloaded to make room for another.",
+              "# TYPE llmforge_model_unloads_total counter"]  # fmt: skip
+    lines += [f'llmforge_model_unloads_total{{model="{_escape(m)}"}} {n}' for m, n in sorted(unloads.items())]
+    return lines
+
+
+def _escape(value: str) -> str:
+    # Prometheus label values escape backslash, double quote and newline
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

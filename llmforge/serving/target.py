@@ -15,7 +15,7 @@ QUANT_PREFERENCE = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16", "q4_0")
 
 @dataclass(frozen=True)
 class Target:
-    engine: str  # "llamacpp" | "transformers"
+    engine: str  # "llamacpp" | "transformers" | "vllm"
     path: Path  # the GGUF file, or the HF model / adapter folder
     name: str  # the model id shown in /v1/models
     base_model: str | None = None  # for an adapter: the model it was trained on
@@ -24,8 +24,10 @@ class Target:
 
 def resolve(model_name: str | None, model_spec: str | None, engine: str, workspace: Workspace) -> Target:
     """`model_spec` is serve.model (a path, run or export name, or None); `model_name` is model.name."""
-    if engine not in ("auto", "llamacpp", "transformers"):
-        raise UsageError(f"serve.engine: unknown engine {engine!r}", hint="use auto, llamacpp or transformers")
+    if engine not in ("auto", "llamacpp", "transformers", "vllm"):
+        raise UsageError(f"serve.engine: unknown engine {engine!r}", hint="use auto, llamacpp, transformers or vllm")
+    if engine == "vllm":  # vLLM serves what transformers would; vllm_engine.choose makes the switch
+        engine = "transformers"
     if model_spec:
         return _resolve_spec(model_spec, engine, workspace)
     if engine in ("auto", "llamacpp") and workspace.exports():
@@ -125,3 +127,72 @@ def pick_gguf(folder: Path) -> Path:
             if f.stem.lower().endswith("-" + quant):
                 return f
     return files[0]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the A/B test, its model resolved to the name it is served under."""
+
+    name: str
+    model: str  # a Target.name
+    weight: float
+
+
+def resolve_lineup(model_name: str | None, serve, workspace: Workspace) -> tuple[list[Target], list[Variant]]:
+    """Every model this server will serve (serve.model, serve.models, the variants' models) and the variants, resolved before anything loads so a bad entry stops `serve` with its name.
+    With none of those set it is the one model `resolve` picks, as a single-model server always did."""
+    specs: list[tuple[str, str]] = []  # (where, spec)
+    if serve.model:
+        specs.append(("serve.model", serve.model))
+    specs += [(f"serve.models[{i}]", spec) for i, spec in enumerate(serve.models)]
+    if not specs and not serve.variants:
+        return [resolve(model_name, None, serve.engine, workspace)], []
+    targets: list[Target] = []
+    where_of: dict[str, str] = {}
+    by_spec: dict[str, Target] = {}
+
+    def add(where: str, spec: str) -> Target:
+        if spec in by_spec:
+            return by_spec[spec]
+        try:
+            target = resolve(model_name, spec, serve.engine, workspace)
+        except UsageError as exc:
+            message = exc.message if exc.message.startswith("serve.model: ") else f"{spec!r}: {exc.message}"
+            raise UsageError(f"{where}: {message.removeprefix('serve.model: ')}", hint=exc.hint) from None
+        if target.name in where_of:
+            raise UsageError(
+                f"{where}: {spec!r} is served as {target.name!r}, the same name as {where_of[target.name]}",
+                hint="serve each model once; copy a file under another name to serve two of the same name",
+            )
+        if target.name == serve.variant_group and serve.variants:
+            raise UsageError(f"{where}: {spec!r} is served as {target.name!r}, the name of serve.variant_group",
+                             hint="set serve.variant_group to another name")  # fmt: skip
+        where_of[target.name] = where
+        by_spec[spec] = target
+        targets.append(target)
+        return target
+
+    for where, spec in specs:
+        add(where, spec)
+    variants = []
+    for i, v in enumerate(serve.variants):
+        named = next((t for t in targets if t.name == v.model), None)
+        target = named or add(f"serve.variants[{i}].model", v.model)
+        variants.append(Variant(v.name, target.name, v.weight))
+    return targets, variants
+
+
+def weights_bytes(target: Target) -> int:
+    """How much memory the model's weights take, judged from their files (an adapter adds its local base's)."""
+    if target.path.is_file():
+        return target.path.stat().st_size
+    size = _folder_weights(target.path)
+    if target.base_model and Path(target.base_model).is_dir():
+        size += _folder_weights(Path(target.base_model))
+    return size
+
+
+def _folder_weights(folder: Path) -> int:
+    if not folder.is_dir():  # a hub id: its size is unknown until it loads
+        return 0
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))

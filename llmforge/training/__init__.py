@@ -1,8 +1,9 @@
 """`llmforge train`: pretrain from scratch, full SFT, LoRA, QLoRA, DPO, ORPO or KTO, with resume, progress and
 clean stops.
 
-The verb takes the `model` and `train` config sections; the implementation modules are imported inside it so
-that importing this package stays light.
+The stage's two verbs: plan() takes the `model` and `train` config sections and returns a TrainPlan, run(plan)
+trains and returns a TrainResult (llmforge/training/stage.py). The implementation modules are imported inside
+them so that importing this package stays light.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmforge.config.model import ModelConfig
     from llmforge.config.train import TrainConfig
+    from llmforge.training.stage import TrainPlan, TrainResult
     from llmforge.workspace import Workspace
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -23,18 +25,22 @@ class StopTraining(Exception):
     a trial this way. Any other exception from the callback is logged and training goes on."""
 
 
-def train(
-    model: ModelConfig,
-    train: TrainConfig,
-    workspace: Workspace,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    dry_run: bool = False,
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Train as `train` says, starting from `model` (unused for scratch), reading data from the workspace (or
-    `train.data`) and writing `runs/<run>/`. Returns the result (or, with dry_run, the plan) as a dict.
+def plan(
+    model: ModelConfig, train: TrainConfig, workspace: Workspace, *, resume: bool = False, force: bool = False
+) -> TrainPlan:
+    """Decide a run as `train` says, starting from `model` (unused for scratch), reading data from the workspace
+    (or `train.data`): the checks, the run to resume, the tokenizer and template, the run's size. Trains and
+    writes nothing; the plan is what `llmforge train --dry-run` shows and all `run` needs."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge train", "train", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
+    from llmforge.training import stage
+
+    return stage.plan(model, train, workspace, resume=resume, force=force)
+
+
+def run(plan: TrainPlan, *, progress: ProgressFn | None = None) -> TrainResult:
+    """Train as planned, writing `runs/<run>/`.
 
     `progress` receives events on the main process only: "begin" (run, method, backend, backend_why, total_steps,
     resume_from) before the model loads; on a resume, {"event": "resume", "checkpoint", "skipped": [{"checkpoint",
@@ -43,12 +49,22 @@ def train(
     step, "log" every train.logging_steps, "eval" after each evaluation.
     A callback that raises StopTraining ends the run there; the exception reaches the caller.
     """
-    from llmforge.errors import require_extra
+    from llmforge.training import stage
 
-    require_extra("llmforge train", "train", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
-    from llmforge.training import runner
+    return stage.run(plan, progress=progress)
 
-    return runner.run(model, train, workspace, resume=resume, force=force, dry_run=dry_run, progress=progress)
+
+def train(
+    model: ModelConfig,
+    train: TrainConfig,
+    workspace: Workspace,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """plan() then run(), for callers with nothing to show in between (`llmforge tune`'s trials)."""
+    return run(plan(model, train, workspace, resume=resume, force=force), progress=progress)
 
 
 def relaunch(argv: list[str], nproc: int, run_name: str | None, accelerate_config: str | None = None) -> int:
@@ -58,4 +74,4 @@ def relaunch(argv: list[str], nproc: int, run_name: str | None, accelerate_confi
     return launch.relaunch(argv, nproc, run_name, accelerate_config)
 
 
-__all__ = ["train", "relaunch", "StopTraining"]
+__all__ = ["plan", "run", "train", "relaunch", "StopTraining"]

@@ -28,7 +28,7 @@ class TrainingData:
     val: Split | None
     notes: list[str] = field(default_factory=list)
     # Chat records tokenized with their assistant-only loss masks ({"input_ids", "assistant_masks"} per sample),
-    # set by the runner when it masks: the trainer then trains on exactly these.
+    # set by the plan when it masks (training.stage): the trainer then trains on exactly these.
     train_rows: list[dict[str, list[int]]] | None = None
     val_rows: list[dict[str, list[int]]] | None = None
 

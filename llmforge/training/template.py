@@ -35,13 +35,14 @@ class ChosenTemplate:
 
 
 def resolve(tokenizer, configured: str = "auto", *, now: datetime | None = None) -> ChosenTemplate:
-    """The template and mask method chat_spans decides for this tokenizer, or UsageError with the reason."""
-    from llmforge import chat_spans
+    """The template and mask method chat_spans decides for this tokenizer (given to it), or UsageError with the
+    reason."""
+    from llmforge import checkpoints
 
-    verdict = chat_spans.require(chat_spans.verdict_for(tokenizer, configured))
+    own = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else None
+    verdict = checkpoints.use_training_template(tokenizer, configured, untrainable="raise")
     date = (now or datetime.now()).replace(microsecond=0) if verdict.dated else None
     family = verdict.family.name if verdict.family is not None else None
-    own = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else None
     return ChosenTemplate(verdict.template, verdict.source, family, verdict.end_of_turn, verdict.how, date, verdict,
                           original=own)
 

@@ -149,7 +149,7 @@ def _load_base(model_cfg, dtype: str, quantization_config=None):
 
 def build(model_cfg, train_cfg, method, backend, data: data_mod.TrainingData, tokenizer, prec, lr, *,
           output_dir: Path, world: int, init: dict[str, Any] | None = None) -> Built:
-    """`init`: the earlier run train.init_from names (runner._init_source), whose adapter or weights this run
+    """`init`: the earlier run train.init_from names (stage._init_source), whose adapter or weights this run
     starts from."""
     if method == "scratch":
         return _scratch(model_cfg, train_cfg, data, tokenizer, prec, lr, output_dir, world, init)
@@ -233,7 +233,7 @@ def _sft(model_cfg, train_cfg, method, backend, data, tokenizer, prec, lr, outpu
             {"text": t} for t in data_mod.texts_of(data.val.records)]
     pretokenized = data.train_rows is not None
     if pretokenized:
-        # Already tokenized with the assistant-only masks the runner checked: TRL turns "assistant_masks" into
+        # Already tokenized with the assistant-only masks the plan checked: TRL turns "assistant_masks" into
         # labels for any tokenized dataset, so its own (marker-only) assistant_only_loss stays off.
         rows, eval_rows = data.train_rows, data.val_rows
     args = SFTConfig(

@@ -1,6 +1,6 @@
 """The Unsloth backend (CUDA only): its fast model loading and LoRA patching, then TRL's SFTTrainer as usual.
 
-Unsloth patches trl, transformers and peft when imported, so it must be imported before any of them: the runner
+Unsloth patches trl, transformers and peft when imported, so it must be imported before any of them: the plan
 calls `import_first()` before it touches them, and only when this backend was chosen.
 
 The calls follow `FastLanguageModel` as unsloth 2025.x-2026.x defines it (unsloth/models/loader.py and llama.py):
@@ -65,5 +65,5 @@ def load(model_cfg, train_cfg, method: str, tokenizer):
             use_gradient_checkpointing=checkpointing,
             random_state=train_cfg.seed,
         )
-    # keep the tokenizer (and chat template) the runner resolved and checked
+    # keep the tokenizer (and chat template) the plan resolved and checked
     return model, tokenizer if tokenizer is not None else unsloth_tokenizer

@@ -60,7 +60,7 @@ def run(model, train, tune, workspace, *, progress=None) -> dict[str, Any]:
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        value = result.get("final_eval_loss")
+        value = result.final_eval_loss
         if value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise ConfigError(f"trial {trial.number} ({run_name}) has no eval loss: the run had no validation split",

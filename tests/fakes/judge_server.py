@@ -3,7 +3,7 @@
 It answers `POST /v1/chat/completions` in two roles: as a judge (when the system prompt asks for rubric scores it
 returns a JSON object: every criterion 5 when the ANSWER equals the REFERENCE, else 1), and as a model under test
 (it looks the last user message up in `answers`, else says "I do not know"). `GET /v1/models` lists one model.
-The same answers come from Ollama's `GET /api/tags` and `POST /api/chat` (non-streaming), as the real server
+With "stream": true the answer comes as server-sent events. The same answers come from Ollama's `GET /api/tags` and `POST /api/chat` (non-streaming), as the real server
 shapes them, for `ollama:NAME` targets. Every request is counted and kept, so tests can check what was (not) sent.
 """
 
@@ -20,6 +20,8 @@ class FakeOpenAIServer:
         self.answers = dict(answers or {})
         self.model = model
         self.broken = broken  # answer every completion with HTTP 500
+        self.busy_next = 0  # the next N completions get 429 with `retry_after` as their Retry-After header
+        self.retry_after = "1"
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -28,10 +30,12 @@ class FakeOpenAIServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _send(self, code: int, body: dict) -> None:
+            def _send(self, code: int, body: dict, headers: dict | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -68,7 +72,27 @@ class FakeOpenAIServer:
                 if server.broken:
                     self._send(500, {"error": {"message": "the model crashed"}})
                     return
+                if server.busy_next > 0:
+                    server.busy_next -= 1
+                    self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": server.retry_after})
+                    return
+                if body.get("stream") is True:
+                    self._stream(server.reply(body))
+                    return
                 self._send(200, server.reply(body))
+
+            def _stream(self, reply: dict) -> None:
+                # server-sent events, one word a chunk, as OpenAI's streaming API shapes them
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                words = reply["choices"][0]["message"]["content"].split(" ")
+                for i, word in enumerate(words):
+                    delta = {"content": word if i == 0 else " " + word}
+                    chunk = {"id": reply["id"], "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -4,14 +4,19 @@ No Ollama server can be installed here (facts.md), so deploy tests talk to this 
 client. It follows docs/api.md of ollama/ollama and the request shapes of the client 0.6.3:
 
 - HEAD/POST /api/blobs/sha256:<hex>: 200/404; upload answers 201, or 400 when the body's sha256 is not the digest.
-- POST /api/create: {model, files: {"x.gguf": digest}, template, system, parameters, messages, license, stream};
-  streams {"status": ...} lines ending in "success" (one object when stream is false); 400 for unknown blobs or a
-  file that is not GGUF.
-- POST /api/show, GET /api/tags, DELETE /api/delete (404 for unknown models), GET /api/version.
+- POST /api/create: {model, files: {"x.gguf": digest} or from: <model>, adapters: {"x.gguf": digest}, template,
+  system, parameters, messages, license, stream}; streams {"status": ...} lines ending in "success" (one object when
+  stream is false); 400 for unknown blobs or a file that is not GGUF. A model made `from` another keeps its GGUF,
+  template, system, messages and license unless the request gives new ones, and its parameters merged under the
+  request's; a `from` model this server lacks ends the stream with an error (Ollama would try to pull it).
+- POST /api/show: modelfile, parameters, template, system, license, details (format, family, families,
+  parameter_size, quantization_level) and model_info: the GGUF's metadata plus general.parameter_count (counted from
+  its tensors), with array values (tokenizer.ggml.tokens, merges, token_type...) empty unless `verbose` is true, as
+  docs/api.md says. GET /api/tags, DELETE /api/delete (404 for unknown models), GET /api/version.
 - POST /api/chat: like a deployment would, it renders the registered TEMPLATE over the model's MESSAGEs, SYSTEM
   and the request's messages (with Go's text/template through tests/tools/gorender when a binary is given, else
   with the family's Jinja twin from llmforge.chat_templates), generates greedily with llama.cpp from the uploaded
-  GGUF, and stops at an end-of-generation token of the vocabulary or at a PARAMETER stop string, like Ollama.
+  GGUF (with its ADAPTER applied, as llama.cpp's --lora does), and stops at an end-of-generation token of the vocabulary or at a PARAMETER stop string, like Ollama.
   With no TEMPLATE it renders the GGUF's own chat template (Ollama's best case). NDJSON when streaming, always
   ending with done: true and done_reason "stop" or "length". Generation runs to the end before the first chunk
   is sent, so stop strings never need holding back. num_predict defaults to 128 here (Ollama: until the context
@@ -97,41 +102,92 @@ class StandIn:
         files = body.get("files") or {}
         if not name:
             return 400, [{"error": "model is required"}]
+        base: dict[str, Any] = {}
         if body.get("from"):
-            return 400, [{"error": "the stand-in only creates models from uploaded files"}]
-        ggufs = {f: d for f, d in files.items() if f.endswith(".gguf")}
-        if len(ggufs) != 1:
-            return 400, [{"error": "expected exactly one .gguf file in files"}]
-        digest = next(iter(ggufs.values()))
-        path = self.blob_path(digest)
-        if not path.is_file():
-            return 400, [{"error": f"blob {digest} not found: upload it to /api/blobs first"}]
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                return 400, [{"error": "invalid file magic"}]
-        statuses = [{"status": "parsing GGUF"}, {"status": f"using existing layer {digest}"}]
+            if _full(body["from"]) not in self.models:
+                return 200, [{"error": f"pull model manifest: file does not exist ({body['from']})"}]
+            base = self.models[_full(body["from"])]
+            digest = base["digest"]
+            statuses = [{"status": f"using existing layer {digest}"}]
+        else:
+            ggufs = {f: d for f, d in files.items() if f.endswith(".gguf")}
+            if len(ggufs) != 1:
+                return 400, [{"error": "expected exactly one .gguf file in files"}]
+            digest = next(iter(ggufs.values()))
+            problem = self._gguf_blob_problem(digest)
+            if problem:
+                return 400, [{"error": problem}]
+            statuses = [{"status": "parsing GGUF"}, {"status": f"using existing layer {digest}"}]
+        adapters = list(base.get("adapters") or [])
+        for adapter in (body.get("adapters") or {}).values():
+            problem = self._gguf_blob_problem(adapter)
+            if problem:
+                return 400, [{"error": problem}]
+            adapters.append(adapter)
+            statuses.append({"status": f"using existing layer {adapter}"})
         for key in ("template", "system", "parameters", "messages", "license"):
             if body.get(key):
                 layer = hashlib.sha256(json.dumps(body[key], sort_keys=True).encode()).hexdigest()
                 statuses.append({"status": f"creating new layer sha256:{layer}"})
+        template = body.get("template") or base.get("template") or ""
         self.models[_full(name)] = {
             "digest": digest,
-            "template": "" if self.fault == "ignore_template" else body.get("template") or "",
-            "system": body.get("system") or "",
-            "parameters": dict(body.get("parameters") or {}),
-            "messages": list(body.get("messages") or []),
-            "license": body.get("license"),
+            "adapters": adapters,
+            "template": "" if self.fault == "ignore_template" else template,
+            "system": body.get("system") or base.get("system") or "",
+            "parameters": {**(base.get("parameters") or {}), **(body.get("parameters") or {})},
+            "messages": list(body.get("messages") or base.get("messages") or []),
+            "license": body.get("license") or base.get("license"),
             "modified_at": _now(),
-            "size": path.stat().st_size,
+            "size": self.blob_path(digest).stat().st_size,
         }
         statuses += [{"status": "writing manifest"}, {"status": "success"}]
         return 200, statuses
 
-    def show(self, name: str) -> dict[str, Any] | None:
+    def _gguf_blob_problem(self, digest: str) -> str | None:
+        path = self.blob_path(digest)
+        if not path.is_file():
+            return f"blob {digest} not found: upload it to /api/blobs first"
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                return "invalid file magic"
+        return None
+
+    def model_info(self, digest: str, verbose: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """model_info and details of /api/show, read from the GGUF blob."""
+        import gguf
+
+        reader = gguf.GGUFReader(str(self.blob_path(digest)))
+        info: dict[str, Any] = {}
+        for key, found in reader.fields.items():
+            if key.startswith("GGUF."):  # the header (version, counts), not metadata
+                continue
+            value = found.contents()
+            info[key] = (list(value) if verbose else []) if isinstance(value, list) else value
+        count = sum(int(t.n_elements) for t in reader.tensors)
+        info["general.parameter_count"] = count
+        arch = info.get("general.architecture") or ""
+        file_type = info.get("general.file_type")
+        try:
+            level = gguf.LlamaFileType(file_type).name.replace("MOSTLY_", "").replace("ALL_", "")
+        except (ValueError, TypeError):
+            level = "unknown"
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": arch,
+            "families": [arch],
+            "parameter_size": _human_number(count),
+            "quantization_level": level,
+        }
+        return info, details
+
+    def show(self, name: str, verbose: bool = False) -> dict[str, Any] | None:
         model = self.models.get(_full(name))
         if model is None:
             return None
         lines = [f"FROM {self.blob_path(model['digest'])}"]
+        lines += [f"ADAPTER {self.blob_path(a)}" for a in model.get("adapters") or []]
         if model["template"]:
             lines.append(f'TEMPLATE """{model["template"]}"""')
         if model["system"]:
@@ -141,20 +197,21 @@ class StandIn:
             for v in value if isinstance(value, list) else [value]:
                 lines.append(f"PARAMETER {key} {json.dumps(v) if isinstance(v, str) else v}")
                 params.append(f"{key:<30} {json.dumps(v) if isinstance(v, str) else v}")
+        model_info, details = self.model_info(model["digest"], verbose)
         return {
             "modelfile": "\n".join(lines) + "\n",
             "parameters": "\n".join(params),
             "template": model["template"],
             "system": model["system"],
             "license": model["license"] if isinstance(model["license"], str) else "\n".join(model["license"] or []),
-            "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"]},
-            "model_info": {"general.architecture": "llama"},
+            "details": details,
+            "model_info": model_info,
             "capabilities": ["completion"],
             "modified_at": model["modified_at"],
         }
 
     # chat ------------------------------------------------------------------------------------------------------
-    def _llama(self, digest: str, n_ctx: int):
+    def _llama(self, digest: str, n_ctx: int, adapters: tuple[str, ...] = ()):
         import gguf
 
         from llmforge.llamacpp import open_llama
@@ -164,10 +221,15 @@ class StandIn:
         trained = fields.get(f"{arch}.context_length")
         if trained is not None:  # keep llama.cpp from warning about a context longer than the model's
             n_ctx = min(n_ctx, int(trained.contents()))
-        key = (digest, n_ctx)
+        key = (digest, n_ctx, adapters)
         if key not in self._llamas:
+            if len(adapters) > 1:
+                raise RuntimeError("the stand-in applies one ADAPTER at most")
+            lora = {"lora_path": str(self.blob_path(adapters[0]))} if adapters else {}
             # Like a real Ollama on this CPU, it must survive llama.cpp's AMX fault (llmforge/llamacpp.py).
-            self._llamas[key] = open_llama(self.blob_path(digest), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0)
+            self._llamas[key] = open_llama(
+                self.blob_path(digest), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0, **lora
+            )
         return self._llamas[key]
 
     def render_prompt(
@@ -243,7 +305,7 @@ class StandIn:
             num_predict = DEFAULT_NUM_PREDICT
         n_ctx = int(options.get("num_ctx") or 2048)
         with self._lock:
-            llm = self._llama(model["digest"], n_ctx)
+            llm = self._llama(model["digest"], n_ctx, tuple(model.get("adapters") or ()))
             try:
                 prompt = self.render_prompt(model, llm, messages, think=body.get("think"))
             except Exception as e:  # a template that cannot render: Ollama answers 500 with the reason
@@ -309,6 +371,14 @@ class StandIn:
             "eval_count": eval_count,
             "eval_duration": total,
         }
+
+
+def _human_number(n: int) -> str:
+    """details.parameter_size: Ollama writes counts like "8.0B" or "494.03M"."""
+    for size, unit in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if unit == "B" else f"{n / size:.2f}{unit}"
+    return str(n)
 
 
 def _safe_template(family, eos: str | None) -> str | None:
@@ -431,7 +501,7 @@ def _handler_for(server: StandIn) -> type[BaseHTTPRequestHandler]:
                 status, objects = server.create(body)
                 self._send(status, objects, stream=stream and status == 200)
             elif self.path == "/api/show":
-                shown = server.show(body.get("model") or "")
+                shown = server.show(body.get("model") or "", verbose=bool(body.get("verbose")))
                 if shown is None:
                     self._send(404, [{"error": f"model '{body.get('model')}' not found"}])
                 else:

@@ -26,6 +26,7 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.status_on_fail = 500
+        self.retry_after: str | None = None  # sent as the Retry-After header of the failed answers
         self.slow_next = 0  # the next N requests answer only after `delay` seconds
         self.delay = 0.0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -110,7 +111,8 @@ class FakeOpenAI:
                     time.sleep(fake.delay)
                 if fake.fail_next > 0:
                     fake.fail_next -= 1
-                    self._send(fake.status_on_fail, {"error": {"message": "temporarily overloaded"}})
+                    headers = {"Retry-After": fake.retry_after} if fake.retry_after else {}
+                    self._send(fake.status_on_fail, {"error": {"message": "temporarily overloaded"}}, headers)
                     return
                 content = fake.answer(body)
                 self._send(
@@ -125,10 +127,12 @@ class FakeOpenAI:
                     },
                 )
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

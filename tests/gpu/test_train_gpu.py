@@ -35,6 +35,6 @@ def test_trains_on_the_gpu(method, backend, tmp_path):
     result = train(cfg.model, cfg.train, ws)
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     expected = "unsloth" if backend == "auto" and has_unsloth else "trl"
-    assert result["backend"] == expected and result["steps"] == 10
-    assert result["final_loss"] < result["first_loss"]
-    assert Path(result["output"]).is_dir()
+    assert result.backend == expected and result.steps == 10
+    assert result.final_loss < result.first_loss
+    assert Path(result.output).is_dir()

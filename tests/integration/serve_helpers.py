@@ -58,7 +58,7 @@ def export_gguf(model_dir: Path, workspace_root: Path, quant: str = "f16", verif
     cfg = serve_config(f"export.quant=[{quant}]", f"export.verify={str(verify).lower()}")
     workspace = Workspace(Path(workspace_root))
     body = export_verb(cfg.model, cfg.export, workspace, Path(model_dir))
-    return Path(body["output_dir"]) / body["files"][0]["path"]
+    return Path(body.output_dir) / body.files[0]["path"]
 
 
 def wait_for_metric(url: str, name: str, at_least: float, seconds: float = 10) -> str:

@@ -6,6 +6,7 @@ import pytest
 import upstream_templates
 from tiny_models import CHATML_TEMPLATE, load_tokenizer
 
+from llmforge import chat_spans
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
@@ -123,9 +124,9 @@ def test_tiny_tokenizer_template_is_chatml_and_trains_its_stop_token(tiny_tokeni
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     template = tokenizer.chat_template
     assert ct.identify(template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token) is ct.CHATML
-    resolved = ct.resolve_training_template(template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
-    assert (resolved.template, resolved.family, resolved.source) == (template, ct.CHATML, "tokenizer")
-    ct.check_template_trains_stop(template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+    verdict = chat_spans.verdict_for(tokenizer)  # what training decides for this tokenizer
+    assert (verdict.template, verdict.family, verdict.source) == (template, ct.CHATML, "tokenizer")
+    assert verdict.trains and verdict.end_of_turn == ("<|im_end|>",), verdict.reason
     assert ct.stop_tokens_for(template, bos_token=None, eos_token=tokenizer.eos_token) == ct.CHATML.stop_tokens
 
 

@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("ollama")
+# About two minutes (the whole demo); every stage it runs has its own fast end-to-end test in the default tier.
+pytestmark = pytest.mark.slow
 
 from fakes.ollama_server import StandIn  # noqa: E402
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmforge.export import gguf_export
+from llmforge.export import gguf_convert, gguf_export
 from llmforge.export.quant_types import parse_quants
 
 pytestmark = pytest.mark.skipif(not gguf_export.has_llama_cpp(), reason="llama-cpp-python not installed")
@@ -147,7 +147,7 @@ def build_split_regex_tokenizer(out: Path, regex: str) -> Path:
 
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
-def test_split_regex_pre_tokenizers_tokenize_like_hf_in_llama_cpp(pre, tmp_path):
+def test_split_regex_pre_tokenizers_tokenize_like_hf_in_llama_cpp(pre, tmp_path, monkeypatch):
     """Llama 3's and Qwen2's pre-tokenizer regexes map to llama.cpp's llama-bpe and qwen2: proven on probes with
     digit runs, contractions, whitespace runs and unicode, where those regexes differ from each other and gpt-2."""
     import sys
@@ -168,6 +168,6 @@ def test_split_regex_pre_tokenizers_tokenize_like_hf_in_llama_cpp(pre, tmp_path)
     if pre == "llama-bpe":
         # qwen2's regex differs only in splitting digits one by one: a llama-bpe vocab has multi-digit tokens, so
         # the probes expose the wrong choice (the reverse cannot show: a qwen2 vocab never learns digit groups)
-        wrong = gguf_export.produce(model_dir, tmp_path / "wrong", "m", parse_quants("f16"),
-                                    _convert_options={"_pre_tokenizer": "qwen2"})
+        monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(pre_tokenizer="qwen2"))
+        wrong = gguf_export.produce(model_dir, tmp_path / "wrong", "m", parse_quants("f16"))
         assert not wrong["files"][0]["tokenization"]["ok"]

@@ -62,7 +62,7 @@ from pathlib import Path
 from llmforge import atomic
 from llmforge.config.export import ExportConfig
 from llmforge.config.model import ModelConfig
-from llmforge.export import export_gguf
+from llmforge.export import export_gguf, gguf_convert
 from llmforge.workspace import Workspace
 
 where = sys.argv[3]
@@ -74,6 +74,7 @@ def after_tensor(i):
     if where == "second file" and len(files_started) == 2 and i == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 
+gguf_convert.SEAMS = gguf_convert.Seams(after_tensor=after_tensor)
 write_json = atomic.write_json
 
 def write_then_die(path, obj):
@@ -83,7 +84,7 @@ def write_then_die(path, obj):
 
 atomic.write_json = write_then_die
 export_gguf(ModelConfig(), ExportConfig(quant=["f16", "f32"], verify=False), Workspace(Path(sys.argv[1])),
-            sys.argv[2], _options={"_convert_options": {"_after_tensor": after_tensor}})
+            sys.argv[2])
 """
 
 

@@ -141,10 +141,11 @@ def test_llama_q_and_k_are_permuted_for_llama_cpp_and_qwen2_is_not(tiny_llama_di
 
 
 @needs_llama_cpp
-def test_without_the_qk_permutation_llama_cpp_disagrees(sharp_llama_dir, tmp_path):
+def test_without_the_qk_permutation_llama_cpp_disagrees(sharp_llama_dir, tmp_path, monkeypatch):
     good = by_quant(produce(sharp_llama_dir, tmp_path / "good", "f32"))["f32"]["logits"]
     assert good["top1_agreement"] == 1.0
-    result = produce(sharp_llama_dir, tmp_path / "bad", "f32", _convert_options={"_permute": False})
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(permute=False))
+    result = produce(sharp_llama_dir, tmp_path / "bad", "f32")
     bad = by_quant(result)["f32"]
     assert not bad["verified"] and result["failures"]
     assert bad["logits"]["max_abs_diff"] > 100 * good["max_abs_diff"]
@@ -152,10 +153,10 @@ def test_without_the_qk_permutation_llama_cpp_disagrees(sharp_llama_dir, tmp_pat
 
 
 @needs_llama_cpp
-def test_without_rope_theta_llama_cpp_disagrees(sharp_qwen2_dir, tmp_path):
+def test_without_rope_theta_llama_cpp_disagrees(sharp_qwen2_dir, tmp_path, monkeypatch):
     good = by_quant(produce(sharp_qwen2_dir, tmp_path / "good", "f32"))["f32"]["logits"]
-    bad = by_quant(produce(sharp_qwen2_dir, tmp_path / "bad", "f32",
-                           _convert_options={"_write_rope_theta": False}))["f32"]["logits"]
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(rope_theta=False))
+    bad = by_quant(produce(sharp_qwen2_dir, tmp_path / "bad", "f32"))["f32"]["logits"]
     # theta 1e6 vs llama.cpp's fallback 10000: positions beyond the first few rotate differently
     assert bad["max_abs_diff"] > 20 * max(good["max_abs_diff"], 1e-3)
     assert bad["top1_agreement"] < good["top1_agreement"]
@@ -233,14 +234,15 @@ def test_unsupported_architecture_lists_what_is_supported(tiny_llama_dir, tmp_pa
     assert "llama_cpp_dir" in err.value.hint
 
 
-def test_an_interrupted_export_leaves_no_file(tiny_llama_dir, tmp_path):
+def test_an_interrupted_export_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
     def interrupt(i):
         if i == 3:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(after_tensor=interrupt))
     out = tmp_path / "out.gguf"
     with pytest.raises(KeyboardInterrupt):
-        gguf_convert.convert(tiny_llama_dir, out, QUANT_TYPES["f16"], _after_tensor=interrupt)
+        gguf_convert.convert(tiny_llama_dir, out, QUANT_TYPES["f16"])
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temp file
 
 
@@ -252,16 +254,16 @@ def test_existing_output_needs_force(tiny_llama_dir, tmp_path):
 
 
 @needs_llama_cpp
-def test_a_failed_verification_is_exit_1_and_marked_in_the_manifest(sharp_llama_dir, tmp_path):
+def test_a_failed_verification_is_exit_1_and_marked_in_the_manifest(sharp_llama_dir, tmp_path, monkeypatch):
     from llmforge.config.export import ExportConfig
     from llmforge.config.model import ModelConfig
     from llmforge.export import export_gguf
     from llmforge.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(permute=False))
     with pytest.raises(LlmforgeError) as err:
-        export_gguf(ModelConfig(), ExportConfig(quant=["f16"]), ws, str(sharp_llama_dir),
-                    _options={"_convert_options": {"_permute": False}})
+        export_gguf(ModelConfig(), ExportConfig(quant=["f16"]), ws, str(sharp_llama_dir))
     assert err.value.exit_code == 1 and "agreement" in str(err.value)
     run = sharp_llama_dir.name
     manifest = json.loads(ws.export_manifest(run).read_text())
@@ -270,9 +272,10 @@ def test_a_failed_verification_is_exit_1_and_marked_in_the_manifest(sharp_llama_
 
 
 @needs_llama_cpp
-def test_a_wrong_pre_tokenizer_is_caught_by_the_tokenization_check(tiny_llama_dir, tmp_path):
+def test_a_wrong_pre_tokenizer_is_caught_by_the_tokenization_check(tiny_llama_dir, tmp_path, monkeypatch):
     # llama-bpe groups digits in threes where the fixture's gpt-2 regex keeps a digit run whole
-    result = produce(tiny_llama_dir, tmp_path, "f16", _convert_options={"_pre_tokenizer": "llama-bpe"})
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(pre_tokenizer="llama-bpe"))
+    result = produce(tiny_llama_dir, tmp_path, "f16")
     f = result["files"][0]
     assert not f["verified"] and not f["tokenization"]["ok"]
     assert any("1234567890" in m["text"] for m in f["tokenization"]["mismatches"])
@@ -296,8 +299,8 @@ def test_later_exports_of_the_same_model_add_to_the_manifest(tiny_llama_dir, tmp
     ws = Workspace(tmp_path / "ws")
     export_gguf(ModelConfig(), ExportConfig(quant=["f16"], verify=False), ws, str(tiny_llama_dir))
     body = export_gguf(ModelConfig(), ExportConfig(quant=["q8_0"], verify=False), ws, str(tiny_llama_dir))
-    assert [f["quant"] for f in body["files"]] == ["f16", "q8_0"]
-    assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body["files"]
+    assert [f["quant"] for f in body.files] == ["f16", "q8_0"]
+    assert json.loads(ws.export_manifest(tiny_llama_dir.name).read_text())["files"] == body.files
     assert ws.exports() == [tiny_llama_dir.name]
 
 

@@ -11,7 +11,7 @@ import pytest
 from llmforge.config.export import ExportConfig
 from llmforge.config.model import ModelConfig
 from llmforge.errors import InputError, LlmforgeError
-from llmforge.export import export_gguf, export_lora_gguf, gguf_export, merge
+from llmforge.export import export_gguf, export_lora_gguf, gguf_convert, gguf_export, merge
 from llmforge.workspace import Workspace
 
 peft = pytest.importorskip("peft")
@@ -59,7 +59,7 @@ def test_merge_writes_a_model_equal_to_base_plus_adapter(tiny_llama_dir, tmp_pat
     adapter = make_run(ws, "lora-1", tiny_llama_dir, seed=1)
     result = merge(ModelConfig(), ExportConfig(), ws, ["lora-1"])
     merged = ws.merged_dir("lora-1")
-    assert result["merge_max_abs_diff"] < 1e-4 and result["adapter_types"] == ["LORA"]
+    assert result.merge_max_abs_diff < 1e-4 and result.adapter_types == ["LORA"]
     for f in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "manifest.json"):
         assert (merged / f).is_file(), f
     assert (merged / "chat_template.jinja").read_text() == (tiny_llama_dir / "chat_template.jinja").read_text()
@@ -81,7 +81,7 @@ def test_several_adapters_merge_in_sequence_and_dtype_applies(tiny_llama_dir, tm
     assert (hf_logits(tiny_llama_dir, [first]) - expected).abs().max() > 1e-2  # the second one counted
 
     result = merge(ModelConfig(), ExportConfig(), ws, ["sft", "dpo"], dtype="bfloat16", force=True)
-    assert result["dtype"] == "bfloat16"
+    assert result.dtype == "bfloat16"
     assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
     from llmforge.export.safetensors_stream import model_tensors
 
@@ -102,7 +102,7 @@ def test_export_gguf_of_an_adapter_run_merges_then_converts_and_verifies(tiny_qw
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-q", tiny_qwen2_dir, seed=3)
     result = export_gguf(ModelConfig(), ExportConfig(quant=["f16", "q8_0"]), ws, "lora-q")
-    assert result["verified"] and result["merged"]
+    assert result.verified and result.merged
     assert (ws.merged_dir("lora-q") / "model.safetensors").is_file()
     manifest = json.loads(ws.export_manifest("lora-q").read_text())
     assert [f["path"] for f in manifest["files"]] == ["lora-q-f16.gguf", "lora-q-q8_0.gguf"]
@@ -127,7 +127,7 @@ def test_lora_gguf_on_the_base_gguf_matches_hf_base_plus_adapter(fixture, reques
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-1", base, seed=4)
     result = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")
-    entry = result["lora_adapters"][-1]
+    entry = result.lora_adapters[-1]
     assert entry["kind"] == "lora_adapter" and entry["verified"], entry
     assert entry["logits"]["top1_agreement"] >= 0.99 and entry["logits"]["max_abs_diff"] < 1e-3
     assert not list(ws.export_dir("lora-1").glob("*.gguf"))  # kept apart from full models (deploy picks those)
@@ -140,11 +140,12 @@ def test_lora_gguf_on_the_base_gguf_matches_hf_base_plus_adapter(fixture, reques
 
 
 @needs_llama_cpp
-def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path):
+def test_lora_gguf_without_the_qk_permutation_disagrees(tiny_llama_dir, tmp_path, monkeypatch):
     ws = Workspace(tmp_path / "ws")
     make_run(ws, "lora-1", tiny_llama_dir, seed=5, targets=("q_proj", "k_proj"), scale=2.0)
+    monkeypatch.setattr(gguf_convert, "SEAMS", gguf_convert.Seams(permute=False))
     with pytest.raises(LlmforgeError, match="agreement"):
-        export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", _options={"_permute": False})
+        export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1")
     assert json.loads(ws.export_manifest("lora-1").read_text())["lora_adapters"][0]["verified"] is False
 
 
@@ -156,6 +157,6 @@ def test_lora_gguf_checked_on_a_given_quantized_base(tiny_llama_dir, tmp_path):
     make_run(ws, "lora-1", tiny_llama_dir, seed=6)
     base = gguf_export.produce(tiny_llama_dir, tmp_path / "base", "base", parse_quants("q8_0"), verify_files=False)
     base_gguf = tmp_path / "base" / base["files"][0]["path"]
-    entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", base_gguf=base_gguf)["lora_adapters"][-1]
+    entry = export_lora_gguf(ModelConfig(), ExportConfig(), ws, "lora-1", base_gguf=base_gguf).lora_adapters[-1]
     assert entry["verified_on"] == str(base_gguf) and entry["verified"]
     assert 0 < entry["logits"]["max_abs_diff"] < 1.0  # q8_0 rounding of the base, not a broken adapter

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # builds a wheel and a fresh environment; tests/unit/test_core_install simulates a core install fast
 def test_pipx_install_of_the_wheel_gives_a_working_core_cli(tmp_path):
     if shutil.which("pipx", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("pipx is not installed (it is in the dev extra)")

@@ -270,7 +270,7 @@ def test_sixteen_concurrent_streams_all_complete(llamacpp_engine, tmp_path):
 
 @pytest.fixture(scope="module")
 def long_context_engine(tiny_gguf):
-    """One request at a time through Llama.generate (serve.parallel=1)."""
+    """One request at a time (serve.parallel=1), with a long context."""
     engine = LlamaCppEngine(Target("llamacpp", tiny_gguf, "tiny-gguf"), threads=1, context_length=4096, parallel=1)
     yield engine
     engine.close()
@@ -340,18 +340,32 @@ def test_concurrent_requests_take_turns(engine_name, request):
     assert sorted(order) == list(range(n))
 
 
+def greedy(llm, ids: list[int], steps: int) -> list[int]:
+    """`steps` greedy tokens from a fresh Llama.generate (nothing cached from the last call)."""
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        out.append(token)
+        if len(out) == steps:
+            break
+    llm.reset()
+    return out
+
+
 def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, tiny_gguf_f32):
     """The batched path (own context, one KV sequence per request, several at once) picks the same greedy tokens
     as Llama.generate and as transformers. f32 weights: with f16, near-tied logits of a random model may flip."""
     import torch
+    from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
+
+    from llmforge.serving.generation import Sampling
 
     gguf = tiny_gguf_f32
     steps = 24
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    single = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=1)
+    single = Llama(str(gguf), n_ctx=256, n_threads=1, verbose=False)  # llama-cpp-python's own loop, the reference
     batched = LlamaCppEngine(Target("llamacpp", gguf, "t"), threads=1, parallel=3)
-    prompts = [single.tokenize(p, chat=False) for p in ("once upon", "the cat sat on the", "hello")]
+    prompts = [batched.tokenize(p, chat=False) for p in ("once upon", "the cat sat on the", "hello")]
     try:
         expected, alone = [], []
         for ids in prompts:
@@ -362,11 +376,9 @@ def test_batched_greedy_matches_one_at_a_time_and_transformers(tiny_llama_dir, t
                     out.append(int(hf(seq).logits[0, -1].argmax()))
                     seq = torch.cat([seq, torch.tensor([[out[-1]]])], 1)
             expected.append(out)
-            tokens = single.tokens(ids, temperature=0, top_p=1, seed=0)
-            alone.append([next(tokens) for _ in range(steps)])
-            tokens.close()
+            alone.append(greedy(single, ids, steps))
         # all three prompts in every decode step, started at different steps
-        samplers = [batched.new_sampler(0, 1.0, None) for _ in prompts]
+        samplers = [batched.new_sampler(Sampling(max_tokens=steps, temperature=0)) for _ in prompts]
         got = [[] for _ in prompts]
         pos = [0] * len(prompts)
         for step in range(steps + 2):
@@ -405,10 +417,18 @@ def test_prompt_cache_reuse_gives_the_same_answers(tiny_gguf_f32, tmp_path):
                                            extra_body={"ignore_eos": True}) for p in prompts]  # fmt: skip
                 answers.append([r.choices[0].text for r in rs])
                 cached.append([r.usage.prompt_tokens_details.cached_tokens for r in rs])
-                lengths = [len(engine.tokenize(p, chat=False)) for p in prompts]
+                ids = [engine.tokenize(p, chat=False) for p in prompts]
+                lengths = [len(i) for i in ids]
         finally:
             engine.close()
-    assert answers[0] == answers[1]
+    from llama_cpp import Llama
+
+    reference = Llama(str(gguf), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        fresh = [reference.detokenize(greedy(reference, i, 16)).decode("utf-8", "replace") for i in ids]
+    finally:
+        reference.close()
+    assert answers[0] == answers[1] == fresh
     # batched: the repeat and the extension start from the cache; "the cat" takes the empty sequence, so the
     # last prompt still finds its prefix
     assert cached[1][0] == 0 and cached[1][3] == 0
@@ -502,3 +522,43 @@ def test_data_stage_reads_the_conversation_log(llamacpp_engine, tmp_path):
     kind, record = records.canonical(json.loads(line))
     assert kind == "messages"
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+
+
+def test_top_k_and_penalties_are_honoured(engine, tmp_path):
+    def distinct(text: str) -> int:
+        return len(set(engine.tokenize(text, chat=False)))
+
+    with serving(engine, tmp_path) as url:
+        c = client(url)
+
+        def complete(temperature: float, seed: int | None = None, **settings) -> str:
+            extra = {"ignore_eos": True, **{k: settings.pop(k) for k in ("top_k", "repetition_penalty") if k in settings}}
+            r = c.completions.create(model=engine.name, prompt="the cat sat", max_tokens=24, temperature=temperature,
+                                     seed=seed, extra_body=extra, **settings)  # fmt: skip
+            return r.choices[0].text
+
+        greedy = complete(0)
+        # at a high temperature the seeds give other texts, unless top_k=1 leaves only the likeliest token
+        assert any(complete(1.5, seed) != greedy for seed in (1, 2, 3))
+        assert all(complete(1.5, seed, top_k=1) == greedy for seed in (1, 2, 3))
+        # a random tiny model repeats itself when greedy; each penalty makes it pick tokens it has not used yet
+        for penalty in ({"repetition_penalty": 5.0}, {"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+            penalized = complete(0, **penalty)
+            assert distinct(penalized) > distinct(greedy), (penalty, penalized, greedy)
+            assert complete(0, **penalty) == penalized  # still deterministic
+
+
+def test_same_seed_same_text_other_seed_other_text_with_every_setting(engine, tmp_path):
+    with serving(engine, tmp_path) as url:
+        c = client(url)
+        settings = {"top_k": 20, "repetition_penalty": 1.3}
+
+        def sample(seed: int) -> str:
+            r = c.chat.completions.create(model=engine.name, messages=HELLO, max_tokens=20, temperature=1.2, seed=seed,
+                                          presence_penalty=0.5, frequency_penalty=0.5,
+                                          extra_body={"ignore_eos": True, **settings})  # fmt: skip
+            return r.choices[0].message.content
+
+        first = sample(7)
+        assert sample(7) == first
+        assert any(sample(seed) != first for seed in (8, 9))

@@ -99,6 +99,19 @@ def test_chat_repl_with_piped_stdin(llamacpp_engine, tmp_path):  # noqa: F811
     assert len(log) == 2  # "never sent" came after /exit
 
 
+def test_chat_good_and_bad_rate_the_last_answer(llamacpp_engine, tmp_path):  # noqa: F811
+    script = "/good\nhello there\n/bad rambles\nsecond question\n/good\n"
+    with serving(llamacpp_engine, tmp_path, "serve.log_conversations=true") as url:
+        r = llmforge("chat", url, "--temperature", "0", "--max-tokens", "4", input=script, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no answer to rate yet" in r.stderr and r.stdout.count("feedback recorded") == 2
+    answers = [json.loads(line)["metadata"]["id"] for line in (tmp_path / "serve" / "conversations" /
+                                                                "conversations.jsonl").open()]  # fmt: skip
+    feedback = [json.loads(line) for line in (tmp_path / "serve" / "feedback" / "feedback.jsonl").open()]
+    assert [(f["id"], f["feedback"], f.get("comment")) for f in feedback] == [
+        (answers[0], "down", "rambles"), (answers[1], "up", None)]  # fmt: skip
+
+
 def test_chat_says_clearly_when_the_endpoint_is_down(tmp_path):
     r = llmforge("chat", "http://127.0.0.1:9", input="hi\n", cwd=tmp_path)
     assert r.returncode == 1
@@ -127,7 +140,7 @@ def test_chat_with_an_ollama_model(tiny_gguf, tmp_path):  # noqa: F811
         client.create("tiny", files={"model.gguf": digest}, stream=False)
         env = cli_env(OLLAMA_HOST=server.host)
         r = subprocess.run([sys.executable, "-m", "llmforge", "chat", "ollama:tiny", "--max-tokens", "6"],
-                           input="hello there\n/save talk.json\n", capture_output=True, text=True, env=env,
+                           input="hello there\n/save talk.json\n/good\n", capture_output=True, text=True, env=env,
                            timeout=120, cwd=tmp_path)  # fmt: skip
         chats = [body for method, path, body in server.requests if path == "/api/chat"]
     assert r.returncode == 0, r.stderr
@@ -136,3 +149,4 @@ def test_chat_with_an_ollama_model(tiny_gguf, tmp_path):  # noqa: F811
     assert [m["role"] for m in saved] == ["user", "assistant"]
     assert saved[1]["content"] in r.stdout
     assert chats and chats[0]["stream"] is True and chats[0]["options"]["num_predict"] == 6
+    assert "is not llmforge serve; only llmforge serve takes feedback" in " ".join(r.stderr.split())

@@ -100,8 +100,6 @@ UNSUPPORTED = [
     (CHAT, "top_logprobs", [1, 5], [0]),
     (CHAT, "n", [2, 0], [1]),
     (CHAT, "logit_bias", [{"50256": -100}], [{}]),
-    (CHAT, "presence_penalty", [0.5], [0, 0.0]),
-    (CHAT, "frequency_penalty", [-1], [0]),
     (COMPLETIONS, "logprobs", [0, 5], []),
     (COMPLETIONS, "echo", [True], [False]),
     (COMPLETIONS, "suffix", ["!"], [""]),

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_data import chat_rows, workspace_with  # noqa: E402
@@ -35,6 +37,7 @@ def test_nproc_2_runs_ddp_and_only_rank_0_writes(tiny_llama_dir, tmp_path):
     assert (runs[0] / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a signal-saved checkpoint is also tested on one process (test_train_resume); ~15 s
 def test_sigterm_to_a_2_process_run_saves_one_checkpoint_and_exits_143(tiny_llama_dir, tmp_path):
     import signal
     import time
@@ -84,6 +87,7 @@ fsdp_config:
 """
 
 
+@pytest.mark.slow  # the same 2-process training as test_nproc_2_runs_ddp_and_only_rank_0_writes, another launcher
 def test_nproc_with_an_accelerate_config_launches_through_accelerate(tiny_llama_dir, tmp_path):
     # On CPU the Trainer keeps FSDP off (use_cpu) and trains data-parallel; what this checks is llmforge's part:
     # the config reaches `accelerate launch`, it starts both processes, and they share one run folder.

@@ -63,7 +63,7 @@ def test_lora_run_continues_the_earlier_adapter_and_records_its_parent(tiny_llam
     saved = load_file(str(ws.adapter_dir("first") / "adapter_model.safetensors"))
     assert set(loaded["weights"]) == set(saved) and saved
     assert all(torch.equal(loaded["weights"][k], saved[k]) for k in saved)
-    assert result["init_from"] == "first" and result["steps"] == 2
+    assert result.init_from == "first" and result.steps == 2
     assert first_loss(ws, "second") < first_loss(ws, "fresh")
     assert json.loads((ws.adapter_dir("second") / "adapter_config.json").read_text())["r"] == 8
 
@@ -128,7 +128,7 @@ def test_scratch_and_qlora_runs_continue(method, rows, settings, tiny_llama_dir,
         common["train__scratch__hidden_size"] = 64
     cfg = config(**common, train__max_steps=1, train__run_name="two", train__init_from="one")
     result = train(cfg.model, cfg.train, ws)
-    assert result["init_from"] == "one"
+    assert result.init_from == "one"
     assert first_loss(ws, "two") < first_loss(ws, "one")
     one, two = (json.loads(ws.run_manifest(r).read_text()) for r in ("one", "two"))
     assert two["init_from"] == "one" and two["parameters"] == one["parameters"]

@@ -51,12 +51,12 @@ def test_every_method_trains_and_its_loss_falls(method, tiny_llama_dir, tmp_path
                  train__warmup_ratio=0.0, train__scheduler="constant", train__run_name=method,
                  **METHOD_SETTINGS[method])
     result = train(cfg.model, cfg.train, ws)
-    assert result["steps"] == 30
+    assert result.steps == 30
     losses = [json.loads(line)["loss"] for line in ws.metrics_file(method).read_text().splitlines()]
     assert len(losses) == 6
     assert losses[-1] < losses[0] * (0.98 if method == "dpo" else 0.95), losses
     out = ws.adapter_dir(method) if method in ("lora", "qlora", "dpo") else ws.model_dir(method)
-    assert Path(result["output"]) == out
+    assert Path(result.output) == out
     assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
 
@@ -173,13 +173,13 @@ def test_records_over_max_length_follow_the_stated_policy_and_are_counted(tiny_l
 
 def test_end_of_turn_token_is_inside_the_loss_mask(tiny_llama_dir, tmp_path):
     from llmforge.training import data as data_mod
-    from llmforge.training import runner, trainers
+    from llmforge.training import stage, trainers
 
     ws = Workspace(workspace_with(tmp_path / "ws", chat_rows(4)))
     cfg = config(model__name=str(tiny_llama_dir), train__method="lora")
     tok = checkpoints.load_tokenizer(tiny_llama_dir)
     data = data_mod.load(None, ws, "lora")
-    prec = runner._precision(cfg.train, cfg.model, "lora")
+    prec = stage._precision(cfg.train, cfg.model, "lora")
     built = trainers.build(cfg.model, cfg.train, "lora", "trl", data, tok, prec, 1e-3, output_dir=tmp_path / "c",
                            world=1)
     batch = built.trainer.data_collator([built.trainer.train_dataset[0]])
@@ -221,7 +221,7 @@ def test_lora_learns_a_memorised_answer(tiny_llama_dir, tmp_path):
     result = train(cfg.model, cfg.train, ws)
     # A randomly initialised 64-wide model's lm_head bounds the logit margin a LoRA can reach (the final norm and
     # lm_head are frozen), so the loss stays high; greedy decoding only needs the right argmax at each position.
-    assert result["final_loss"] < result["first_loss"]
+    assert result.final_loss < result.first_loss
     base = checkpoints.load_model(tiny_llama_dir)
     model = checkpoints.load_adapter(base, ws.adapter_dir("mem")).eval()
     tok = checkpoints.load_tokenizer(ws.adapter_dir("mem"))
@@ -255,7 +255,7 @@ def test_scratch_makes_a_complete_base_model_that_lora_fine_tunes(tmp_path):
     cfg2 = config(model__name=str(base), train__method="lora", train__max_steps=3, train__run_name="ft",
                   train__data=str(ws.root / "chat"))
     result = train(cfg2.model, cfg2.train, ws)
-    assert result["steps"] == 3 and (ws.adapter_dir("ft") / "adapter_model.safetensors").is_file()
+    assert result.steps == 3 and (ws.adapter_dir("ft") / "adapter_model.safetensors").is_file()
 
 
 def test_early_stopping_packing_and_grad_accumulation(tiny_llama_dir, tmp_path):
@@ -265,7 +265,7 @@ def test_early_stopping_packing_and_grad_accumulation(tiny_llama_dir, tmp_path):
                  train__early_stopping__patience=2, train__early_stopping__threshold=100.0, train__packing=True,
                  train__grad_accum=2, train__run_name="es")
     result = train(cfg.model, cfg.train, ws)
-    assert result["steps"] == 6  # evals at 2 (first best), 4 and 6 (no improvement twice)
+    assert result.steps == 6  # evals at 2 (first best), 4 and 6 (no improvement twice)
     rows = [json.loads(line) for line in ws.metrics_file("es").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 6]
 
@@ -324,7 +324,7 @@ def test_report_to_tensorboard_writes_the_losses_into_the_run_folder(tiny_llama_
     result = train(cfg.model, cfg.train, ws)
     scalars = read_tensorboard_scalars(ws.run_dir("tb") / "tensorboard")
     assert [step for step, _ in scalars["train/loss"]] == [2, 4]
-    assert scalars["train/loss"][-1][1] == pytest.approx(result["final_loss"], rel=1e-5)
+    assert scalars["train/loss"][-1][1] == pytest.approx(result.final_loss, rel=1e-5)
     assert json.loads(ws.run_manifest("tb").read_text())["tensorboard"] == "tensorboard"
     assert not (ws.checkpoints_dir("tb") / "runs").exists()  # not transformers' default place
 
@@ -348,7 +348,7 @@ def test_unmarked_template_of_a_known_family_trains_with_the_family_marked_templ
     # It trains with the family's marked copy but ships the model's own template (conventions: a fine-tuned model
     # keeps its template; the copy renders the same conversations but need not carry e.g. its tool-calling path).
     recorded = (ws.run_dir("fam") / "chat_template.jinja").read_text()
-    assert recorded == unmarked == (Path(result["output"]) / "chat_template.jinja").read_text()
+    assert recorded == unmarked == (Path(result.output) / "chat_template.jinja").read_text()
 
 
 def test_full_dpo_against_an_explicit_reference_model(tiny_llama_dir, tmp_path):
@@ -357,7 +357,7 @@ def test_full_dpo_against_an_explicit_reference_model(tiny_llama_dir, tmp_path):
                  train__dpo__reference_model=str(tiny_llama_dir), train__max_steps=6, train__learning_rate=1e-3,
                  train__logging_steps=1, train__run_name="full-dpo")
     result = train(cfg.model, cfg.train, ws)
-    assert result["output"] == str(ws.model_dir("full-dpo"))  # every weight trained: a full model, no adapter
-    assert result["final_loss"] < result["first_loss"]
+    assert result.output == str(ws.model_dir("full-dpo"))  # every weight trained: a full model, no adapter
+    assert result.final_loss < result.first_loss
     rows = [json.loads(line) for line in ws.metrics_file("full-dpo").read_text().splitlines()]
     assert any(key.startswith("rewards/") for key in rows[-1])  # DPO's own figures reach metrics.jsonl

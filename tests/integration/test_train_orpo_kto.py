@@ -32,13 +32,13 @@ def test_orpo_and_kto_train_an_adapter_with_a_finite_recorded_loss(method, tiny_
                  train__learning_rate=1e-2, train__warmup_ratio=0.0, train__scheduler="constant",
                  train__run_name=method)
     result = train(cfg.model, cfg.train, ws)
-    assert result["steps"] == 6
+    assert result.steps == 6
     rows = [json.loads(line) for line in ws.metrics_file(method).read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < losses[0], losses  # measured: orpo 6.37 -> 5.64, kto 0.50 -> 0.41
     out = ws.adapter_dir(method)
-    assert Path(result["output"]) == out  # LoRA on by default: an adapter, not a full model
+    assert Path(result.output) == out  # LoRA on by default: an adapter, not a full model
     assert (out / "adapter_config.json").is_file() and list(out.glob("*.safetensors"))
     assert not ws.model_dir(method).exists()
     # the trainer's own figures reach metrics.jsonl (ORPO's odds ratio, KTO's KL estimate)

@@ -16,7 +16,7 @@ from train_data import chat_rows, workspace_with  # noqa: E402
 from llmforge import checkpoints  # noqa: E402
 from llmforge.config import load_config  # noqa: E402
 from llmforge.training import data as data_mod  # noqa: E402
-from llmforge.training import runner, trainers  # noqa: E402
+from llmforge.training import stage, trainers  # noqa: E402
 from llmforge.workspace import Workspace  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def build_qlora(model_dir: Path, tmp: Path, fix: bool = True):
                                  "train.lora.dropout": 0.0, "train.batch_size": 2}).config
     tok = checkpoints.load_tokenizer(model_dir)
     data = data_mod.load(None, ws, "qlora")
-    prec = runner._precision(cfg.train, cfg.model, "qlora")  # fp32 on this CPU
+    prec = stage._precision(cfg.train, cfg.model, "qlora")  # fp32 on this CPU
     built = trainers.build(cfg.model, cfg.train, "qlora", "trl", data, tok, prec, 1e-3, output_dir=tmp / "ckpt",
                            world=1)
     if not fix:  # what bitsandbytes does by default on this CPU

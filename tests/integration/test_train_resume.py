@@ -82,8 +82,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_llama_dir, tmp_pa
 
     cfg = load_config(None, [], settings(tiny_llama_dir, "run", steps)).config
     result = train(cfg.model, cfg.train, killed, resume=True)
-    assert result["steps"] == steps
-    assert "checkpoint-" in Path(result["run_dir"]).joinpath("manifest.json").read_text()
+    assert result.steps == steps
+    assert "checkpoint-" in Path(result.run_dir).joinpath("manifest.json").read_text()
     got, want = adapter_tensors(killed.adapter_dir("run")), adapter_tensors(reference.adapter_dir("ref"))
     assert got.keys() == want.keys()
     for name in want:

@@ -133,5 +133,5 @@ def test_a_template_that_refuses_system_messages_trains_without_them_and_names_t
     no_system = [{"messages": r["messages"][1:]} for r in records]
     ws2 = Workspace(workspace_with(tmp_path / "ws2", no_system))
     result = train(cfg.model, cfg.train, ws2)
-    manifest = json.loads(Path(result["manifest"]).read_text())
+    manifest = json.loads(Path(result.manifest).read_text())
     assert manifest["loss_mask"] == "family template" and manifest["chat_template_family"] == "gemma"

@@ -3,6 +3,7 @@ trains (its spans hold each answer and its end-of-turn token, and stop there) or
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
@@ -151,3 +152,37 @@ def test_a_trl_template_is_used_only_when_it_renders_like_the_original():
 def test_token_mask_marks_every_token_overlapping_a_span():
     offsets = [(0, 3), (3, 5), (5, 9), (9, 9), (9, 12)]
     assert cs.token_mask(offsets, [(4, 9)]) == [0, 1, 1, 0, 0]
+
+
+# --- the one choice of training template every stage makes (checkpoints.use_training_template) ----------------------
+
+
+class _Tokenizer:
+    """What the choice reads of a tokenizer: its template and special tokens (no transformers needed)."""
+
+    def __init__(self, chat_template: str | None):
+        self.chat_template, self.bos_token, self.eos_token = chat_template, None, "<|im_end|>"
+
+
+def test_every_stage_gets_the_same_training_template():
+    from llmforge.checkpoints import use_training_template
+
+    unmarked = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", ct.CHATML.jinja)
+    for policy in ("raise", "keep", "keep-own"):
+        tokenizer = _Tokenizer(unmarked)
+        verdict = use_training_template(tokenizer, untrainable=policy)
+        assert verdict.trains and verdict.source == "family" and tokenizer.chat_template == ct.CHATML.jinja
+
+
+def test_a_template_that_cannot_train_is_each_callers_policy():
+    from llmforge.checkpoints import use_training_template
+
+    with pytest.raises(UsageError, match="cannot train on this chat template"):
+        use_training_template(_Tokenizer(None), untrainable="raise")  # train
+    with pytest.raises(UsageError, match="cannot train on this chat template"):
+        use_training_template(_Tokenizer(None), untrainable="keep-own")  # eval: nothing to render with
+    tokenizer = _Tokenizer(None)
+    verdict = use_training_template(tokenizer, untrainable="keep")  # data: counts characters, says why
+    assert not verdict.trains and verdict.reason and tokenizer.chat_template is None
+    with pytest.raises(ValueError, match="untrainable"):
+        use_training_template(_Tokenizer(None), untrainable="ignore")

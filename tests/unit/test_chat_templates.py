@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import upstream_templates
 
+from llmforge import chat_spans as cs
 from llmforge import chat_templates as ct
 from llmforge.errors import UsageError
 
@@ -177,22 +178,23 @@ def test_family_end_of_turn_is_inside_every_generation_span(name):
     family = ct.FAMILIES[name]
     bos, eos = family.bos_token or "<s>", family.eos_token or "</s>"
     assert ct.has_generation_markers(family.jinja)
-    ct.check_template_trains_stop(family.jinja, bos_token=bos, eos_token=eos)  # raises if not
+    verdict = cs.training_verdict(family.jinja, bos, eos)  # what training decides, over every probe conversation
+    assert verdict.trains and verdict.how == cs.MARKERS, verdict.reason
     messages = [*CONVERSATION, {"role": "assistant", "content": "Four."}]
     if not family.supports_system:
         messages = messages[1:]
     rendered = ct.render_with_spans(family.jinja, messages, bos_token=bos, eos_token=eos)
     eot = ct.end_of_turn_tokens_for(family, eos)
     assert len(rendered.spans) == sum(m["role"] == "assistant" for m in messages)
-    for trained in rendered.trained_text():
-        assert trained.endswith(eot), trained  # the end-of-turn token is the last trained text
+    for start, end in rendered.spans:
+        assert rendered.text[start:end].endswith(eot), rendered.text[start:end]  # the end-of-turn token is the last trained text
 
 
 def test_spans_hold_exactly_the_answers_and_their_end_token():
     rendered = ct.render_with_spans(
         ct.CHATML.jinja, CONVERSATION[:3] + [CONVERSATION[3], {"role": "assistant", "content": "4"}]
     )
-    assert rendered.trained_text() == ["Hello!<|im_end|>", "4<|im_end|>"]
+    assert [rendered.text[a:b] for a, b in rendered.spans] == ["Hello!<|im_end|>", "4<|im_end|>"]
     text = rendered.text
     assert all(text[s:e] in ("Hello!<|im_end|>", "4<|im_end|>") for s, e in rendered.spans)
 
@@ -204,13 +206,10 @@ def test_end_of_turn_outside_the_span_is_caught():
     )
     assert outside != ct.CHATML.jinja
     assert ct.identify(outside, bos_token=None, eos_token=None) is ct.CHATML  # same text, different spans
-    with pytest.raises(UsageError, match="outside the trained span"):
-        ct.check_template_trains_stop(outside, bos_token=None, eos_token=None)
-    rendered = ct.render_with_spans(outside, CONVERSATION[:3])
+    verdict = cs.training_verdict(outside, None, "<|im_end|>")  # training refuses it, saying why
+    assert not verdict.trains and "never learn to stop" in verdict.reason
     with pytest.raises(UsageError, match="never learn to stop"):
-        ct.check_end_of_turn_trained(rendered, ["<|im_end|>"], assistant_turns=1)
-    with pytest.raises(UsageError, match="spans for 2 assistant turns"):
-        ct.check_end_of_turn_trained(rendered, ["<|im_end|>"], assistant_turns=2)
+        cs.require(verdict)
 
 
 def test_end_of_turn_ids_check():
@@ -230,28 +229,29 @@ def test_generation_block_inside_a_set_block_is_detected():
         ct.render_with_spans(template, CONVERSATION[:1])
 
 
-# --- resolve_training_template, stop tokens ------------------------------------------------------------------------
+# --- the training template choice, stop tokens ----------------------------------------------------------------------
 
 
-def test_resolve_training_template():
-    marked = ct.resolve_training_template(ct.CHATML.jinja, bos_token=None, eos_token="<|im_end|>")
+def test_the_training_template_choice():
+    # chat_spans.training_verdict is what training (and data, eval) ask: a marked template is used as is, one a family
+    # reproduces is swapped for the family's marked twin, a configured family wins, an unknown name is a usage error
+    marked = cs.training_verdict(ct.CHATML.jinja, None, "<|im_end|>")
     assert (marked.template, marked.family, marked.source) == (ct.CHATML.jinja, ct.CHATML, "tokenizer")
 
-    gemma = ct.resolve_training_template(upstream("google-gemma-2-2b-it"), bos_token="<bos>", eos_token="<eos>")
+    gemma = cs.training_verdict(upstream("google-gemma-2-2b-it"), "<bos>", "<eos>")
     assert (gemma.template, gemma.source) == (ct.GEMMA.jinja, "family")
 
-    configured = ct.resolve_training_template(upstream("Qwen-Qwen3-0.6B"), "chatml", eos_token="<|im_end|>")
+    configured = cs.training_verdict(upstream("Qwen-Qwen3-0.6B"), None, "<|im_end|>", configured="chatml")
     assert (configured.template, configured.source) == (ct.CHATML.jinja, "configured")
-    assert ct.resolve_training_template(None, "alpaca").family is ct.ALPACA
+    assert cs.training_verdict(None, None, None, configured="alpaca").family is ct.ALPACA
 
+    missing = cs.training_verdict(None, None, None)
+    assert not missing.trains and "no chat template" in missing.reason
     with pytest.raises(UsageError) as err:
-        ct.resolve_training_template(upstream("Qwen-Qwen3-0.6B"), bos_token=None, eos_token="<|im_end|>")
-    assert "<think>" in err.value.message and "model.chat_template: <family>" in err.value.hint
-    with pytest.raises(UsageError, match="no chat template") as err:
-        ct.resolve_training_template(None)
+        cs.require(missing)
     assert "model.chat_template" in err.value.hint
     with pytest.raises(UsageError) as err:
-        ct.resolve_training_template(None, "lama3")
+        cs.training_verdict(None, None, None, configured="lama3")
     assert "did you mean 'llama3'" in err.value.hint
 
 

@@ -26,6 +26,13 @@ def test_commands_that_need_an_extra_say_which():
     assert "extra" in result.stderr and "pipx inject llmforge" in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr
     tune = ("tune", "-s", "model.name=some/model", "-s", "tune.space={train.lora.rank: [4, 8]}")
-    for args in (tune, ("serve", "--model", "x.gguf"), ("chat", "http://127.0.0.1:9"), ("data", "stats", "x.jsonl")):
+    for args in (tune, ("serve", "--model", "x.gguf"), ("data", "stats", "x.jsonl")):
         result = run_cli(*args)
         assert result.returncode == 2 and "pipx inject llmforge" in result.stderr, (args, result.stderr[-1500:])
+
+
+def test_chat_needs_no_extra():
+    # llmforge.openai_client is standard library only: the core install can talk to any OpenAI-compatible endpoint
+    result = run_cli("chat", "http://127.0.0.1:9")
+    assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr, result.stderr[-1500:]
+    assert "pipx inject" not in result.stderr and "Traceback" not in result.stderr

@@ -246,3 +246,44 @@ def test_generation_config_eos_ids_and_gguf_eot_become_stops():
 def test_config_fields_have_defaults_that_deploy_accepts():
     cfg = DeployConfig()
     assert cfg.template == "auto" and cfg.check is True and cfg.messages == [] and cfg.license is None
+
+
+def test_a_modelfile_over_a_model_in_ollama_with_an_adapter_says_from_and_adapter_both_ways():
+    s = spec(gguf=None, template=None, base="llama3.2", adapter=Path("/w/export/r/lora/r-lora-f32.gguf"), system="Hi")
+    parsed = parse_modelfile(mf.render(s, name="bot"))
+    assert parsed[:2] == [("from", "llama3.2"), ("adapter", "/w/export/r/lora/r-lora-f32.gguf")]
+    request = mf.create_request(s, None, "sha256:" + "b" * 64)
+    assert request["from_"] == "llama3.2" and "files" not in request and "template" not in request
+    assert request["adapters"] == {"r-lora-f32.gguf": "sha256:" + "b" * 64} and request["system"] == "Hi"
+
+
+def test_the_adapters_base_is_compared_key_by_key_and_by_vocabulary_hash_when_ollama_lists_it():
+    from llmforge.deployment.source import base_mismatches, tokens_hash
+
+    expected = {
+        "general.architecture": "llama",
+        "llama.block_count": 16,
+        "llama.embedding_length": 2048,
+        "llama.vocab_size": 128256,
+        "tokenizer.ggml.tokens": tokens_hash(["<s>", "a", "b"]),
+    }
+    same = {"general.architecture": "llama", "llama.block_count": 16, "llama.embedding_length": 2048,
+            "tokenizer.ggml.tokens": []}  # fmt: skip
+    assert base_mismatches(expected, same) == []  # vocab_size unreported, tokens not listed: not differences
+    other = {**same, "llama.block_count": 28, "llama.embedding_length": 3072, "tokenizer.ggml.tokens": ["<s>", "a"]}
+    assert base_mismatches(expected, other) == [
+        "llama.block_count is 28, the adapter's base has 16",
+        "llama.embedding_length is 3072, the adapter's base has 2048",
+        "the tokenizer's vocabulary differs (tokenizer.ggml.tokens hash)",
+    ]
+    assert base_mismatches(expected, {**same, "tokenizer.ggml.tokens": ["<s>", "a", "b"]}) == []
+    assert base_mismatches(expected, {**same, "general.architecture": "qwen2"}) == [
+        "general.architecture is qwen2, the adapter's base has llama"
+    ]
+
+
+def test_the_stop_strings_of_a_model_in_ollama_are_read_from_shows_parameters():
+    from llmforge.deployment.ollama_deploy import _parameter_stops
+
+    shown = 'num_keep                       24\nstop                           "<|eot_id|>"\nstop    "a b"\ntemperature 0.7'
+    assert _parameter_stops(shown) == ["<|eot_id|>", "a b"]

@@ -163,3 +163,17 @@ def test_doctor_lists_native_architectures_and_whether_llama_cpps_converter_is_r
     fallback = verdicts(diagnose(tmp_path, runner=runner, ollama_probe=no_ollama))[
         "export gguf: other architectures via llama.cpp's converter"]
     assert not fallback.available and "needs sentencepiece" in fallback.detail and "llmforge-cli[gguf]" in fallback.detail
+
+
+def test_vllm_verdict_says_why(monkeypatch, tmp_path):
+    serve_libs = ALL_TRAIN | {"fastapi", "uvicorn"}
+    for installed, torch_info, available, detail in [
+        (serve_libs, GPU_TORCH, False, "vLLM is not installed (pip install 'llmforge-cli[vllm]'"),
+        (serve_libs | {"vllm"}, CPU_TORCH, False, "vLLM 1.0 is installed but torch 2.13.0+cpu sees no CUDA GPU"),
+        (serve_libs | {"vllm"}, GPU_TORCH, True, "vLLM 1.0 on GPU H100"),
+        (ALL_TRAIN | {"vllm"}, GPU_TORCH, False, "needs the 'serve' extra"),
+    ]:
+        with_libraries(monkeypatch, installed)
+        runner = fake_runner({"torch": ProbeResult(True, torch_info), "bitsandbytes": ProbeResult(True, {"usable": True})})
+        v = verdicts(diagnose(tmp_path, runner=runner, ollama_probe=no_ollama))["serve hf models (vLLM engine)"]
+        assert (v.available, v.detail.startswith(detail)) == (available, True), v.detail

@@ -96,3 +96,24 @@ def test_every_secret_looking_flag_is_masked_in_argv():
     flags = {o for o in options(typer.main.get_command(app)) if words & set(o[2:].split("-"))}
     assert "--api-key" in flags
     assert flags <= set(secrets.SECRET_FLAGS)
+
+
+def test_data_prepare_masks_the_key_in_its_config_yaml_like_every_stage(tmp_path):
+    # the data stage's config.yaml comes from the same masked dump as every other stage's: MASK, not a blanked field
+    import yaml
+
+    from llmforge.config.data import DataConfig
+    from llmforge.config.model import ModelConfig
+    from llmforge.data import prepare
+    from llmforge.workspace import Workspace
+
+    rows = [{"messages": [{"role": "user", "content": f"Question number {i} here?"},
+                          {"role": "assistant", "content": f"The answer to question {i} is long enough."}]}
+            for i in range(10)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataConfig(inputs=[str(tmp_path / "in.jsonl")], generate={"api_key": KEY})
+    ws = Workspace(tmp_path / "work")
+    prepare(data, ModelConfig(), ws)
+    written = (ws.data_dir / "config.yaml").read_text()
+    assert KEY not in written
+    assert yaml.safe_load(written)["data"]["generate"]["api_key"] == secrets.MASK

@@ -56,7 +56,7 @@ class CountingEngine:
         self.end_at = end_at
         self.closed = 0
 
-    def tokens(self, prompt, *, temperature, top_p, seed):
+    def tokens(self, prompt, sampling):
         i = 0
         try:
             while True:
@@ -295,3 +295,135 @@ def test_serve_command_refuses_an_open_host_and_dry_run_says_so_too(tmp_path):
     assert json.loads(result.stdout)["warning"] is None and json.loads(result.stdout)["api_key_required"] is True
     result = runner.invoke(app, ["serve", "--model", str(gguf), "--dry-run"])  # the default host is loopback
     assert result.exit_code == 0 and result.stderr == ""
+
+
+class FailingEngine(CountingEngine):
+    """Two tokens, then the engine raises (as a llama.cpp decode or a CUDA error would), behind the real app."""
+
+    name, engine, path, context_length, parallel = "failing", "fake", "/nowhere", 512, 1
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    bos_token = eos_token = None
+
+    def tokenize(self, text, *, chat):
+        return [1] * len(text)
+
+    def tokens(self, prompt, sampling):
+        yield 0
+        yield 1
+        raise RuntimeError("decode failed")
+
+    def close(self):
+        pass
+
+
+def failing_app(tmp_path):
+    """The real app serving one FailingEngine (handed in loaded, as serve does with its first model)."""
+    from pathlib import Path
+
+    from llmforge.config.serve import ServeConfig
+    from llmforge.serving.api import create_app
+    from llmforge.serving.models import Models
+    from llmforge.serving.target import Target
+
+    engine = FailingEngine()
+    models = Models([Target("fake", Path(engine.path), engine.name)], None, max_queue=4, loaded=engine)
+    return create_app(models, [], ServeConfig(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/generate", {"prompt": "hi"}),
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_every_streaming_route_ends_with_an_error_event_when_the_engine_fails(route, body, tmp_path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(failing_app(tmp_path)) as client, client.stream("POST", route, json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    # the text before the failure arrives, then the error event ends the stream (no [DONE]: it did not finish)
+    texts = [e["text"] if "text" in e else e["choices"][0].get("text") or e["choices"][0]["delta"].get("content")
+             for e in events[:-1]]  # fmt: skip
+    assert "".join(texts) == "abab"
+    assert events[-1] == {"error": {"message": "Generation failed.", "type": "server_error", "param": None,
+                                    "code": "engine_error"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("top_k", -1), ("top_k", 2**31), ("repetition_penalty", 0), ("repetition_penalty", 10.5),
+     ("presence_penalty", 2.5), ("frequency_penalty", -2.01)],
+)  # fmt: skip
+@pytest.mark.parametrize("route", ["/generate", "/v1/completions"])
+def test_sampling_settings_out_of_range_are_refused_naming_the_field(route, field, value, tmp_path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(failing_app(tmp_path)) as client:
+        r = client.post(route, json={"prompt": "hi", field: value})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == (field, "invalid_value")
+    assert error["message"].startswith(f"{field}: ")
+
+
+def test_events_produced_while_the_loop_is_busy_arrive_as_one_batch():
+    import asyncio
+
+    from llmforge.serving.api import Events
+    from llmforge.serving.generation import Result
+
+    done = Result("length", 1, 2)
+
+    async def main():
+        events = Events(None, asyncio.get_running_loop(), Metrics(), watch=False)
+        events.job = Job([1], Sampling(max_tokens=2), events.emit)
+        # the engine thread emits three events while the loop is held by this coroutine (join blocks it)
+        thread = threading.Thread(target=lambda: [events.emit(*e) for e in [("text", "a"), ("text", "b"), ("done", done)]])
+        thread.start()
+        thread.join()
+        return [batch async for batch in events], events.job.cancelled.is_set()
+
+    batches, cancelled = asyncio.run(main())
+    assert batches == [[("text", "a"), ("text", "b"), ("done", done)]]
+    assert cancelled  # leaving the events cancels the job (a no-op once it is done)
+
+
+def test_a_streamed_answer_is_recorded_before_done_is_sent():
+    """A client may rate an answer (POST /v1/feedback) as soon as it reads [DONE]: by then the answer is logged."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from llmforge.serving.api import _TEXT, SSE_DONE, Events, TextChunks, sse_response
+    from llmforge.serving.generation import Result
+
+    done = Result("stop", 1, 2)
+    recorded: list[tuple[str, Result]] = []
+    server = SimpleNamespace(account=lambda started, first, result: None)
+
+    async def main():
+        events = Events(None, asyncio.get_running_loop(), Metrics(), watch=False)
+        events.job = Job([1], Sampling(max_tokens=2), events.emit)
+        for event in [("text", "a"), ("text", "b"), ("done", done)]:
+            events.emit(*event)
+        response = sse_response(server, events, 0.0, TextChunks({"text": _TEXT}), lambda result: [],
+                                finished=lambda text, result: recorded.append((text, result)))  # fmt: skip
+        seen = []  # what had been recorded when each write left
+        async for chunk in response.body_iterator:
+            seen.append((SSE_DONE in chunk, list(recorded)))
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[-1] == (True, [("ab", done)])
+
+
+@given(st.text())
+def test_text_chunks_are_the_json_dump_of_the_whole_chunk(text):
+    from llmforge.serving.api import _TEXT, TextChunks, sse
+
+    template = {"id": "cmpl-1", "model": "m\u00e9\"", "choices": [{"index": 0, "text": _TEXT, "logprobs": None}]}
+    expected = sse({**template, "choices": [{**template["choices"][0], "text": text}]})
+    assert TextChunks(template)(text) == expected

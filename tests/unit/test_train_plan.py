@@ -10,7 +10,7 @@ import pytest
 from llmforge.config import load_config
 from llmforge.errors import InputError, UsageError
 from llmforge.training import data as data_mod
-from llmforge.training import launch, runner
+from llmforge.training import launch, stage
 from llmforge.workspace import Workspace
 
 
@@ -73,13 +73,13 @@ def test_fingerprint_names_what_changed(tmp_path):
     a = load_config(None, [], {"model.name": "m", "train.lora.rank": 8}).config
     b = load_config(None, [], {"model.name": "m", "train.lora.rank": 4, "train.run_name": "x",
                                "train.save_every": 3}).config
-    fa, fb = runner.fingerprint(a.model, a.train, data), runner.fingerprint(b.model, b.train, data)
-    assert runner._changed(fa, fb) == ["config (train.lora)"]
+    fa, fb = stage.fingerprint(a.model, a.train, data), stage.fingerprint(b.model, b.train, data)
+    assert stage._changed(fa, fb) == ["config (train.lora)"]
     c = load_config(None, [], {"model.name": "m", "train.lora.rank": 8, "train.save_every": 3}).config
-    assert runner._changed(fa, runner.fingerprint(c.model, c.train, data)) == []  # save_every may change
+    assert stage._changed(fa, stage.fingerprint(c.model, c.train, data)) == []  # save_every may change
     write(ws.split_file("train"), [CHAT, CHAT])
-    changed = runner.fingerprint(a.model, a.train, data_mod.load(None, ws, "lora"))
-    assert runner._changed(fa, changed) == ["data"]
+    changed = stage.fingerprint(a.model, a.train, data_mod.load(None, ws, "lora"))
+    assert stage._changed(fa, changed) == ["data"]
 
 
 def test_relaunch_line_uses_torchrun_and_fixes_the_run_name():

@@ -12,14 +12,14 @@ torch = pytest.importorskip("torch")
 
 from llmforge.config import load_config  # noqa: E402
 from llmforge.errors import ConfigError  # noqa: E402
-from llmforge.training import runner  # noqa: E402
+from llmforge.training import stage  # noqa: E402
 
 
 def decide(monkeypatch, *, cuda: bool, bf16: bool = True, method: str = "lora", **dotted):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     cfg = load_config(None, [], {"model.name": "m", "train.method": method, **dotted}).config
-    return runner._precision(cfg.train, cfg.model, method)
+    return stage._precision(cfg.train, cfg.model, method)
 
 
 def test_auto_is_bf16_on_recent_gpus_fp16_on_older_ones_fp32_on_cpu(monkeypatch):

@@ -1,0 +1,142 @@
+"""Every reshaped stage has the same two parts (docs/architecture.md): stage.py with plan() -> <Stage>Plan and
+run(plan) -> <Stage>Result, frozen dataclasses whose as_dict() is the command's JSON; importing it stays light."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy")]
+# Other commands of a stage, in the same module: (package, verb suffix, class prefix).
+SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf")]
+
+
+@pytest.mark.parametrize(("package", "prefix"), STAGES)
+def test_stage_module_has_plan_and_run_returning_frozen_dataclasses(package, prefix):
+    stage = importlib.import_module(f"llmforge.{package}.stage")
+    verbs = importlib.import_module(f"llmforge.{package}")
+    for name in ("plan", "run"):
+        assert callable(getattr(stage, name)) and callable(getattr(verbs, name)), f"{package}.{name}"
+    assert list(inspect.signature(stage.run).parameters)[0] == "plan"
+    for kind in ("Plan", "Result"):
+        cls = getattr(stage, prefix + kind)
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+        assert callable(cls.as_dict), cls
+
+
+@pytest.mark.parametrize(("package", "verb", "prefix"), SUB_COMMANDS)
+def test_sub_commands_have_plan_and_run_returning_frozen_dataclasses(package, verb, prefix):
+    stage = importlib.import_module(f"llmforge.{package}.stage")
+    verbs = importlib.import_module(f"llmforge.{package}")
+    for name in (f"plan_{verb}", f"run_{verb}"):
+        assert callable(getattr(stage, name)) and callable(getattr(verbs, name)), f"{package}.{name}"
+    assert list(inspect.signature(getattr(stage, f"run_{verb}")).parameters)[0] == "plan"
+    for kind in ("Plan", "Result"):
+        cls = getattr(stage, prefix + kind)
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+        assert callable(cls.as_dict), cls
+
+
+def test_stage_modules_import_no_heavy_library():
+    code = ("import sys, llmforge.training.stage, llmforge.export.stage, llmforge.evaluation.stage, "
+            "llmforge.deployment.stage; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'gguf', 'llama_cpp', "
+            "'ollama') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# `llmforge train --dry-run --json`, key for key in this order: scripts read it, and the shape must not move it.
+TRAIN_PLAN_KEYS = [
+    "dry_run", "is_main", "run", "method", "backend", "backend_why", "four_bit", "base_model", "parameters",
+    "trainable_parameters", "trainable_share", "train_examples", "val_examples", "data_kind", "tokens_per_epoch",
+    "steps_per_epoch", "steps", "effective_batch", "learning_rate", "precision", "processes", "memory_estimate",
+    "chat_template", "chat_template_family", "loss_mask", "chat_template_date", "records_split_per_turn",
+    "end_of_turn_checked", "overlong", "resume_from", "resume_skipped", "init_from", "notes",
+]  # fmt: skip
+TRAIN_RESULT_KEYS = [
+    "run", "run_dir", "method", "backend", "backend_why", "steps", "epochs", "first_loss", "final_loss",
+    "train_loss", "final_eval_loss", "tokens_seen", "train_seconds", "resumed_from", "resume_skipped", "init_from",
+    "removed_temporaries", "overlong", "is_main", "output", "manifest", "wall_seconds",
+]  # fmt: skip
+
+
+def _filled(cls, **given):
+    values = {f.name: None for f in dataclasses.fields(cls)}
+    return cls(**{**values, **given})
+
+
+def test_train_plan_json_keeps_its_keys_and_order():
+    from llmforge.training.stage import TrainPlan
+
+    plan = _filled(TrainPlan, run=None, is_main=True)
+    shown = plan.as_dict()
+    assert list(shown) == TRAIN_PLAN_KEYS
+    assert shown["dry_run"] is True and shown["run"] == "<new>"  # a run named as it starts
+
+
+def test_train_result_json_keeps_its_keys_and_order_and_other_ranks_omit_the_outputs():
+    from llmforge.training.stage import TrainResult
+
+    assert list(_filled(TrainResult, is_main=True).as_dict()) == TRAIN_RESULT_KEYS
+    assert list(_filled(TrainResult, is_main=False).as_dict()) == TRAIN_RESULT_KEYS[:-3]
+
+
+def test_export_and_eval_json_are_the_dry_run_plan_and_the_report_plus_folder(tmp_path):
+    from llmforge.evaluation.stage import EvalResult
+    from llmforge.export.stage import ExportPlan, ExportResult
+
+    plan = _filled(ExportPlan, run="r", name="r", files=["r-f16.gguf"], verify=True)
+    assert list(plan.as_dict()) == ["dry_run", "run", "name", "source", "merge_first", "converter", "converter_note",
+                                    "output_dir", "files", "verify"]  # fmt: skip
+    done = ExportResult(manifest={"stage": "export gguf", "run": "r", "files": []}, output_dir="out",
+                        removed_temporaries=0, replaced_leftovers=[])  # fmt: skip
+    assert list(done.as_dict()) == ["stage", "run", "files", "output_dir", "removed_temporaries", "replaced_leftovers"]
+    report = EvalResult(report={"stamp": "s", "failed": {}}, folder=tmp_path)
+    assert report.as_dict() == {"stamp": "s", "failed": {}, "folder": str(tmp_path)} and report.exit_code == 0
+
+
+# `llmforge deploy ollama --json` (and its --dry-run --json), key for key in this order.
+DEPLOY_KEYS = [
+    "name", "modelfile", "create_command", "run_command", "gguf", "export_id", "family", "template_source",
+    "template_status", "variant", "caveats", "stop", "parameters", "dry_run", "host", "digest", "manifest", "check",
+    "warnings", "kind", "base", "adapter", "base_check",
+]  # fmt: skip
+
+
+def test_deploy_json_keeps_its_keys_and_order_and_a_dry_run_says_what_it_left_unchecked(tmp_path):
+    from llmforge.deployment.stage import DeployPlan, DeployResult
+
+    plan = _filled(DeployPlan, name="tuned", modelfile=tmp_path / "Modelfile", warnings=["w"], kind="adapter",
+                   base="llama3.2", adapter=tmp_path / "lora.gguf", caveats=[], stop=[])  # fmt: skip
+    shown = plan.as_dict()
+    assert list(shown) == DEPLOY_KEYS
+    assert shown["dry_run"] is True and shown["host"] is None and shown["check"] is None
+    assert shown["modelfile"] == str(tmp_path / "Modelfile")  # paths print as strings
+    assert shown["warnings"][0] == "w" and "'llama3.2' was not looked up" in shown["warnings"][1]
+    assert "adapter's base is unchecked" in shown["warnings"][1] and plan.warnings == ["w"]
+    done = _filled(DeployResult, name="tuned", modelfile=tmp_path / "Modelfile", host="http://h:1", warnings=["w"],
+                   check={"ok": True})  # fmt: skip
+    shown = done.as_dict()
+    assert list(shown) == DEPLOY_KEYS
+    assert shown["dry_run"] is False and shown["host"] == "http://h:1" and shown["warnings"] == ["w"]
+
+
+def test_merge_and_lora_gguf_json_are_the_manifest_plus_what_the_run_tidied():
+    from llmforge.export.stage import LoraGgufResult, MergeResult
+
+    merged = MergeResult(manifest={"stage": "export merge", "output": "o", "adapters": ["a"], "base_model": "b",
+                                   "dtype": "float32", "merge_max_abs_diff": 0.0}, removed_temporaries=2)  # fmt: skip
+    assert list(merged.as_dict()) == ["stage", "output", "adapters", "base_model", "dtype", "merge_max_abs_diff",
+                                      "removed_temporaries"]  # fmt: skip
+    assert merged.adapters == ["a"] and merged.dtype == "float32"
+    lora = LoraGgufResult(manifest={"stage": "export lora-gguf", "run": "r", "files": [], "lora_adapters": [{}]},
+                          output_dir="out", removed_temporaries=0, replaced_leftovers=[])  # fmt: skip
+    assert list(lora.as_dict()) == ["stage", "run", "files", "lora_adapters", "output_dir", "removed_temporaries",
+                                    "replaced_leftovers"]  # fmt: skip
+    assert lora.run == "r" and lora.lora_adapters == [{}]
