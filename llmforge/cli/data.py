@@ -55,10 +55,11 @@ def prepare(
     Example:  llmforge data prepare chats.jsonl docs/ -s data.on_error=skip -s data.split.seed=7
               llmforge data prepare HuggingFaceH4/ultrachat_200k --split train_sft
     """
-    from llmforge.data import prepare as run
+    from llmforge import data
 
     loaded = load(config, set_, data__inputs=list(inputs) if inputs else None, data__hub__split=split)
-    with _spinner(json_) as status:
+    with _spinner(json_) as status:  # resolving inputs can take a while too (a Hub dataset is read into its cache)
+        plan = data.plan(loaded.config.data, loaded.config.model, workspace_of(loaded), force=force)
 
         def progress(phase: str, n: int) -> None:
             if status is not None:
@@ -66,14 +67,14 @@ def prepare(
             elif plain and not json_:  # the pipeline reports every 10,000 records read, 50,000 written
                 console.print(f"data prepare: {phase} {n:,} records")
 
-        report = run(loaded.config.data, loaded.config.model, workspace_of(loaded), force=force, progress=progress)
+        result = data.run(plan, progress=progress)
     if json_:
-        print_json(report)
+        print_json(result.as_dict())
         return
     from rich.table import Table
 
-    c = report["counts"]
-    table = Table(title=f"{report['dataset_kind']} dataset -> {escape(str(workspace_of(loaded).data_dir))}")
+    c = result.counts
+    table = Table(title=f"{result.dataset_kind} dataset -> {escape(str(result.output_dir))}")
     table.add_column("what")
     table.add_column("records", justify="right")
     for key in ("read", "rejected", "transformed_out", "filtered", "exact_duplicates", "near_duplicates", "train",
@@ -81,17 +82,14 @@ def prepare(
         if key != "transformed_out" or c.get(key):  # only when data.transforms dropped some
             table.add_row(key.replace("_", " "), f"{c[key]:,}")
     print_table(table)
-    pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items() if v)
+    pii = ", ".join(f"{k} {v}" for k, v in result.pii_replaced.items())
     if pii:
         console.print(f"PII replaced: {pii}")
-    for entry in report["inputs"]:
-        if "error" in entry:
-            console.print(f"[yellow]unreadable file skipped[/]: {escape(entry['file'])}: {escape(entry['error'])}")
+    for file, why in result.unreadable:
+        console.print(f"[yellow]unreadable file skipped[/]: {escape(file)}: {escape(why)}")
     if c["rejected"]:
-        console.print(
-            f"[yellow]{c['rejected']} invalid records skipped[/]: see {escape(report['outputs']['rejected'])}"
-        )
-    console.print(f"report: {escape(str(workspace_of(loaded).data_report_md))}")
+        console.print(f"[yellow]{c['rejected']} invalid records skipped[/]: see {escape(result.rejected_file)}")
+    console.print(f"report: {escape(str(result.report_md))}")
 
 
 @app.command("validate")

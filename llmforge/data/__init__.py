@@ -16,7 +16,9 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
 - report.json / report.md: counts, formats, PII replacements, filters, clusters, lengths, timings; lengths.png.
 - manifest.json (inputs with sha256, outputs, versions, timings) and config.yaml (the resolved model + data config).
 
-Implementation modules are imported inside each verb, so importing this package stays light.
+`data prepare` has the stage's two parts: plan() decides and returns a DataPlan, run(plan) does the work and returns
+a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. Implementation modules are imported inside
+each verb, so importing this package stays light.
 """
 
 from __future__ import annotations
@@ -34,9 +36,34 @@ if TYPE_CHECKING:
     from llmforge.data.inspect import Preview, Stats
     from llmforge.data.pipeline import ValidateResult
     from llmforge.data.selection import SelectResult
+    from llmforge.data.stage import DataPlan, DataResult
     from llmforge.workspace import Workspace
 
-__all__ = ["prepare", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
+__all__ = ["plan", "run", "prepare", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
+
+
+def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
+    """Decide a `data prepare`: the input files (resolved, minus the workspace's own), the output folder (refused
+    when prepared data is there, unless `force`) and the options. Reads no record and writes nothing."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data prepare", "data", "orjson", "numpy", "matplotlib")
+    if data.dedupe.near:
+        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
+    if data.languages:
+        require_extra("language filtering (data.languages)", "data", "py3langid")
+    from llmforge.data import stage
+
+    return stage.plan(data, model, workspace, force=force)
+
+
+def run(plan: DataPlan, *, progress: Callable[[str, int], None] | None = None) -> DataResult:
+    """Ingest the planned inputs, validate, clean, filter, deduplicate, split and write the workspace's data/
+    folder. With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is
+    written. The result's report is also written as report.json."""
+    from llmforge.data import stage
+
+    return stage.run(plan, progress=progress)
 
 
 def prepare(
@@ -47,20 +74,8 @@ def prepare(
     force: bool = False,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Ingest `data.inputs`, validate, clean, filter, deduplicate, split and write the workspace's data/ folder.
-
-    With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is written.
-    Returns the report (also written as report.json)."""
-    from llmforge.errors import require_extra
-
-    require_extra("llmforge data prepare", "data", "orjson", "numpy", "matplotlib")
-    if data.dedupe.near:
-        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
-    if data.languages:
-        require_extra("language filtering (data.languages)", "data", "py3langid")
-    from llmforge.data.pipeline import prepare as run
-
-    return run(data, model, workspace, force=force, progress=progress)
+    """plan() then run(), for callers with nothing to show in between. Returns the report (also report.json)."""
+    return run(plan(data, model, workspace, force=force), progress=progress).report
 
 
 def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:

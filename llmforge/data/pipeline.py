@@ -1,16 +1,15 @@
 """`data prepare` and `data validate`: ingest -> validate -> normalize -> clean -> filter -> deduplicate -> split
 -> write, streaming. Records pass through once into a spill file; only compact per-record arrays (origin,
 content hash, length, MinHash band hashes) stay in memory; a second pass writes the splits.
+
+`data prepare` is decided and started by llmforge/data/stage.py (plan, run); the work is _prepare and _publish.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 from array import array
 from collections import Counter, deque
@@ -31,7 +30,7 @@ from llmforge.data import chunks, sources
 from llmforge.data import hub as hub_inputs
 from llmforge.data import records as rec
 from llmforge.data.clean import PiiScrubber
-from llmforge.errors import ConfigError, InputError, UsageError
+from llmforge.errors import InputError, UsageError
 from llmforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -198,32 +197,6 @@ def problems_error(problems: list[Problem], count: int, unreadable: int = 0) -> 
     )
 
 
-def _outside(files: list[Path], workspace: Workspace) -> list[Path]:
-    """The inputs minus the workspace's own artifacts (`prepare .` must not eat earlier splits or metrics), except
-    the conversation log of `llmforge serve`, which is meant to come back as training data."""
-    root, log_dir = workspace.root.resolve(), workspace.conversations_dir.resolve()
-    kept = [f for f in files if not f.resolve().is_relative_to(root) or f.resolve().is_relative_to(log_dir)]
-    if len(kept) < len(files):
-        log.warning("ignoring %d input file(s) inside the workspace %s", len(files) - len(kept), workspace.root)
-    if not kept:
-        raise UsageError(
-            f"every input is inside the workspace {workspace.root}",
-            hint="name your source data, not the prepared splits",
-        )
-    return kept
-
-
-def _blocklist(patterns: list[str]) -> re.Pattern | None:
-    if not patterns:
-        return None
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"data.filter.blocklist: invalid regular expression {pattern!r} ({exc})") from None
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
-
-
 def _percentiles(values: np.ndarray) -> dict[str, float]:
     if not len(values):
         return {}
@@ -312,45 +285,6 @@ class _Phases:
 
     def add(self, seconds: Counter[str]) -> None:
         self.seconds.update(seconds)
-
-
-def prepare(
-    data: DataConfig,
-    model: ModelConfig,
-    workspace: Workspace,
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run the whole pipeline and write the workspace's data/ folder. Returns the report (also report.json)."""
-    timer = manifest.Timer()
-    files = _outside(_input_files(data), workspace)
-    out_dir = workspace.data_dir
-    atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
-    blocklist = _blocklist(data.filter.blocklist)
-
-    from llmforge import checkpoints
-    from llmforge.data.tokens import TokenCounter
-
-    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
-                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
-    if tokenizer is not None:
-        checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
-    counter = TokenCounter(tokenizer) if tokenizer is not None else None
-    settings = chunks.Settings(
-        fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
-        min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
-        blocklist=blocklist, unit="tokens" if counter else "characters", skip=data.on_error == "skip",
-        counter=counter, transforms=tuple(data.transforms), languages=frozenset(data.languages),
-        near=(data.dedupe.num_perm, data.dedupe.shingle) if data.dedupe.near else None,
-    )  # fmt: skip
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
-    try:
-        return _prepare(_Job(data, model, workspace, files, work), settings, timer, progress)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # Records per chunk handed to a worker, for inputs read as records (CSV, parquet, JSON arrays, documents); JSONL is

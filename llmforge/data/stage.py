@@ -1,0 +1,216 @@
+"""The data stage in two parts (`llmforge data prepare`): plan() decides what to prepare (the input files, resolved
+and minus the workspace's own; the output folder, refused when a prepared dataset is there and not forced; the
+options), run(plan) reads, cleans, deduplicates and splits them through the pipeline and publishes data/.
+
+The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmforge import atomic, manifest
+from llmforge.config.data import DataConfig
+from llmforge.config.model import ModelConfig
+from llmforge.errors import ConfigError, UsageError
+from llmforge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What run() needs from planning and the plan does not show."""
+
+    data: DataConfig
+    model: ModelConfig
+    workspace: Workspace
+    files: list[Path]
+    blocklist: re.Pattern | None  # data.filter.blocklist, compiled (a bad pattern is refused by plan)
+    timer: manifest.Timer  # started as planning began: the manifest's wall time counts the whole command
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """A `data prepare` decided but not done: every input resolved and checked, and all `run` needs."""
+
+    inputs: list[str]  # the files read, in order (folders and globs expanded, Hub datasets in the datasets cache)
+    ignored_inputs: list[str]  # files inside the workspace, left out (earlier splits must not be read back)
+    format: str  # data.format ("auto": detected per record)
+    on_error: str  # "fail": any invalid record stops the run and nothing is written; "skip": rejected.jsonl
+    output_dir: str  # the workspace's data/
+    tokenizer: str | None  # lengths in this model's tokens when its tokenizer is local, else in characters
+    force: bool
+    prepared: _Prepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.prepared.data
+        return {
+            "dry_run": True, "inputs": self.inputs, "ignored_inputs": self.ignored_inputs, "format": self.format,
+            "on_error": self.on_error, "output_dir": self.output_dir, "tokenizer": self.tokenizer,
+            "filter": data.filter.model_dump(mode="json"), "dedupe": data.dedupe.model_dump(mode="json"),
+            "split": data.split.model_dump(mode="json"), "languages": list(data.languages),
+            "transforms": list(data.transforms), "force": self.force,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DataResult:
+    """A prepared dataset: data/report.json as written. as_dict() is `llmforge data prepare --json`, key for key."""
+
+    report: dict[str, Any]
+    output_dir: Path  # the workspace's data/
+    report_md: Path
+
+    @property
+    def dataset_kind(self) -> str:
+        return self.report["dataset_kind"]
+
+    @property
+    def dataset_id(self) -> str:
+        return self.report["dataset_id"]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """read, valid, rejected, filtered, transformed_out, exact/near duplicates, written, train, val, test."""
+        return self.report["counts"]
+
+    @property
+    def pii_replaced(self) -> dict[str, int]:
+        """PII replacements by kind, the kinds with any."""
+        return {kind: n for kind, n in self.report["pii"].items() if n}
+
+    @property
+    def unreadable(self) -> list[tuple[str, str]]:
+        """(file, why) for each input that could not be read to its end."""
+        return [(entry["file"], entry["error"]) for entry in self.report["inputs"] if "error" in entry]
+
+    @property
+    def rejected_file(self) -> str | None:
+        """rejected.jsonl when invalid records were skipped."""
+        return self.report["outputs"].get("rejected")
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return self.report["outputs"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.report)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plan
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
+    """Decide the run: resolve data.inputs (a Hub dataset id is read into the datasets cache, as the pipeline
+    needs its files), leave out the workspace's own files, refuse to replace prepared data unless `force`, and
+    check the blocklist. Reads no record and writes nothing in the workspace."""
+    timer = manifest.Timer()
+    files, ignored = _outside(_input_files(data), workspace)
+    atomic.refuse_overwrite(workspace.split_file("train"), force, "prepared data")
+    blocklist = _blocklist(data.filter.blocklist)
+    return DataPlan(
+        inputs=[str(f) for f in files],
+        ignored_inputs=[str(f) for f in ignored],
+        format=data.format,
+        on_error=data.on_error,
+        output_dir=str(workspace.data_dir),
+        tokenizer=model.name or None,
+        force=force,
+        prepared=_Prepared(data=data, model=model, workspace=workspace, files=files, blocklist=blocklist,
+                           timer=timer),  # fmt: skip
+    )
+
+
+def _input_files(data: DataConfig) -> list[Path]:
+    from llmforge.data.pipeline import _input_files
+
+    return _input_files(data)
+
+
+def _outside(files: list[Path], workspace: Workspace) -> tuple[list[Path], list[Path]]:
+    """(kept, ignored): the inputs minus the workspace's own artifacts (`prepare .` must not eat earlier splits or
+    metrics), except the conversation log of `llmforge serve`, which is meant to come back as training data."""
+    root, log_dir = workspace.root.resolve(), workspace.conversations_dir.resolve()
+    kept, ignored = [], []
+    for f in files:
+        inside = f.resolve().is_relative_to(root) and not f.resolve().is_relative_to(log_dir)
+        (ignored if inside else kept).append(f)
+    if ignored:
+        log.warning("ignoring %d input file(s) inside the workspace %s", len(ignored), workspace.root)
+    if not kept:
+        raise UsageError(
+            f"every input is inside the workspace {workspace.root}",
+            hint="name your source data, not the prepared splits",
+        )
+    return kept, ignored
+
+
+def _blocklist(patterns: list[str]) -> re.Pattern | None:
+    if not patterns:
+        return None
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"data.filter.blocklist: invalid regular expression {pattern!r} ({exc})") from None
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(plan: DataPlan, *, progress=None) -> DataResult:
+    """Read, validate, clean, filter, deduplicate and split the planned inputs and publish the workspace's data/
+    (all outputs at once). `progress(phase, records)` is called every 10,000 records read and 50,000 written.
+    With data.on_error 'fail' any invalid record raises InputError listing every problem and nothing is written."""
+    from llmforge.data import pipeline
+
+    p = plan.prepared
+    settings = _settings(p.data, p.blocklist, _token_counter(p.model))
+    out_dir = p.workspace.data_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))  # inside data/: publishing is a rename
+    try:
+        job = pipeline._Job(p.data, p.model, p.workspace, p.files, work)
+        report = pipeline._prepare(job, settings, p.timer, progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return DataResult(report=report, output_dir=out_dir, report_md=p.workspace.data_report_md)
+
+
+def _token_counter(model: ModelConfig):
+    """Counts lengths in the model's tokens when its tokenizer is local (with the training chat template), else
+    None: lengths are then counted in characters."""
+    from llmforge import checkpoints
+    from llmforge.data.tokens import TokenCounter
+
+    tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
+                                           trust_remote_code=model.trust_remote_code, download=False, required=False)
+    if tokenizer is None:
+        return None
+    checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
+    return TokenCounter(tokenizer)
+
+
+def _settings(data: DataConfig, blocklist: re.Pattern | None, counter):
+    """What every chunk of records is cleaned, filtered and measured with."""
+    from llmforge.data import chunks
+
+    return chunks.Settings(
+        fmt=data.format, max_record_chars=data.max_record_chars, pii=data.pii.model_dump(),
+        min_len=data.filter.min_tokens, max_len=data.filter.max_tokens, min_answer=data.filter.min_answer_chars,
+        blocklist=blocklist, unit="tokens" if counter else "characters", skip=data.on_error == "skip",
+        counter=counter, transforms=tuple(data.transforms), languages=frozenset(data.languages),
+        near=(data.dedupe.num_perm, data.dedupe.shingle) if data.dedupe.near else None,
+    )  # fmt: skip
