@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy")]
+STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"), ("data", "Data")]
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
 SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf")]
 
@@ -44,7 +44,7 @@ def test_sub_commands_have_plan_and_run_returning_frozen_dataclasses(package, ve
 
 def test_stage_modules_import_no_heavy_library():
     code = ("import sys, llmforge.training.stage, llmforge.export.stage, llmforge.evaluation.stage, "
-            "llmforge.deployment.stage; "
+            "llmforge.deployment.stage, llmforge.data.stage; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'gguf', 'llama_cpp', "
             "'ollama') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -140,3 +140,53 @@ def test_merge_and_lora_gguf_json_are_the_manifest_plus_what_the_run_tidied():
     assert list(lora.as_dict()) == ["stage", "run", "files", "lora_adapters", "output_dir", "removed_temporaries",
                                     "replaced_leftovers"]  # fmt: skip
     assert lora.run == "r" and lora.lora_adapters == [{}]
+
+
+def _data_inputs(tmp_path, rows):
+    import json
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _chats(n):
+    return [{"messages": [{"role": "user", "content": f"Question number {i} here?"},
+                          {"role": "assistant", "content": f"The answer to question {i} is long enough."}]}
+            for i in range(n)]  # fmt: skip
+
+
+def test_data_plan_decides_without_reading_a_record_and_run_does_the_work(tmp_path):
+    from llmforge import data
+    from llmforge.config.data import DataConfig
+    from llmforge.config.model import ModelConfig
+    from llmforge.errors import InputError
+    from llmforge.workspace import Workspace
+
+    source = _data_inputs(tmp_path, [*_chats(3), "{not json"])
+    ws = Workspace(tmp_path / "work")
+    plan = data.plan(DataConfig(inputs=[str(source)]), ModelConfig(), ws)
+    assert plan.inputs == [str(source)] and plan.output_dir == str(ws.data_dir) and plan.on_error == "fail"
+    assert not ws.data_dir.exists()  # nothing written, and the bad record is run's to find
+    assert list(plan.as_dict())[:7] == ["dry_run", "inputs", "ignored_inputs", "format", "on_error", "output_dir",
+                                        "tokenizer"]  # fmt: skip
+    with pytest.raises(InputError, match="1 invalid record"):
+        data.run(plan)
+
+
+def test_data_result_json_is_the_report_json_key_for_key(tmp_path):
+    import json
+
+    from llmforge import data
+    from llmforge.config.data import DataConfig
+    from llmforge.config.model import ModelConfig
+    from llmforge.data.stage import DataResult
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "work")
+    result = data.run(data.plan(DataConfig(inputs=[str(_data_inputs(tmp_path, _chats(20)))]), ModelConfig(), ws))
+    assert isinstance(result, DataResult)
+    written = json.loads(ws.data_report_json.read_text())
+    assert list(result.as_dict()) == list(written) and result.as_dict() == written
+    assert result.counts["read"] == 20 and result.dataset_kind == "messages" and result.output_dir == ws.data_dir
+    assert result.unreadable == [] and result.rejected_file is None and result.report_md == ws.data_report_md
