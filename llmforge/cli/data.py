@@ -104,12 +104,12 @@ def validate(
 
     Example:  llmforge data validate chats.jsonl --json
     """
-    from llmforge.data import validate as run
+    from llmforge import data
 
     loaded = load(config, set_, data__inputs=list(inputs) if inputs else None, data__hub__split=split)
-    result = run(loaded.config.data)
+    result = data.run_validate(data.plan_validate(loaded.config.data))
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
     else:
         for problem in result.problems:
             console.print(escape(str(problem)), soft_wrap=True)

@@ -17,7 +17,8 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
 - manifest.json (inputs with sha256, outputs, versions, timings) and config.yaml (the resolved model + data config).
 
 `data prepare` has the stage's two parts: plan() decides and returns a DataPlan, run(plan) does the work and returns
-a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. Implementation modules are imported inside
+a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. `data validate` likewise: plan_validate,
+run_validate, and validate() for both. Implementation modules are imported inside
 each verb, so importing this package stays light.
 """
 
@@ -34,12 +35,11 @@ if TYPE_CHECKING:
     from llmforge.data.conversion import ConvertResult
     from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
-    from llmforge.data.pipeline import ValidateResult
     from llmforge.data.selection import SelectResult
-    from llmforge.data.stage import DataPlan, DataResult
+    from llmforge.data.stage import DataPlan, DataResult, ValidatePlan, ValidateResult
     from llmforge.workspace import Workspace
 
-__all__ = ["plan", "run", "prepare", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
+__all__ = ["plan", "run", "prepare", "plan_validate", "run_validate", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
 
 
 def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
@@ -78,14 +78,26 @@ def prepare(
     return run(plan(data, model, workspace, force=force), progress=progress).report
 
 
-def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
-    """Check every record of `data.inputs` and return every problem; writes nothing."""
+def plan_validate(data: DataConfig) -> ValidatePlan:
+    """Decide a `data validate`: the files `data.inputs` names. Reads no record."""
     from llmforge.errors import require_extra
 
     require_extra("llmforge data validate", "data", "orjson", "numpy")
-    from llmforge.data.pipeline import validate as run
+    from llmforge.data import stage
 
-    return run(data, progress=progress)
+    return stage.plan_validate(data)
+
+
+def run_validate(plan: ValidatePlan, *, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
+    """Check every record of the planned files and return every problem; writes nothing."""
+    from llmforge.data import stage
+
+    return stage.run_validate(plan, progress=progress)
+
+
+def validate(data: DataConfig, progress: Callable[[str, int], None] | None = None) -> ValidateResult:
+    """plan_validate() then run_validate(): every problem of `data.inputs`; writes nothing."""
+    return run_validate(plan_validate(data), progress=progress)
 
 
 def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: Path | None = None) -> Stats:

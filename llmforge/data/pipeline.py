@@ -2,7 +2,8 @@
 -> write, streaming. Records pass through once into a spill file; only compact per-record arrays (origin,
 content hash, length, MinHash band hashes) stay in memory; a second pass writes the splits.
 
-`data prepare` is decided and started by llmforge/data/stage.py (plan, run); the work is _prepare and _publish.
+`data prepare` and `data validate` are decided and started by llmforge/data/stage.py (plan and run, plan_validate and
+run_validate); the work is here: _prepare and _publish, validate.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from llmforge.data import chunks, sources
 from llmforge.data import hub as hub_inputs
 from llmforge.data import records as rec
 from llmforge.data.clean import PiiScrubber
+from llmforge.data.stage import ValidateResult
 from llmforge.errors import InputError, UsageError
 from llmforge.workspace import Workspace
 
@@ -50,29 +52,6 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file  # line 0: the file as a whole
         return f"{where}: {self.field}: {self.reason}"
-
-
-@dataclass
-class ValidateResult:
-    files: list[str]
-    records: int
-    valid: int
-    problems: list[Problem]
-    problem_count: int
-    kinds: dict[str, int]
-    formats: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
-    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why it could not be read to its end
-
-    @property
-    def ok(self) -> bool:
-        return self.problem_count == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["ok"] = self.ok
-        out["problems"] = [str(p) for p in self.problems]
-        return out
 
 
 class _Tally:
@@ -166,9 +145,9 @@ class _Scan(_Tally):
         )
 
 
-def validate(data: DataConfig, progress: Progress | None = None) -> ValidateResult:
-    """Read and check every record; write nothing."""
-    scan = _Scan(data, _input_files(data))
+def validate(data: DataConfig, files: list[Path], progress: Progress | None = None) -> ValidateResult:
+    """Read and check every record of `files` (data.inputs, resolved); write nothing."""
+    scan = _Scan(data, files)
     for n, _ in enumerate(scan, 1):
         if progress and n % 10_000 == 0:
             progress("validate", n)

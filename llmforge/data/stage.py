@@ -1,8 +1,12 @@
-"""The data stage in two parts (`llmforge data prepare`): plan() decides what to prepare (the input files, resolved
+"""The data stage in two parts. `llmforge data prepare`: plan() decides what to prepare (the input files, resolved
 and minus the workspace's own; the output folder, refused when a prepared dataset is there and not forced; the
 options), run(plan) reads, cleans, deduplicates and splits them through the pipeline and publishes data/.
 
-The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish.
+`llmforge data validate` has the same two parts: plan_validate() resolves the inputs, run_validate(plan) reads and
+checks every record and writes nothing.
+
+The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish; the
+check, pipeline.validate.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +218,65 @@ def _settings(data: DataConfig, blocklist: re.Pattern | None, counter):
         counter=counter, transforms=tuple(data.transforms), languages=frozenset(data.languages),
         near=(data.dedupe.num_perm, data.dedupe.shingle) if data.dedupe.near else None,
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ValidatePrepared:
+    data: DataConfig
+    files: list[Path]
+
+
+@dataclass(frozen=True)
+class ValidatePlan:
+    """A `data validate` decided: the files it reads (data.inputs resolved) and the format it expects."""
+
+    inputs: list[str]
+    format: str  # data.format ("auto": detected per record)
+    prepared: _ValidatePrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "inputs": self.inputs, "format": self.format}
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    """Every record checked. as_dict() is `llmforge data validate --json`, key for key."""
+
+    files: list[str]
+    records: int
+    valid: int
+    problems: list[Any]  # pipeline.Problem: file, line, field, reason (the first MAX_PROBLEMS_KEPT)
+    problem_count: int
+    kinds: dict[str, int]
+    formats: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # file -> why it could not be read to its end
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["problems"] = [str(p) for p in self.problems]
+        return out
+
+
+def plan_validate(data: DataConfig) -> ValidatePlan:
+    """Resolve data.inputs (a Hub dataset id is read into the datasets cache). Reads no record."""
+    files = _input_files(data)
+    return ValidatePlan(inputs=[str(f) for f in files], format=data.format,
+                        prepared=_ValidatePrepared(data=data, files=files))  # fmt: skip
+
+
+def run_validate(plan: ValidatePlan, *, progress=None) -> ValidateResult:
+    """Read and check every record of the planned files; writes nothing. `progress(phase, records)` every 10,000."""
+    from llmforge.data import pipeline
+
+    return pipeline.validate(plan.prepared.data, plan.prepared.files, progress=progress)

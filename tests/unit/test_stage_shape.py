@@ -13,7 +13,7 @@ import pytest
 
 STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"), ("data", "Data")]
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
-SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf")]
+SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate")]
 
 
 @pytest.mark.parametrize(("package", "prefix"), STAGES)
@@ -190,3 +190,18 @@ def test_data_result_json_is_the_report_json_key_for_key(tmp_path):
     assert list(result.as_dict()) == list(written) and result.as_dict() == written
     assert result.counts["read"] == 20 and result.dataset_kind == "messages" and result.output_dir == ws.data_dir
     assert result.unreadable == [] and result.rejected_file is None and result.report_md == ws.data_report_md
+
+
+def test_data_validate_plan_resolves_the_inputs_and_its_json_keeps_its_keys_and_order(tmp_path):
+    from llmforge import data
+    from llmforge.config.data import DataConfig
+
+    source = _data_inputs(tmp_path, [*_chats(2), "{not json"])
+    plan = data.plan_validate(DataConfig(inputs=[str(tmp_path)]))
+    assert plan.inputs == [str(source)] and plan.as_dict() == {"dry_run": True, "inputs": [str(source)],
+                                                               "format": "auto"}  # fmt: skip
+    result = data.run_validate(plan)
+    shown = result.as_dict()
+    assert list(shown) == ["files", "records", "valid", "problems", "problem_count", "kinds", "formats", "warnings",
+                           "unreadable", "ok"]  # fmt: skip
+    assert shown["ok"] is False and shown["records"] == 3 and shown["problems"][0].startswith(f"{source}:3: ")
