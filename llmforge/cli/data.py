@@ -333,12 +333,14 @@ def select(
 
     Example:  llmforge data select --size 500 && llmforge train -s train.data=llmforge-work/demo/data-select-500
     """
-    from llmforge.data import select as run
+    from llmforge import data
 
     loaded = load(config, set_)
-    result = run(dataset, workspace_of(loaded), size=size, fraction=fraction, seed=seed, output=output, force=force)
+    plan = data.plan_select(dataset, workspace_of(loaded), size=size, fraction=fraction, seed=seed, output=output,
+                            force=force)  # fmt: skip
+    result = data.run_select(plan)
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
     cov = result.coverage
     chosen, random = cov["selected"], cov["random"]

@@ -18,7 +18,7 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
 
 `data prepare` has the stage's two parts: plan() decides and returns a DataPlan, run(plan) does the work and returns
 a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. `data validate` likewise: plan_validate,
-run_validate, and validate() for both. Implementation modules are imported inside
+run_validate, and validate() for both; `data select`: plan_select, run_select, select(). Implementation modules are imported inside
 each verb, so importing this package stays light.
 """
 
@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from llmforge.data.conversion import ConvertResult
     from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
-    from llmforge.data.selection import SelectResult
-    from llmforge.data.stage import DataPlan, DataResult, ValidatePlan, ValidateResult
+    from llmforge.data.stage import DataPlan, DataResult, SelectPlan, SelectResult, ValidatePlan, ValidateResult
     from llmforge.workspace import Workspace
 
-__all__ = ["plan", "run", "prepare", "plan_validate", "run_validate", "validate", "stats", "preview", "convert", "generate", "select", "augment"]
+__all__ = ["plan", "run", "prepare", "plan_validate", "run_validate", "validate", "plan_select", "run_select", "select",
+           "stats", "preview", "convert", "generate", "augment"]
 
 
 def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
@@ -167,6 +167,34 @@ def augment(
     return run(data.augment, data.generate, data.dedupe, workspace, data=dataset, force=force, progress=progress)
 
 
+def plan_select(
+    dataset: str | None,
+    workspace: Workspace,
+    *,
+    size: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    output: Path | None = None,
+    force: bool = False,
+) -> SelectPlan:
+    """Decide a selection from a prepared folder's train split: how many records, into which folder. Writes
+    nothing."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data select", "data", "numpy")
+    from llmforge.data import stage
+
+    return stage.plan_select(dataset, workspace, size=size, fraction=fraction, seed=seed, output=output, force=force)
+
+
+def run_select(plan: SelectPlan) -> SelectResult:
+    """Write the planned content-diverse subset of the train split (val/test copied unchanged) as a new dataset
+    folder."""
+    from llmforge.data import stage
+
+    return stage.run_select(plan)
+
+
 def select(
     dataset: str | None,
     workspace: Workspace,
@@ -177,10 +205,7 @@ def select(
     output: Path | None = None,
     force: bool = False,
 ) -> SelectResult:
-    """A content-diverse subset of a prepared train split (val/test copied unchanged), as a new dataset folder."""
-    from llmforge.errors import require_extra
-
-    require_extra("llmforge data select", "data", "numpy")
-    from llmforge.data.selection import select as run
-
-    return run(dataset, workspace, size=size, fraction=fraction, seed=seed, output=output, force=force)
+    """plan_select() then run_select(): a content-diverse subset of a prepared train split (val/test copied
+    unchanged), as a new dataset folder."""
+    return run_select(plan_select(dataset, workspace, size=size, fraction=fraction, seed=seed, output=output,
+                                  force=force))  # fmt: skip

@@ -1,5 +1,7 @@
 """`data select`: a diverse subset of a prepared train split, by greedy farthest-point (k-center) selection over
 hashed TF-IDF vectors of word uni- and bigrams. Val and test are copied unchanged, so no selection leaks across splits.
+
+What to select (the source, how many, where to) is decided by llmforge/data/stage.py's plan_select; select() does it.
 """
 
 from __future__ import annotations
@@ -7,9 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,28 +19,15 @@ from llmforge.data.dedupe import words
 from llmforge.errors import UsageError
 from llmforge.workspace import Workspace
 
+if TYPE_CHECKING:
+    from llmforge.data.stage import SelectPlan, SelectResult
+
 # 1024 float32 columns: 4 KiB a record, so 100k records fit in 400 MiB; collisions only blur rare n-grams.
 DIMENSIONS = 1024
 # Coverage is judged against this many k-means clusters of the full train split (fewer when fewer are kept): 20
 # could not tell k-center from random on 200 topics, 50 could (50 vs 44 covered at 200 kept of 20k).
 COVERAGE_CLUSTERS = 50
 CHUNK = 4096  # rows per block of distance products: bounds the n x k temporaries
-
-
-@dataclass
-class SelectResult:
-    source: str
-    output: str
-    dataset_id: str
-    parent: str
-    selected: int
-    available: int
-    seed: int
-    coverage: dict[str, Any] = field(default_factory=dict)
-    copied: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _text(obj: Any) -> str:
@@ -168,35 +156,29 @@ def target_size(available: int, size: int | None, fraction: float | None) -> int
     return size
 
 
-def select(
-    dataset: str | None,
-    workspace: Workspace,
-    *,
-    size: int | None = None,
-    fraction: float | None = None,
-    seed: int = 0,
-    output: Path | None = None,
-    force: bool = False,
-) -> SelectResult:
-    timer = manifest.Timer()
-    source = _source_dir(dataset, workspace)
-    train_file = source / "train.jsonl"
-    lines = [line for line in train_file.read_bytes().splitlines(keepends=True) if line.strip()]
-    k = target_size(len(lines), size, fraction)
-    out_dir = Path(output).expanduser() if output else workspace.root / f"data-select-{k}"
-    if out_dir.resolve() == source.resolve():
-        raise UsageError(f"--output {out_dir} is the source dataset", hint="choose a new folder")
-    atomic.refuse_overwrite(out_dir, force, "selected dataset")
-    texts = []
+def texts(train_file: Path, lines: list[bytes]) -> list[str]:
+    """Each train line's text, as the features see it; a line that is not JSON is refused."""
+    out = []
     for number, line in enumerate(lines, 1):
         try:
-            texts.append(_text(json.loads(line)))
+            out.append(_text(json.loads(line)))
         except ValueError as exc:
             raise UsageError(
                 f"{train_file}:{number}: not JSON ({exc})",
                 hint="select from a folder written by `llmforge data prepare`",
             ) from None
-    vectors = features(texts)
+    return out
+
+
+def select(plan: SelectPlan) -> SelectResult:
+    """The planned subset: k-center over the train lines, written with val/test copied and a manifest, as a dataset
+    folder (atomically), and registered."""
+    from llmforge.data.stage import SelectResult
+
+    p = plan.prepared
+    source, workspace, lines, seed, k = p.source, p.workspace, p.lines, plan.seed, plan.selected
+    out_dir, train_file, timer, force = p.output, p.source / "train.jsonl", p.timer, plan.force
+    vectors = features(p.texts)
     chosen = farthest_points(vectors, k, seed)
     report = coverage(vectors, chosen, seed)
     keep = np.sort(chosen)  # the source's order, so a selection reads like its source

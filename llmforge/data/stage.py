@@ -3,10 +3,11 @@ and minus the workspace's own; the output folder, refused when a prepared datase
 options), run(plan) reads, cleans, deduplicates and splits them through the pipeline and publishes data/.
 
 `llmforge data validate` has the same two parts: plan_validate() resolves the inputs, run_validate(plan) reads and
-checks every record and writes nothing.
+checks every record and writes nothing. `llmforge data select`: plan_select() reads the train split and decides how
+many records go where, run_select(plan) chooses them and writes the folder.
 
 The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish; the
-check, pipeline.validate.
+check, pipeline.validate; the selection, selection.select.
 """
 
 from __future__ import annotations
@@ -280,3 +281,85 @@ def run_validate(plan: ValidatePlan, *, progress=None) -> ValidateResult:
     from llmforge.data import pipeline
 
     return pipeline.validate(plan.prepared.data, plan.prepared.files, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# select
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SelectPrepared:
+    workspace: Workspace
+    source: Path
+    output: Path
+    lines: list[bytes]  # the train split's non-blank lines
+    texts: list[str]  # their text, as the features see it
+    timer: manifest.Timer
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    """A `data select` decided: from which prepared folder, how many of its train records, into which folder."""
+
+    source: str
+    output: str
+    selected: int
+    available: int
+    seed: int
+    force: bool
+    prepared: _SelectPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "source": self.source, "output": self.output, "selected": self.selected,
+                "available": self.available, "seed": self.seed, "force": self.force}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    """A selected dataset folder. as_dict() is `llmforge data select --json`, key for key."""
+
+    source: str
+    output: str
+    dataset_id: str
+    parent: str  # the source's dataset id
+    selected: int
+    available: int
+    seed: int
+    coverage: dict[str, Any] = field(default_factory=dict)  # clusters covered and distances, selected vs random
+    copied: list[str] = field(default_factory=list)  # val/test, copied unchanged
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_select(dataset: str | None, workspace: Workspace, *, size: int | None = None, fraction: float | None = None,
+                seed: int = 0, output: Path | None = None, force: bool = False) -> SelectPlan:
+    """Decide a selection: the source folder (default the workspace's data/), its train lines (read: how many to
+    keep depends on them, and a line that is not JSON is refused here), the size, and the output folder (refused
+    when it is the source, or exists and not `force`). Writes nothing."""
+    from llmforge.data import selection
+
+    timer = manifest.Timer()
+    source = selection._source_dir(dataset, workspace)
+    train_file = source / "train.jsonl"
+    lines = [line for line in train_file.read_bytes().splitlines(keepends=True) if line.strip()]
+    k = selection.target_size(len(lines), size, fraction)
+    out_dir = Path(output).expanduser() if output else workspace.root / f"data-select-{k}"
+    if out_dir.resolve() == source.resolve():
+        raise UsageError(f"--output {out_dir} is the source dataset", hint="choose a new folder")
+    atomic.refuse_overwrite(out_dir, force, "selected dataset")
+    texts = selection.texts(train_file, lines)
+    return SelectPlan(
+        source=str(source), output=str(out_dir), selected=k, available=len(lines), seed=seed, force=force,
+        prepared=_SelectPrepared(workspace=workspace, source=source, output=out_dir, lines=lines, texts=texts,
+                                 timer=timer),
+    )  # fmt: skip
+
+
+def run_select(plan: SelectPlan) -> SelectResult:
+    """Choose the planned number of train records by k-center, write them with val/test copied and a manifest as
+    the output folder (atomically), and register it."""
+    from llmforge.data import selection
+
+    return selection.select(plan)

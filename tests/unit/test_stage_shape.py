@@ -13,7 +13,8 @@ import pytest
 
 STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"), ("data", "Data")]
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
-SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate")]
+SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate"),
+                ("data", "select", "Select")]
 
 
 @pytest.mark.parametrize(("package", "prefix"), STAGES)
@@ -205,3 +206,23 @@ def test_data_validate_plan_resolves_the_inputs_and_its_json_keeps_its_keys_and_
     assert list(shown) == ["files", "records", "valid", "problems", "problem_count", "kinds", "formats", "warnings",
                            "unreadable", "ok"]  # fmt: skip
     assert shown["ok"] is False and shown["records"] == 3 and shown["problems"][0].startswith(f"{source}:3: ")
+
+
+def test_data_select_plan_decides_the_size_and_folder_before_writing_and_its_json_keeps_its_keys(tmp_path):
+    from llmforge import data
+    from llmforge.errors import UsageError
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "work")
+    ws.data_dir.mkdir(parents=True)
+    (ws.data_dir / "train.jsonl").write_text((tmp_path / _data_inputs(tmp_path, _chats(12)).name).read_text())
+    plan = data.plan_select(None, ws, size=4)
+    assert (plan.selected, plan.available, plan.output) == (4, 12, str(ws.root / "data-select-4"))
+    assert list(plan.as_dict()) == ["dry_run", "source", "output", "selected", "available", "seed", "force"]
+    assert not (ws.root / "data-select-4").exists()  # decided, not written
+    result = data.run_select(plan)
+    assert list(result.as_dict()) == ["source", "output", "dataset_id", "parent", "selected", "available", "seed",
+                                      "coverage", "copied"]  # fmt: skip
+    assert result.selected == 4 and (ws.root / "data-select-4" / "train.jsonl").read_text().count("\n") == 4
+    with pytest.raises(UsageError, match="already exists"):
+        data.plan_select(None, ws, size=4)
