@@ -402,7 +402,7 @@ def augment(
     Example:  llmforge data augment --paraphrases 2 --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b
               llmforge data augment --refusals 50 --scope "questions about the Acme router" --force
     """
-    from llmforge.data import augment as run
+    from llmforge import data
 
     loaded = load(
         config,
@@ -420,9 +420,10 @@ def augment(
         if not json_ and (done % every == 0 or done == total):
             console.print(f"data augment: {done}/{total} requests")
 
-    result = run(loaded.config.data, workspace_of(loaded), dataset=dataset, force=force, progress=progress)
+    plan = data.plan_augment(loaded.config.data, workspace_of(loaded), dataset=dataset, force=force)
+    result = data.run_augment(plan, progress=progress)
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
     kept, got, asked = result.kept, result.received, result.requested
     console.print(

@@ -18,7 +18,7 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
 
 `data prepare` has the stage's two parts: plan() decides and returns a DataPlan, run(plan) does the work and returns
 a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. `data validate` likewise: plan_validate,
-run_validate, and validate() for both; `data select`: plan_select, run_select, select(). Implementation modules are imported inside
+run_validate, and validate() for both; `data select`: plan_select, run_select, select(); `data augment`: plan_augment, run_augment, augment(). Implementation modules are imported inside
 each verb, so importing this package stays light.
 """
 
@@ -31,15 +31,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmforge.config.data import DataConfig, GenerateConfig
     from llmforge.config.model import ModelConfig
-    from llmforge.data.augmentation import AugmentResult
     from llmforge.data.conversion import ConvertResult
     from llmforge.data.generation import GenerateResult
     from llmforge.data.inspect import Preview, Stats
-    from llmforge.data.stage import DataPlan, DataResult, SelectPlan, SelectResult, ValidatePlan, ValidateResult
+    from llmforge.data.stage import (
+        AugmentPlan,
+        AugmentResult,
+        DataPlan,
+        DataResult,
+        SelectPlan,
+        SelectResult,
+        ValidatePlan,
+        ValidateResult,
+    )
     from llmforge.workspace import Workspace
 
 __all__ = ["plan", "run", "prepare", "plan_validate", "run_validate", "validate", "plan_select", "run_select", "select",
-           "stats", "preview", "convert", "generate", "augment"]
+           "plan_augment", "run_augment", "augment", "stats", "preview", "convert", "generate"]
 
 
 def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
@@ -147,6 +155,28 @@ def generate(
     return run(docs, generate, workspace, force=force, progress=progress)
 
 
+def plan_augment(data: DataConfig, workspace: Workspace, *, dataset: str | None = None,
+                 force: bool = False) -> AugmentPlan:
+    """Decide a `data augment` (data.augment says what, data.generate where from): the source folder, the output,
+    the requests. Reads the splits; contacts nothing and writes nothing."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data augment", "data", "numpy")
+    if data.dedupe.near:
+        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
+    from llmforge.data import stage
+
+    return stage.plan_augment(data, workspace, dataset=dataset, force=force)
+
+
+def run_augment(plan: AugmentPlan, *, progress: Callable[[int, int], None] | None = None) -> AugmentResult:
+    """A new dataset folder: the prepared splits plus paraphrases and out-of-scope refusals in train only, made
+    through the planned OpenAI-compatible endpoint (deduplicated against every split)."""
+    from llmforge.data import stage
+
+    return stage.run_augment(plan, progress=progress)
+
+
 def augment(
     data: DataConfig,
     workspace: Workspace,
@@ -155,16 +185,8 @@ def augment(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> AugmentResult:
-    """A new dataset folder: the prepared splits plus paraphrases and out-of-scope refusals in train only, made
-    through the OpenAI-compatible endpoint of data.generate (data.augment says what; data.dedupe how to dedupe)."""
-    from llmforge.errors import require_extra
-
-    require_extra("llmforge data augment", "data", "numpy")
-    if data.dedupe.near:
-        require_extra("near-duplicate detection (data.dedupe.near)", "data", "datasketch")
-    from llmforge.data.augmentation import augment as run
-
-    return run(data.augment, data.generate, data.dedupe, workspace, data=dataset, force=force, progress=progress)
+    """plan_augment() then run_augment()."""
+    return run_augment(plan_augment(data, workspace, dataset=dataset, force=force), progress=progress)
 
 
 def plan_select(

@@ -16,17 +16,18 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmforge import atomic, manifest
-from llmforge.config.data import AugmentConfig, DedupeConfig, GenerateConfig
+from llmforge.config.data import DedupeConfig
 from llmforge.data import dedupe
 from llmforge.data.clean import normalize_text
 from llmforge.data.generation import Endpoint, json_payload, parse_pairs
 from llmforge.errors import LlmforgeError, UsageError
-from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from llmforge.data.stage import AugmentPlan, AugmentResult
 
 SPLITS = ("train", "val", "test")
 
@@ -49,26 +50,6 @@ REFUSAL_PROMPT = (
     "{style}.\n"
     'Reply with JSON only, in this shape: {{"pairs": [{{"question": "...", "answer": "..."}}]}}'
 )
-
-
-@dataclass
-class AugmentResult:
-    output: str
-    source: str
-    requested: dict[str, int]  # paraphrases / refusals asked for
-    received: dict[str, int] = field(default_factory=dict)  # usable items in the replies
-    kept: dict[str, int] = field(default_factory=dict)
-    duplicates: dict[str, int] = field(default_factory=dict)  # exact / near
-    requests: int = 0  # requests made, retries included
-    retries: int = 0
-    failed: int = 0  # requests that failed after every retry
-    bad_json: int = 0  # replies with nothing usable in them
-    skipped_records: int = 0  # train records not paraphrased: more than one user turn
-    train: int = 0  # records in the new train.jsonl
-    errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def parse_strings(reply: str, key: str) -> list[str]:
@@ -109,50 +90,17 @@ def _user_text(record: dict[str, Any]) -> str:
     return "\n".join(m["content"] for m in record.get("messages", []) if m.get("role") == "user")
 
 
-def augment(
-    cfg: AugmentConfig,
-    endpoint_cfg: GenerateConfig,
-    dedupe_cfg: DedupeConfig,
-    workspace: Workspace,
-    *,
-    data: str | None = None,
-    force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> AugmentResult:
-    if not cfg.paraphrases and not cfg.refusals:
-        raise UsageError("nothing to generate", hint="pass --paraphrases N and/or --refusals N")
-    if cfg.refusals and not (cfg.scope or "").strip():
-        raise UsageError(
-            "refusals need a scope to stay out of",
-            hint="set data.augment.scope, e.g. -s data.augment.scope='questions about the Acme router'",
-        )
-    if not endpoint_cfg.endpoint:
-        raise UsageError("no endpoint to generate with", hint="pass --endpoint URL (e.g. http://127.0.0.1:11434/v1)")
-    if not endpoint_cfg.model:
-        raise UsageError("no model named for the endpoint", hint="pass --model NAME")
-    source = Path(data).expanduser() if data else workspace.data_dir
-    if not (source / "train.jsonl").is_file():
-        raise UsageError(f"no prepared train split: {source / 'train.jsonl'}", hint="run `llmforge data prepare` first")
-    output = Path(cfg.output).expanduser() if cfg.output else workspace.data_dir / "augmented"
-    if output.resolve() == source.resolve():
-        raise UsageError("data.augment.output is the folder being augmented", hint="choose another output folder")
-    atomic.refuse_overwrite(output, force, "augmented dataset")  # before any request is paid for
+def augment(plan: AugmentPlan, *, progress: Callable[[int, int], None] | None = None) -> AugmentResult:
+    """The planned requests (paraphrases of each single-question train record, refusals in batches), the replies
+    deduplicated against every split, and the new folder written (atomically) with a manifest."""
+    from llmforge.data.stage import AugmentResult
 
-    splits = {name: _read_split(source / f"{name}.jsonl") for name in SPLITS if (source / f"{name}.jsonl").is_file()}
+    p = plan.prepared
+    cfg, endpoint_cfg, splits, jobs = p.augment, p.generate, p.splits, p.jobs
+    source, output, force, total = p.source, p.output, plan.force, plan.requests
     train = splits["train"]
-    if any("messages" not in record for _, _, record in train):
-        raise UsageError(
-            f"{source / 'train.jsonl'}: augment works on chat records only", hint='only {"messages": [...]} data'
-        )
-    jobs = [(n, r) for n, _, r in train if sum(m.get("role") == "user" for m in r["messages"]) == 1]
     refusal_requests = math.ceil(cfg.refusals / cfg.batch) if cfg.refusals else 0
-    total = (len(jobs) if cfg.paraphrases else 0) + refusal_requests
-    result = AugmentResult(
-        str(output),
-        str(source),
-        requested={"paraphrases": cfg.paraphrases * len(jobs), "refusals": cfg.refusals},
-        skipped_records=len(train) - len(jobs) if cfg.paraphrases else 0,
-    )
+    failed, bad_json, errors = 0, 0, []
     endpoint = Endpoint(
         endpoint_cfg.endpoint, endpoint_cfg.model, endpoint_cfg.api_key, endpoint_cfg.timeout, endpoint_cfg.retries,
         endpoint_cfg.backoff,
@@ -169,8 +117,9 @@ def augment(
                 cfg.max_tokens,
             )
         except ConnectionError as exc:
-            result.failed += 1
-            result.errors.append(f"{what}: {exc}")
+            nonlocal failed
+            failed += 1
+            errors.append(f"{what}: {exc}")
             return None
         finally:
             done += 1
@@ -188,7 +137,7 @@ def augment(
             if reply is None:
                 continue
             found = parse_strings(reply, "paraphrases")[: cfg.paraphrases]
-            result.bad_json += not found
+            bad_json += not found
             received["paraphrases"] += len(found)
             for text in found:
                 messages = [dict(m, content=text) if m["role"] == "user" else dict(m) for m in turns]
@@ -207,35 +156,36 @@ def augment(
             if reply is None:
                 continue
             pairs = parse_pairs(reply)[0][:n]
-            result.bad_json += not pairs
+            bad_json += not pairs
             received["refusals"] += len(pairs)
             for question, answer in pairs:
                 messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
                 if system is not None:
                     messages.insert(0, {"role": "system", "content": system})
                 candidates.append((question, {"messages": messages, "meta": {"generated": "refusal", "model": model}}))
-    result.received = received
-    result.requests, result.retries = endpoint.requests, endpoint.retried
-
-    if total and result.failed == total:
+    if total and failed == total:
         raise LlmforgeError(
-            f"every request failed: {result.errors[-1]}",
+            f"every request failed: {errors[-1]}",
             hint="is the endpoint running? check data.generate.endpoint (an OpenAI-compatible /v1 base URL)",
         )
-    if not candidates and result.bad_json:
+    if not candidates and bad_json:
         raise LlmforgeError(
-            f"the model answered no usable JSON in {result.bad_json} replies",
+            f"the model answered no usable JSON in {bad_json} replies",
             hint="use an instruction-following model (data.generate.model) or lower data.augment.temperature",
         )
 
-    kept, duplicates = _dedupe(splits, candidates, dedupe_cfg)
-    result.duplicates = {"exact": 0, "near": 0}
+    kept, duplicates = _dedupe(splits, candidates, p.dedupe)
+    dropped = {"exact": 0, "near": 0}
     for entry in duplicates:
-        result.duplicates[entry["kind"]] += 1
-    result.kept = {"paraphrases": 0, "refusals": 0}
+        dropped[entry["kind"]] += 1
+    kept_counts = {"paraphrases": 0, "refusals": 0}
     for record in kept:
-        result.kept[record["meta"]["generated"] + "s"] += 1
-    result.train = len(train) + len(kept)
+        kept_counts[record["meta"]["generated"] + "s"] += 1
+    result = AugmentResult(
+        output=str(output), source=str(source), requested=dict(plan.requested), received=received,
+        kept=kept_counts, duplicates=dropped, requests=endpoint.requests, retries=endpoint.retried, failed=failed,
+        bad_json=bad_json, skipped_records=plan.skipped_records, train=len(train) + len(kept), errors=errors,
+    )  # fmt: skip
 
     timer = manifest.Timer()
     with atomic.atomic_dir(output, force=force) as tmp:
@@ -250,7 +200,7 @@ def augment(
         with open(tmp / "duplicates.jsonl", "w", encoding="utf-8") as fh:
             for entry in duplicates:
                 fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        summary = {k: v for k, v in result.to_dict().items() if k not in ("output", "source")}
+        summary = {k: v for k, v in result.as_dict().items() if k not in ("output", "source")}
         inputs = {f"{name}.jsonl": source / f"{name}.jsonl" for name in splits}
         atomic.write_json(
             tmp / "manifest.json",

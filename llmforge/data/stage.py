@@ -4,15 +4,17 @@ options), run(plan) reads, cleans, deduplicates and splits them through the pipe
 
 `llmforge data validate` has the same two parts: plan_validate() resolves the inputs, run_validate(plan) reads and
 checks every record and writes nothing. `llmforge data select`: plan_select() reads the train split and decides how
-many records go where, run_select(plan) chooses them and writes the folder.
+many records go where, run_select(plan) chooses them and writes the folder. `llmforge data augment`: plan_augment()
+checks the request and reads the splits, run_augment(plan) asks the endpoint and writes the new folder.
 
 The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish; the
-check, pipeline.validate; the selection, selection.select.
+check, pipeline.validate; the selection, selection.select; the requests, augmentation.augment.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmforge import atomic, manifest
-from llmforge.config.data import DataConfig
+from llmforge.config.data import AugmentConfig, DataConfig, DedupeConfig, GenerateConfig
 from llmforge.config.model import ModelConfig
 from llmforge.errors import ConfigError, UsageError
 from llmforge.workspace import Workspace
@@ -363,3 +365,116 @@ def run_select(plan: SelectPlan) -> SelectResult:
     from llmforge.data import selection
 
     return selection.select(plan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# augment
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AugmentPrepared:
+    augment: AugmentConfig
+    generate: GenerateConfig
+    dedupe: DedupeConfig
+    source: Path
+    output: Path
+    splits: dict[str, list[tuple[int, str, dict[str, Any]]]]  # (line, raw text, record) of each split read
+    jobs: list[tuple[int, dict[str, Any]]]  # the train records to paraphrase: (line, record)
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """A `data augment` decided: what to ask the endpoint for, from which folder, into which; nothing requested."""
+
+    source: str
+    output: str
+    endpoint: str
+    model: str
+    requested: dict[str, int]  # paraphrases / refusals to ask for
+    requests: int  # requests to make (retries aside)
+    skipped_records: int  # train records not paraphrased: more than one user turn
+    force: bool
+    prepared: _AugmentPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "source": self.source, "output": self.output, "endpoint": self.endpoint,
+                "model": self.model, "requested": self.requested, "requests": self.requests,
+                "skipped_records": self.skipped_records, "force": self.force}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AugmentResult:
+    """A written augmented folder. as_dict() is `llmforge data augment --json`, key for key."""
+
+    output: str
+    source: str
+    requested: dict[str, int]  # paraphrases / refusals asked for
+    received: dict[str, int] = field(default_factory=dict)  # usable items in the replies
+    kept: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # exact / near
+    requests: int = 0  # requests made, retries included
+    retries: int = 0
+    failed: int = 0  # requests that failed after every retry
+    bad_json: int = 0  # replies with nothing usable in them
+    skipped_records: int = 0  # train records not paraphrased: more than one user turn
+    train: int = 0  # records in the new train.jsonl
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_augment(data: DataConfig, workspace: Workspace, *, dataset: str | None = None,
+                 force: bool = False) -> AugmentPlan:
+    """Check the request (something to generate, a scope for refusals, an endpoint and a model), the source folder
+    (default the workspace's data/; chat records only) and the output (not the source; refused when it exists and
+    not `force`), before any request is paid for. Reads the splits; contacts nothing and writes nothing."""
+    from llmforge.data.augmentation import SPLITS, _read_split
+
+    cfg, endpoint = data.augment, data.generate
+    if not cfg.paraphrases and not cfg.refusals:
+        raise UsageError("nothing to generate", hint="pass --paraphrases N and/or --refusals N")
+    if cfg.refusals and not (cfg.scope or "").strip():
+        raise UsageError(
+            "refusals need a scope to stay out of",
+            hint="set data.augment.scope, e.g. -s data.augment.scope='questions about the Acme router'",
+        )
+    if not endpoint.endpoint:
+        raise UsageError("no endpoint to generate with", hint="pass --endpoint URL (e.g. http://127.0.0.1:11434/v1)")
+    if not endpoint.model:
+        raise UsageError("no model named for the endpoint", hint="pass --model NAME")
+    source = Path(dataset).expanduser() if dataset else workspace.data_dir
+    if not (source / "train.jsonl").is_file():
+        raise UsageError(f"no prepared train split: {source / 'train.jsonl'}", hint="run `llmforge data prepare` first")
+    output = Path(cfg.output).expanduser() if cfg.output else workspace.data_dir / "augmented"
+    if output.resolve() == source.resolve():
+        raise UsageError("data.augment.output is the folder being augmented", hint="choose another output folder")
+    atomic.refuse_overwrite(output, force, "augmented dataset")
+
+    splits = {name: _read_split(source / f"{name}.jsonl") for name in SPLITS if (source / f"{name}.jsonl").is_file()}
+    train = splits["train"]
+    if any("messages" not in record for _, _, record in train):
+        raise UsageError(
+            f"{source / 'train.jsonl'}: augment works on chat records only", hint='only {"messages": [...]} data'
+        )
+    jobs = [(n, r) for n, _, r in train if sum(m.get("role") == "user" for m in r["messages"]) == 1]
+    refusal_requests = math.ceil(cfg.refusals / cfg.batch) if cfg.refusals else 0
+    return AugmentPlan(
+        source=str(source), output=str(output), endpoint=endpoint.endpoint, model=endpoint.model,
+        requested={"paraphrases": cfg.paraphrases * len(jobs), "refusals": cfg.refusals},
+        requests=(len(jobs) if cfg.paraphrases else 0) + refusal_requests,
+        skipped_records=len(train) - len(jobs) if cfg.paraphrases else 0, force=force,
+        prepared=_AugmentPrepared(augment=cfg, generate=endpoint, dedupe=data.dedupe, source=source, output=output,
+                                  splits=splits, jobs=jobs),
+    )  # fmt: skip
+
+
+def run_augment(plan: AugmentPlan, *, progress=None) -> AugmentResult:
+    """Ask the endpoint for the planned paraphrases and refusals, drop those that duplicate any split's question,
+    and write the new folder: train plus what was kept, val/test copied, duplicates.jsonl and a manifest.
+    `progress(done, total)` after each request. Raises LlmforgeError when every request fails or no reply is
+    usable (nothing written)."""
+    from llmforge.data import augmentation
+
+    return augmentation.augment(plan, progress=progress)

@@ -14,7 +14,7 @@ import pytest
 STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"), ("data", "Data")]
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
 SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate"),
-                ("data", "select", "Select")]
+                ("data", "select", "Select"), ("data", "augment", "Augment")]
 
 
 @pytest.mark.parametrize(("package", "prefix"), STAGES)
@@ -226,3 +226,27 @@ def test_data_select_plan_decides_the_size_and_folder_before_writing_and_its_jso
     assert result.selected == 4 and (ws.root / "data-select-4" / "train.jsonl").read_text().count("\n") == 4
     with pytest.raises(UsageError, match="already exists"):
         data.plan_select(None, ws, size=4)
+
+
+def test_data_augment_plan_refuses_before_any_request_and_its_result_json_keeps_its_keys(tmp_path):
+    from llmforge import data
+    from llmforge.config.data import DataConfig
+    from llmforge.data.stage import AugmentResult
+    from llmforge.errors import UsageError
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path / "work")
+    ws.data_dir.mkdir(parents=True)
+    (ws.data_dir / "train.jsonl").write_text((tmp_path / _data_inputs(tmp_path, _chats(3)).name).read_text())
+    cfg = DataConfig(augment={"paraphrases": 2, "refusals": 5, "batch": 2, "scope": "routers"},
+                     generate={"endpoint": "http://127.0.0.1:9/v1", "model": "m"})  # fmt: skip
+    plan = data.plan_augment(cfg, ws)  # nothing listens on port 9: planning contacts nothing
+    assert plan.requested == {"paraphrases": 6, "refusals": 5} and plan.requests == 3 + 3
+    assert plan.output == str(ws.data_dir / "augmented") and not (ws.data_dir / "augmented").exists()
+    (ws.data_dir / "augmented").mkdir()
+    with pytest.raises(UsageError, match="already exists"):
+        data.plan_augment(cfg, ws)
+    assert list(_filled(AugmentResult).as_dict()) == [
+        "output", "source", "requested", "received", "kept", "duplicates", "requests", "retries", "failed",
+        "bad_json", "skipped_records", "train", "errors",
+    ]  # fmt: skip
