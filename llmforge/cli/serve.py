@@ -61,9 +61,10 @@ def serve(
         serve__api_key=api_key, serve__insecure=True if insecure else None,
     )  # fmt: skip
     cfg = loaded.config
-    plan = serving.plan(cfg.model, cfg.serve, workspace_of(loaded))
-    if plan.warning:
-        warn(plan.warning)
+    exposed = serving.check_host(cfg.serve)  # warned before the models resolve, so a bad model still shows it
+    if exposed:
+        warn(exposed)
+    plan = serving.plan(cfg.model, cfg.serve, workspace_of(loaded))  # plan.warning is that same warning
     if dry_run:
         if json_:
             print_json(plan.as_dict())
