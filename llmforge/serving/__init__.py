@@ -53,10 +53,11 @@ def serve(
 
 def build_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine=None):
     """The FastAPI application (for tests and embedding). One model loads now unless an engine is given; with
-    serve.models or serve.variants each loads on its first request (a given engine is served as loaded)."""
+    serve.models or serve.variants each loads on its first request (a given engine is served as loaded). The host
+    is not checked: the caller binds the application where it likes."""
     from llmforge.serving import stage
 
-    return stage.build_app(stage.plan(model, serve, workspace, engine=engine), engine=engine)
+    return stage.build_app(stage.plan_app(model, serve, workspace, engine=engine), engine=engine)
 
 
 def check_host(serve: ServeConfig) -> str | None:

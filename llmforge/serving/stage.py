@@ -99,7 +99,16 @@ def plan(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine
     """Decide the server: refuse an open host without a key (unless serve.insecure), resolve every model and its
     engine, and check this install and serve.memory_limit_mb, so a dry run fails exactly where the real run
     would. Loads no model, opens no socket. `engine`: one already loaded, served as it is (not resolved again)."""
-    warning = check_host(serve)
+    return _decide(model, serve, workspace, engine, warning=check_host(serve))
+
+
+def plan_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, engine=None) -> ServePlan:
+    """The plan of an application someone else binds (tests, embedding; build_app): the same as plan() but the
+    host is not checked, since this code opens no port."""
+    return _decide(model, serve, workspace, engine, warning=None)
+
+
+def _decide(model: ModelConfig, serve: ServeConfig, workspace: Workspace, engine, *, warning: str | None) -> ServePlan:
     several = bool(serve.models or serve.variants)
     if several:
         targets, variants = resolve_lineup(model, serve, workspace)
