@@ -52,8 +52,7 @@ def serve(
     """  # fmt: skip
     if ctx.invoked_subcommand is not None:
         return
-    from llmforge.serving import check_host, resolve_lineup, resolve_target, several
-    from llmforge.serving import serve as serve_verb
+    from llmforge import serving
 
     one = model[0] if model and len(model) == 1 else None
     loaded = load(
@@ -62,40 +61,27 @@ def serve(
         serve__api_key=api_key, serve__insecure=True if insecure else None,
     )  # fmt: skip
     cfg = loaded.config
-    workspace = workspace_of(loaded)
-    exposed = check_host(cfg.serve)
+    exposed = serving.check_host(cfg.serve)  # warned before the models resolve, so a bad model still shows it
     if exposed:
         warn(exposed)
-    if dry_run and several(cfg.serve):
-        targets, variants = resolve_lineup(cfg.model, cfg.serve, workspace)
-        plan = {"models": [{"engine": t.engine, "model": t.name, "path": str(t.path), "base_model": t.base_model}
-                           for t in targets],
-                "variants": [{"name": v.name, "model": v.model, "weight": v.weight} for v in variants],
-                "variant_group": cfg.serve.variant_group if variants else None, "host": cfg.serve.host,
-                "port": cfg.serve.port, "api_key_required": cfg.serve.api_key is not None, "warning": exposed}  # fmt: skip
-        if json_:
-            print_json(plan)
-            return
-        for t in targets:
-            console.print(f"would serve {escape(t.name)}: {escape(str(t.path))} with {t.engine} (loaded on first use)")
-        for v in variants:
-            console.print(f"  variant {escape(v.name)} -> {escape(v.model)}, weight {v.weight:g}")
-        console.print(f"on {cfg.serve.host}:{cfg.serve.port}")
-        return
+    plan = serving.plan(cfg.model, cfg.serve, workspace_of(loaded))  # plan.warning is that same warning
     if dry_run:
-        target = resolve_target(cfg.model, cfg.serve, workspace)
-        plan = {"engine": target.engine, "model": target.name, "path": str(target.path),
-                "base_model": target.base_model, "host": cfg.serve.host, "port": cfg.serve.port,
-                "api_key_required": cfg.serve.api_key is not None, "warning": exposed}  # fmt: skip
         if json_:
-            print_json(plan)
+            print_json(plan.as_dict())
+        elif plan.several:
+            for t in plan.models:
+                console.print(f"would serve {escape(t.name)}: {escape(str(t.path))} with {t.engine} (loaded on first use)")
+            for v in plan.variants:
+                console.print(f"  variant {escape(v.name)} -> {escape(v.model)}, weight {v.weight:g}")
+            console.print(f"on {plan.host}:{plan.port}")
         else:
-            console.print(f"would serve {escape(str(target.path))} with {target.engine} on {cfg.serve.host}:{cfg.serve.port}")
+            target = plan.models[0]
+            console.print(f"would serve {escape(str(target.path))} with {target.engine} on {plan.host}:{plan.port}")
         return
 
     def ready(info) -> None:
         if json_:
-            print_json(info.to_dict())
+            print_json(info.as_dict())
             return
         console.print(f"[bold]serving[/] {escape(info.model)} ({info.engine}) from {escape(info.path)}")
         console.print(f"  API        {info.url}/v1   (OpenAI-compatible{', Bearer key required' if info.api_key_required else ''})")
@@ -106,8 +92,8 @@ def serve(
         console.print("[dim]Ctrl-C stops the server.[/]")
 
     try:
-        serve_verb(cfg.model, cfg.serve, workspace, on_ready=ready,
-                   progress=None if json_ else lambda line: console.print(f"serve: {escape(line)}"))
+        serving.run(plan, on_ready=ready,
+                    progress=None if json_ else lambda line: console.print(f"serve: {escape(line)}"))
     except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not an error
         pass
     if not json_:

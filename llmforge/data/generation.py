@@ -287,7 +287,7 @@ def generate(
 
     done: dict[str, dict[str, Any]] = {}
     if state.exists():
-        for line in state.read_text(encoding="utf-8").splitlines():
+        for line in state.read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 in a text
             try:
                 entry = json.loads(line)
                 done[entry["chunk_id"]] = entry

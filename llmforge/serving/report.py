@@ -28,7 +28,7 @@ def build(folder: Path) -> dict[str, Any]:
     unreadable = without_variant = 0
     answers: dict[str, dict] = {}  # id -> metadata of the variants' answers, for the feedback log to find
     for path in files:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in _lines(path):
             try:
                 meta = json.loads(line).get("metadata") or {}
             except (ValueError, AttributeError):
@@ -46,7 +46,7 @@ def build(folder: Path) -> dict[str, Any]:
     feedback_files = ConversationLog(feedback_dir(folder), 1, "feedback").files()
     unmatched = 0
     for path in feedback_files:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in _lines(path):
             try:
                 record = json.loads(line)
                 meta = answers.get(record["id"])
@@ -120,6 +120,12 @@ def _number(value: Any) -> bool:
 def _usage(record: dict, key: str) -> bool:
     usage = record.get("usage")
     return isinstance(usage, dict) and _number(usage.get(key))
+
+
+def _lines(path: Path) -> list[str]:
+    # split at "\n" only: str.splitlines() also splits at U+2028, U+0085 and the like, which json.dumps leaves
+    # unescaped inside a logged answer, and the record would read as two broken lines
+    return [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
 
 
 def _feedback(value: Any) -> float | None:

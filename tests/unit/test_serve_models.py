@@ -271,3 +271,22 @@ def test_the_conversation_log_remembers_the_newest_answers_only(tmp_path, monkey
     for i in range(3):
         log.record([], "a", {"id": f"chatcmpl-{i}"})
     assert [log.answer(f"chatcmpl-{i}")[0] for i in range(3)] == [False, True, True]
+
+
+def test_report_reads_answers_holding_unicode_line_separators(tmp_path):
+    # A model's answer may hold U+2028, U+2029 or U+0085: json.dumps(ensure_ascii=False) leaves them as they are, and
+    # str.splitlines() would cut the record in two (seen as a flaky count with a tiny random model's answers).
+    from llmforge.serving.conversations import ConversationLog
+
+    folder = tmp_path / "serve" / "conversations"
+    log = ConversationLog(folder, 1_000_000)
+    for i, answer in enumerate(["one\u2028two", "three\x85four", "five\u2029six"]):
+        log.record([{"role": "user", "content": "hi"}], answer,
+                   {"id": f"chatcmpl-{i}", "model": "m", "variant_group": "ab", "variant": "a", "latency_s": 1.0,
+                    "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 2}})  # fmt: skip
+    feedback = ConversationLog(tmp_path / "serve" / "feedback", 1_000_000, "feedback")
+    for i in range(3):
+        feedback.append({"id": f"chatcmpl-{i}", "feedback": "up"})
+    report = build(folder)
+    assert report["unreadable_lines"] == 0
+    assert report["groups"]["ab"]["variants"]["a"]["feedback"] == {"count": 3, "mean": 1.0}

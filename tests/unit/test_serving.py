@@ -330,6 +330,24 @@ def failing_app(tmp_path):
     return create_app(models, [], ServeConfig(), tmp_path)
 
 
+def test_build_app_leaves_the_host_to_whoever_binds_it(tmp_path):
+    # build_app opens no port (tests and embedders bind it themselves), so an open serve.host is not refused there;
+    # only `serve` (plan) refuses it.
+    from fastapi.testclient import TestClient
+
+    from llmforge.config import load_config
+    from llmforge.errors import UsageError
+    from llmforge.serving import build_app, plan
+    from llmforge.workspace import Workspace
+
+    cfg = load_config(None, ["serve.host=0.0.0.0"], {}).config
+    app = build_app(cfg.model, cfg.serve, Workspace(tmp_path), engine=FailingEngine())
+    with TestClient(app) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["failing"]
+    with pytest.raises(UsageError, match="reachable from other machines"):
+        plan(cfg.model, cfg.serve, Workspace(tmp_path), engine=FailingEngine())
+
+
 @pytest.mark.parametrize(
     "route, body",
     [

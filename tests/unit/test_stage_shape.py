@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import subprocess
 import sys
 
 import pytest
 
-STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"), ("data", "Data")]
+STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), ("deployment", "Deploy"),
+          ("serving", "Serve"), ("data", "Data")]  # fmt: skip
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
 SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate"),
                 ("data", "select", "Select"), ("data", "augment", "Augment")]
@@ -45,9 +47,9 @@ def test_sub_commands_have_plan_and_run_returning_frozen_dataclasses(package, ve
 
 def test_stage_modules_import_no_heavy_library():
     code = ("import sys, llmforge.training.stage, llmforge.export.stage, llmforge.evaluation.stage, "
-            "llmforge.deployment.stage, llmforge.data.stage; "
+            "llmforge.deployment.stage, llmforge.serving.stage, llmforge.data.stage; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'gguf', 'llama_cpp', "
-            "'ollama') if m in sys.modules))")  # fmt: skip
+            "'ollama', 'fastapi', 'uvicorn') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -141,6 +143,67 @@ def test_merge_and_lora_gguf_json_are_the_manifest_plus_what_the_run_tidied():
     assert list(lora.as_dict()) == ["stage", "run", "files", "lora_adapters", "output_dir", "removed_temporaries",
                                     "replaced_leftovers"]  # fmt: skip
     assert lora.run == "r" and lora.lora_adapters == [{}]
+
+
+# `llmforge serve --dry-run --json`, key for key in this order: one model, or several (serve.models, variants).
+SERVE_ONE_KEYS = ["engine", "model", "path", "base_model", "host", "port", "api_key_required", "warning"]
+SERVE_SEVERAL_KEYS = ["models", "variants", "variant_group", "host", "port", "api_key_required", "warning"]
+_SERVABLE = importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("fastapi")
+
+
+def test_serve_plan_json_keeps_its_keys_and_order(tmp_path):
+    from llmforge.serving.stage import ServePlan, ServeResult
+    from llmforge.serving.target import Target, Variant
+
+    one = _filled(ServePlan, models=[Target("llamacpp", tmp_path / "a.gguf", "a")], several=False, host="::1")
+    assert list(one.as_dict()) == SERVE_ONE_KEYS
+    assert one.as_dict()["path"] == str(tmp_path / "a.gguf") and one.as_dict()["host"] == "::1"
+    several = _filled(ServePlan, models=[Target("llamacpp", tmp_path / "a.gguf", "a"),
+                                         Target("transformers", tmp_path / "b", "b", base_model="base")],
+                      variants=[Variant("A", "a", 1.0)], several=True, variant_group="ab")  # fmt: skip
+    shown = several.as_dict()
+    assert list(shown) == SERVE_SEVERAL_KEYS and shown["variant_group"] == "ab"
+    assert shown["models"][1] == {"engine": "transformers", "model": "b", "path": str(tmp_path / "b"),
+                                  "base_model": "base"}  # fmt: skip
+    assert shown["variants"] == [{"name": "A", "model": "a", "weight": 1.0}]
+    done = ServeResult(url="http://127.0.0.1:8000", models=["a"], manifest=None)
+    assert done.as_dict() == {"url": "http://127.0.0.1:8000", "models": ["a"], "manifest": None}
+
+
+@pytest.mark.skipif(not _SERVABLE, reason="needs the serve and llamacpp extras installed (found, not imported)")
+def test_serve_plan_resolves_the_models_without_loading_one_or_opening_a_socket(tmp_path):
+    # A fresh interpreter: planning a GGUF (one, then two with a variant on an open host) imports no engine, web
+    # framework or server, and any socket opened fails the probe.
+    for name in ("a-q8_0.gguf", "b-f16.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    code = f"""
+import json, socket, sys
+def refuse(*a, **k):
+    raise AssertionError("plan() opened a socket")
+socket.socket = refuse
+from llmforge.config import load_config
+from llmforge.serving import plan
+from llmforge.workspace import Workspace
+ws = Workspace({str(tmp_path / "ws")!r})
+one = plan(load_config(None, ["serve.model={tmp_path / "a-q8_0.gguf"}"], {{}}).config.model,
+           load_config(None, ["serve.model={tmp_path / "a-q8_0.gguf"}"], {{}}).config.serve, ws)
+cfg = load_config(None, ["serve.models=[{tmp_path / "a-q8_0.gguf"}, {tmp_path / "b-f16.gguf"}]",
+                         "serve.variants=[{{name: A, model: {tmp_path / "b-f16.gguf"}, weight: 2}}]",
+                         "serve.host=0.0.0.0", "serve.insecure=true"], {{}}).config
+several = plan(cfg.model, cfg.serve, ws)
+heavy = sorted(m for m in ("torch", "transformers", "llama_cpp", "fastapi", "uvicorn") if m in sys.modules)
+print(json.dumps([one.as_dict(), several.as_dict(), heavy]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    one, several, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    assert one == {"engine": "llamacpp", "model": "a-q8_0", "path": str(tmp_path / "a-q8_0.gguf"), "base_model": None,
+                   "host": "127.0.0.1", "port": 8000, "api_key_required": False, "warning": None}  # fmt: skip
+    assert list(several) == SERVE_SEVERAL_KEYS and [m["model"] for m in several["models"]] == ["a-q8_0", "b-f16"]
+    assert several["variants"] == [{"name": "A", "model": "b-f16", "weight": 2.0}]
+    assert several["variant_group"] == "ab"  # the config's default group name
+    assert "WITHOUT an API key" in several["warning"]
 
 
 def _data_inputs(tmp_path, rows):
