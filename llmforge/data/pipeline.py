@@ -421,12 +421,16 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
     got = _Collected(job, settings.skip, near is not None)
     scan = got.scan
 
+    reported = [0]  # the multiples of 10,000 records read that progress has been told of
+
     def take(result: chunks.Result) -> None:
         phases.add(result.seconds)
         with phases("collect"):
             got.take(result)
-        if progress:
-            progress("read", scan.records)
+        # a chunk holds any number of records: report each 10,000 it took the count past, as a log expects
+        while progress and scan.records >= reported[0] + 10_000:
+            reported[0] += 10_000
+            progress("read", reported[0])
 
     pool = _Chunks(settings, workers)
     ok = False
