@@ -69,6 +69,7 @@ class Result:
     sizes: array = field(default_factory=lambda: array("I"))
     ends: array = field(default_factory=lambda: array("Q"))  # end offset of each record's line in `spill`
     spill: bytes = b""
+    spilled_to: str | None = None  # the file a pool worker wrote `spill` to instead (see `run`)
     signatures: bytes = b""  # num_perm uint32 values per passed record
     pii: Counter = field(default_factory=Counter)
     languages: Counter = field(default_factory=Counter)  # detected language of each record past the other filters
@@ -402,6 +403,15 @@ def start(settings: Settings) -> None:
     _worker = Worker(settings)
 
 
-def run(chunk: sources.Lines | list[sources.Item], dataset_kind: str | None) -> Result:
-    """A pool task: the chunk through this process's Worker."""
-    return _worker.run(chunk, dataset_kind)
+def run(chunk: sources.Lines | list[sources.Item], dataset_kind: str | None, spill_to: str | None = None) -> Result:
+    """A pool task: the chunk through this process's Worker. A chunk sent as a place in its file (Lines.at) is read
+    here; with `spill_to`, the spill lines go to that new file rather than back through the pool's pipe (the bytes
+    both ways were most of what pickling and the pipe cost)."""
+    if isinstance(chunk, sources.Lines):
+        chunk = chunk.load()
+    result = _worker.run(chunk, dataset_kind)
+    if spill_to is not None and result.spill:
+        with open(spill_to, "xb") as fh:
+            fh.write(result.spill)
+        result.spill, result.spilled_to = b"", spill_to
+    return result

@@ -379,9 +379,11 @@ class _Chunks:
     """Runs chunks through workers (a forked process pool, or in this process) and gives back results in order.
     JSONL chunks go to the pool; other formats arrive parsed and are cheap to read, so they run here."""
 
-    def __init__(self, settings: chunks.Settings, workers: int):
+    def __init__(self, settings: chunks.Settings, workers: int, work: Path):
         self.local = chunks.Worker(settings)
         self.pool = None
+        self.work = work  # where pool workers write their chunks' spill lines
+        self.submitted = 0
         if workers > 1:
             import gc
             import multiprocessing
@@ -399,7 +401,9 @@ class _Chunks:
 
     def submit(self, chunk, dataset_kind: str | None) -> None:
         if self.pool is not None and isinstance(chunk, sources.Lines):
-            self.pending.append(self.pool.apply_async(chunks.run, (chunk, dataset_kind)))
+            self.submitted += 1
+            spill_to = str(self.work / f"spill-{self.submitted}.part")
+            self.pending.append(self.pool.apply_async(chunks.run, (chunk.at(), dataset_kind, spill_to)))
         else:
             self.pending.append(self.local.run(chunk, dataset_kind))
 
@@ -473,10 +477,27 @@ class _Collected:
         self.keys.extend(result.keys)
         self.sizes.extend(result.sizes)
         self.ends.frombytes((np.frombuffer(result.ends, dtype=np.uint64) + np.uint64(self.spilled)).tobytes())
-        self.spill.write(result.spill)
-        self.spilled += len(result.spill)
+        if result.spilled_to is not None:
+            self._append(result.spilled_to)
+        else:
+            self.spill.write(result.spill)
+            self.spilled += len(result.spill)
         if self.signatures is not None:
             self.signatures.write(result.signatures)
+
+    def _append(self, piece: str) -> None:
+        """A spill file piece a worker wrote, onto the end of the spill file (copied by the kernel), then removed."""
+        self.spill.flush()
+        with open(piece, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            done = 0
+            while done < size:
+                sent = os.sendfile(self.spill.fileno(), src.fileno(), done, size - done)
+                if not sent:
+                    raise OSError(f"{piece} ended early")
+                done += sent
+        os.unlink(piece)
+        self.spilled += size
 
     def close(self) -> None:
         for fh in (self.spill, self.rejected, self.signatures):
@@ -515,7 +536,7 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
         if progress:
             progress("read", scan.records)
 
-    pool = _Chunks(settings, workers)
+    pool = _Chunks(settings, workers, job.work)
     ok = False
     try:
         for path in files:
