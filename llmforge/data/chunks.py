@@ -69,7 +69,7 @@ class Result:
     sizes: array = field(default_factory=lambda: array("I"))
     ends: array = field(default_factory=lambda: array("Q"))  # end offset of each record's line in `spill`
     spill: bytes = b""
-    spilled_to: str | None = None  # the file a pool worker wrote `spill` to instead (see `run`)
+    spilled_to: str | None = None  # the file a pool worker wrote `spill` and `signatures` to instead (see `run`)
     signatures: bytes = b""  # num_perm uint32 values per passed record
     pii: Counter = field(default_factory=Counter)
     languages: Counter = field(default_factory=Counter)  # detected language of each record past the other filters
@@ -413,5 +413,6 @@ def run(chunk: sources.Lines | list[sources.Item], dataset_kind: str | None, spi
     if spill_to is not None and result.spill:
         with open(spill_to, "xb") as fh:
             fh.write(result.spill)
-        result.spill, result.spilled_to = b"", spill_to
+            fh.write(result.signatures)  # after the lines: `ends` tells where they stop
+        result.spill, result.signatures, result.spilled_to = b"", b"", spill_to
     return result

@@ -478,26 +478,33 @@ class _Collected:
         self.sizes.extend(result.sizes)
         self.ends.frombytes((np.frombuffer(result.ends, dtype=np.uint64) + np.uint64(self.spilled)).tobytes())
         if result.spilled_to is not None:
-            self._append(result.spilled_to)
+            self._append(result.spilled_to, result.ends[-1])
         else:
             self.spill.write(result.spill)
             self.spilled += len(result.spill)
-        if self.signatures is not None:
-            self.signatures.write(result.signatures)
+            if self.signatures is not None:
+                self.signatures.write(result.signatures)
 
-    def _append(self, piece: str) -> None:
-        """A spill file piece a worker wrote, onto the end of the spill file (copied by the kernel), then removed."""
-        self.spill.flush()
+    def _append(self, piece: str, lines: int) -> None:
+        """A chunk's spill lines and signatures a worker wrote to `piece` (the lines its first `lines` bytes), onto
+        the ends of the spill and signatures files (copied by the kernel); the piece then removed."""
         with open(piece, "rb") as src:
             size = os.fstat(src.fileno()).st_size
-            done = 0
-            while done < size:
-                sent = os.sendfile(self.spill.fileno(), src.fileno(), done, size - done)
-                if not sent:
-                    raise OSError(f"{piece} ended early")
-                done += sent
+            self._copy(src.fileno(), 0, lines, self.spill)
+            if self.signatures is not None:
+                self._copy(src.fileno(), lines, size - lines, self.signatures)
         os.unlink(piece)
-        self.spilled += size
+        self.spilled += lines
+
+    @staticmethod
+    def _copy(src: int, offset: int, size: int, dst) -> None:
+        dst.flush()
+        end = offset + size
+        while offset < end:
+            sent = os.sendfile(dst.fileno(), src, offset, end - offset)
+            if not sent:
+                raise OSError("a spill file piece ended early")
+            offset += sent
 
     def close(self) -> None:
         for fh in (self.spill, self.rejected, self.signatures):
