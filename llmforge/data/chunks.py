@@ -12,6 +12,7 @@ they are serialized. Everything else goes through records.canonical one record a
 from __future__ import annotations
 
 import gc
+import hashlib
 import sys
 import time
 from array import array
@@ -310,8 +311,17 @@ class Worker:
         if not kept:
             return
 
-        split = [encoded_words(text) for _, _, text, _ in kept]  # for the exact key and the near-duplicate shingles
-        out.keys.extend(map(key_of_words, split))
+        if self.hasher is None and sys.byteorder == "little":
+            # key_of_words inlined: on a little-endian machine array("Q") holds a digest's bytes as the int that
+            # key_of_words reads from them, so no int is made per record; each record's words are freed once hashed
+            blake2b = hashlib.blake2b
+            out.keys.frombytes(b"".join([
+                blake2b(b" ".join(words), digest_size=8).digest()
+                for words in map(encoded_words, [text for _, _, text, _ in kept])
+            ]))  # fmt: skip
+        else:
+            split = [encoded_words(text) for _, _, text, _ in kept]  # for the exact key and the near shingles
+            out.keys.extend(map(key_of_words, split))
         t3 = clock()
         seconds["exact_dedupe"] += t3 - t2
 
