@@ -311,17 +311,17 @@ class Worker:
         if not kept:
             return
 
-        if self.hasher is None and sys.byteorder == "little":
+        texts = [text for _, _, text, _ in kept]
+        # the words are kept only for the near-duplicate shingles; otherwise each record's are freed once hashed
+        split = [encoded_words(text) for text in texts] if self.hasher is not None else None
+        words = split if split is not None else map(encoded_words, texts)
+        if sys.byteorder == "little":
             # key_of_words inlined: on a little-endian machine array("Q") holds a digest's bytes as the int that
-            # key_of_words reads from them, so no int is made per record; each record's words are freed once hashed
+            # key_of_words reads from them, so no int is made per record
             blake2b = hashlib.blake2b
-            out.keys.frombytes(b"".join([
-                blake2b(b" ".join(words), digest_size=8).digest()
-                for words in map(encoded_words, [text for _, _, text, _ in kept])
-            ]))  # fmt: skip
+            out.keys.frombytes(b"".join([blake2b(b" ".join(w), digest_size=8).digest() for w in words]))
         else:
-            split = [encoded_words(text) for _, _, text, _ in kept]  # for the exact key and the near shingles
-            out.keys.extend(map(key_of_words, split))
+            out.keys.extend(map(key_of_words, words))
         t3 = clock()
         seconds["exact_dedupe"] += t3 - t2
 
