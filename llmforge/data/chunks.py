@@ -17,7 +17,6 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -258,7 +257,9 @@ class Worker:
         seconds = out.seconds
         t0 = clock()
         scrub = self.scrub
-        if scrub.active and scrub.may_change("\x00".join(_texts(record for _, record in passed))):
+        if scrub.active and scrub.may_change("\x00".join([
+            text for _, record in passed for text in (record[1] if type(record) is tuple else rec.texts(record))
+        ])):  # fmt: skip
             passed = [
                 (line, (record[0], [scrub(c) for c in record[1]]) if type(record) is tuple
                  else rec.map_texts(record, scrub))
@@ -387,11 +388,6 @@ def _as_dict(record: Any) -> dict[str, Any]:
     if type(record) is tuple:
         return {"messages": [{"role": r, "content": c} for r, c in zip(*record)]}
     return record
-
-
-def _texts(records: Iterator[Any]) -> Iterator[str]:
-    for record in records:
-        yield from record[1] if type(record) is tuple else rec.texts(record)
 
 
 def rejected_line(item: sources.Item, field_: str, reason: str, scrub: PiiScrubber) -> bytes:
