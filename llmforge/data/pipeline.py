@@ -292,9 +292,11 @@ class _Chunks:
     """Runs chunks through workers (a forked process pool, or in this process) and gives back results in order.
     JSONL chunks go to the pool; other formats arrive parsed and are cheap to read, so they run here."""
 
-    def __init__(self, settings: chunks.Settings, workers: int):
+    def __init__(self, settings: chunks.Settings, workers: int, work: Path):
         self.local = chunks.Worker(settings)
         self.pool = None
+        self.work = work  # where pool workers write their chunks' spill lines
+        self.submitted = 0
         if workers > 1:
             import gc
             import multiprocessing
@@ -312,7 +314,9 @@ class _Chunks:
 
     def submit(self, chunk, dataset_kind: str | None) -> None:
         if self.pool is not None and isinstance(chunk, sources.Lines):
-            self.pending.append(self.pool.apply_async(chunks.run, (chunk, dataset_kind)))
+            self.submitted += 1
+            spill_to = str(self.work / f"spill-{self.submitted}.part")
+            self.pending.append(self.pool.apply_async(chunks.run, (chunk.at(), dataset_kind, spill_to)))
         else:
             self.pending.append(self.local.run(chunk, dataset_kind))
 
@@ -386,10 +390,34 @@ class _Collected:
         self.keys.extend(result.keys)
         self.sizes.extend(result.sizes)
         self.ends.frombytes((np.frombuffer(result.ends, dtype=np.uint64) + np.uint64(self.spilled)).tobytes())
-        self.spill.write(result.spill)
-        self.spilled += len(result.spill)
-        if self.signatures is not None:
-            self.signatures.write(result.signatures)
+        if result.spilled_to is not None:
+            self._append(result.spilled_to, result.ends[-1])
+        else:
+            self.spill.write(result.spill)
+            self.spilled += len(result.spill)
+            if self.signatures is not None:
+                self.signatures.write(result.signatures)
+
+    def _append(self, piece: str, lines: int) -> None:
+        """A chunk's spill lines and signatures a worker wrote to `piece` (the lines its first `lines` bytes), onto
+        the ends of the spill and signatures files (copied by the kernel); the piece then removed."""
+        with open(piece, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            self._copy(src.fileno(), 0, lines, self.spill)
+            if self.signatures is not None:
+                self._copy(src.fileno(), lines, size - lines, self.signatures)
+        os.unlink(piece)
+        self.spilled += lines
+
+    @staticmethod
+    def _copy(src: int, offset: int, size: int, dst) -> None:
+        dst.flush()
+        end = offset + size
+        while offset < end:
+            sent = os.sendfile(dst.fileno(), src, offset, end - offset)
+            if not sent:
+                raise OSError("a spill file piece ended early")
+            offset += sent
 
     def close(self) -> None:
         for fh in (self.spill, self.rejected, self.signatures):
@@ -432,7 +460,7 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
             reported[0] += 10_000
             progress("read", reported[0])
 
-    pool = _Chunks(settings, workers)
+    pool = _Chunks(settings, workers, job.work)
     ok = False
     try:
         for path in files:

@@ -197,6 +197,24 @@ class Lines:
     file: str
     first: int
     data: bytes
+    # where `data` starts in the file, for a file read as it is (not gzip): a pool worker is sent the place rather
+    # than the bytes (`at`) and reads them itself (`load`), which spares pickling them through a pipe
+    offset: int | None = None
+    size: int = 0  # the length of the bytes an `at` chunk stands for
+
+    def at(self) -> Lines:
+        """This chunk without its bytes, to be `load`ed where it is processed."""
+        return Lines(self.file, self.first, b"", self.offset, len(self.data)) if self.offset is not None else self
+
+    def load(self) -> Lines:
+        if self.data or self.offset is None:
+            return self
+        size = self.size
+        with open(self.file, "rb", buffering=0) as fh:
+            data = os.pread(fh.fileno(), size, self.offset)
+        if len(data) != size:
+            raise OSError(f"{self.file} changed while it was read")
+        return Lines(self.file, self.first, data)
 
 
 def jsonl_items(chunk: Lines, limit: int) -> list[Item | tuple[int, Any]]:
@@ -272,8 +290,8 @@ def read_batches(path: Path, max_record_chars: int, warnings: list[str], size: i
                     yield chunk
                     first += _newlines(data)
         else:
-            for data in _blocks(path, name, warnings, size):
-                chunk = Lines(name, first, data)
+            for offset, data in _blocks(path, name, warnings, size):
+                chunk = Lines(name, first, data, offset)
                 last = chunk if _holds_record(data, first, max_record_chars) else last
                 yield chunk
                 first += _newlines(data)
@@ -300,25 +318,29 @@ def _newlines(data: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
 
 
-def _blocks(path: Path, name: str, warnings: list[str], size: int) -> Iterator[bytes]:
+def _blocks(path: Path, name: str, warnings: list[str], size: int) -> Iterator[tuple[int, bytes]]:
     """An uncompressed JSONL file as runs of whole lines of about `size` bytes (a longer line: one run), a byte-order
-    mark at the very start removed."""
+    mark at the very start removed, each with its offset in the file."""
     with open(path, "rb") as fh:
         held: list[bytes] = []  # the start of a line that no block read so far has ended
+        at = 0  # the file offset of the next run
         block = fh.read(max(size, len(BOM)))
         if block.startswith(BOM):
             block = block[3:] or fh.read(size)
+            at = len(BOM)
             warnings.append(f"{name}:1: encoding: UTF-8 byte-order mark at the start of the file removed")
         while block:
             cut = block.rfind(b"\n") + 1
             if not cut:
                 held.append(block)
             else:
-                yield b"".join([*held, block[:cut]]) if held else block[:cut]
+                run = b"".join([*held, block[:cut]]) if held else block[:cut]
+                yield at, run
+                at += len(run)
                 held = [block[cut:]] if cut < len(block) else []
             block = fh.read(size)
         if held:
-            yield b"".join(held)
+            yield at, b"".join(held)
 
 
 def _decode_document(path: Path, name: str, warnings: list[str]) -> tuple[str | None, Item | None]:
