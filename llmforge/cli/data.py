@@ -35,8 +35,9 @@ DatasetArgument = Annotated[
 EndpointModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")]
 
 
-def _endpoint_option(help: str):
-    return Annotated[Optional[str], typer.Option("--endpoint", help=help)]
+def _endpoint_option(help_text: str):
+    """--endpoint (data.generate.endpoint) with its verb's own help line: docs/cli.md keeps each wording."""
+    return Annotated[Optional[str], typer.Option("--endpoint", help=help_text)]
 
 
 def _endpoint_overrides(endpoint: str | None, model: str | None) -> dict[str, str | None]:
