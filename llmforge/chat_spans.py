@@ -90,9 +90,6 @@ class Sample:
     text: str
     spans: tuple[tuple[int, int], ...]
 
-    def trained_text(self) -> list[str]:
-        return [self.text[a:b] for a, b in self.spans]
-
 
 class _Inconsistent(Exception):
     """A conversation whose turns cannot be found by rendering prefixes (the message says why)."""

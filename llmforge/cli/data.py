@@ -30,6 +30,19 @@ DatasetArgument = Annotated[
     Optional[str],
     typer.Argument(help="Dataset file, folder or glob (default: the workspace's prepared splits).", show_default=False),
 ]
+# `data generate` and `data augment` both ask an OpenAI-compatible endpoint (data.generate): the same two options,
+# each verb wording --endpoint's help its own way.
+EndpointModelOption = Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")]
+
+
+def _endpoint_option(help_text: str):
+    """--endpoint (data.generate.endpoint) with its verb's own help line: docs/cli.md keeps each wording."""
+    return Annotated[Optional[str], typer.Option("--endpoint", help=help_text)]
+
+
+def _endpoint_overrides(endpoint: str | None, model: str | None) -> dict[str, str | None]:
+    """The config overrides --endpoint and --model stand for."""
+    return {"data__generate__endpoint": endpoint, "data__generate__model": model}
 
 
 def _spinner(json_: bool):
@@ -138,12 +151,12 @@ def stats(
 
     Example:  llmforge data stats llmforge-work/demo/data/train.jsonl -s model.name=./my-model
     """
-    from llmforge.data import stats as run
+    from llmforge import data
 
     loaded = load(config, set_)
-    result = run(dataset, loaded.config.model, workspace_of(loaded), plot=plot)
+    result = data.run_stats(data.plan_stats(dataset, loaded.config.model, workspace_of(loaded), plot=plot))
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
     from rich.table import Table
 
@@ -188,12 +201,12 @@ def preview(
 
     Example:  llmforge data preview -n 3 -s model.name=Qwen/Qwen2.5-0.5B-Instruct
     """
-    from llmforge.data import preview as run
+    from llmforge import data
 
     loaded = load(config, set_)
-    result = run(dataset, loaded.config.model, workspace_of(loaded), n=n)
+    result = data.run_preview(data.plan_preview(dataset, loaded.config.model, workspace_of(loaded), n=n))
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
     from rich.rule import Rule
     from rich.text import Text
@@ -226,12 +239,12 @@ def convert(
 
     Example:  llmforge data convert llmforge-work/demo/data/train.jsonl --to sharegpt -o train.sharegpt.jsonl
     """
-    from llmforge.data import convert as run
+    from llmforge import data
 
     loaded = load(config, set_)
-    result = run(dataset, to, output, workspace_of(loaded), force=force)
+    result = data.run_convert(data.plan_convert(dataset, to, output, workspace_of(loaded), force=force))
     if json_:
-        print_json(result.to_dict())
+        print_json(result.as_dict())
         return
     console.print(f"wrote {result.written} records as {result.target} to {escape(result.output)}")
     if result.skipped or result.invalid:
@@ -245,10 +258,8 @@ def generate(
     docs: Annotated[
         list[str], typer.Option("--from", help="Documents (.txt/.md files, folders or globs); repeatable.")
     ] = ...,
-    endpoint: Annotated[
-        Optional[str], typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1.")
-    ] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")] = None,
+    endpoint: _endpoint_option("OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1.") = None,
+    model: EndpointModelOption = None,
     output: Annotated[
         Optional[str], typer.Option("--output", "-o", help="Output JSONL (default: data/generated.jsonl).")
     ] = None,
@@ -261,18 +272,12 @@ def generate(
 
     Example:  llmforge data generate --from docs/ --endpoint http://127.0.0.1:11434/v1 --model qwen2.5:7b
     """
-    from llmforge.data import generate as run
+    from llmforge import data
 
-    loaded = load(
-        config,
-        set_,
-        data__generate__endpoint=endpoint,
-        data__generate__model=model,
-        data__generate__output=output,
-    )
+    loaded = load(config, set_, **_endpoint_overrides(endpoint, model), data__generate__output=output)
+    plan = data.plan_generate(docs, loaded.config.data.generate, workspace_of(loaded), force=force)
     if json_:
-        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force)
-        print_json(result.to_dict())
+        print_json(data.run_generate(plan).as_dict())
         return
     if plain:
         tenths = [-1]
@@ -282,7 +287,7 @@ def generate(
                 tenths[0] = done * 10 // total
                 console.print(f"data generate: {done}/{total} chunks")
 
-        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=plain_progress)
+        result = data.run_generate(plan, progress=plain_progress)
         _print_generated(result)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -296,7 +301,7 @@ def generate(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = run(docs, loaded.config.data.generate, workspace_of(loaded), force=force, progress=progress)
+        result = data.run_generate(plan, progress=progress)
     _print_generated(result)
 
 
@@ -385,10 +390,8 @@ def augment(
     scope: Annotated[
         Optional[str], typer.Option("--scope", help="What the assistant is for (data.augment.scope).", show_default=False)
     ] = None,
-    endpoint: Annotated[
-        Optional[str], typer.Option("--endpoint", help="OpenAI-compatible base URL (data.generate.endpoint).")
-    ] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name at the endpoint.")] = None,
+    endpoint: _endpoint_option("OpenAI-compatible base URL (data.generate.endpoint).") = None,
+    model: EndpointModelOption = None,
     output: Annotated[
         Optional[str], typer.Option("--output", "-o", help="Output dataset folder (default: data/augmented).")
     ] = None,
@@ -411,8 +414,7 @@ def augment(
         data__augment__refusals=refusals,
         data__augment__scope=scope,
         data__augment__output=output,
-        data__generate__endpoint=endpoint,
-        data__generate__model=model,
+        **_endpoint_overrides(endpoint, model),
     )
     every = loaded.config.data.augment.progress_every
 

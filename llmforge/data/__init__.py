@@ -18,8 +18,10 @@ Outputs in the workspace's data/ folder (llmforge.workspace names them), the con
 
 `data prepare` has the stage's two parts: plan() decides and returns a DataPlan, run(plan) does the work and returns
 a DataResult (llmforge/data/stage.py); prepare() is run(plan(...)).report. `data validate` likewise: plan_validate,
-run_validate, and validate() for both; `data select`: plan_select, run_select, select(); `data augment`: plan_augment, run_augment, augment(). Implementation modules are imported inside
-each verb, so importing this package stays light.
+run_validate, and validate() for both; `data select`: plan_select, run_select, select(); `data augment`:
+plan_augment, run_augment, augment(); `data stats`, `data preview`, `data convert` and `data generate` the same
+(plan_stats, run_stats, stats(); ...). Implementation modules are imported inside each verb, so importing this
+package stays light.
 """
 
 from __future__ import annotations
@@ -31,23 +33,29 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmforge.config.data import DataConfig, GenerateConfig
     from llmforge.config.model import ModelConfig
-    from llmforge.data.conversion import ConvertResult
-    from llmforge.data.generation import GenerateResult
-    from llmforge.data.inspect import Preview, Stats
     from llmforge.data.stage import (
         AugmentPlan,
         AugmentResult,
+        ConvertPlan,
+        ConvertResult,
         DataPlan,
         DataResult,
+        GeneratePlan,
+        GenerateResult,
+        PreviewPlan,
+        PreviewResult,
         SelectPlan,
         SelectResult,
+        StatsPlan,
+        StatsResult,
         ValidatePlan,
         ValidateResult,
     )
     from llmforge.workspace import Workspace
 
 __all__ = ["plan", "run", "prepare", "plan_validate", "run_validate", "validate", "plan_select", "run_select", "select",
-           "plan_augment", "run_augment", "augment", "stats", "preview", "convert", "generate"]
+           "plan_augment", "run_augment", "augment", "plan_stats", "run_stats", "stats", "plan_preview", "run_preview",
+           "preview", "plan_convert", "run_convert", "convert", "plan_generate", "run_generate", "generate"]
 
 
 def plan(data: DataConfig, model: ModelConfig, workspace: Workspace, *, force: bool = False) -> DataPlan:
@@ -108,37 +116,96 @@ def validate(data: DataConfig, progress: Callable[[str, int], None] | None = Non
     return run_validate(plan_validate(data), progress=progress)
 
 
-def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: Path | None = None) -> Stats:
-    """Counts, roles, turns and length distribution of a dataset (default: the prepared splits), plus a PNG."""
+def plan_stats(dataset: str | None, model: ModelConfig, workspace: Workspace, *, plot: Path | None = None) -> StatsPlan:
+    """Decide a `data stats`: the dataset's files (default the prepared splits) and the histogram's path. Reads
+    no record."""
     from llmforge.errors import require_extra
 
     require_extra("llmforge data stats", "data", "orjson", "numpy", "matplotlib")
-    from llmforge.data.inspect import stats as run
+    from llmforge.data import stage
 
-    return run(dataset, model, workspace, plot=plot)
+    return stage.plan_stats(dataset, model, workspace, plot=plot)
 
 
-def preview(dataset: str | None, model: ModelConfig, workspace: Workspace, n: int = 3) -> Preview:
-    """The first `n` records rendered with the model's chat template, split into trained and masked spans."""
+def run_stats(plan: StatsPlan) -> StatsResult:
+    """Counts, roles, turns and length distribution of the planned files (tokens with a local model.name, else
+    characters), plus the histogram PNG."""
+    from llmforge.data import stage
+
+    return stage.run_stats(plan)
+
+
+def stats(dataset: str | None, model: ModelConfig, workspace: Workspace, plot: Path | None = None) -> StatsResult:
+    """plan_stats() then run_stats()."""
+    return run_stats(plan_stats(dataset, model, workspace, plot=plot))
+
+
+def plan_preview(dataset: str | None, model: ModelConfig, workspace: Workspace, *, n: int = 3) -> PreviewPlan:
+    """Decide a `data preview`: model.name is needed; the dataset's files (default the prepared splits). Loads
+    no tokenizer and reads no record."""
     from llmforge.errors import require_extra
 
     require_extra("llmforge data preview", "data", "orjson")
     require_extra("llmforge data preview", "train", "transformers")
-    from llmforge.data.inspect import preview as run
+    from llmforge.data import stage
 
-    return run(dataset, model, workspace, n=n)
+    return stage.plan_preview(dataset, model, workspace, n=n)
+
+
+def run_preview(plan: PreviewPlan) -> PreviewResult:
+    """The first records rendered with the model's chat template, split into trained and masked spans."""
+    from llmforge.data import stage
+
+    return stage.run_preview(plan)
+
+
+def preview(dataset: str | None, model: ModelConfig, workspace: Workspace, n: int = 3) -> PreviewResult:
+    """plan_preview() then run_preview()."""
+    return run_preview(plan_preview(dataset, model, workspace, n=n))
+
+
+def plan_convert(
+    dataset: str | None, target: str, output: Path | None, workspace: Workspace, *, force: bool = False
+) -> ConvertPlan:
+    """Decide a `data convert`: the target format, the dataset's files, the output file (refused when it exists,
+    unless `force`). Reads no record."""
+    from llmforge.errors import require_extra
+
+    require_extra("llmforge data convert", "data", "orjson")
+    from llmforge.data import stage
+
+    return stage.plan_convert(dataset, target, output, workspace, force=force)
+
+
+def run_convert(plan: ConvertPlan) -> ConvertResult:
+    """Write the planned dataset in another tool's format: chatml, alpaca, sharegpt, openai or text."""
+    from llmforge.data import stage
+
+    return stage.run_convert(plan)
 
 
 def convert(
     dataset: str | None, target: str, output: Path | None, workspace: Workspace, *, force: bool = False
 ) -> ConvertResult:
-    """Write a dataset in another tool's format: chatml, alpaca, sharegpt, openai or text."""
-    from llmforge.errors import require_extra
+    """plan_convert() then run_convert()."""
+    return run_convert(plan_convert(dataset, target, output, workspace, force=force))
 
-    require_extra("llmforge data convert", "data", "orjson")
-    from llmforge.data.conversion import convert as run
 
-    return run(dataset, target, output, workspace, force=force)
+def plan_generate(docs: list[str], generate: GenerateConfig, workspace: Workspace, *,
+                  force: bool = False) -> GeneratePlan:
+    """Decide a `data generate`: the endpoint and model, the documents read and chunked, what an earlier run
+    finished (a rerun resumes). Contacts nothing and writes nothing."""
+    from llmforge.data import stage
+
+    return stage.plan_generate(docs, generate, workspace, force=force)
+
+
+def run_generate(plan: GeneratePlan, *, progress: Callable[[int, int], None] | None = None) -> GenerateResult:
+    """Question/answer pairs from the planned chunks through the OpenAI-compatible endpoint, written as messages
+    JSONL."""
+    from llmforge.data import stage
+
+    return stage.run_generate(plan, progress=progress)
 
 
 def generate(
@@ -149,10 +216,8 @@ def generate(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerateResult:
-    """Question/answer pairs from documents through an OpenAI-compatible endpoint, written as messages JSONL."""
-    from llmforge.data.generation import generate as run
-
-    return run(docs, generate, workspace, force=force, progress=progress)
+    """plan_generate() then run_generate()."""
+    return run_generate(plan_generate(docs, generate, workspace, force=force), progress=progress)
 
 
 def plan_augment(data: DataConfig, workspace: Workspace, *, dataset: str | None = None,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from llmforge import atomic
 from llmforge.data import records as rec
-from llmforge.data.inspect import dataset_files, iter_records
+from llmforge.data.inspect import iter_records
 from llmforge.errors import UsageError
-from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from llmforge.data.stage import ConvertPlan, ConvertResult
 
 TARGETS = ("chatml", "alpaca", "sharegpt", "openai", "text")
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -60,32 +60,15 @@ def to_format(kind: str, record: dict[str, Any], target: str) -> dict[str, Any]:
     raise UsageError(f"unknown target format {target!r}", hint=f"choose one of {', '.join(TARGETS)}")
 
 
-@dataclass
-class ConvertResult:
-    output: str
-    target: str
-    written: int
-    skipped: int
-    invalid: int
-    examples: list[str]
+def convert(plan: ConvertPlan) -> ConvertResult:
+    """stage.run_convert: every planned record in the target format, written atomically."""
+    from llmforge.data.stage import ConvertResult
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def convert(dataset: str | None, target: str, output: Path | None, workspace: Workspace, force: bool = False):
-    if target not in TARGETS:
-        raise UsageError(f"unknown target format {target!r}", hint=f"choose one of {', '.join(TARGETS)}")
-    files = dataset_files(dataset, workspace)
-    if output is None:
-        first = files[0]
-        stem = first.name.split(".")[0] if len(files) == 1 else "dataset"
-        output = (first.parent if dataset else workspace.data_dir) / f"{stem}.{target}.jsonl"
-    atomic.refuse_overwrite(output, force)
+    target, output = plan.target, plan.prepared.output
     written = skipped = invalid = 0
     examples: list[str] = []
     with atomic.atomic_path(output) as tmp, open(tmp, "wb") as fh:
-        for file, line, kind, record, problem in iter_records(files):
+        for file, line, kind, record, problem in iter_records(plan.prepared.files):
             if problem:
                 invalid += 1
                 if len(examples) < 10:

@@ -13,7 +13,6 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,8 @@ from llmforge.workspace import Workspace
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
+
+    from llmforge.data.stage import GeneratePlan, GenerateResult
 
 log = logging.getLogger(__name__)
 
@@ -231,37 +232,15 @@ class Endpoint:
 # --- the verb ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GenerateResult:
-    output: str
-    documents: int
-    chunks: int
-    chunks_skipped: int  # done by an earlier run
-    chunks_failed: int
-    pairs: int
-    dropped: dict[str, int] = field(default_factory=dict)
-    repaired_json: int = 0
-    requests: int = 0
-    retries: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _chunk_id(source: str, chunk: str, cfg: GenerateConfig) -> str:
     key = f"{source}\0{chunk}\0{cfg.pairs_per_chunk}\0{cfg.model}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def generate(
-    docs: list[str],
-    generate_cfg: GenerateConfig,
-    workspace: Workspace,
-    *,
-    force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> GenerateResult:
+def plan(docs: list[str], generate_cfg: GenerateConfig, workspace: Workspace, *, force: bool = False) -> GeneratePlan:
+    """stage.plan_generate: the documents chunked and what an earlier run finished; writes nothing."""
+    from llmforge.data.stage import GeneratePlan, _GeneratePrepared
+
     cfg = generate_cfg
     if not cfg.endpoint:
         raise UsageError("no endpoint to generate with", hint="pass --endpoint URL (e.g. http://127.0.0.1:11434/v1)")
@@ -270,9 +249,7 @@ def generate(
     files = sources.resolve_inputs(docs, sources.DOCUMENT_SUFFIXES)
     output = Path(cfg.output) if cfg.output else workspace.generated_file
     state = output.with_name(f".{output.name}.progress.jsonl")
-    if force:
-        state.unlink(missing_ok=True)
-    elif output.exists() and not state.exists():
+    if not force and output.exists() and not state.exists():
         atomic.refuse_overwrite(output, force, "generated data")
 
     jobs = []
@@ -286,21 +263,39 @@ def generate(
                 jobs.append((str(path), index, chunk, _chunk_id(str(path), chunk, cfg)))
 
     done: dict[str, dict[str, Any]] = {}
-    if state.exists():
+    if state.exists() and not force:  # `force` starts over: run removes the progress file
         for line in state.read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 in a text
             try:
                 entry = json.loads(line)
                 done[entry["chunk_id"]] = entry
             except (ValueError, KeyError):
                 continue  # a line cut short by an interrupted run: that chunk is simply redone
+    finished = sum(chunk_id in done for *_, chunk_id in jobs)
+    return GeneratePlan(
+        inputs=[str(f) for f in files], output=str(output), endpoint=cfg.endpoint, model=cfg.model,
+        chunks=len(jobs), chunks_done=finished, requests=len(jobs) - finished, force=force,
+        prepared=_GeneratePrepared(generate=cfg, files=files, output=output, state=state, jobs=jobs, done=done),
+    )  # fmt: skip
+
+
+def generate(plan: GeneratePlan, *, progress: Callable[[int, int], None] | None = None) -> GenerateResult:
+    """stage.run_generate: the requests, the grounding check, the question dedupe and the output file."""
+    from llmforge.data.stage import GenerateResult
+
+    p = plan.prepared
+    cfg, jobs, output, state = p.generate, p.jobs, p.output, p.state
+    done = dict(p.done)
+    if plan.force:
+        state.unlink(missing_ok=True)
     endpoint = Endpoint(cfg.endpoint, cfg.model, cfg.api_key, cfg.timeout, cfg.retries, cfg.backoff)
-    result = GenerateResult(str(output), len(files), len(jobs), 0, 0, 0)
+    skipped = failed = repaired_json = pairs_written = 0
+    errors: list[str] = []
     dropped: Counter[str] = Counter()
     state.parent.mkdir(parents=True, exist_ok=True)
     with open(state, "a", encoding="utf-8") as log_fh:
         for number, (source, index, chunk, chunk_id) in enumerate(jobs, 1):
             if chunk_id in done:
-                result.chunks_skipped += 1
+                skipped += 1
             else:
                 messages = [
                     {"role": "system", "content": SYSTEM_PROMPT},
@@ -309,13 +304,13 @@ def generate(
                 try:
                     reply = endpoint.chat(messages, cfg.temperature, cfg.max_tokens)
                 except ConnectionError as exc:
-                    result.chunks_failed += 1
-                    result.errors.append(f"{source} chunk {index}: {exc}")
+                    failed += 1
+                    errors.append(f"{source} chunk {index}: {exc}")
                     if progress:
                         progress(number, len(jobs))
                     continue
                 pairs, repaired = parse_pairs(reply)
-                result.repaired_json += repaired
+                repaired_json += repaired
                 kept = []
                 if not pairs:
                     dropped["bad_json"] += 1
@@ -331,9 +326,9 @@ def generate(
             if progress:
                 progress(number, len(jobs))
 
-    if result.chunks_failed and result.chunks_failed == len(jobs) - result.chunks_skipped and not done:
+    if failed and failed == len(jobs) - skipped and not done:
         raise LlmforgeError(
-            f"every request failed: {result.errors[-1]}",
+            f"every request failed: {errors[-1]}",
             hint="is the endpoint running? check data.generate.endpoint (an OpenAI-compatible /v1 base URL)",
         )
     seen: set[str] = set()
@@ -351,8 +346,9 @@ def generate(
                     "metadata": {"source": source, "chunk": index, "chunk_id": chunk_id, "model": cfg.model},
                 }
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                result.pairs += 1
-    result.dropped = dict(dropped)
-    result.requests = endpoint.requests
-    result.retries = endpoint.retried
-    return result
+                pairs_written += 1
+    return GenerateResult(
+        output=str(output), documents=len(p.files), chunks=len(jobs), chunks_skipped=skipped, chunks_failed=failed,
+        pairs=pairs_written, dropped=dict(dropped), repaired_json=repaired_json, requests=endpoint.requests,
+        retries=endpoint.retried, errors=errors,
+    )  # fmt: skip

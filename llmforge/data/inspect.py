@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.errors import UsageError
 from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from llmforge.data.stage import PreviewPlan, PreviewResult, StatsPlan, StatsResult
 
 
 def dataset_files(dataset: str | None, workspace: Workspace) -> list[Path]:
@@ -42,30 +45,16 @@ def iter_records(files: list[Path], max_record_chars: int = 10_000_000):
             yield item.file, item.line, kind, record, None
 
 
-@dataclass
-class Stats:
-    files: dict[str, int]
-    records: int
-    invalid: int
-    kinds: dict[str, int]
-    roles: dict[str, int]
-    turns: dict[str, float]
-    length: dict[str, Any]
-    plot: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = None) -> Stats:
+def stats(plan: StatsPlan) -> StatsResult:
+    """stage.run_stats: every record counted and measured, the histogram written."""
     import numpy as np
 
     from llmforge import checkpoints
     from llmforge.data.report import histogram
+    from llmforge.data.stage import StatsResult
     from llmforge.data.tokens import TokenCounter
 
-    files = dataset_files(dataset, workspace)
+    files, model = plan.prepared.files, plan.prepared.model
     tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
                                            trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is not None:
@@ -110,15 +99,15 @@ def stats(dataset: str | None, model, workspace: Workspace, plot: Path | None = 
         turn_stats = {"min": int(t.min()), "mean": round(float(t.mean()), 2), "max": int(t.max())}
     written = None
     if lengths:
-        target = plot or workspace.data_dir / "stats-lengths.png"
+        target = plan.prepared.plot
         target.parent.mkdir(parents=True, exist_ok=True)
         from llmforge import atomic
 
         with atomic.atomic_path(target) as tmp:
             histogram(lengths, tmp, f"record length ({unit})")
         written = str(target)
-    return Stats(dict(per_file), sum(per_file.values()), invalid, dict(kinds), dict(roles), turn_stats, length,
-                 written, problems)  # fmt: skip
+    return StatsResult(dict(per_file), sum(per_file.values()), invalid, dict(kinds), dict(roles), turn_stats,
+                       length, written, problems)  # fmt: skip
 
 
 # --- preview -----------------------------------------------------------------------------------------------------
@@ -142,16 +131,6 @@ class Example:
     renderings: list[Rendered]
 
 
-@dataclass
-class Preview:
-    model: str
-    mask_source: str  # how training makes the mask (chat_spans.HOW) and where the template came from, or "raw text"
-    examples: list[Example]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]]:
     segments, start = [], 0
     for i in range(1, len(ids) + 1):
@@ -161,12 +140,13 @@ def _segments(tokenizer, ids: list[int], mask: list[int]) -> list[dict[str, Any]
     return segments
 
 
-def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Preview:
+def preview(plan: PreviewPlan) -> PreviewResult:
+    """stage.run_preview: the first plan.count valid records rendered as training renders them."""
     from llmforge import chat_spans, checkpoints
+    from llmforge.data.stage import PreviewResult
     from llmforge.data.tokens import conversation
 
-    if not model.name:
-        raise UsageError("preview needs the model's tokenizer", hint="set model.name (a local folder or hub id)")
+    model, n = plan.prepared.model, plan.count
     tokenizer = checkpoints.load_tokenizer(model.name, revision=model.revision,
                                            trust_remote_code=model.trust_remote_code, download=False, required=False)
     if tokenizer is None:
@@ -174,7 +154,7 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
             f"no tokenizer found for {model.name} on this machine",
             hint="point model.name at a local model folder, or download the model first",
         )
-    files = dataset_files(dataset, workspace)
+    files = plan.prepared.files
     verdict = checkpoints.use_training_template(tokenizer, model.chat_template, untrainable="keep")
     from datetime import datetime
 
@@ -204,4 +184,4 @@ def preview(dataset: str | None, model, workspace: Workspace, n: int = 3) -> Pre
         examples.append(Example(file, line, kind, renderings))
         if len(examples) >= n:
             break
-    return Preview(str(model.name), mask_source, examples)
+    return PreviewResult(str(model.name), mask_source, examples)

@@ -6,9 +6,11 @@ options), run(plan) reads, cleans, deduplicates and splits them through the pipe
 checks every record and writes nothing. `llmforge data select`: plan_select() reads the train split and decides how
 many records go where, run_select(plan) chooses them and writes the folder. `llmforge data augment`: plan_augment()
 checks the request and reads the splits, run_augment(plan) asks the endpoint and writes the new folder.
+`data convert`, `data stats`, `data preview` and `data generate` likewise: plan_<verb>() resolves the dataset or
+documents and refuses what it can before any work, run_<verb>(plan) does it.
 
 The work itself (the streaming pass, dedupe, splits, report and publishing) is pipeline._prepare and _publish; the
-check, pipeline.validate; the selection, selection.select; the requests, augmentation.augment.
+check, pipeline.validate; the selection, selection.select; the requests, augmentation.augment; conversion.convert, inspect.stats and inspect.preview, generation.generate.
 """
 
 from __future__ import annotations
@@ -478,3 +480,265 @@ def run_augment(plan: AugmentPlan, *, progress=None) -> AugmentResult:
     from llmforge.data import augmentation
 
     return augmentation.augment(plan, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# convert
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ConvertPrepared:
+    files: list[Path]
+    output: Path
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    """A `data convert` decided: which files, into which format, written where (refused when it exists, unless
+    `force`)."""
+
+    inputs: list[str]
+    target: str  # chatml, alpaca, sharegpt, openai or text
+    output: str
+    force: bool
+    prepared: _ConvertPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "inputs": self.inputs, "target": self.target, "output": self.output,
+                "force": self.force}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """A converted file. as_dict() is `llmforge data convert --json`, key for key."""
+
+    output: str
+    target: str
+    written: int
+    skipped: int  # valid records the target format cannot hold
+    invalid: int
+    examples: list[str]  # file:line: why, for the first 10 skipped or invalid records
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_convert(dataset: str | None, target: str, output: Path | None, workspace: Workspace, *,
+                 force: bool = False) -> ConvertPlan:
+    """Check the target format, resolve the dataset (default the workspace's prepared splits) and the output
+    (default <name>.<format>.jsonl beside it; refused when it exists and not `force`). Reads no record."""
+    from llmforge.data.conversion import TARGETS
+    from llmforge.data.inspect import dataset_files
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown target format {target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+    files = dataset_files(dataset, workspace)
+    if output is None:
+        first = files[0]
+        stem = first.name.split(".")[0] if len(files) == 1 else "dataset"
+        output = (first.parent if dataset else workspace.data_dir) / f"{stem}.{target}.jsonl"
+    atomic.refuse_overwrite(output, force)
+    return ConvertPlan(inputs=[str(f) for f in files], target=target, output=str(output), force=force,
+                       prepared=_ConvertPrepared(files=files, output=Path(output)))  # fmt: skip
+
+
+def run_convert(plan: ConvertPlan) -> ConvertResult:
+    """Write every planned record in the target format (atomically); records it cannot hold are counted, not
+    written."""
+    from llmforge.data import conversion
+
+    return conversion.convert(plan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stats
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StatsPrepared:
+    model: ModelConfig
+    files: list[Path]
+    plot: Path
+
+
+@dataclass(frozen=True)
+class StatsPlan:
+    """A `data stats` decided: which files, measured with which tokenizer (when local), the histogram where."""
+
+    inputs: list[str]
+    tokenizer: str | None  # lengths in this model's tokens when its tokenizer is local, else in characters
+    plot: str  # written when any record is valid
+    prepared: _StatsPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "inputs": self.inputs, "tokenizer": self.tokenizer, "plot": self.plot}
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    """What a dataset holds. as_dict() is `llmforge data stats --json`, key for key."""
+
+    files: dict[str, int]  # records per file
+    records: int
+    invalid: int
+    kinds: dict[str, int]
+    roles: dict[str, int]
+    turns: dict[str, float]  # min, mean, max messages per record ({} when none)
+    length: dict[str, Any]  # unit, then min/mean/p50/p90/p99/max and a 10-bucket histogram when any is valid
+    plot: str | None = None  # the histogram PNG written
+    problems: list[str] = field(default_factory=list)  # the first 20 invalid records, file:line: why
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_stats(dataset: str | None, model: ModelConfig, workspace: Workspace, *,
+               plot: Path | None = None) -> StatsPlan:
+    """Resolve the dataset (default the workspace's prepared splits) and where the histogram goes (default
+    data/stats-lengths.png). Reads no record and loads no tokenizer."""
+    from llmforge.data.inspect import dataset_files
+
+    files = dataset_files(dataset, workspace)
+    target = plot or workspace.data_dir / "stats-lengths.png"
+    return StatsPlan(inputs=[str(f) for f in files], tokenizer=model.name or None, plot=str(target),
+                     prepared=_StatsPrepared(model=model, files=files, plot=Path(target)))  # fmt: skip
+
+
+def run_stats(plan: StatsPlan) -> StatsResult:
+    """Count records, kinds, roles and turns, measure lengths (tokens when the tokenizer is local) and write the
+    histogram."""
+    from llmforge.data import inspect
+
+    return inspect.stats(plan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# preview
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PreviewPrepared:
+    model: ModelConfig
+    files: list[Path]
+
+
+@dataclass(frozen=True)
+class PreviewPlan:
+    """A `data preview` decided: which files, how many records, rendered with which model's tokenizer."""
+
+    inputs: list[str]
+    model: str
+    count: int
+    prepared: _PreviewPrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "inputs": self.inputs, "model": self.model, "count": self.count}
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    """The first records as training sees them. as_dict() is `llmforge data preview --json`, key for key."""
+
+    model: str
+    mask_source: str  # how training makes the mask (chat_spans.HOW) and where the template came from, or "raw text"
+    examples: list[Any]  # inspect.Example: file, line, kind, renderings (trained and masked segments)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_preview(dataset: str | None, model: ModelConfig, workspace: Workspace, *, n: int = 3) -> PreviewPlan:
+    """Refuse a preview without model.name, resolve the dataset (default the workspace's prepared splits). Loads
+    no tokenizer (run does: a tokenizer not on this machine is refused there) and reads no record."""
+    from llmforge.data.inspect import dataset_files
+
+    if not model.name:
+        raise UsageError("preview needs the model's tokenizer", hint="set model.name (a local folder or hub id)")
+    files = dataset_files(dataset, workspace)
+    return PreviewPlan(inputs=[str(f) for f in files], model=str(model.name), count=n,
+                       prepared=_PreviewPrepared(model=model, files=files))  # fmt: skip
+
+
+def run_preview(plan: PreviewPlan) -> PreviewResult:
+    """Render the first `count` valid records with the model's tokenizer and the template training uses, split
+    into trained and masked segments."""
+    from llmforge.data import inspect
+
+    return inspect.preview(plan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GeneratePrepared:
+    generate: GenerateConfig
+    files: list[Path]
+    output: Path
+    state: Path  # the progress file beside the output: the chunks done, for a rerun to skip
+    jobs: list[tuple[str, int, str, str]]  # (document, chunk index, chunk, chunk id)
+    done: dict[str, dict[str, Any]]  # chunk id -> its entry in the progress file (empty with `force`)
+
+
+@dataclass(frozen=True)
+class GeneratePlan:
+    """A `data generate` decided: the documents, cut in chunks; the chunks an earlier run finished; the endpoint."""
+
+    inputs: list[str]
+    output: str
+    endpoint: str
+    model: str
+    chunks: int
+    chunks_done: int  # finished by an earlier run: skipped (0 with `force`)
+    requests: int  # one per chunk left (retries not counted)
+    force: bool
+    prepared: _GeneratePrepared = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": True, "inputs": self.inputs, "output": self.output, "endpoint": self.endpoint,
+                "model": self.model, "chunks": self.chunks, "chunks_done": self.chunks_done,
+                "requests": self.requests, "force": self.force}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """The generated pairs file. as_dict() is `llmforge data generate --json`, key for key."""
+
+    output: str
+    documents: int
+    chunks: int
+    chunks_skipped: int  # done by an earlier run
+    chunks_failed: int
+    pairs: int
+    dropped: dict[str, int] = field(default_factory=dict)  # bad_json / ungrounded / duplicate
+    repaired_json: int = 0
+    requests: int = 0  # requests made, retries included
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_generate(docs: list[str], generate: GenerateConfig, workspace: Workspace, *,
+                  force: bool = False) -> GeneratePlan:
+    """Check the endpoint and model are named, read and chunk the documents (an unreadable one is refused here),
+    and read what an earlier run finished (a rerun resumes; `force` starts over; an output without a progress
+    file is refused unless `force`). Contacts nothing and writes nothing."""
+    from llmforge.data import generation
+
+    return generation.plan(docs, generate, workspace, force=force)
+
+
+def run_generate(plan: GeneratePlan, *, progress=None) -> GenerateResult:
+    """Ask the endpoint for pairs from each chunk left, keep those grounded in their chunk, drop repeated
+    questions and write the output (atomically). `progress(done, total)` after each chunk. Raises LlmforgeError
+    when every request fails."""
+    from llmforge.data import generation
+
+    return generation.generate(plan, progress=progress)

@@ -89,11 +89,16 @@ def test_verdict_and_spans_over_every_probe(name):
     assert accepted >= 8, accepted  # system/no system, multi-turn, unicode, whitespace, empty, template syntax
 
 
+def _trained(sample: cs.Sample) -> list[str]:
+    """The text of each trained span."""
+    return [sample.text[a:b] for a, b in sample.spans]
+
+
 def test_next_turn_header_is_not_trained_and_earlier_turns_are_prefixes():
     verdict = verdict_of("Qwen-Qwen2.5-7B-Instruct")
     messages = ct.PROBES[5].messages  # system, two exchanges
     [sample] = cs.samples(verdict, messages, bos_token=None, eos_token="<|im_end|>")
-    assert sample.trained_text() == ["4.<|im_end|>", "12.<|im_end|>"]
+    assert _trained(sample) == ["4.<|im_end|>", "12.<|im_end|>"]
     assert sample.text == ct.render(upstream_templates.read("Qwen-Qwen2.5-7B-Instruct"), messages)
 
 
@@ -104,14 +109,14 @@ def test_reasoning_templates_train_each_turn_after_its_own_inference_prompt():
     for sample, upto in zip(samples, (2, 4)):
         prompt = ct.render(template, messages[:upto], add_generation_prompt=True)
         assert sample.text.startswith(prompt) and sample.spans[0][0] == len(prompt)
-    assert samples[1].trained_text() == ["<think>\n\n</think>\n\n12.<|im_end|>"]
+    assert _trained(samples[1]) == ["<think>\n\n</think>\n\n12.<|im_end|>"]
     # R1 distills: the generation prompt opens (and here closes) a think block the rendered turn lacks; the sample
     # keeps the prompt inference sees
     r1 = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"
     _m, bos, eos, _s = upstream_templates.CORPUS[r1]
     first = cs.samples(verdict_of(r1), messages, bos_token=bos, eos_token=eos)[0]
     prompt = ct.render(upstream_templates.read(r1), messages[:2], add_generation_prompt=True, bos_token=bos)
-    assert first.text == prompt + "4." + eos and first.trained_text() == ["4." + eos]
+    assert first.text == prompt + "4." + eos and _trained(first) == ["4." + eos]
 
 
 @pytest.mark.parametrize(
@@ -124,7 +129,7 @@ def test_dated_templates_render_the_pinned_day(name, shown):
     assert verdict.dated
     messages = ct.PROBES[2].messages  # no system message: the template writes its default one, with the date
     [sample] = cs.samples(verdict, messages, bos_token=bos, eos_token=eos, now=datetime(2030, 2, 3))
-    assert shown in sample.text and sample.trained_text()[0].startswith("4.")
+    assert shown in sample.text and _trained(sample)[0].startswith("4.")
     assert not verdict_of("Qwen-Qwen2.5-7B-Instruct").dated
 
 

@@ -16,7 +16,8 @@ STAGES = [("training", "Train"), ("export", "Export"), ("evaluation", "Eval"), (
           ("serving", "Serve"), ("data", "Data")]  # fmt: skip
 # Other commands of a stage, in the same module: (package, verb suffix, class prefix).
 SUB_COMMANDS = [("export", "merge", "Merge"), ("export", "lora_gguf", "LoraGguf"), ("data", "validate", "Validate"),
-                ("data", "select", "Select"), ("data", "augment", "Augment")]
+                ("data", "select", "Select"), ("data", "augment", "Augment"), ("data", "convert", "Convert"),
+                ("data", "stats", "Stats"), ("data", "preview", "Preview"), ("data", "generate", "Generate")]
 
 
 @pytest.mark.parametrize(("package", "prefix"), STAGES)
@@ -312,4 +313,94 @@ def test_data_augment_plan_refuses_before_any_request_and_its_result_json_keeps_
     assert list(_filled(AugmentResult).as_dict()) == [
         "output", "source", "requested", "received", "kept", "duplicates", "requests", "retries", "failed",
         "bad_json", "skipped_records", "train", "errors",
+    ]  # fmt: skip
+
+
+def test_data_convert_plan_refuses_before_writing_and_its_result_json_keeps_its_keys(tmp_path):
+    from llmforge import data
+    from llmforge.errors import UsageError
+    from llmforge.workspace import Workspace
+
+    source = _data_inputs(tmp_path, [*_chats(2), "{not json"])
+    ws = Workspace(tmp_path / "work")
+    with pytest.raises(UsageError, match="unknown target format"):
+        data.plan_convert(str(source), "nope", None, ws)
+    plan = data.plan_convert(str(source), "sharegpt", None, ws)
+    out = tmp_path / "in.sharegpt.jsonl"
+    assert plan.as_dict() == {"dry_run": True, "inputs": [str(source)], "target": "sharegpt", "output": str(out),
+                              "force": False}  # fmt: skip
+    assert not out.exists()  # decided, not written; the bad line is run's to count
+    result = data.run_convert(plan)
+    assert list(result.as_dict()) == ["output", "target", "written", "skipped", "invalid", "examples"]
+    assert (result.written, result.invalid) == (2, 1) and out.read_text().count("\n") == 2
+    with pytest.raises(UsageError, match="already exists"):
+        data.plan_convert(str(source), "sharegpt", None, ws)
+    assert data.plan_convert(str(source), "sharegpt", None, ws, force=True).force
+
+
+def test_data_stats_and_preview_plans_read_no_record_and_load_no_tokenizer(tmp_path):
+    from llmforge import data
+    from llmforge.config.model import ModelConfig
+    from llmforge.data.stage import PreviewResult
+    from llmforge.errors import UsageError
+    from llmforge.workspace import Workspace
+
+    source = _data_inputs(tmp_path, [*_chats(3), "{not json"])
+    ws = Workspace(tmp_path / "work")
+    plan = data.plan_stats(str(source), ModelConfig(), ws)
+    assert plan.as_dict() == {"dry_run": True, "inputs": [str(source)], "tokenizer": None,
+                              "plot": str(ws.data_dir / "stats-lengths.png")}  # fmt: skip
+    assert not ws.data_dir.exists()
+    result = data.run_stats(plan)
+    assert list(result.as_dict()) == ["files", "records", "invalid", "kinds", "roles", "turns", "length", "plot",
+                                      "problems"]  # fmt: skip
+    assert (result.records, result.invalid) == (4, 1) and result.plot == plan.plot
+    with pytest.raises(UsageError, match="needs the model's tokenizer"):
+        data.plan_preview(str(source), ModelConfig(), ws)
+    # a tokenizer nowhere on this machine: planning does not look (run refuses it), so it loads nothing heavy
+    code = (f"import sys; from pathlib import Path; from llmforge import data; "
+            f"from llmforge.config.model import ModelConfig; from llmforge.workspace import Workspace; "
+            f"p = data.plan_preview({str(source)!r}, ModelConfig(name={str(tmp_path / 'no-model')!r}), "
+            f"Workspace(Path({str(tmp_path / 'work')!r})), n=2); "
+            f"print(p.as_dict(), sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str({"dry_run": True, "inputs": [str(source)], "model": str(tmp_path / "no-model"),
+                                      "count": 2}) + " []"  # fmt: skip
+    assert list(_filled(PreviewResult).as_dict()) == ["model", "mask_source", "examples"]
+
+
+def test_data_generate_plan_chunks_and_resumes_without_a_request_and_its_result_json_keeps_its_keys(tmp_path):
+    from llmforge import data
+    from llmforge.config.data import GenerateConfig
+    from llmforge.data.stage import GenerateResult
+    from llmforge.errors import UsageError
+    from llmforge.workspace import Workspace
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# A\n\n" + "Lighthouses stand on rocks. " * 20 + "\n\n# B\n\n" + "Keepers trim wicks. " * 20)
+    ws = Workspace(tmp_path / "work")
+    cfg = GenerateConfig(endpoint="http://127.0.0.1:9/v1", model="m", chunk_chars=300, chunk_overlap=40)
+    with pytest.raises(UsageError, match="no model named"):
+        data.plan_generate([str(doc)], GenerateConfig(endpoint="http://127.0.0.1:9/v1"), ws)
+    plan = data.plan_generate([str(doc)], cfg, ws)  # nothing listens on port 9: planning contacts nothing
+    assert list(plan.as_dict()) == ["dry_run", "inputs", "output", "endpoint", "model", "chunks", "chunks_done",
+                                    "requests", "force"]  # fmt: skip
+    assert plan.inputs == [str(doc)] and plan.chunks >= 2 and plan.requests == plan.chunks and plan.chunks_done == 0
+    assert not ws.generated_file.parent.exists()  # nothing written, not even the progress file
+    # an earlier run's progress: the chunks it finished are skipped, unless `force` starts over
+    chunk_id = plan.prepared.jobs[0][3]
+    ws.generated_file.parent.mkdir(parents=True)
+    state = ws.generated_file.with_name(f".{ws.generated_file.name}.progress.jsonl")
+    state.write_text(json.dumps({"chunk_id": chunk_id, "source": str(doc), "chunk": 0, "pairs": []}) + "\n")
+    resumed = data.plan_generate([str(doc)], cfg, ws)
+    assert (resumed.chunks_done, resumed.requests) == (1, plan.chunks - 1)
+    forced = data.plan_generate([str(doc)], cfg, ws, force=True)
+    assert (forced.chunks_done, forced.requests) == (0, plan.chunks) and state.exists()  # run removes it, not plan
+    state.unlink()
+    ws.generated_file.write_text("")
+    with pytest.raises(UsageError, match="already exists"):
+        data.plan_generate([str(doc)], cfg, ws)
+    assert list(_filled(GenerateResult).as_dict()) == [
+        "output", "documents", "chunks", "chunks_skipped", "chunks_failed", "pairs", "dropped", "repaired_json",
+        "requests", "retries", "errors",
     ]  # fmt: skip
