@@ -67,12 +67,16 @@ class Timer:
         return round(time.perf_counter() - self._start, 3)
 
 
-def build(stage: str, inputs: dict[str, Path | str], timer: Timer, **extra: Any) -> dict[str, Any]:
-    """A manifest: stage, inputs with sha256, versions, platform, timings, plus stage-specific fields."""
+def build(stage: str, inputs: dict[str, Path | str], timer: Timer, *, input_sha256: dict[str, str | None] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    """A manifest: stage, inputs with sha256, versions, platform, timings, plus stage-specific fields.
+    `input_sha256`: the inputs' hashes where the caller computed them already (by input name)."""
     hashed = {}
+    known = input_sha256 or {}
     for name, path in inputs.items():
         p = Path(path)
-        hashed[name] = {"path": str(p), "sha256": sha256_path(p) if p.exists() else None}
+        sha = known[name] if name in known else sha256_path(p) if p.exists() else None
+        hashed[name] = {"path": str(p), "sha256": sha}
     return {
         "stage": stage,
         "inputs": hashed,

@@ -15,6 +15,7 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -461,6 +462,11 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
             progress("read", reported[0])
 
     pool = _Chunks(settings, workers, job.work)
+    # The manifest's sha256 of the inputs, computed beside the work (hashlib lets go of the GIL) rather than after
+    # it, when it was serial time with a core idle.
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="llmforge-hash")
+    input_sha256 = hashing.submit(lambda: {str(f): manifest.sha256_path(f) if f.exists() else None for f in files})
+    hashing.shutdown(wait=False)
     ok = False
     try:
         for path in files:
@@ -573,7 +579,7 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
         }
     report["timings"] = {k: round(v, 3) for k, v in sorted(phases.seconds.items())}
     report["records_per_second"] = round(scan.records / max(timer.seconds, 1e-9))
-    return _publish(job, report, lengths, timer)
+    return _publish(job, report, lengths, timer, input_sha256.result())
 
 
 def _chunk_size(path: Path) -> int:
@@ -652,7 +658,8 @@ def _clusters(names, origin_file, origin_line, roots, exact_count, exact_largest
     return out
 
 
-def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: manifest.Timer) -> dict[str, Any]:
+def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: manifest.Timer,
+             input_sha256: dict[str, str | None]) -> dict[str, Any]:
     """Report, plot, manifest and config in the work folder, then everything renamed into data/ at once.
     Empty splits are not written (train reads an existing val.jsonl as a validation set; an empty one is an error)."""
     from llmforge.data.report import histogram, markdown
@@ -661,10 +668,13 @@ def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: mani
     counts, rejected_count = report["counts"], report["counts"]["rejected"]
     out_dir = workspace.data_dir
     written = [name for name in SPLITS if counts[name]]
-    shas = {name: manifest.sha256_file(work / f"{name}.jsonl") for name in written}
+    with ThreadPoolExecutor(max(1, len(written)), thread_name_prefix="llmforge-hash") as hashing:
+        # the splits hashed while the plot is drawn: hashlib lets go of the GIL
+        hashed = {name: hashing.submit(manifest.sha256_file, work / f"{name}.jsonl") for name in written}
+        plot = histogram(lengths, work / "lengths.png", f"record length ({report['length']['unit']})")
+        shas = {name: future.result() for name, future in hashed.items()}
     # The same id `llmforge train` records for the run's parent: the train split's sha256.
     report["dataset_id"] = "data-" + shas[written[0]][:12]
-    plot = histogram(lengths, work / "lengths.png", f"record length ({report['length']['unit']})")
     report["plots"] = [str(out_dir / "lengths.png")] if plot else []
     report["outputs"] = {name: str(workspace.split_file(name)) for name in written}
     report["outputs"]["duplicates"] = str(workspace.duplicates_file)
@@ -681,6 +691,7 @@ def _publish(job: _Job, report: dict[str, Any], lengths: np.ndarray, timer: mani
         "data",
         inputs={str(f): f for f in files},
         timer=timer,
+        input_sha256=input_sha256,
         outputs={
             name: {"path": str(workspace.split_file(name)), "records": counts[name], "sha256": shas[name]}
             for name in written
