@@ -109,6 +109,8 @@ def plan_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, en
 
 
 def _decide(model: ModelConfig, serve: ServeConfig, workspace: Workspace, engine, *, warning: str | None) -> ServePlan:
+    # before the models: an install without the serve extra hears that first, whatever it was asked to serve
+    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
     several = bool(serve.models or serve.variants)
     if several:
         targets, variants = resolve_lineup(model, serve, workspace)
