@@ -109,8 +109,6 @@ def plan_app(model: ModelConfig, serve: ServeConfig, workspace: Workspace, *, en
 
 
 def _decide(model: ModelConfig, serve: ServeConfig, workspace: Workspace, engine, *, warning: str | None) -> ServePlan:
-    # before the models: an install without the serve extra hears that first, whatever it was asked to serve
-    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
     several = bool(serve.models or serve.variants)
     if several:
         targets, variants = resolve_lineup(model, serve, workspace)
@@ -165,6 +163,7 @@ def resolve_target(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     what serving it needs."""
     from llmforge.serving.target import resolve
 
+    _require_serve_extra()
     target = resolve(model.name, serve.model, serve.engine, workspace)
     if serve.engine in ("auto", "vllm") and target.engine == "transformers":
         from llmforge.serving import vllm_engine
@@ -179,6 +178,7 @@ def resolve_lineup(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     (extras, serve.memory_limit_mb); a bad entry is a UsageError naming it."""
     from llmforge.serving.target import resolve_lineup as resolve
 
+    _require_serve_extra()
     targets, variants = resolve(model.name, serve, workspace)
     if serve.engine == "vllm":
         # vLLM takes serve.vllm.gpu_memory_utilization of the GPU for each engine: one model per server. With
@@ -197,9 +197,13 @@ def resolve_lineup(model: ModelConfig, serve: ServeConfig, workspace: Workspace)
     return targets, variants
 
 
-def _require_engines(targets: list[Target]) -> None:
-    """The serve extra, and each chosen engine's libraries (found, not imported)."""
+def _require_serve_extra() -> None:
+    # before any model resolves: an install without the serve extra hears that first, whatever it was asked to serve
     require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+
+
+def _require_engines(targets: list[Target]) -> None:
+    """Each chosen engine's libraries (found, not imported)."""
     engines = {t.engine for t in targets}
     if "vllm" in engines:
         require_extra("serving with vLLM", "vllm", "vllm", "transformers")
@@ -292,7 +296,7 @@ def load(target: Target, model: ModelConfig, serve: ServeConfig):
 def build_app(plan: ServePlan, *, engine=None):
     """The FastAPI application for the plan: the documents indexed (before any model loads, so a missing folder
     fails first), then `engine` served as loaded, the one model loaded now, or with several each on first use."""
-    require_extra("llmforge serve", "serve", "fastapi", "uvicorn")
+    _require_serve_extra()
     from llmforge.serving.api import create_app
     from llmforge.serving.models import Models
 
