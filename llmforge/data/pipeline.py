@@ -465,7 +465,7 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
     # The manifest's sha256 of the inputs, computed beside the work (hashlib lets go of the GIL) rather than after
     # it, when it was serial time with a core idle.
     hashing = ThreadPoolExecutor(1, thread_name_prefix="llmforge-hash")
-    input_sha256 = hashing.submit(lambda: {str(f): manifest.sha256_path(f) if f.exists() else None for f in files})
+    input_sha256 = hashing.submit(lambda: {str(f): manifest.sha256_path(f) for f in files if f.exists()})
     hashing.shutdown(wait=False)
     ok = False
     try:
