@@ -86,11 +86,10 @@ def normalize_texts(texts: list[str]) -> list[str]:
         return [out for lo in range(0, len(texts), _BATCH) for out in normalize_texts(texts[lo : lo + _BATCH])]
     if not texts:
         return []
-    nfc = unicodedata.normalize
-    texts = [t if t.isascii() else nfc("NFC", t) for t in texts]
-    joined = _SEP.join(texts)
+    joined, normalized = _nfc_joined(texts)
     special: set[int] = set()
     if joined.count(_SEP) != len(texts) - 1 or _RARE.search(joined) or "```" in joined or "~~~" in joined:
+        texts = normalized if normalized is not None else joined.split(_SEP)
         special = {i for i, t in enumerate(texts) if _SEP in t or _RARE.search(t) or "```" in t or "~~~" in t}
         joined = _SEP.join(t for i, t in enumerate(texts) if i not in special)
     while " \n" in joined or "\t\n" in joined:
@@ -104,6 +103,122 @@ def normalize_texts(texts: list[str]) -> list[str]:
         kept = iter(out)
         out = [normalize_text(t) if i in special else next(kept) for i, t in enumerate(texts)]
     return out
+
+
+# --- NFC, many texts at once ---------------------------------------------------------------------------------------
+#
+# unicodedata.normalize("NFC", t) decomposes and recomposes the whole text whenever anything in it may change, ~40 ns a
+# character: on chat data with decomposed accents ("cafe" + U+0301) that is a third of the per-record work. Almost all
+# of those texts need one thing only: a base letter and the one combining mark after it made into the precomposed
+# letter. nfc_texts does that in numpy over many texts at once and hands every other case to unicodedata.
+#
+# Each code point has a class (below 0x30000; everything above is _COMPLEX: CJK extensions, tags and private use,
+# rare enough to leave to unicodedata):
+#   _PLAIN    ccc 0, no canonical decomposition, never the second of a composition: NFC leaves it, and nothing
+#             before it can combine with it or move past it
+#   _PRECOMP  like _PLAIN but with a canonical decomposition of its own (precomposed letters, Hangul syllables): a
+#             mark after one may recombine differently, so such a text goes to unicodedata
+#   _MARK     a combining mark (ccc > 0) or the second of some composition, itself without a decomposition
+#   _COMPLEX  anything NFC changes on its own (singletons, exclusions, non-starter decompositions) and Hangul jamo
+# A _MARK between a _PLAIN and a code point that is not a _MARK is composed with the _PLAIN when the two make a primary
+# composite (what NFC of the pair gives), and otherwise left as it is; any other _MARK or _COMPLEX sends its text to
+# unicodedata. tests/unit/test_data_clean.py checks this against unicodedata on every code point, every base + mark
+# pair of many bases, random strings and the benchmark's data.
+_PLAIN, _PRECOMP, _MARK, _COMPLEX = 0, 1, 2, 3
+_TABLE_END = 0x30000
+_nfc_tables: tuple[Any, Any, Any] | None = None
+
+
+def _build_nfc_tables() -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    kind = np.zeros(_TABLE_END + 1, dtype=np.uint8)
+    kind[_TABLE_END] = _COMPLEX
+    combining, decomposition, normalize = unicodedata.combining, unicodedata.decomposition, unicodedata.normalize
+    pairs: dict[int, int] = {}
+    seconds: list[int] = []
+    for code in range(_TABLE_END):
+        char = chr(code)
+        mapping = decomposition(char)
+        if mapping and not mapping.startswith("<"):  # a canonical decomposition
+            if normalize("NFC", char) != char:
+                kind[code] = _COMPLEX
+                continue
+            kind[code] = _PRECOMP
+            parts = mapping.split()
+            if len(parts) == 2:
+                first, second = int(parts[0], 16), int(parts[1], 16)
+                if normalize("NFC", chr(first) + chr(second)) == char:  # a primary composite
+                    pairs[first << 21 | second] = code
+                    seconds.append(second)
+        if combining(char) and kind[code] == _PLAIN:
+            kind[code] = _MARK
+    for second in seconds:
+        if kind[second] == _PLAIN:
+            kind[second] = _MARK
+        elif kind[second] == _PRECOMP:
+            kind[second] = _COMPLEX
+    kind[0x1100:0x1200] = _COMPLEX  # Hangul jamo: composed by rule, not by the decomposition data
+    kind[0xA960:0xA980] = _COMPLEX
+    kind[0xD7B0:0xD800] = _COMPLEX
+    kind[0xAC00:0xD7A4] = _PRECOMP  # Hangul syllables
+    keys = np.array(sorted(pairs), dtype=np.uint64)
+    values = np.array([pairs[k] for k in sorted(pairs)], dtype=np.uint32)
+    return kind, keys, values
+
+
+def nfc_texts(texts: list[str]) -> list[str]:
+    """[unicodedata.normalize("NFC", t) for t in texts] (an ASCII text as it is), the common cases vectorized."""
+    joined, each = _nfc_joined(texts)
+    return each if each is not None else joined.split(_SEP) if texts else []
+
+
+def _nfc_joined(texts: list[str]) -> tuple[str, list[str] | None]:
+    """(NUL.join(nfc_texts(texts)), nfc_texts(texts) or None): normalize_texts wants the texts joined, and only
+    sometimes one by one. None only where no text holds a NUL (the join then splits back into the texts)."""
+    nfc = unicodedata.normalize
+    joined = _SEP.join(texts)
+    if joined.isascii():
+        return joined, texts
+    # a few texts, or a text holding the separator itself: one at a time
+    if len(texts) < 8 or joined.count(_SEP) != len(texts) - 1:
+        texts = [t if t.isascii() else nfc("NFC", t) for t in texts]
+        return _SEP.join(texts), texts
+    import numpy as np
+
+    global _nfc_tables
+    if _nfc_tables is None:
+        _nfc_tables = _build_nfc_tables()
+    kind, keys, values = _nfc_tables
+    codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kinds = kind.take(codes, mode="clip")  # from _TABLE_END up: the table's last entry, _COMPLEX
+    marks = np.flatnonzero(kinds >= _MARK)
+    if not len(marks):
+        return joined, None
+    before = np.where(marks > 0, marks - 1, 0)
+    # a _MARK right after a _PLAIN (the first code point of all has nothing before it: a NUL stands in)
+    simple = (kinds[marks] == _MARK) & ((kinds[before] == _PLAIN) | (marks == 0))
+    simple[1:] &= marks[1:] != marks[:-1] + 1  # not the second of two marks in a row
+    simple[:-1] &= marks[:-1] + 1 != marks[1:]  # nor the first
+    hard: list[int] = []
+    if not simple.all():  # the texts unicodedata takes
+        hard = np.unique(np.searchsorted(np.flatnonzero(codes == 0), marks[~simple])).tolist()
+        marks, before = marks[simple], before[simple]
+    wanted = np.where(marks > 0, codes[before].astype(np.uint64), 0) << np.uint64(21) | codes[marks].astype(np.uint64)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    found = keys[at] == wanted
+    if found.any():
+        codes = codes.copy()
+        codes[before[found]] = values[at[found]]
+        keep = np.ones(len(codes), dtype=bool)
+        keep[marks[found]] = False
+        joined = codes[keep].tobytes().decode("utf-32-le", "surrogatepass")
+    if not hard:
+        return joined, None
+    done = joined.split(_SEP)
+    for k in hard:
+        done[k] = nfc("NFC", texts[k])
+    return _SEP.join(done), done
 
 
 def _ends(text: str) -> str:

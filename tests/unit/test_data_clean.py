@@ -148,3 +148,51 @@ def test_may_change_says_when_the_scrubber_has_nothing_to_do():
         if not scrub.may_change(text):
             assert scrub(text) == text and not scrub.counts
     assert not scrub.may_change("plain words\x00and more") and scrub.may_change("plain\x00mail me: a@b.example")
+
+
+# --- NFC of many texts at once (clean.nfc_texts: numpy for base + one mark, unicodedata for the rest) -------------
+
+
+def _nfc_each(texts: list[str]) -> list[str]:
+    import unicodedata
+
+    return [unicodedata.normalize("NFC", t) for t in texts]
+
+
+def test_nfc_texts_matches_unicodedata_on_every_code_point():
+    from llmforge.data.clean import nfc_texts
+
+    # each code point alone, after a plain letter, before a combining mark, and between two letters
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    for shape in ("{}", "a{}", "{}\u0301", "x{}y", "\u00e9{}"):
+        texts = [shape.format(p) + "\u00e9" for p in points]  # + a non-ASCII letter: no text is ASCII
+        assert nfc_texts(texts) == _nfc_each(texts), shape
+
+
+def test_nfc_texts_matches_unicodedata_on_base_and_mark_pairs():
+    import unicodedata
+
+    from llmforge.data.clean import nfc_texts
+
+    marks = [chr(c) for c in range(0x30000) if unicodedata.combining(chr(c))]
+    marks += ["\u09be", "\u0b3e", "\u0bbe", "\u0cc2", "\u0d3e", "\u102e", "\u1161", "\u11a8", "\u3099"]  # ccc 0
+    bases = [*"aeiouyAEIOUYcnszgkhwCNSZGKHW", "\u00e9", "\u0391", "\u03b1", "\u0415", "\u0438", "\u05d0", "\u0627",
+             "\u0915", "\u09c7", "\u0b47", "\u0bc6", "\u0cc6", "\u0d46", "\u1025", "\u1100", "\uac00", "\u304b",
+             "\u30ab", "\u00c5", "\u212b", "\u1ea1", "\u01b0", " ", "1"]  # fmt: skip
+    texts = [f"{b}{m}{tail}" for b in bases for m in marks for tail in ("", "x", "\u0301", "\u0323", "\u00e9")]
+    assert nfc_texts(texts) == _nfc_each(texts)
+
+
+def test_nfc_texts_matches_unicodedata_on_random_strings():
+    import random
+
+    from llmforge.data.clean import nfc_texts
+
+    rng = random.Random(11)
+    alphabet = [*"aeoucAEOUC ,.\n\x00", "\u00e9", "\u00c5", "\u212b", "\u0301", "\u0308", "\u0323", "\u0327",
+                "\u0344", "\u0340", "\u09c7", "\u09be", "\u1100", "\u1161", "\u11a8", "\uac00", "\u304b", "\u3099",
+                "\uf900", "\u0958", "\u0f73", "\U0001d15e", "\U00030000", "\ud800", "\u6771", "\U0001f600",
+                "\u03a9", "\u1e0b", "\u0307"]  # fmt: skip
+    for _ in range(300):
+        texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(0, 40))]
+        assert nfc_texts(texts) == [t if t.isascii() else n for t, n in zip(texts, _nfc_each(texts))]
