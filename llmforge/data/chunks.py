@@ -26,7 +26,7 @@ import orjson
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber, normalize_texts
-from llmforge.data.dedupe import encoded_words, key_of_words
+from llmforge.data.dedupe import encoded_words, exact_digests
 from llmforge.extensions import load, one_line
 
 
@@ -313,16 +313,19 @@ class Worker:
             return
 
         texts = [text for _, _, text, _ in kept]
-        # the words are kept only for the near-duplicate shingles; otherwise each record's are freed once hashed
+        # the words are split only for the near-duplicate shingles (and then hashed too: they are at hand)
         split = [encoded_words(text) for text in texts] if self.hasher is not None else None
-        words = split if split is not None else map(encoded_words, texts)
-        if sys.byteorder == "little":
-            # key_of_words inlined: on a little-endian machine array("Q") holds a digest's bytes as the int that
-            # key_of_words reads from them, so no int is made per record
+        if split is not None:
             blake2b = hashlib.blake2b
-            out.keys.frombytes(b"".join([blake2b(b" ".join(w), digest_size=8).digest() for w in words]))
+            digests = [blake2b(b" ".join(w), digest_size=8).digest() for w in split]
         else:
-            out.keys.extend(map(key_of_words, words))
+            digests = exact_digests(texts)
+        if sys.byteorder == "little":
+            # on a little-endian machine array("Q") holds a digest's bytes as the int that exact_key reads from
+            # them, so no int is made per record
+            out.keys.frombytes(b"".join(digests))
+        else:
+            out.keys.extend([int.from_bytes(d, "little") for d in digests])
         t3 = clock()
         seconds["exact_dedupe"] += t3 - t2
 

@@ -45,6 +45,33 @@ def key_of_words(encoded: list[bytes]) -> int:
     return int.from_bytes(hashlib.blake2b(b" ".join(encoded), digest_size=8).digest(), "little")
 
 
+# bytes.split()'s blanks, each made a space
+_BLANKS_TO_SPACE = bytes.maketrans(b"\t\n\r\x0b\x0c", b"     ")
+
+
+def exact_digests(texts: list[str]) -> list[bytes]:
+    """The 8-byte digest behind each text's exact_key (exact_key reads it as a little-endian int), texts being
+    normalized ones (see encoded_words).
+
+    Splitting every text into words makes an object per word; instead all texts are lowered and encoded at once,
+    joined by NUL, and numpy collapses each run of blanks to the one space the words' join would put there. NUL
+    cannot be in a normalized text, and to str.lower it is neither cased nor case-ignorable, so a final sigma is
+    lowered as at the end of its own text. Texts with U+1680 or a NUL go the slow way."""
+    joined = "\x00".join(texts).lower()
+    blake2b = hashlib.blake2b
+    if len(texts) < 8 or "\u1680" in joined or joined.count("\x00") != len(texts) - 1:
+        return [blake2b(b" ".join(encoded_words(text)), digest_size=8).digest() for text in texts]
+    data = np.frombuffer(joined.encode().translate(_BLANKS_TO_SPACE), dtype=np.uint8)
+    space = data == 32
+    run = space[:-1] & space[1:]  # a space followed by another: all but the last of each run go
+    if run.any():
+        keep = np.ones(len(data), dtype=bool)
+        keep[:-1] = ~run
+        data = data[keep]
+    # what is left of a run at either end of a text is its one space there, which strip removes
+    return [blake2b(piece.strip(b" "), digest_size=8).digest() for piece in data.tobytes().split(b"\x00")]
+
+
 def shingles(text: str, size: int, split: list[str] | None = None) -> list[bytes]:
     """Every run of `size` consecutive words, space-joined, UTF-8; a text of `size` words or fewer is one shingle."""
     found = words(text) if split is None else split

@@ -196,3 +196,21 @@ def test_nfc_texts_matches_unicodedata_on_random_strings():
     for _ in range(300):
         texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(0, 40))]
         assert nfc_texts(texts) == [t if t.isascii() else n for t, n in zip(texts, _nfc_each(texts))]
+
+
+def test_has_digit_is_the_digit_regex_on_long_texts():
+    import re
+
+    from llmforge.data.clean import has_digit
+
+    digit = re.compile(r"\d")
+    decimals = [chr(c) for c in range(0x110000) if chr(c).isdecimal()]
+    pad = "plain words, no numbers \u00e9\u6771 " * 200  # long enough for the table
+    for d in decimals:
+        assert has_digit(pad + d) and has_digit(d + pad.encode("ascii", "ignore").decode())
+    others = [chr(c) for c in range(0x30000) if not chr(c).isdecimal() and not 0xD800 <= c < 0xE000]
+    for lo in range(0, len(others), 5000):
+        text = pad + "".join(others[lo : lo + 5000])
+        assert has_digit(text) == (digit.search(text) is not None) == False  # noqa: E712
+    assert not has_digit(pad.encode("ascii", "ignore").decode())
+    assert has_digit(pad.encode("ascii", "ignore").decode() + "7")
