@@ -298,6 +298,23 @@ def test_signatures_of_a_batch_are_the_per_text_signatures():
         assert key_of_words(encoded_words(text)) == exact_key(text)
 
 
+def test_exact_digests_of_a_chunk_are_the_exact_keys():
+    """dedupe.exact_digests (one lower/encode over a chunk's texts, blank runs collapsed in numpy) gives each text's
+    exact_key: sigmas at the ends of texts, blank runs at either end, tabs and newlines, texts of blanks only, empty
+    texts, U+1680 and NUL (the slow way), and few texts."""
+    from llmforge.data.clean import normalize_text
+    from llmforge.data.dedupe import exact_digests, exact_key
+
+    rng = random.Random(5)
+    pieces = ["a", "B", "Σ", "ΟΔΟΣ", "σ", "İ", "É", "東京", "😀", " ", "  ", "\t", "\n", "\n\n", " \t ", "x\u0301"]
+    for count in (0, 1, 7, 8, 30, 300):
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 20))) for _ in range(count)]
+        texts += [normalize_text(t) for t in texts]
+        for extra in ([], ["ogham\u1680mark"], ["nul\x00inside"]):
+            batch = texts + extra
+            assert [int.from_bytes(d, "little") for d in exact_digests(batch)] == [exact_key(t) for t in batch]
+
+
 def test_first_occurrences_and_clusters_of_some_rows():
     import numpy as np
 
