@@ -12,7 +12,6 @@ they are serialized. Everything else goes through records.canonical one record a
 from __future__ import annotations
 
 import gc
-import hashlib
 import sys
 import time
 from array import array
@@ -26,7 +25,7 @@ import orjson
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber, normalize_texts
-from llmforge.data.dedupe import encoded_words, exact_digests
+from llmforge.data.dedupe import encoded_words, exact_digests, joined_words
 from llmforge.extensions import load, one_line
 
 
@@ -313,13 +312,14 @@ class Worker:
             return
 
         texts = [text for _, _, text, _ in kept]
-        # the words are split only for the near-duplicate shingles (and then hashed too: they are at hand)
-        split = [encoded_words(text) for text in texts] if self.hasher is not None else None
-        if split is not None:
-            blake2b = hashlib.blake2b
-            digests = [blake2b(b" ".join(w), digest_size=8).digest() for w in split]
-        else:
-            digests = exact_digests(texts)
+        joined = joined_words(texts)
+        digests = exact_digests(texts, joined)
+        split = None  # each text's encoded_words, for the near-duplicate shingles only
+        if self.hasher is not None:
+            if joined is not None:  # words joined by one space: split again at it
+                split = [piece.split(b" ") if piece else [] for piece in joined]
+            else:
+                split = [encoded_words(text) for text in texts]
         if sys.byteorder == "little":
             # on a little-endian machine array("Q") holds a digest's bytes as the int that exact_key reads from
             # them, so no int is made per record

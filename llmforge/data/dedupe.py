@@ -49,18 +49,19 @@ def key_of_words(encoded: list[bytes]) -> int:
 _BLANKS_TO_SPACE = bytes.maketrans(b"\t\n\r\x0b\x0c", b"     ")
 
 
-def exact_digests(texts: list[str]) -> list[bytes]:
-    """The 8-byte digest behind each text's exact_key (exact_key reads it as a little-endian int), texts being
-    normalized ones (see encoded_words).
+def joined_words(texts: list[str]) -> list[bytes] | None:
+    """[b" ".join(encoded_words(t)) for t in texts] (what exact keys hash), texts being normalized ones (see
+    encoded_words); None for texts with U+1680 or a NUL, or only a few texts.
 
     Splitting every text into words makes an object per word; instead all texts are lowered and encoded at once,
     joined by NUL, and numpy collapses each run of blanks to the one space the words' join would put there. NUL
     cannot be in a normalized text, and to str.lower it is neither cased nor case-ignorable, so a final sigma is
-    lowered as at the end of its own text. Texts with U+1680 or a NUL go the slow way."""
+    lowered as at the end of its own text."""
+    if len(texts) < 8:
+        return None
     joined = "\x00".join(texts).lower()
-    blake2b = hashlib.blake2b
-    if len(texts) < 8 or "\u1680" in joined or joined.count("\x00") != len(texts) - 1:
-        return [blake2b(b" ".join(encoded_words(text)), digest_size=8).digest() for text in texts]
+    if "\u1680" in joined or joined.count("\x00") != len(texts) - 1:
+        return None
     data = np.frombuffer(joined.encode().translate(_BLANKS_TO_SPACE), dtype=np.uint8)
     space = data == 32
     run = space[:-1] & space[1:]  # a space followed by another: all but the last of each run go
@@ -69,7 +70,18 @@ def exact_digests(texts: list[str]) -> list[bytes]:
         keep[:-1] = ~run
         data = data[keep]
     # what is left of a run at either end of a text is its one space there, which strip removes
-    return [blake2b(piece.strip(b" "), digest_size=8).digest() for piece in data.tobytes().split(b"\x00")]
+    return [piece.strip(b" ") for piece in data.tobytes().split(b"\x00")]
+
+
+def exact_digests(texts: list[str], joined: list[bytes] | None = None) -> list[bytes]:
+    """The 8-byte digest behind each text's exact_key (exact_key reads it as a little-endian int), texts being
+    normalized ones (see encoded_words); `joined`: their joined_words, if at hand."""
+    blake2b = hashlib.blake2b
+    if joined is None:
+        joined = joined_words(texts)
+    if joined is None:
+        return [blake2b(b" ".join(encoded_words(text)), digest_size=8).digest() for text in texts]
+    return [blake2b(piece, digest_size=8).digest() for piece in joined]
 
 
 def shingles(text: str, size: int, split: list[str] | None = None) -> list[bytes]:

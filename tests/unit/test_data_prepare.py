@@ -303,7 +303,7 @@ def test_exact_digests_of_a_chunk_are_the_exact_keys():
     exact_key: sigmas at the ends of texts, blank runs at either end, tabs and newlines, texts of blanks only, empty
     texts, U+1680 and NUL (the slow way), and few texts."""
     from llmforge.data.clean import normalize_text
-    from llmforge.data.dedupe import exact_digests, exact_key
+    from llmforge.data.dedupe import encoded_words, exact_digests, exact_key, joined_words
 
     rng = random.Random(5)
     pieces = ["a", "B", "Σ", "ΟΔΟΣ", "σ", "İ", "É", "東京", "😀", " ", "  ", "\t", "\n", "\n\n", " \t ", "x\u0301"]
@@ -313,6 +313,9 @@ def test_exact_digests_of_a_chunk_are_the_exact_keys():
         for extra in ([], ["ogham\u1680mark"], ["nul\x00inside"]):
             batch = texts + extra
             assert [int.from_bytes(d, "little") for d in exact_digests(batch)] == [exact_key(t) for t in batch]
+            joined = joined_words(batch)
+            if joined is not None:  # near dedupe splits these again into each text's words
+                assert [p.split(b" ") if p else [] for p in joined] == [encoded_words(t) for t in batch]
 
 
 def test_first_occurrences_and_clusters_of_some_rows():
