@@ -8,7 +8,9 @@ candidate pairs are verified against their estimated Jaccard similarity, and clu
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 
@@ -232,19 +234,47 @@ class NearDuplicates:
         # Every band's hashes in one pass over the signatures, read a block at a time: a memory map of them would
         # keep every page it touched resident (num_perm * 4 bytes a record, 512 MB for a million).
         band_hashes = np.empty((bands, n), dtype=np.uint64)
-        step = 65_536
-        with open(self.spill, "rb") as fh:
-            for lo in range(0, total, step):
-                block = np.fromfile(fh, dtype=np.uint32, count=min(step, total - lo) * self.num_perm)
-                block = block.reshape(-1, self.num_perm)
-                at, end = lo, lo + len(block)  # where the block's records go among the n clustered
-                if rows is not None:
-                    at, end = np.searchsorted(rows, [lo, lo + len(block)])
-                    block = block[rows[at:end] - lo]
-                for band in range(bands):
-                    cols = np.asarray(block[:, band * rows_per_band : (band + 1) * rows_per_band], dtype=np.uint64)
-                    with np.errstate(over="ignore"):
-                        band_hashes[band, at:end] = (cols * coef[band]).sum(axis=1, dtype=np.uint64)
+
+        def hash_bands(block: np.ndarray, at: int, end: int) -> None:
+            for band in range(bands):
+                cols = np.asarray(block[:, band * rows_per_band : (band + 1) * rows_per_band], dtype=np.uint64)
+                with np.errstate(over="ignore"):
+                    band_hashes[band, at:end] = (cols * coef[band]).sum(axis=1, dtype=np.uint64)
+
+        def candidates(band: int) -> tuple[np.ndarray, np.ndarray]:
+            """The band's buckets of two records or more: their sizes, and their records (each bucket's ascending)."""
+            hashes = band_hashes[band]
+            order = np.argsort(hashes, kind="stable")
+            ordered = hashes[order]
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            sizes = np.diff(np.r_[starts, n])
+            many = sizes > 1
+            members = order[np.repeat(many, sizes)]
+            return sizes[many], members
+
+        # numpy lets go of the GIL in its sums and sorts: band hashes a block at a time and each band's sort run on
+        # the process's cores (the union-find below stays in one thread, in band order, as before)
+        threads = ThreadPoolExecutor(max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                else os.cpu_count() or 1)), thread_name_prefix="llmforge-near")  # fmt: skip
+        with threads:
+            # Every band's hashes in one pass over the signatures, read a block at a time: a memory map of them would
+            # keep every page it touched resident (num_perm * 4 bytes a record, 512 MB for a million).
+            step = 65_536
+            hashing = []
+            with open(self.spill, "rb") as fh:
+                for lo in range(0, total, step):
+                    block = np.fromfile(fh, dtype=np.uint32, count=min(step, total - lo) * self.num_perm)
+                    block = block.reshape(-1, self.num_perm)
+                    at, end = lo, lo + len(block)  # where the block's records go among the n clustered
+                    if rows is not None:
+                        at, end = np.searchsorted(rows, [lo, lo + len(block)])
+                        block = block[rows[at:end] - lo]
+                    hashing.append(threads.submit(hash_bands, block, at, end))
+                    if len(hashing) > 2:  # at most a few blocks in memory
+                        hashing.pop(0).result()
+            for job in hashing:
+                job.result()
+            buckets = list(threads.map(candidates, range(bands)))
         sig = np.memmap(self.spill, dtype=np.uint32, mode="r", shape=(total, self.num_perm))  # only candidates are read
 
         def signature(i: int) -> np.ndarray:
@@ -261,17 +291,14 @@ class NearDuplicates:
         def similar(a: int, b: int) -> bool:
             return float(np.mean(signature(a) == signature(b))) >= self.threshold
 
-        for band in range(bands):
-            hashes = band_hashes[band]
-            order = np.argsort(hashes, kind="stable")
-            ordered = hashes[order]
-            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-            ends = np.r_[starts[1:], n]
-            for lo, hi in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-                members = order[lo:hi]  # ascending record order (stable sort)
-                for k in range(1, len(members)):
-                    b = int(members[k])
-                    for a in members[: min(k, 8)]:
+        for sizes, members in buckets:
+            at = 0
+            for size in sizes.tolist():
+                group = members[at : at + size]  # ascending record order (stable sort)
+                at += size
+                for k in range(1, size):
+                    b = int(group[k])
+                    for a in group[: min(k, 8)]:
                         a = int(a)
                         ra, rb = find(a), find(b)
                         if ra == rb:
