@@ -133,6 +133,27 @@ def test_normalize_texts_is_normalize_text_of_each():
         assert normalize_texts(texts) == [normalize_text(t) for t in texts]
 
 
+def test_normalize_texts_in_numpy_is_normalize_text_of_each():
+    """Batches of 8 texts or more without fences or NUL take the numpy way (NFC, blanks before newlines, blank-line
+    runs over the code points); one rare character anywhere in the batch sends it the string way."""
+    import random
+
+    from llmforge.data.clean import normalize_texts
+
+    rng = random.Random(7)
+    plain = [*"abΣς東😀", "é", "e\u0301", "\u0301", "\u212b", "\u1680", " ", "  ", "\t", "\n", " \n", "\t\n",
+             "\n\n\n", "\n \n\n", "    ", "\n    ", "\n\t", "``", "~~"]  # fmt: skip
+    rare = ["\x01", "\x1f", "\x85", "\xa0", "\u2003", "\u2028", "\u200b", "\ufeff", "\r", "\r\n", "\x0b", "\u2000"]
+    for round_ in range(400):
+        texts = ["".join(rng.choice(plain) for _ in range(rng.randint(0, 30))) for _ in range(rng.randint(8, 40))]
+        if round_ % 3 == 0:  # ASCII only
+            texts = [t.encode("ascii", "ignore").decode() for t in texts]
+        if round_ % 4 == 1:
+            k = rng.randrange(len(texts))
+            texts[k] = texts[k][: len(texts[k]) // 2] + rng.choice(rare) + texts[k][len(texts[k]) // 2 :]
+        assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+
+
 def test_normalized_text_keeps_no_blank_but_space_tab_newline_and_ogham():
     """dedupe.encoded_words splits bytes (ASCII blanks only) where exact keys split str: equal only while no other
     Unicode blank survives normalization."""
