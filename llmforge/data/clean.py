@@ -88,14 +88,16 @@ def normalize_texts(texts: list[str]) -> list[str]:
     if not texts:
         return []
     joined = _SEP.join(texts)
-    codes = None
-    if len(texts) >= 8 and joined.count(_SEP) == len(texts) - 1 and "```" not in joined and "~~~" not in joined:
-        codes = _nfc_codes(joined, texts)  # None: a rare character somewhere
-    if codes is not None:
-        pieces = _from_codes(_tidy_codes(codes)).split(_SEP)
-        return [p.strip() if "\n" not in p else _ends(p) for p in pieces]
-    texts = nfc_texts(texts)
-    joined = _SEP.join(texts)
+    if len(texts) >= 8 and joined.count(_SEP) == len(texts) - 1:
+        codes, rare = _nfc_codes(joined, texts)
+        if not rare and "```" not in joined and "~~~" not in joined:
+            pieces = _from_codes(_tidy_codes(codes)).split(_SEP)
+            return [p.strip() if "\n" not in p else _ends(p) for p in pieces]
+        joined = _from_codes(codes)  # NFC done; the rest the string way
+        texts = joined.split(_SEP)
+    else:
+        texts = nfc_texts(texts)
+        joined = _SEP.join(texts)
     special: set[int] = set()
     if joined.count(_SEP) != len(texts) - 1 or _RARE.search(joined) or "```" in joined or "~~~" in joined:
         special = {i for i, t in enumerate(texts) if _SEP in t or _RARE.search(t) or "```" in t or "~~~" in t}
@@ -213,13 +215,10 @@ def nfc_texts(texts: list[str]) -> list[str]:
     joined = _SEP.join(texts)
     if joined.isascii():
         return list(texts)
-    codes = None
-    if len(texts) >= 8 and joined.count(_SEP) == len(texts) - 1:
-        codes = _nfc_codes(joined, texts, rare=False)
-    if codes is None:  # a few texts, or a text holding the separator itself: one at a time
+    if len(texts) < 8 or joined.count(_SEP) != len(texts) - 1:  # a few texts, or one holding the separator
         nfc = unicodedata.normalize
         return [t if t.isascii() else nfc("NFC", t) for t in texts]
-    return _from_codes(codes).split(_SEP)
+    return _from_codes(_nfc_codes(joined, texts)[0]).split(_SEP)
 
 
 def _as_codes(joined: str) -> Any:
@@ -236,9 +235,9 @@ def _from_codes(codes: Any) -> str:
     return codes.tobytes().decode("utf-32-le", "surrogatepass")
 
 
-def _nfc_codes(joined: str, texts: list[str], rare: bool = True) -> Any:
+def _nfc_codes(joined: str, texts: list[str]) -> tuple[Any, bool]:
     """The code points (numpy) of NUL.join(NFC of each text), `joined` being NUL.join(texts) and no text holding a
-    NUL; with `rare`, None where a text holds a character normalize_texts leaves to normalize_text (_RARE)."""
+    NUL, and whether a text holds a character that normalize_texts leaves to normalize_text (_RARE)."""
     import numpy as np
 
     global _nfc_tables
@@ -247,13 +246,12 @@ def _nfc_codes(joined: str, texts: list[str], rare: bool = True) -> Any:
     kind, keys, values = _nfc_tables
     codes = _as_codes(joined)
     kinds = kind.take(codes, mode="clip")  # from _TABLE_END up: the table's last entry, _COMPLEX
-    if rare and (kinds >= _RARE_PLAIN).any():
-        return None
+    rare = bool((kinds >= _RARE_PLAIN).any())
     if codes.itemsize == 1:  # ASCII: NFC leaves it
-        return codes
+        return codes, rare
     marks = np.flatnonzero((kinds & _KIND) >= _MARK)
     if not len(marks):
-        return codes
+        return codes, rare
     kinds = kinds & _KIND
     before = np.where(marks > 0, marks - 1, 0)
     # a _MARK right after a _PLAIN (the first code point of all has nothing before it: a NUL stands in)
@@ -279,7 +277,7 @@ def _nfc_codes(joined: str, texts: list[str], rare: bool = True) -> Any:
         for k in hard:
             done[k] = nfc("NFC", texts[k])
         codes = _as_codes(_SEP.join(done))
-    return codes
+    return codes, rare
 
 
 def _ends(text: str) -> str:

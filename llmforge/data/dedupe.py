@@ -53,7 +53,7 @@ _BLANKS_TO_SPACE = bytes.maketrans(b"\t\n\r\x0b\x0c", b"     ")
 
 def joined_words(texts: list[str]) -> list[bytes] | None:
     """[b" ".join(encoded_words(t)) for t in texts] (what exact keys hash), texts being normalized ones (see
-    encoded_words); None for texts with U+1680 or a NUL, or only a few texts.
+    encoded_words); None for texts with a NUL, or only a few texts.
 
     Splitting every text into words makes an object per word; instead all texts are lowered and encoded at once,
     joined by NUL, and numpy collapses each run of blanks to the one space the words' join would put there. NUL
@@ -61,9 +61,12 @@ def joined_words(texts: list[str]) -> list[bytes] | None:
     lowered as at the end of its own text."""
     if len(texts) < 8:
         return None
-    joined = "\x00".join(texts).lower()
-    if "\u1680" in joined or joined.count("\x00") != len(texts) - 1:
+    joined = "\x00".join(texts)
+    if joined.count("\x00") != len(texts) - 1:
         return None
+    joined = joined.lower()
+    if "\u1680" in joined:  # the one blank of normalized text that bytes.split does not know: made a space
+        joined = joined.replace("\u1680", " ")
     data = np.frombuffer(joined.encode().translate(_BLANKS_TO_SPACE), dtype=np.uint8)
     space = data == 32
     run = space[:-1] & space[1:]  # a space followed by another: all but the last of each run go
