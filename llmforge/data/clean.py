@@ -89,16 +89,24 @@ def normalize_texts(texts: list[str]) -> list[str]:
         return []
     joined = _SEP.join(texts)
     if len(texts) >= 8 and joined.count(_SEP) == len(texts) - 1:
-        codes, rare = _nfc_codes(joined, texts)
-        if not rare and "```" not in joined and "~~~" not in joined:
-            pieces = _from_codes(_tidy_codes(codes)).split(_SEP)
+        import numpy as np
+
+        codes, kinds = _codes(joined)
+        special: set[int] = set()
+        if (kinds >= _RARE_PLAIN).any():  # the texts a rare character is in
+            at = np.flatnonzero(kinds >= _RARE_PLAIN)
+            special.update(np.searchsorted(np.flatnonzero(codes == 0), at).tolist())
+        if "```" in joined or "~~~" in joined:
+            special.update(i for i, t in enumerate(texts) if "```" in t or "~~~" in t)
+        if not special:
+            pieces = _from_codes(_tidy_codes(_nfc_codes(codes, kinds, texts))).split(_SEP)
             return [p.strip() if "\n" not in p else _ends(p) for p in pieces]
-        joined = _from_codes(codes)  # NFC done; the rest the string way
-        texts = joined.split(_SEP)
-    else:
-        texts = nfc_texts(texts)
-        joined = _SEP.join(texts)
-    special: set[int] = set()
+        kept = iter(normalize_texts([t for i, t in enumerate(texts) if i not in special]))
+        return [normalize_text(t) if i in special else next(kept) for i, t in enumerate(texts)]
+    # a few texts, or one holding NUL: the texts joined as strings
+    texts = nfc_texts(texts)
+    joined = _SEP.join(texts)
+    special = set()
     if joined.count(_SEP) != len(texts) - 1 or _RARE.search(joined) or "```" in joined or "~~~" in joined:
         special = {i for i, t in enumerate(texts) if _SEP in t or _RARE.search(t) or "```" in t or "~~~" in t}
         joined = _SEP.join(t for i, t in enumerate(texts) if i not in special)
@@ -218,7 +226,7 @@ def nfc_texts(texts: list[str]) -> list[str]:
     if len(texts) < 8 or joined.count(_SEP) != len(texts) - 1:  # a few texts, or one holding the separator
         nfc = unicodedata.normalize
         return [t if t.isascii() else nfc("NFC", t) for t in texts]
-    return _from_codes(_nfc_codes(joined, texts)[0]).split(_SEP)
+    return _from_codes(_nfc_codes(*_codes(joined), texts)).split(_SEP)
 
 
 def _as_codes(joined: str) -> Any:
@@ -235,23 +243,27 @@ def _from_codes(codes: Any) -> str:
     return codes.tobytes().decode("utf-32-le", "surrogatepass")
 
 
-def _nfc_codes(joined: str, texts: list[str]) -> tuple[Any, bool]:
-    """The code points (numpy) of NUL.join(NFC of each text), `joined` being NUL.join(texts) and no text holding a
-    NUL, and whether a text holds a character that normalize_texts leaves to normalize_text (_RARE)."""
-    import numpy as np
-
+def _codes(joined: str) -> tuple[Any, Any]:
+    """The code points of `joined` (numpy: uint8 for ASCII, uint32 otherwise), and each one's NFC class, with
+    _RARE_PLAIN added for a character of _RARE."""
     global _nfc_tables
     if _nfc_tables is None:
         _nfc_tables = _build_nfc_tables()
-    kind, keys, values = _nfc_tables
     codes = _as_codes(joined)
-    kinds = kind.take(codes, mode="clip")  # from _TABLE_END up: the table's last entry, _COMPLEX
-    rare = bool((kinds >= _RARE_PLAIN).any())
+    return codes, _nfc_tables[0].take(codes, mode="clip")  # from _TABLE_END up: the last entry, _COMPLEX
+
+
+def _nfc_codes(codes: Any, kinds: Any, texts: list[str]) -> Any:
+    """The code points of NUL.join(NFC of each text), given those of NUL.join(texts) and their classes (_codes); no
+    text holds a NUL."""
+    import numpy as np
+
     if codes.itemsize == 1:  # ASCII: NFC leaves it
-        return codes, rare
+        return codes
+    _, keys, values = _nfc_tables
     marks = np.flatnonzero((kinds & _KIND) >= _MARK)
     if not len(marks):
-        return codes, rare
+        return codes
     kinds = kinds & _KIND
     before = np.where(marks > 0, marks - 1, 0)
     # a _MARK right after a _PLAIN (the first code point of all has nothing before it: a NUL stands in)
@@ -277,7 +289,7 @@ def _nfc_codes(joined: str, texts: list[str]) -> tuple[Any, bool]:
         for k in hard:
             done[k] = nfc("NFC", texts[k])
         codes = _as_codes(_SEP.join(done))
-    return codes, rare
+    return codes
 
 
 def _ends(text: str) -> str:
