@@ -93,13 +93,19 @@ def normalize_texts(texts: list[str]) -> list[str]:
 
         codes, kinds = _codes(joined)
         special: set[int] = set()
-        if (kinds >= _RARE_PLAIN).any():  # the texts a rare character is in
-            at = np.flatnonzero(kinds >= _RARE_PLAIN)
+        rewrite = False
+        if (kinds >= _RARE_PLAIN).any():
+            flags = kinds & (_RARE_PLAIN | _REWRITE)
+            at = np.flatnonzero(flags & _RARE_PLAIN)  # the texts a rare character is in
             special.update(np.searchsorted(np.flatnonzero(codes == 0), at).tolist())
+            rewrite = bool((flags & _REWRITE).any())
         if "```" in joined or "~~~" in joined:
             special.update(i for i, t in enumerate(texts) if "```" in t or "~~~" in t)
         if not special:
-            pieces = _from_codes(_tidy_codes(_nfc_codes(codes, kinds, texts))).split(_SEP)
+            codes = _nfc_codes(codes, kinds, texts)
+            if rewrite:
+                codes = _rewrite_codes(codes)
+            pieces = _from_codes(_tidy_codes(codes)).split(_SEP)
             return [p.strip() if "\n" not in p else _ends(p) for p in pieces]
         kept = iter(normalize_texts([t for i, t in enumerate(texts) if i not in special]))
         return [normalize_text(t) if i in special else next(kept) for i, t in enumerate(texts)]
@@ -121,6 +127,29 @@ def normalize_texts(texts: list[str]) -> list[str]:
         kept = iter(out)
         out = [normalize_text(t) if i in special else next(kept) for i, t in enumerate(texts)]
     return out
+
+
+# normalize_text's rewrites after NFC: odd spaces become a space; a carriage return (with the newline after it, if
+# any) and the other line separators a newline
+_ODD_SPACES = [0xA0, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000]
+_LINE_SEPARATORS = [0x2028, 0x2029, 0x85]
+
+
+def _rewrite_codes(codes: Any) -> Any:
+    import numpy as np
+
+    codes = codes.copy()
+    returns = np.flatnonzero(codes == 13)
+    crlf = returns[codes[np.minimum(returns + 1, len(codes) - 1)] == 10]  # "\r\n" (a newline, not a separator)
+    codes[returns] = 10
+    if codes.itemsize > 1:
+        codes[np.isin(codes, _ODD_SPACES)] = 32
+        codes[np.isin(codes, _LINE_SEPARATORS)] = 10
+    if len(crlf):  # "\r\n": the "\r" goes
+        keep = np.ones(len(codes), dtype=bool)
+        keep[crlf] = False
+        codes = codes[keep]
+    return codes
 
 
 def _tidy_codes(codes: Any) -> Any:
@@ -171,8 +200,9 @@ def _tidy_codes(codes: Any) -> Any:
 # unicodedata. tests/unit/test_data_clean.py checks this against unicodedata on every code point, every base + mark
 # pair of many bases, random strings and the benchmark's data.
 _PLAIN, _PRECOMP, _MARK, _COMPLEX = 0, 1, 2, 3
-_KIND = 3  # the class's bits; above them, _RARE_PLAIN flags a character of _RARE (normalize_texts' own business)
-_RARE_PLAIN = 4
+_KIND = 3  # the class's bits; above them, flags for normalize_texts:
+_RARE_PLAIN = 4  # a character of _RARE that its text goes to normalize_text for (control characters, zero widths)
+_REWRITE = 8  # one of _RARE that becomes a space or a newline (odd spaces, carriage returns, line separators)
 _TABLE_END = 0x30000
 _nfc_tables: tuple[Any, Any, Any] | None = None
 
@@ -210,9 +240,11 @@ def _build_nfc_tables() -> tuple[Any, Any, Any]:
     kind[0xA960:0xA980] = _COMPLEX
     kind[0xD7B0:0xD800] = _COMPLEX
     kind[0xAC00:0xD7A4] = _PRECOMP  # Hangul syllables
-    # the characters normalize_texts leaves to normalize_text, flagged on top of their class
-    rare = [code for code in range(0x10000) if _RARE.match(chr(code))]
-    kind[rare] |= _RARE_PLAIN
+    # flagged on top of their class: the characters normalize_texts leaves to normalize_text, and the odd spaces and
+    # line separators it rewrites itself
+    for code in range(0x10000):
+        if _RARE.match(chr(code)):
+            kind[code] |= _REWRITE if _ODD_SPACE_OR_LINE_SEP.match(chr(code)) else _RARE_PLAIN
     keys = np.array(sorted(pairs), dtype=np.uint64)
     values = np.array([pairs[k] for k in sorted(pairs)], dtype=np.uint32)
     return kind, keys, values

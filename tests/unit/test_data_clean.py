@@ -134,8 +134,9 @@ def test_normalize_texts_is_normalize_text_of_each():
 
 
 def test_normalize_texts_in_numpy_is_normalize_text_of_each():
-    """Batches of 8 texts or more without fences or NUL take the numpy way (NFC, blanks before newlines, blank-line
-    runs over the code points); one rare character anywhere in the batch sends it the string way."""
+    """Batches of 8 texts or more without fences or NUL take the numpy way (NFC, odd spaces and line separators,
+    blanks before newlines, blank-line runs over the code points); a text with a control character goes the string
+    way, the rest of its batch the numpy way."""
     import random
 
     from llmforge.data.clean import normalize_texts
@@ -143,9 +144,13 @@ def test_normalize_texts_in_numpy_is_normalize_text_of_each():
     rng = random.Random(7)
     plain = [*"abΣς東😀", "é", "e\u0301", "\u0301", "\u212b", "\u1680", " ", "  ", "\t", "\n", " \n", "\t\n",
              "\n\n\n", "\n \n\n", "    ", "\n    ", "\n\t", "``", "~~"]  # fmt: skip
-    rare = ["\x01", "\x1f", "\x85", "\xa0", "\u2003", "\u2028", "\u200b", "\ufeff", "\r", "\r\n", "\x0b", "\u2000"]
-    for round_ in range(400):
-        texts = ["".join(rng.choice(plain) for _ in range(rng.randint(0, 30))) for _ in range(rng.randint(8, 40))]
+    rare = ["\x01", "\x1f", "\x7f", "\x9f", "\u200b", "\ufeff", "\x0b", "\u2060"]
+    # rewritten in numpy too: odd spaces, carriage returns, line separators
+    rewrites = ["\r", "\r\n", "\r\r\n", " \r\n", "\r \n", "\x85", "\xa0", "\u2000", "\u2003", "\u2028", "\u2029",
+                "\u3000", "\u202f", "e\u0301\r"]  # fmt: skip
+    for round_ in range(600):
+        alphabet = plain + rewrites if round_ % 2 else plain
+        texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(rng.randint(8, 40))]
         if round_ % 3 == 0:  # ASCII only
             texts = [t.encode("ascii", "ignore").decode() for t in texts]
         if round_ % 4 == 1:
