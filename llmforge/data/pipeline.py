@@ -462,11 +462,15 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
             progress("read", reported[0])
 
     pool = _Chunks(settings, workers, job.work)
-    # The manifest's sha256 of the inputs, computed beside the work (hashlib lets go of the GIL) rather than after
-    # it, when it was serial time with a core idle.
+    # The manifest's sha256 of the inputs, computed in a thread (hashlib lets go of the GIL) where a core is idle:
+    # beside the work when it runs in this process, after it when worker processes keep every core busy (then it
+    # runs beside the serial end: dedupe, split, writing).
     hashing = ThreadPoolExecutor(1, thread_name_prefix="llmforge-hash")
-    input_sha256 = hashing.submit(lambda: {str(f): manifest.sha256_path(f) for f in files if f.exists()})
-    hashing.shutdown(wait=False)
+
+    def hash_inputs() -> dict[str, str | None]:
+        return {str(f): manifest.sha256_path(f) for f in files if f.exists()}
+
+    input_sha256 = hashing.submit(hash_inputs) if pool.pool is None else None
     ok = False
     try:
         for path in files:
@@ -482,6 +486,9 @@ def _prepare(job: _Job, settings: chunks.Settings, timer: manifest.Timer, progre
             take(result)
         ok = True
     finally:
+        if input_sha256 is None and ok:
+            input_sha256 = hashing.submit(hash_inputs)
+        hashing.shutdown(wait=False)
         pool.close(ok)
         got.close()
 

@@ -229,7 +229,13 @@ def jsonl_items(chunk: Lines, limit: int) -> list[Item | tuple[int, Any]]:
         return out
     name, first, loads = chunk.file, chunk.first, orjson.loads
     # The checks jsonl_item makes before parsing, each skipped when the chunk as a whole passes it.
-    checked = BOM in chunk.data or max(map(len, lines)) >= limit
+    # (a BOM starts with \xef, which most text never has: memchr rules it out at once)
+    checked = (b"\xef" in chunk.data and BOM in chunk.data) or max(map(len, lines)) >= limit
+    if not checked:
+        try:  # every line a JSON value (the common case): parsed without a Python step per line
+            return list(zip(range(first, first + len(lines)), map(loads, lines)))
+        except orjson.JSONDecodeError:
+            pass  # a blank or bad line: line by line
     for number, raw in enumerate(lines, first):
         if checked:
             item = jsonl_item(name, number, raw + b"\n" if ended or number < first + len(lines) - 1 else raw, limit)
