@@ -3,6 +3,7 @@ leakage, and atomic output."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -587,6 +588,10 @@ def test_worker_processes_write_exactly_what_one_process_writes(tmp_path, monkey
     assert one["counts"]["exact_duplicates"] and one["counts"]["near_duplicates"] and one["counts"]["rejected"]
     assert one["counts"]["filtered"] and sum(one["pii"].values()) and any("error" in f for f in one["inputs"])
     assert _outputs(ws_two) == _outputs(ws_one)
+    # the inputs' sha256 (hashed after the pool's work, or beside the work in one process) the same
+    inputs = [json.loads((ws.data_dir / "manifest.json").read_text())["inputs"] for ws in (ws_one, ws_two)]
+    assert inputs[0] == inputs[1] and len(inputs[0]) == 3
+    assert all(entry["sha256"] == hashlib.sha256(Path(name).read_bytes()).hexdigest() for name, entry in inputs[0].items())
     *_, broken = sources.read(Path("in/c.jsonl.gz"), 10**6, [])  # the break, as the record-by-record reader has it
     assert broken.reason.startswith("cannot read past the record at line ")
     assert [f.get("error") for f in two["inputs"] if f["file"] == "in/c.jsonl.gz"] == [broken.reason]
