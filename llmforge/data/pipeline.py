@@ -608,7 +608,9 @@ def _write_splits(work: Path, target: np.ndarray, ends: np.ndarray, progress: Pr
     run_target = target[np.r_[0, change]].tolist()
     run_end = ends[np.r_[change - 1, len(target) - 1]].tolist()  # byte offset where each run ends
     run_last = np.r_[change, len(target)].tolist()
-    outs = [open(work / f"{name}.jsonl", "wb") for name in SPLITS]
+    # 1 MB buffers: the runs are short (a few lines between two val/test lines), and with the default 8 KB one a
+    # write call reached the file system every few runs (0.72 s -> 0.30 s for a million lines)
+    outs = [open(work / f"{name}.jsonl", "wb", buffering=1 << 20) for name in SPLITS]
     reported = 0
     try:
         with open(work / "records.jsonl", "rb", buffering=0) as spill:
