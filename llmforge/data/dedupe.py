@@ -273,7 +273,7 @@ class NearDuplicates:
                         at, end = np.searchsorted(rows, [lo, lo + len(block)])
                         block = block[rows[at:end] - lo]
                     hashing.append(threads.submit(hash_bands, block, at, end))
-                    if len(hashing) > 2:  # at most a few blocks in memory
+                    if len(hashing) > 1:  # at most two blocks in memory: one hashed, one read
                         hashing.pop(0).result()
             for job in hashing:
                 job.result()
