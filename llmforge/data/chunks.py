@@ -25,7 +25,7 @@ import orjson
 from llmforge.data import records as rec
 from llmforge.data import sources
 from llmforge.data.clean import PiiScrubber, normalize_texts
-from llmforge.data.dedupe import encoded_words, exact_digests, joined_words
+from llmforge.data.dedupe import exact_digests, joined_words
 from llmforge.extensions import load, one_line
 
 
@@ -313,13 +313,9 @@ class Worker:
 
         texts = [text for _, _, text, _ in kept]
         joined = joined_words(texts)
-        digests = exact_digests(texts, joined)
-        split = None  # each text's encoded_words, for the near-duplicate shingles only
-        if self.hasher is not None:
-            if joined is not None:  # words joined by one space: split again at it
-                split = [piece.split(b" ") if piece else [] for piece in joined]
-            else:
-                split = [encoded_words(text) for text in texts]
+        digests = exact_digests(joined)
+        # each text's encoded_words, for the near-duplicate shingles only: its words joined by one space, split again
+        split = [piece.split(b" ") if piece else [] for piece in joined] if self.hasher is not None else None
         if sys.byteorder == "little":
             # on a little-endian machine array("Q") holds a digest's bytes as the int that exact_key reads from
             # them, so no int is made per record

@@ -79,10 +79,11 @@ def normalize_texts(texts: list[str]) -> list[str]:
     """[normalize_text(t) for t in texts], with the work done once over all of them joined by NUL.
 
     Every step but NFC is local to a line and never crosses a character that is not blank, so doing it over the
-    joined texts gives the same pieces; texts with anything rarer (control characters, odd spaces, carriage returns,
-    code fences, NUL itself) go through normalize_text one by one. Per text, Python-level steps cost more than the
-    scanning, so a batch without rare characters is done in numpy over its code points (NFC, blanks before line
-    ends, blank-line runs), and only the ends of each text are trimmed one by one."""
+    joined texts gives the same pieces. Per text, Python-level steps cost more than the scanning, so a batch of 8
+    texts or more is done in numpy over its code points (NFC, odd spaces and line separators, blanks before line
+    ends, blank-line runs), and only the ends of each text are trimmed one by one; texts with control characters or
+    code fences go through normalize_text one by one. Fewer texts, or a text holding NUL (the separator), are joined
+    as strings, and there odd spaces and carriage returns send a text to normalize_text too."""
     if len(texts) > _BATCH:  # in batches that stay in the processor's cache (the joined text is copied a few times)
         return [out for lo in range(0, len(texts), _BATCH) for out in normalize_texts(texts[lo : lo + _BATCH])]
     if not texts:
@@ -277,7 +278,7 @@ def _from_codes(codes: Any) -> str:
 
 def _codes(joined: str) -> tuple[Any, Any]:
     """The code points of `joined` (numpy: uint8 for ASCII, uint32 otherwise), and each one's NFC class, with
-    _RARE_PLAIN added for a character of _RARE."""
+    _RARE_PLAIN or _REWRITE added for a character of _RARE."""
     global _nfc_tables
     if _nfc_tables is None:
         _nfc_tables = _build_nfc_tables()
@@ -403,11 +404,7 @@ def has_digit(text: str) -> bool:
         table[[code for code in range(0x20000) if chr(code).isdecimal()]] = True
         table[0x20000] = True
         _digits = table
-    if text.isascii():
-        codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    else:
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    if not _digits.take(codes, mode="clip").any():
+    if not _digits.take(_as_codes(text), mode="clip").any():
         return False
     return _DIGIT.search(text) is not None
 

@@ -42,28 +42,21 @@ def encoded_words(text: str) -> list[bytes]:
     return low.encode().split()
 
 
-def key_of_words(encoded: list[bytes]) -> int:
-    """exact_key of the text whose encoded_words these are."""
-    return int.from_bytes(hashlib.blake2b(b" ".join(encoded), digest_size=8).digest(), "little")
-
-
 # bytes.split()'s blanks, each made a space
 _BLANKS_TO_SPACE = bytes.maketrans(b"\t\n\r\x0b\x0c", b"     ")
 
 
-def joined_words(texts: list[str]) -> list[bytes] | None:
+def joined_words(texts: list[str]) -> list[bytes]:
     """[b" ".join(encoded_words(t)) for t in texts] (what exact keys hash), texts being normalized ones (see
-    encoded_words); None for texts with a NUL, or only a few texts.
+    encoded_words).
 
     Splitting every text into words makes an object per word; instead all texts are lowered and encoded at once,
     joined by NUL, and numpy collapses each run of blanks to the one space the words' join would put there. NUL
     cannot be in a normalized text, and to str.lower it is neither cased nor case-ignorable, so a final sigma is
-    lowered as at the end of its own text."""
-    if len(texts) < 8:
-        return None
+    lowered as at the end of its own text. A few texts, or a text holding NUL after all, go one by one."""
     joined = "\x00".join(texts)
-    if joined.count("\x00") != len(texts) - 1:
-        return None
+    if len(texts) < 8 or joined.count("\x00") != len(texts) - 1:
+        return [b" ".join(encoded_words(text)) for text in texts]
     joined = joined.lower()
     if "\u1680" in joined:  # the one blank of normalized text that bytes.split does not know: made a space
         joined = joined.replace("\u1680", " ")
@@ -78,14 +71,10 @@ def joined_words(texts: list[str]) -> list[bytes] | None:
     return [piece.strip(b" ") for piece in data.tobytes().split(b"\x00")]
 
 
-def exact_digests(texts: list[str], joined: list[bytes] | None = None) -> list[bytes]:
-    """The 8-byte digest behind each text's exact_key (exact_key reads it as a little-endian int), texts being
-    normalized ones (see encoded_words); `joined`: their joined_words, if at hand."""
+def exact_digests(joined: list[bytes]) -> list[bytes]:
+    """The 8-byte digest behind each text's exact_key (exact_key reads it as a little-endian int), given the texts'
+    joined_words."""
     blake2b = hashlib.blake2b
-    if joined is None:
-        joined = joined_words(texts)
-    if joined is None:
-        return [blake2b(b" ".join(encoded_words(text)), digest_size=8).digest() for text in texts]
     return [blake2b(piece, digest_size=8).digest() for piece in joined]
 
 
@@ -234,8 +223,6 @@ class NearDuplicates:
         bands, rows_per_band = optimal_bands(self.threshold, self.num_perm)
         rng = np.random.default_rng(12345)
         coef = rng.integers(1, 2**63 - 1, size=(bands, rows_per_band), dtype=np.uint64) | np.uint64(1)
-        # Every band's hashes in one pass over the signatures, read a block at a time: a memory map of them would
-        # keep every page it touched resident (num_perm * 4 bytes a record, 512 MB for a million).
         band_hashes = np.empty((bands, n), dtype=np.uint64)
 
         def hash_bands(block: np.ndarray, at: int, end: int) -> None:

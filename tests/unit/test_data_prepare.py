@@ -285,7 +285,7 @@ def test_signatures_are_datasketch_minhashes(tmp_path):
 def test_signatures_of_a_batch_are_the_per_text_signatures():
     """MinHasher.signatures (numpy over a chunk's shingles) gives signature()'s bytes for every text, whatever the
     shingle size, the number of permutations, texts shorter than a shingle, and texts longer than a slice."""
-    from llmforge.data.dedupe import MinHasher, encoded_words, exact_key, key_of_words, words
+    from llmforge.data.dedupe import MinHasher, encoded_words, exact_digests, exact_key, joined_words, words
 
     rng = random.Random(11)
     texts = [sentence(rng, rng.randint(0, 60)) for _ in range(300)] + ["", "one", "one two", "x " * 9000]
@@ -296,7 +296,7 @@ def test_signatures_of_a_batch_are_the_per_text_signatures():
         assert batch == b"".join(hasher.signature(t) for t in texts)
     for text in texts:
         assert encoded_words(text) == [w.encode() for w in words(text)]
-        assert key_of_words(encoded_words(text)) == exact_key(text)
+        assert int.from_bytes(exact_digests(joined_words([text]))[0], "little") == exact_key(text)
 
 
 def test_exact_digests_of_a_chunk_are_the_exact_keys():
@@ -313,10 +313,10 @@ def test_exact_digests_of_a_chunk_are_the_exact_keys():
         texts += [normalize_text(t) for t in texts]
         for extra in ([], ["ogham\u1680mark"], ["nul\x00inside"]):
             batch = texts + extra
-            assert [int.from_bytes(d, "little") for d in exact_digests(batch)] == [exact_key(t) for t in batch]
             joined = joined_words(batch)
-            if joined is not None:  # near dedupe splits these again into each text's words
-                assert [p.split(b" ") if p else [] for p in joined] == [encoded_words(t) for t in batch]
+            assert [int.from_bytes(d, "little") for d in exact_digests(joined)] == [exact_key(t) for t in batch]
+            # near dedupe splits these again into each text's words
+            assert [p.split(b" ") if p else [] for p in joined] == [encoded_words(t) for t in batch]
 
 
 def test_first_occurrences_and_clusters_of_some_rows():
